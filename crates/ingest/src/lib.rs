@@ -1,0 +1,31 @@
+//! Ingest: turns the MIMIC-CXR and PadChest releases into Parquet shards.
+//!
+//! The stages, each a module:
+//! - [`dicom_image`] and [`jpeg12`] decode DICOM pixel data to stored values;
+//!   [`window`] turns stored values into 8-bit pixels by the image policy and
+//!   resizes them once; [`encode`] stores them in the chosen encoding.
+//! - [`report`] splits a free-text report into sections with the rules of the
+//!   MIMIC-CXR section parser; [`tokenize`] runs the CLIP BPE tokenizer;
+//!   [`entities`] finds medical entities (ScispaCy sidecar or built-in lexicon)
+//!   and maps them onto tokens.
+//! - [`mimic`] and [`padchest`] read the two releases as laid out on disk and
+//!   plan the rows; [`shard`] writes them as atomic, resumable shards with a
+//!   manifest and a reject log (formats in the `schemas` crate).
+//! - [`stats`] reads a shard folder back and writes a statistics report.
+//!
+//! The synthetic world that the demo and the tests ingest is made by the
+//! `synth` crate, with the same on-disk formats as the real releases.
+#![deny(missing_docs)]
+
+pub mod dicom_image;
+pub mod csvio;
+pub mod encode;
+pub mod entities;
+pub mod jpeg12;
+pub mod mimic;
+pub mod padchest;
+pub mod report;
+pub mod shard;
+pub mod stats;
+pub mod tokenize;
+pub mod window;

@@ -1,0 +1,583 @@
+//! Atomic, resumable, deterministic shard writing.
+//!
+//! Input rows are planned up front in a fixed order and cut into groups of
+//! `rows_per_shard`; group `i` becomes `shard-i.parquet` whatever happened to
+//! the other groups. That is what makes a run resumable and reproducible:
+//! a shard's bytes depend only on its own input rows, so a killed run that is
+//! started again skips the groups already finished and writes the rest, and
+//! the result is byte-identical to an uninterrupted run.
+//!
+//! Every file is written to a temporary name and renamed into place, so a
+//! half-written shard is never visible. Progress lives in `.progress/` inside
+//! the output folder (one small JSON per finished group); it is removed once
+//! `manifest.json` is written, which is the last step of a run.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Int8Builder, Int32Builder, ListBuilder, StringBuilder,
+    StructBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use indicatif::ProgressBar;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rayon::prelude::*;
+use schemas::{
+    CHEXPERT_CLASSES, Counts, EntitySpan, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, ShardEntry, col,
+    shard_file_name, shard_schema,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+
+const PROGRESS_DIR: &str = ".progress";
+const RUN_FILE: &str = "run.json";
+
+/// Why shards could not be written. User data never causes these: bad rows
+/// become [`Reject`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// A file in the output folder could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Arrow or Parquet refused the data (a bug, not bad input).
+    #[error("{path}: {message}")]
+    Format {
+        /// The shard.
+        path: PathBuf,
+        /// The library's message.
+        message: String,
+    },
+    /// The output folder holds a run with other inputs or arguments.
+    #[error(
+        "{path} holds a run with different inputs or arguments; use another --out folder or remove it"
+    )]
+    DifferentRun {
+        /// The progress file that disagrees.
+        path: PathBuf,
+    },
+    /// `--strict` was given and a row was rejected.
+    #[error("strict mode: {}: {} (stage {})", .0.path, .0.reason, .0.stage.name())]
+    Strict(Box<Reject>),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
+    move |source| ShardError::Io { path: path.to_path_buf(), source }
+}
+
+/// One output row, owned. Field meanings are those of `schemas::col`.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[allow(missing_docs)]
+pub struct Row {
+    pub source: String,
+    pub subject_id: String,
+    pub study_id: String,
+    pub image_id: String,
+    pub split: String,
+    pub view: String,
+    pub paired: bool,
+    pub image: Vec<u8>,
+    pub image_height: i32,
+    pub image_width: i32,
+    pub orig_rows: i32,
+    pub orig_cols: i32,
+    pub bits_stored: i32,
+    pub photometric: String,
+    pub report: Option<String>,
+    pub findings: Option<String>,
+    pub impression: Option<String>,
+    pub last_paragraph: Option<String>,
+    pub comparison: Option<String>,
+    pub indication: Option<String>,
+    pub text: Option<String>,
+    pub token_ids: Option<Vec<i32>>,
+    pub truncated: Option<bool>,
+    pub entity_spans: Option<Vec<EntitySpan>>,
+    pub entity_mask: Option<Vec<bool>>,
+    pub entity_source: Option<String>,
+    /// CheXpert labels in `schemas::CHEXPERT_CLASSES` order.
+    pub labels: [Option<i8>; 14],
+    pub finding_labels: Vec<String>,
+}
+
+/// What became of one input row.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Written.
+    Row(Box<Row>),
+    /// Left out by a filter the user asked for.
+    Filtered,
+    /// Not written, for a reason.
+    Rejected(Box<Reject>),
+}
+
+/// Sizes of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOptions {
+    /// Input rows per shard (a shard holds fewer when rows are rejected or filtered).
+    pub rows_per_shard: usize,
+    /// Rows per Parquet row group: the loader's unit of reading.
+    pub row_group_rows: usize,
+    /// zstd level for every column.
+    pub zstd_level: i32,
+    /// Stop at the first rejected row.
+    pub strict: bool,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions { rows_per_shard: 1024, row_group_rows: 256, zstd_level: 3, strict: false }
+    }
+}
+
+/// The record of one finished group, kept in `.progress/` until the run ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupDone {
+    shard: Option<ShardEntry>,
+    counts: Counts,
+    rejects: Vec<Reject>,
+}
+
+/// What [`write_shards`] produced.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Non-empty shards in order.
+    pub shards: Vec<ShardEntry>,
+    /// Counts over the processed rows.
+    pub counts: Counts,
+    /// Rejects in input order.
+    pub rejects: Vec<Reject>,
+    /// Groups taken from an earlier, interrupted run.
+    pub resumed_groups: usize,
+}
+
+/// Writes `items` as shards into `out`, resuming an interrupted run with the
+/// same `fingerprint` (the resolved arguments and input listing).
+pub fn write_shards<I: Sync>(
+    out: &Path,
+    opts: &ShardOptions,
+    fingerprint: &serde_json::Value,
+    items: &[I],
+    process: impl Fn(&I) -> Outcome + Sync,
+    progress: &ProgressBar,
+) -> Result<Written, ShardError> {
+    let progress_dir = out.join(PROGRESS_DIR);
+    fs::create_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
+    check_fingerprint(&progress_dir.join(RUN_FILE), fingerprint)?;
+
+    let mut written = Written::default();
+    for (index, group) in items.chunks(opts.rows_per_shard.max(1)).enumerate() {
+        let done_path = progress_dir.join(format!("group-{index:05}.json"));
+        let done = match read_done(out, &done_path) {
+            Some(done) => {
+                written.resumed_groups += 1;
+                progress.inc(group.len() as u64);
+                done
+            }
+            None => {
+                let done = write_group(out, index, group, opts, &process, progress)?;
+                write_atomic(&done_path, &serde_json::to_vec(&done).expect("serialisable"))?;
+                done
+            }
+        };
+        written.counts.add(&done.counts);
+        written.rejects.extend(done.rejects);
+        written.shards.extend(done.shard);
+    }
+    Ok(written)
+}
+
+/// Writes `rejects.jsonl` and then `manifest.json` (the marker of a finished
+/// run), and removes the progress folder.
+pub fn finish(out: &Path, manifest: &Manifest, rejects: &[Reject]) -> Result<(), ShardError> {
+    let mut lines = Vec::new();
+    for r in rejects {
+        serde_json::to_writer(&mut lines, r).expect("serialisable");
+        lines.push(b'\n');
+    }
+    write_atomic(&out.join(REJECTS_FILE), &lines)?;
+    let mut json = serde_json::to_vec_pretty(manifest).expect("serialisable");
+    json.push(b'\n');
+    write_atomic(&out.join(MANIFEST_FILE), &json)?;
+    let progress_dir = out.join(PROGRESS_DIR);
+    if progress_dir.exists() {
+        fs::remove_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
+    }
+    Ok(())
+}
+
+/// Refuses to mix two different runs in one folder.
+fn check_fingerprint(path: &Path, fingerprint: &serde_json::Value) -> Result<(), ShardError> {
+    let want = serde_json::to_vec_pretty(fingerprint).expect("serialisable");
+    match fs::read(path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(_) => Err(ShardError::DifferentRun { path: path.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A finished run leaves no progress folder; starting over it would
+            // silently mix two runs' shards.
+            let manifest = path.parent().and_then(Path::parent).map(|d| d.join(MANIFEST_FILE));
+            if let Some(m) = manifest.filter(|m| m.exists()) {
+                return Err(ShardError::DifferentRun { path: m });
+            }
+            write_atomic(path, &want)
+        }
+        Err(source) => Err(ShardError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// A finished group whose shard is still on disk as recorded; anything else
+/// (missing, unreadable, or a shard that changed since) means "do it again".
+fn read_done(out: &Path, done_path: &Path) -> Option<GroupDone> {
+    let done: GroupDone = serde_json::from_slice(&fs::read(done_path).ok()?).ok()?;
+    if let Some(shard) = &done.shard {
+        let bytes = fs::read(out.join(&shard.file)).ok()?;
+        if sha256_hex(&bytes) != shard.sha256 {
+            return None;
+        }
+    }
+    Some(done)
+}
+
+fn write_group<I: Sync>(
+    out: &Path,
+    index: usize,
+    group: &[I],
+    opts: &ShardOptions,
+    process: &(impl Fn(&I) -> Outcome + Sync),
+    progress: &ProgressBar,
+) -> Result<GroupDone, ShardError> {
+    // Ordered parallel map: rows keep input order whatever the thread count.
+    let outcomes: Vec<Outcome> = group
+        .par_iter()
+        .map(|item| {
+            let o = process(item);
+            progress.inc(1);
+            o
+        })
+        .collect();
+
+    let mut counts = Counts { seen: group.len() as u64, ..Default::default() };
+    let mut rows = Vec::new();
+    let mut rejects = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Row(row) => rows.push(*row),
+            Outcome::Filtered => counts.filtered += 1,
+            Outcome::Rejected(reject) => {
+                if opts.strict {
+                    return Err(ShardError::Strict(reject));
+                }
+                *counts.rejected.entry(reject.stage).or_default() += 1;
+                rejects.push(*reject);
+            }
+        }
+    }
+    counts.written = rows.len() as u64;
+
+    let shard = if rows.is_empty() {
+        None
+    } else {
+        let file = shard_file_name(index);
+        let path = out.join(&file);
+        let bytes = encode_shard(&rows, opts).map_err(|message| ShardError::Format {
+            path: path.clone(),
+            message,
+        })?;
+        write_atomic(&path, &bytes)?;
+        Some(ShardEntry { file, rows: rows.len() as u64, sha256: sha256_hex(&bytes) })
+    };
+    Ok(GroupDone { shard, counts, rejects })
+}
+
+/// Parquet bytes of `rows`: zstd on every column, row groups sized for the loader.
+pub fn encode_shard(rows: &[Row], opts: &ShardOptions) -> Result<Vec<u8>, String> {
+    let batch = rows_to_batch(rows)?;
+    let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .build();
+    let mut bytes = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// The list builder for a schema column, with the schema's own item field so
+/// the batch matches [`shard_schema`] exactly.
+fn list_builder<B: arrow_array::builder::ArrayBuilder>(name: &str, values: B) -> ListBuilder<B> {
+    let schema = shard_schema();
+    let item = match schema.field_with_name(name).expect("column in schema").data_type() {
+        DataType::List(item) => item.clone(),
+        other => unreachable!("{name} is {other}, not a list"),
+    };
+    ListBuilder::new(values).with_field(item)
+}
+
+/// Builds one Arrow batch from rows, column by column, following [`shard_schema`].
+pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
+    let strings = |f: &dyn Fn(&Row) -> &str| -> ArrayRef {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish())
+    };
+    let opt_strings = |f: &dyn Fn(&Row) -> Option<&str>| -> ArrayRef {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    };
+    let ints = |f: &dyn Fn(&Row) -> i32| -> ArrayRef {
+        let mut b = Int32Builder::new();
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish())
+    };
+
+    let mut paired = BooleanBuilder::new();
+    let mut image = BinaryBuilder::new();
+    let mut truncated = BooleanBuilder::new();
+    let mut token_ids = list_builder(col::TOKEN_IDS, Int32Builder::new());
+    let mut entity_mask = list_builder(col::ENTITY_MASK, BooleanBuilder::new());
+    let span_fields = schemas::span_fields();
+    let mut spans = list_builder(col::ENTITY_SPANS, StructBuilder::from_fields(span_fields, 0));
+    let mut finding_labels = list_builder(col::FINDING_LABELS, StringBuilder::new());
+    for r in rows {
+        paired.append_value(r.paired);
+        image.append_value(&r.image);
+        truncated.append_option(r.truncated);
+        match &r.token_ids {
+            Some(ids) => {
+                token_ids.values().append_slice(ids);
+                token_ids.append(true);
+            }
+            None => token_ids.append(false),
+        }
+        match &r.entity_mask {
+            Some(mask) => {
+                mask.iter().for_each(|&m| entity_mask.values().append_value(m));
+                entity_mask.append(true);
+            }
+            None => entity_mask.append(false),
+        }
+        match &r.entity_spans {
+            Some(list) => {
+                let s = spans.values();
+                for span in list {
+                    let to_i32 = |v: usize| i32::try_from(v).map_err(|_| format!("span offset {v} too large"));
+                    s.field_builder::<Int32Builder>(0).expect("start").append_value(to_i32(span.start)?);
+                    s.field_builder::<Int32Builder>(1).expect("end").append_value(to_i32(span.end)?);
+                    s.field_builder::<StringBuilder>(2).expect("label").append_value(&span.label);
+                    s.append(true);
+                }
+                spans.append(true);
+            }
+            None => spans.append(false),
+        }
+        for l in &r.finding_labels {
+            finding_labels.values().append_value(l);
+        }
+        finding_labels.append(true);
+    }
+
+    let mut columns: Vec<ArrayRef> = vec![
+        strings(&|r| &r.source),
+        strings(&|r| &r.subject_id),
+        strings(&|r| &r.study_id),
+        strings(&|r| &r.image_id),
+        strings(&|r| &r.split),
+        strings(&|r| &r.view),
+        Arc::new(paired.finish()),
+        Arc::new(image.finish()),
+        ints(&|r| r.image_height),
+        ints(&|r| r.image_width),
+        ints(&|r| r.orig_rows),
+        ints(&|r| r.orig_cols),
+        ints(&|r| r.bits_stored),
+        strings(&|r| &r.photometric),
+        opt_strings(&|r| r.report.as_deref()),
+        opt_strings(&|r| r.findings.as_deref()),
+        opt_strings(&|r| r.impression.as_deref()),
+        opt_strings(&|r| r.last_paragraph.as_deref()),
+        opt_strings(&|r| r.comparison.as_deref()),
+        opt_strings(&|r| r.indication.as_deref()),
+        opt_strings(&|r| r.text.as_deref()),
+        Arc::new(token_ids.finish()),
+        Arc::new(truncated.finish()),
+        Arc::new(spans.finish()),
+        Arc::new(entity_mask.finish()),
+        opt_strings(&|r| r.entity_source.as_deref()),
+    ];
+    for class in 0..CHEXPERT_CLASSES.len() {
+        let mut b = Int8Builder::new();
+        rows.iter().for_each(|r| b.append_option(r.labels[class]));
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(finding_labels.finish()));
+    RecordBatch::try_new(shard_schema(), columns).map_err(|e| e.to_string())
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes `bytes` to `path` so that readers see either the old file or the
+/// whole new one: a temporary file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
+    let tmp = path.with_extension(match path.extension() {
+        Some(ext) => format!("{}.tmp", ext.to_string_lossy()),
+        None => "tmp".into(),
+    });
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename itself durable; not all filesystems allow opening a
+        // directory, and losing this only weakens durability, not atomicity.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Stage;
+
+    fn row(i: usize) -> Row {
+        Row {
+            source: "mimic".into(),
+            subject_id: format!("1{i:07}"),
+            study_id: format!("5{i:07}"),
+            image_id: format!("img{i}"),
+            split: "train".into(),
+            view: "PA".into(),
+            paired: true,
+            image: vec![i as u8; 12],
+            image_height: 3,
+            image_width: 4,
+            orig_rows: 30,
+            orig_cols: 40,
+            bits_stored: 12,
+            photometric: "MONOCHROME2".into(),
+            text: Some("no effusion".into()),
+            token_ids: Some(vec![49406, 871, 49407]),
+            truncated: Some(false),
+            entity_spans: Some(vec![EntitySpan { start: 3, end: 11, label: "ENTITY".into() }]),
+            entity_mask: Some(vec![false, true, false]),
+            entity_source: Some("lexicon".into()),
+            labels: [Some(1); 14],
+            ..Default::default()
+        }
+    }
+
+    fn process(i: &usize) -> Outcome {
+        match i % 5 {
+            3 => Outcome::Filtered,
+            4 => Outcome::Rejected(Box::new(Reject {
+                path: format!("f{i}"),
+                subject_id: None,
+                study_id: None,
+                image_id: Some(format!("img{i}")),
+                stage: Stage::ImageDecode,
+                reason: "bad".into(),
+            })),
+            _ => Outcome::Row(Box::new(row(*i))),
+        }
+    }
+
+    fn opts() -> ShardOptions {
+        ShardOptions { rows_per_shard: 4, row_group_rows: 2, ..Default::default() }
+    }
+
+    #[test]
+    fn batch_matches_the_schema_and_counts_reconcile() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<usize> = (0..10).collect();
+        let fp = serde_json::json!({"a": 1});
+        let w = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        assert_eq!(w.counts.seen, 10);
+        assert_eq!(w.counts.filtered, 2);
+        assert_eq!(w.counts.rejected_total(), 2);
+        assert_eq!(w.counts.written, 6);
+        assert!(w.counts.reconciles());
+        assert_eq!(w.shards.len(), 3);
+        assert_eq!(w.shards.iter().map(|s| s.rows).sum::<u64>(), 6);
+        assert_eq!(w.rejects.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["f4", "f9"]);
+    }
+
+    #[test]
+    fn resumed_run_gives_identical_shards_and_skips_finished_groups() {
+        let items: Vec<usize> = (0..10).collect();
+        let fp = serde_json::json!({"a": 1});
+        let whole = tempfile::tempdir().unwrap();
+        let w1 = write_shards(whole.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+
+        // Simulate a run killed after its first group: only group 0 finished,
+        // and a stray temporary file from the killed shard write is left behind.
+        let killed = tempfile::tempdir().unwrap();
+        write_shards(killed.path(), &opts(), &fp, &items[..4], process, &ProgressBar::hidden()).unwrap();
+        fs::write(killed.path().join("shard-00001.parquet.tmp"), b"half").unwrap();
+        let w2 = write_shards(killed.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        assert_eq!(w2.resumed_groups, 1);
+        assert_eq!(w1.shards, w2.shards);
+        for s in &w1.shards {
+            assert_eq!(fs::read(whole.path().join(&s.file)).unwrap(), fs::read(killed.path().join(&s.file)).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_changed_shard_is_rewritten_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<usize> = (0..4).collect();
+        let fp = serde_json::json!({});
+        let w1 = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        fs::write(dir.path().join(&w1.shards[0].file), b"corrupted").unwrap();
+        let w2 = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        assert_eq!(w2.resumed_groups, 0);
+        assert_eq!(sha256_file(&dir.path().join(&w1.shards[0].file)).unwrap(), w1.shards[0].sha256);
+    }
+
+    #[test]
+    fn refuses_to_mix_runs_with_different_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<usize> = (0..4).collect();
+        write_shards(dir.path(), &opts(), &serde_json::json!({"a": 1}), &items, process, &ProgressBar::hidden()).unwrap();
+        let err = write_shards(dir.path(), &opts(), &serde_json::json!({"a": 2}), &items, process, &ProgressBar::hidden())
+            .unwrap_err();
+        assert!(matches!(err, ShardError::DifferentRun { .. }), "{err}");
+    }
+
+    #[test]
+    fn strict_mode_stops_at_the_first_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<usize> = (0..10).collect();
+        let strict = ShardOptions { strict: true, ..opts() };
+        let err = write_shards(dir.path(), &strict, &serde_json::json!({}), &items, process, &ProgressBar::hidden())
+            .unwrap_err();
+        assert!(err.to_string().contains("f4"), "{err}");
+    }
+}

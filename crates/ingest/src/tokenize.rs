@@ -1,0 +1,255 @@
+//! The CLIP BPE tokenizer, through the `tokenizers` crate.
+//!
+//! CLIP's vocabulary ships as `bpe_simple_vocab_16e6.txt.gz` (in the PyPI
+//! wheel of `open_clip_torch`). [`build_tokenizer_json`] turns it into a
+//! `tokenizer.json` with the same structure as Hugging Face's file for
+//! `openai/clip-vit-base-patch16`, so either file can be passed to
+//! [`ClipTokenizer::from_file`] and both give the ids of OpenAI's reference
+//! `SimpleTokenizer`: the same byte-level alphabet, vocabulary order, merges,
+//! pre-tokenizer pattern and lowercasing.
+//!
+//! Truncation follows CLIP: `[SOT] ids [EOT]`, cut to the context length with
+//! the last kept position overwritten by EOT.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// CLIP's context length.
+pub const CONTEXT_LENGTH: usize = 77;
+/// The start-of-text token.
+pub const SOT: &str = "<|startoftext|>";
+/// The end-of-text token (also CLIP's unknown and padding token).
+pub const EOT: &str = "<|endoftext|>";
+
+/// Number of merges CLIP uses from the vocabulary file (OpenAI's
+/// `merges[1:49152-256-2+1]`): 49,408 ids = 512 byte symbols + merges + 2 specials.
+const CLIP_MERGES: usize = 49152 - 256 - 2;
+
+/// CLIP's pre-tokenizer pattern (OpenAI `simple_tokenizer.py`), applied after lowercasing.
+const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// Why a tokenizer could not be built, loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// The vocabulary file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The vocabulary file has fewer merges than CLIP needs or a malformed line.
+    #[error("{path}: not a CLIP BPE vocabulary: {reason}")]
+    BadVocab {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The `tokenizers` crate refused the file or the text.
+    #[error("{context}: {message}")]
+    Tokenizers {
+        /// What was being done (file name or "encode").
+        context: String,
+        /// The library's message.
+        message: String,
+    },
+}
+
+/// OpenAI's reversible byte → printable-character table (`bytes_to_unicode`).
+fn byte_alphabet() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    chars.into_iter().map(|c| char::from_u32(c).expect("table holds valid scalars")).collect()
+}
+
+/// Builds the text of a `tokenizer.json` from CLIP's gzipped BPE vocabulary.
+pub fn build_tokenizer_json(vocab_gz: &Path) -> Result<String, TokenizeError> {
+    let path = vocab_gz.display().to_string();
+    let io = |source| TokenizeError::Io { path: path.clone(), source };
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(vocab_gz).map_err(io)?)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    let lines: Vec<&str> = text.split('\n').skip(1).take(CLIP_MERGES).collect();
+    if lines.len() < CLIP_MERGES {
+        return Err(TokenizeError::BadVocab {
+            path,
+            reason: format!("{} merges, CLIP needs {CLIP_MERGES}", lines.len()),
+        });
+    }
+    let mut merges = Vec::with_capacity(CLIP_MERGES);
+    for (i, line) in lines.iter().enumerate() {
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => merges.push((a, b)),
+            _ => {
+                return Err(TokenizeError::BadVocab {
+                    path,
+                    reason: format!("line {} is not a merge pair: {line:?}", i + 2),
+                });
+            }
+        }
+    }
+
+    let alphabet = byte_alphabet();
+    let mut vocab: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+    vocab.extend(alphabet.iter().map(|c| format!("{c}</w>")));
+    vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    vocab.push(SOT.into());
+    vocab.push(EOT.into());
+    let sot_id = vocab.len() - 2;
+    let eot_id = vocab.len() - 1;
+    let vocab_map: serde_json::Map<String, Value> =
+        vocab.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+    let special = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": true, "special": true})
+    };
+
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(sot_id, SOT), special(eot_id, EOT)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}
+        ]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": CLIP_PATTERN}, "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": {"type": "RobertaProcessing", "sep": [EOT, eot_id], "cls": [SOT, sot_id],
+                           "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": EOT, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab_map,
+                  "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>()}
+    });
+    serde_json::to_string(&tokenizer).map_err(|e| TokenizeError::Tokenizers {
+        context: path,
+        message: e.to_string(),
+    })
+}
+
+/// One tokenized text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// `[SOT] ids [EOT]`, at most the context length.
+    pub ids: Vec<i32>,
+    /// Byte range of each token in the input text; `(0, 0)` for SOT/EOT.
+    pub offsets: Vec<(usize, usize)>,
+    /// The text did not fit and was cut.
+    pub truncated: bool,
+}
+
+/// A CLIP tokenizer loaded from a `tokenizer.json`.
+pub struct ClipTokenizer {
+    inner: tokenizers::Tokenizer,
+    eot_id: i32,
+    context_length: usize,
+}
+
+impl ClipTokenizer {
+    /// Loads a `tokenizer.json` (ours or Hugging Face's).
+    pub fn from_file(path: &Path) -> Result<Self, TokenizeError> {
+        let context = path.display().to_string();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizeError::Tokenizers { context: context.clone(), message: e.to_string() })?;
+        Self::from_tokenizer(inner, context)
+    }
+
+    /// Builds the tokenizer straight from the vocabulary (no file written).
+    pub fn from_vocab(vocab_gz: &Path) -> Result<Self, TokenizeError> {
+        let json = build_tokenizer_json(vocab_gz)?;
+        let context = vocab_gz.display().to_string();
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| TokenizeError::Tokenizers { context: context.clone(), message: e.to_string() })?;
+        Self::from_tokenizer(inner, context)
+    }
+
+    fn from_tokenizer(mut inner: tokenizers::Tokenizer, context: String) -> Result<Self, TokenizeError> {
+        // Hugging Face's file carries its own truncation/padding settings; CLIP's
+        // truncation rule is applied in `encode`, so switch theirs off.
+        inner.with_truncation(None).map_err(|e| TokenizeError::Tokenizers {
+            context: context.clone(),
+            message: e.to_string(),
+        })?;
+        inner.with_padding(None);
+        let eot_id = inner.token_to_id(EOT).ok_or_else(|| TokenizeError::Tokenizers {
+            context,
+            message: format!("no {EOT} token: not a CLIP tokenizer"),
+        })? as i32;
+        Ok(ClipTokenizer { inner, eot_id, context_length: CONTEXT_LENGTH })
+    }
+
+    /// The id of EOT (CLIP pools the text embedding there).
+    pub fn eot_id(&self) -> i32 {
+        self.eot_id
+    }
+
+    /// Tokenizes `text` as CLIP does, truncating to the context length.
+    pub fn encode(&self, text: &str) -> Result<Tokens, TokenizeError> {
+        let enc = self.inner.encode(text, true).map_err(|e| TokenizeError::Tokenizers {
+            context: "encode".into(),
+            message: e.to_string(),
+        })?;
+        let mut ids: Vec<i32> = enc.get_ids().iter().map(|&i| i as i32).collect();
+        let mut offsets = enc.get_offsets().to_vec();
+        let truncated = ids.len() > self.context_length;
+        if truncated {
+            ids.truncate(self.context_length);
+            offsets.truncate(self.context_length);
+            ids[self.context_length - 1] = self.eot_id;
+            offsets[self.context_length - 1] = (0, 0);
+        }
+        Ok(Tokens { ids, offsets, truncated })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_alphabet_matches_openai_table() {
+        let a = byte_alphabet();
+        assert_eq!(a.len(), 256);
+        assert_eq!(a[b'a' as usize], 'a');
+        assert_eq!(a[b' ' as usize], 'Ġ'); // space → U+0120, as in GPT-2/CLIP
+        assert_eq!(a[0], 'Ā');
+        let mut sorted = a.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256, "alphabet must be a bijection");
+    }
+
+    #[test]
+    fn rejects_a_file_that_is_not_a_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.txt.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"#version\na b\n").unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let err = build_tokenizer_json(&path).unwrap_err().to_string();
+        assert!(err.contains("merges, CLIP needs"), "{err}");
+    }
+}

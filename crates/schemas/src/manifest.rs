@@ -1,0 +1,226 @@
+//! `manifest.json`: what a shard folder holds and how it was made.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reject::Stage;
+
+/// File name of the manifest inside a shard folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the reject log inside a shard folder.
+pub const REJECTS_FILE: &str = "rejects.jsonl";
+
+/// File name of shard `index`: `shard-00042.parquet`.
+pub fn shard_file_name(index: usize) -> String {
+    format!("shard-{index:05}.parquet")
+}
+
+/// Which release a shard folder was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// MIMIC-CXR or MIMIC-CXR-JPG: images with reports.
+    Mimic,
+    /// PadChest: images only.
+    Padchest,
+}
+
+impl Source {
+    /// The value written in the `source` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Mimic => "mimic",
+            Source::Padchest => "padchest",
+        }
+    }
+}
+
+/// How stored pixel values become 8 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum WindowPolicy {
+    /// Parity with the MIMIC-CXR-JPG release: min–max to 8 bits, then
+    /// histogram equalisation.
+    MimicJpg,
+    /// The DICOM VOI transform: WindowCenter/Width (or the VOI LUT); falls
+    /// back to min–max when the file carries none.
+    Voi,
+    /// Clip to the given percentiles of the image's own values, then scale.
+    Percentile {
+        /// Lower percentile in [0, 100).
+        low: f32,
+        /// Upper percentile in (low, 100].
+        high: f32,
+    },
+}
+
+/// How the 8-bit image is stored in the `image` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ImageEncoding {
+    /// Raw row-major 8-bit pixels (height × width bytes); Parquet's zstd
+    /// compresses the column. Fastest for the loader.
+    Raw,
+    /// A grayscale PNG.
+    Png,
+    /// A grayscale baseline JPEG at the given quality.
+    Jpeg {
+        /// 1–100.
+        quality: u8,
+    },
+}
+
+/// Everything that decides the pixels written for an input image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePolicy {
+    /// Short side of the stored image in pixels; the aspect ratio is kept.
+    pub short_side: u32,
+    /// Apply RescaleSlope/RescaleIntercept before windowing.
+    pub rescale: bool,
+    /// Invert MONOCHROME1 and PresentationLUTShape INVERSE images so that
+    /// bone is bright in every stored image.
+    pub invert_monochrome1: bool,
+    /// Window for DICOM images.
+    pub dicom_window: WindowPolicy,
+    /// Window for 16-bit PNG images (PadChest).
+    pub png_window: WindowPolicy,
+    /// Storage encoding.
+    pub encoding: ImageEncoding,
+}
+
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        ImagePolicy {
+            short_side: 256,
+            rescale: true,
+            invert_monochrome1: true,
+            dicom_window: WindowPolicy::MimicJpg,
+            png_window: WindowPolicy::Percentile { low: 0.5, high: 99.5 },
+            encoding: ImageEncoding::Raw,
+        }
+    }
+}
+
+/// A file whose content decided the output, by sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Path as given.
+    pub path: String,
+    /// Hex sha256 of its bytes.
+    pub sha256: String,
+}
+
+/// Where the entity spans of the reports came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitySourceInfo {
+    /// `sidecar` (ScispaCy JSON Lines) or `lexicon` (built-in matcher).
+    pub kind: String,
+    /// The sidecar file, when one was given.
+    pub sidecar: Option<FileDigest>,
+}
+
+/// Row counts of a run. Every input row is written, filtered out by choice
+/// (view filter), or rejected at one stage: `seen = written + filtered + Σ rejected`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Input rows (images listed by the release's index CSV).
+    pub seen: u64,
+    /// Rows written to shards.
+    pub written: u64,
+    /// Rows left out by a filter the user asked for (views).
+    pub filtered: u64,
+    /// Rows rejected, by stage.
+    pub rejected: BTreeMap<Stage, u64>,
+}
+
+impl Counts {
+    /// Total rejects over all stages.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// True when every seen row is accounted for.
+    pub fn reconciles(&self) -> bool {
+        self.seen == self.written + self.filtered + self.rejected_total()
+    }
+
+    /// Adds another count into this one.
+    pub fn add(&mut self, other: &Counts) {
+        self.seen += other.seen;
+        self.written += other.written;
+        self.filtered += other.filtered;
+        for (stage, n) in &other.rejected {
+            *self.rejected.entry(*stage).or_default() += n;
+        }
+    }
+}
+
+/// One shard of the folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// File name inside the folder.
+    pub file: String,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// `manifest.json`. Deterministic: no timestamps or host names, so the same
+/// input and arguments give a byte-identical manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`crate::SCHEMA_VERSION`] at write time.
+    pub schema_version: u32,
+    /// Version of the `ingest` tool.
+    pub tool_version: String,
+    /// The release the rows come from.
+    pub source: Source,
+    /// The resolved arguments of the run (paths as given).
+    pub arguments: serde_json::Value,
+    /// Image policy in force.
+    pub image_policy: ImagePolicy,
+    /// Tokenizer file, for paired sources.
+    pub tokenizer: Option<FileDigest>,
+    /// Entity source, for paired sources.
+    pub entities: Option<EntitySourceInfo>,
+    /// Row counts.
+    pub counts: Counts,
+    /// The shards, in order.
+    pub shards: Vec<ShardEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reconcile_only_when_every_row_is_accounted_for() {
+        let mut c = Counts { seen: 10, written: 6, filtered: 1, ..Default::default() };
+        c.rejected.insert(Stage::ImageDecode, 2);
+        assert!(!c.reconciles());
+        c.rejected.insert(Stage::Report, 1);
+        assert!(c.reconciles());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"image_decode\":2"), "{json}");
+    }
+
+    #[test]
+    fn manifest_round_trips_through_json() {
+        let m = Manifest {
+            schema_version: crate::SCHEMA_VERSION,
+            tool_version: "0.1.0".into(),
+            source: Source::Padchest,
+            arguments: serde_json::json!({"root": "x"}),
+            image_policy: ImagePolicy::default(),
+            tokenizer: None,
+            entities: None,
+            counts: Counts::default(),
+            shards: vec![ShardEntry { file: shard_file_name(3), rows: 7, sha256: "ab".into() }],
+        };
+        let text = serde_json::to_string_pretty(&m).unwrap();
+        assert!(text.contains("shard-00003.parquet"));
+        assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), m);
+    }
+}
