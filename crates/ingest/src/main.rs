@@ -1,0 +1,303 @@
+//! `ingest`: the command line over the `ingest` library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ingest::mimic::{Labeler, MimicOptions};
+use ingest::padchest::PadchestOptions;
+use ingest::report::Section;
+use ingest::shard::ShardOptions;
+use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
+
+#[derive(Parser)]
+#[command(name = "ingest", version, about = "Turn MIMIC-CXR and PadChest releases into Parquet shards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Worker threads for decoding (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG release.
+    Mimic(MimicArgs),
+    /// Ingest PadChest images (unpaired rows).
+    Padchest(PadchestArgs),
+    /// Write a statistics report (Markdown, JSON, PNG charts) of shard folders.
+    Stats {
+        /// A shard folder; repeat for several.
+        #[arg(long = "shards", required = true)]
+        shards: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export each study's training text as JSON Lines, for `python/ner_sidecar.py`.
+    Sections {
+        /// The release root.
+        #[arg(long)]
+        root: PathBuf,
+        /// Report sections that make the training text.
+        #[arg(long, value_delimiter = ',', default_value = "findings,impression")]
+        sections: Vec<Section>,
+        /// Output `.jsonl` file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build CLIP's `tokenizer.json` from `bpe_simple_vocab_16e6.txt.gz`.
+    Tokenizer {
+        /// The gzipped BPE vocabulary (ships in the `open_clip_torch` wheel).
+        #[arg(long)]
+        vocab: PathBuf,
+        /// Output `tokenizer.json`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Window {
+    /// Min–max to 8 bits then histogram equalisation (MIMIC-CXR-JPG parity).
+    MimicJpg,
+    /// DICOM WindowCenter/Width or VOI LUT.
+    Voi,
+    /// Clip to percentiles, then scale.
+    Percentile,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Encoding {
+    Raw,
+    Png,
+    Jpeg,
+}
+
+/// Image and shard options shared by both sources.
+#[derive(Args)]
+struct Common {
+    /// Output folder (resumed when it holds an interrupted run with the same arguments).
+    #[arg(long)]
+    out: PathBuf,
+    /// Short side of the stored image; the aspect ratio is kept.
+    #[arg(long, default_value_t = ImagePolicy::default().short_side)]
+    short_side: u32,
+    /// Lower percentile for the `percentile` window.
+    #[arg(long, default_value_t = 0.5)]
+    percentile_low: f32,
+    /// Upper percentile for the `percentile` window.
+    #[arg(long, default_value_t = 99.5)]
+    percentile_high: f32,
+    /// Storage encoding of the image column.
+    #[arg(long, value_enum, default_value = "raw")]
+    encoding: Encoding,
+    /// JPEG quality when `--encoding jpeg`.
+    #[arg(long, default_value_t = 95)]
+    jpeg_quality: u8,
+    /// Do not apply RescaleSlope/Intercept.
+    #[arg(long)]
+    no_rescale: bool,
+    /// Keep MONOCHROME1 images as stored instead of inverting them.
+    #[arg(long)]
+    no_invert: bool,
+    /// Input rows per shard.
+    #[arg(long, default_value_t = ShardOptions::default().rows_per_shard)]
+    rows_per_shard: usize,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = ShardOptions::default().row_group_rows)]
+    row_group_rows: usize,
+    /// Exit non-zero at the first rejected row.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl Common {
+    fn window(&self, w: Window) -> WindowPolicy {
+        match w {
+            Window::MimicJpg => WindowPolicy::MimicJpg,
+            Window::Voi => WindowPolicy::Voi,
+            Window::Percentile => WindowPolicy::Percentile { low: self.percentile_low, high: self.percentile_high },
+        }
+    }
+
+    fn policy(&self, dicom_window: Window, png_window: Window) -> ImagePolicy {
+        ImagePolicy {
+            short_side: self.short_side,
+            rescale: !self.no_rescale,
+            invert_monochrome1: !self.no_invert,
+            dicom_window: self.window(dicom_window),
+            png_window: self.window(png_window),
+            encoding: match self.encoding {
+                Encoding::Raw => ImageEncoding::Raw,
+                Encoding::Png => ImageEncoding::Png,
+                Encoding::Jpeg => ImageEncoding::Jpeg { quality: self.jpeg_quality },
+            },
+        }
+    }
+
+    fn shards(&self) -> ShardOptions {
+        ShardOptions {
+            rows_per_shard: self.rows_per_shard,
+            row_group_rows: self.row_group_rows,
+            strict: self.strict,
+            ..ShardOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct MimicArgs {
+    /// The release root: holds `files/` and `mimic-cxr-2.0.0-*.csv[.gz]`.
+    #[arg(long)]
+    root: PathBuf,
+    /// CLIP `tokenizer.json` (built by `ingest tokenizer`, or Hugging Face's).
+    #[arg(long, env = "MMCLIP_TOKENIZER")]
+    tokenizer: PathBuf,
+    /// ScispaCy sidecar (JSON Lines); without it the built-in lexicon marks entities.
+    #[arg(long)]
+    ner: Option<PathBuf>,
+    /// Views kept, comma-separated; `all` keeps every view.
+    #[arg(long, value_delimiter = ',', default_value = "PA,AP")]
+    views: Vec<String>,
+    /// Report sections that make the training text.
+    #[arg(long, value_delimiter = ',', default_value = "findings,impression")]
+    sections: Vec<Section>,
+    /// Label source.
+    #[arg(long, value_enum, default_value = "chexpert")]
+    labeler: Labeler,
+    /// Window for DICOM pixels.
+    #[arg(long, value_enum, default_value = "mimic-jpg")]
+    window: Window,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct PadchestArgs {
+    /// Folder with the PadChest CSV and the numbered image folders.
+    #[arg(long)]
+    root: PathBuf,
+    /// Required: PadChest rows are written without reports (they are Spanish).
+    #[arg(long)]
+    images_only: bool,
+    /// Projections kept, comma-separated; `all` keeps every projection.
+    #[arg(long, value_delimiter = ',', default_value = "PA,AP,AP_horizontal")]
+    projections: Vec<String>,
+    /// Share of patients in train.
+    #[arg(long, default_value_t = 0.8)]
+    train_fraction: f64,
+    /// Share of patients in validate (the rest is test).
+    #[arg(long, default_value_t = 0.1)]
+    validate_fraction: f64,
+    /// Seed of the patient-level split.
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Window from 16 bits to 8.
+    #[arg(long, value_enum, default_value = "percentile")]
+    window: Window,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn all_or(list: Vec<String>) -> Vec<String> {
+    if list.iter().any(|v| v.eq_ignore_ascii_case("all")) { Vec::new() } else { list }
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} rows [{elapsed_precise}] {bar:40} {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+fn summarise(out: &Path, m: &Manifest) {
+    let c = &m.counts;
+    println!(
+        "{}: {} rows written in {} shards; seen {}, filtered {}, rejected {}{}",
+        out.display(),
+        c.written,
+        m.shards.len(),
+        c.seen,
+        c.filtered,
+        c.rejected_total(),
+        if c.rejected_total() > 0 { format!(" (see {})", out.join(schemas::REJECTS_FILE).display()) } else { String::new() }
+    );
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up the thread pool")?;
+    }
+    match cli.command {
+        Command::Mimic(a) => {
+            let opts = MimicOptions {
+                root: a.root,
+                views: all_or(a.views),
+                sections: a.sections,
+                labeler: a.labeler,
+                tokenizer: a.tokenizer,
+                ner: a.ner,
+                image: a.common.policy(a.window, Window::Percentile),
+                shards: a.common.shards(),
+            };
+            let bar = progress_bar();
+            let m = ingest::mimic::run(&opts, &a.common.out, &bar).context("ingest mimic")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Padchest(a) => {
+            if !a.images_only {
+                bail!("pass --images-only: PadChest rows are ingested without reports (they are in Spanish)");
+            }
+            let opts = PadchestOptions {
+                root: a.root,
+                projections: all_or(a.projections),
+                split_fractions: (a.train_fraction, a.validate_fraction),
+                split_seed: a.split_seed,
+                image: a.common.policy(Window::MimicJpg, a.window),
+                shards: a.common.shards(),
+            };
+            let bar = progress_bar();
+            let m = ingest::padchest::run(&opts, &a.common.out, &bar).context("ingest padchest")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Stats { shards, out } => {
+            ingest::stats::write_report(&shards, &out).context("ingest stats")?;
+            println!("{}", out.join("stats.md").display());
+        }
+        Command::Sections { root, sections, out } => {
+            let (written, missing) =
+                ingest::mimic::export_sections(&root, &sections, &out).context("ingest sections")?;
+            println!("{}: {written} studies ({missing} without usable sections)", out.display());
+        }
+        Command::Tokenizer { vocab, out } => {
+            let json = ingest::tokenize::build_tokenizer_json(&vocab)?;
+            ingest::shard::write_atomic(&out, json.as_bytes())?;
+            println!("{}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

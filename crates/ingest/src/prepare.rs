@@ -1,0 +1,104 @@
+//! From an image file on disk to the stored 8-bit image: decode, window,
+//! resize once, encode. One function per input kind, all returning the same
+//! [`Prepared`] or a reject reason.
+
+use std::path::Path;
+
+use schemas::{ImagePolicy, Stage};
+
+use crate::dicom_image::{self, StoredImage};
+use crate::encode;
+use crate::window::{self, Gray8};
+
+/// An image ready for its row.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Encoded pixels for the `image` column.
+    pub bytes: Vec<u8>,
+    /// Stored width.
+    pub width: u32,
+    /// Stored height.
+    pub height: u32,
+    /// Original rows.
+    pub orig_rows: u32,
+    /// Original columns.
+    pub orig_cols: u32,
+    /// Bits stored in the original.
+    pub bits_stored: u16,
+    /// Photometric interpretation of the original.
+    pub photometric: String,
+}
+
+/// Why an image was not written: the stage and a reason a person can act on.
+pub type Failure = (Stage, String);
+
+fn finish(
+    gray: Gray8,
+    orig: (u32, u32),
+    bits_stored: u16,
+    photometric: &str,
+    policy: &ImagePolicy,
+) -> Result<Prepared, Failure> {
+    let small = window::resize_short_side(&gray, policy.short_side);
+    let bytes = encode::encode(&small.pixels, small.width, small.height, policy.encoding)
+        .map_err(|e| (Stage::ImageDecode, format!("encoding the stored image failed: {e}")))?;
+    Ok(Prepared {
+        bytes,
+        width: small.width,
+        height: small.height,
+        orig_rows: orig.1,
+        orig_cols: orig.0,
+        bits_stored,
+        photometric: photometric.to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| (Stage::ImageRead, format!("image unreadable: {e}")))
+}
+
+/// A DICOM file: stored values, rescale, window and inversion per the policy.
+pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
+    let bytes = read(path)?;
+    let (stored, _info) = dicom_image::decode_dicom_bytes_reduced(&bytes, policy.short_side)
+        .map_err(|e| (Stage::ImageDecode, e.to_string()))?;
+    let gray = window::render(&stored, policy.dicom_window, policy.rescale, policy.invert_monochrome1);
+    let orig = stored_orig(&stored);
+    finish(gray, orig, stored.bits_stored, &stored.photometric, policy)
+}
+
+/// The original size of a decoded DICOM: a reduced-resolution decode still
+/// reports the size the file declares.
+fn stored_orig(stored: &StoredImage) -> (u32, u32) {
+    (stored.orig_width(), stored.orig_height())
+}
+
+/// An 8-bit JPEG (MIMIC-CXR-JPG): already windowed by the release, so only resized.
+pub fn jpeg8(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
+    let bytes = read(path)?;
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .map_err(|e| (Stage::ImageDecode, format!("JPEG decode failed: {e}")))?
+        .into_luma8();
+    let (w, h) = img.dimensions();
+    let gray = Gray8 { width: w, height: h, pixels: img.into_raw() };
+    finish(gray, (w, h), 8, "MONOCHROME2", policy)
+}
+
+/// A grayscale PNG of 8 or 16 bits (PadChest): windowed by `policy.png_window`.
+pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
+    let bytes = read(path)?;
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .map_err(|e| (Stage::ImageDecode, format!("PNG decode failed: {e}")))?;
+    let bits: u16 = if img.color().bytes_per_pixel() >= 2 { 16 } else { 8 };
+    let luma = img.into_luma16();
+    let (w, h) = luma.dimensions();
+    let pixels: Vec<i32> = if bits == 16 {
+        luma.into_raw().into_iter().map(i32::from).collect()
+    } else {
+        // `into_luma16` scales 8-bit values by 257; undo it to keep stored values.
+        luma.into_raw().into_iter().map(|v| i32::from(v / 257)).collect()
+    };
+    let stored = StoredImage::monochrome2(w, h, bits, pixels);
+    let gray = window::render(&stored, policy.png_window, false, false);
+    finish(gray, (w, h), bits, "MONOCHROME2", policy)
+}
