@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end tests: they run the `synth` and `ingest` binaries on generated
+//! and real data, and read the shards back. One test binary, as ripgrep does,
+//! to keep link time down. `scripts/test.sh` builds the binaries first.
+
+mod util;
+
+mod covid;
+mod dicom_corpus;
+mod mimic;
+mod padchest;
+mod resume;

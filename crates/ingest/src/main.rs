@@ -49,6 +49,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Tokenize texts as ingest does (cleaning, CLIP BPE, truncation at 77).
+    Tokenize {
+        /// CLIP `tokenizer.json`.
+        #[arg(long, env = "MMCLIP_TOKENIZER")]
+        tokenizer: PathBuf,
+        /// JSON Lines input, one `{"text": ...}` per line.
+        #[arg(long)]
+        texts: PathBuf,
+        /// JSON Lines output, one `{"text", "ids", "truncated"}` per input line.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build CLIP's `tokenizer.json` from `bpe_simple_vocab_16e6.txt.gz`.
     Tokenizer {
         /// The gzipped BPE vocabulary (ships in the `open_clip_torch` wheel).
@@ -276,6 +288,25 @@ fn run(cli: Cli) -> Result<()> {
             let (written, missing) =
                 ingest::mimic::export_sections(&root, &sections, &out).context("ingest sections")?;
             println!("{}: {written} studies ({missing} without usable sections)", out.display());
+        }
+        Command::Tokenize { tokenizer, texts, out } => {
+            let tok = ingest::tokenize::ClipTokenizer::from_file(&tokenizer)?;
+            let input = std::fs::read_to_string(&texts).with_context(|| texts.display().to_string())?;
+            let mut lines = Vec::new();
+            for (i, line) in input.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not JSON", texts.display(), i + 1))?;
+                let Some(raw) = v.get("text").and_then(|t| t.as_str()) else {
+                    bail!("{}:{}: no \"text\" string", texts.display(), i + 1);
+                };
+                let text = ingest::report::clean_section(raw);
+                let t = tok.encode(&text)?;
+                let rec = serde_json::json!({"text": text, "ids": t.ids, "truncated": t.truncated});
+                lines.push(rec.to_string());
+            }
+            lines.push(String::new());
+            ingest::shard::write_atomic(&out, lines.join("\n").as_bytes())?;
+            println!("{}: {} texts", out.display(), lines.len() - 1);
         }
         Command::Tokenizer { vocab, out } => {
             let json = ingest::tokenize::build_tokenizer_json(&vocab)?;

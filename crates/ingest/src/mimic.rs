@@ -371,6 +371,9 @@ pub fn run(opts: &MimicOptions, out: &Path, progress: &ProgressBar) -> Result<Ma
         None => (None, None),
     };
     let arguments = serde_json::to_value(opts).expect("serialisable");
+    if let Some(done) = shard::finished_run(out, &arguments)? {
+        return Ok(done);
+    }
     // The fingerprint ties progress files to these arguments and input files.
     let fingerprint = serde_json::json!({
         "arguments": arguments,

@@ -186,6 +186,9 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
     }
 
     let arguments = serde_json::to_value(opts).expect("serialisable");
+    if let Some(done) = shard::finished_run(out, &arguments)? {
+        return Ok(done);
+    }
     let fingerprint = serde_json::json!({
         "arguments": arguments,
         "rows": items.len(),

@@ -217,6 +217,21 @@ pub fn finish(out: &Path, manifest: &Manifest, rejects: &[Reject]) -> Result<(),
     Ok(())
 }
 
+/// The manifest of a run already finished in `out`: `Some` when its arguments
+/// are `arguments` (running again is then a no-op), an error when they differ.
+pub fn finished_run(out: &Path, arguments: &serde_json::Value) -> Result<Option<Manifest>, ShardError> {
+    let path = out.join(MANIFEST_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ShardError::Io { path, source }),
+    };
+    match serde_json::from_slice::<Manifest>(&bytes) {
+        Ok(m) if &m.arguments == arguments => Ok(Some(m)),
+        _ => Err(ShardError::DifferentRun { path }),
+    }
+}
+
 /// Refuses to mix two different runs in one folder.
 fn check_fingerprint(path: &Path, fingerprint: &serde_json::Value) -> Result<(), ShardError> {
     let want = serde_json::to_vec_pretty(fingerprint).expect("serialisable");
@@ -428,6 +443,117 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
     RecordBatch::try_new(shard_schema(), columns).map_err(|e| e.to_string())
 }
 
+/// Reads a shard back into rows: the inverse of [`rows_to_batch`], for tests,
+/// tools and small data. (The training loader reads columns, not rows.)
+pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int8Type, Int32Type};
+    use arrow_array::{Array, ListArray, StructArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let format = |message: String| ShardError::Format { path: path.to_path_buf(), message };
+    let file = File::open(path).map_err(io_err(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| format(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format(e.to_string()))?;
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| format(format!("no column {name}")))
+        };
+        let strs = |name: &str| -> Result<Vec<Option<String>>, ShardError> {
+            let c = column(name)?;
+            let a = c.as_string_opt::<i32>().ok_or_else(|| format(format!("{name} is not utf8")))?;
+            Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_string())).collect())
+        };
+        let ints = |name: &str| -> Result<Vec<i32>, ShardError> {
+            let c = column(name)?;
+            let a = c.as_primitive_opt::<Int32Type>().ok_or_else(|| format(format!("{name} is not int32")))?;
+            Ok(a.values().to_vec())
+        };
+        let list = |name: &str| -> Result<ListArray, ShardError> {
+            column(name)?.as_list_opt::<i32>().cloned().ok_or_else(|| format(format!("{name} is not a list")))
+        };
+        let n = batch.num_rows();
+        let [source, subject, study, image_id, split, view, photometric] = [
+            col::SOURCE, col::SUBJECT_ID, col::STUDY_ID, col::IMAGE_ID, col::SPLIT, col::VIEW, col::PHOTOMETRIC,
+        ]
+        .map(strs);
+        let [report, findings, impression, last, comparison, indication, text, entity_source] = [
+            col::REPORT, col::FINDINGS, col::IMPRESSION, col::LAST_PARAGRAPH, col::COMPARISON,
+            col::INDICATION, col::TEXT, col::ENTITY_SOURCE,
+        ]
+        .map(strs);
+        let [height, width, orig_rows, orig_cols, bits] =
+            [col::IMAGE_HEIGHT, col::IMAGE_WIDTH, col::ORIG_ROWS, col::ORIG_COLS, col::BITS_STORED].map(ints);
+        let paired = column(col::PAIRED)?;
+        let paired = paired.as_boolean_opt().ok_or_else(|| format("paired is not boolean".into()))?;
+        let truncated = column(col::TRUNCATED)?;
+        let truncated = truncated.as_boolean_opt().ok_or_else(|| format("truncated is not boolean".into()))?;
+        let image = column(col::IMAGE)?;
+        let image = image.as_binary_opt::<i32>().ok_or_else(|| format("image is not binary".into()))?;
+        let (tokens, mask, spans, finding_labels) =
+            (list(col::TOKEN_IDS)?, list(col::ENTITY_MASK)?, list(col::ENTITY_SPANS)?, list(col::FINDING_LABELS)?);
+        let labels: Vec<_> = (0..CHEXPERT_CLASSES.len())
+            .map(|i| {
+                let c = column(&schemas::label_column(i))?;
+                c.as_primitive_opt::<Int8Type>().cloned().ok_or_else(|| format("label is not int8".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let (source, subject, study, image_id, split, view, photometric) =
+            (source?, subject?, study?, image_id?, split?, view?, photometric?);
+        let (report, findings, impression, last, comparison, indication, text, entity_source) =
+            (report?, findings?, impression?, last?, comparison?, indication?, text?, entity_source?);
+        let (height, width, orig_rows, orig_cols, bits) = (height?, width?, orig_rows?, orig_cols?, bits?);
+        for i in 0..n {
+            let token_ids = tokens.is_valid(i).then(|| tokens.value(i).as_primitive::<Int32Type>().values().to_vec());
+            let entity_mask = mask.is_valid(i).then(|| mask.value(i).as_boolean().iter().map(|b| b == Some(true)).collect());
+            let entity_spans = spans.is_valid(i).then(|| {
+                let s = spans.value(i);
+                let s: &StructArray = s.as_struct();
+                let (st, en, lb) = (s.column(0).as_primitive::<Int32Type>(), s.column(1).as_primitive::<Int32Type>(), s.column(2).as_string::<i32>());
+                (0..s.len())
+                    .map(|j| EntitySpan { start: st.value(j) as usize, end: en.value(j) as usize, label: lb.value(j).to_string() })
+                    .collect()
+            });
+            let fl = finding_labels.value(i);
+            let fl = fl.as_string::<i32>();
+            rows.push(Row {
+                source: source[i].clone().unwrap_or_default(),
+                subject_id: subject[i].clone().unwrap_or_default(),
+                study_id: study[i].clone().unwrap_or_default(),
+                image_id: image_id[i].clone().unwrap_or_default(),
+                split: split[i].clone().unwrap_or_default(),
+                view: view[i].clone().unwrap_or_default(),
+                paired: paired.value(i),
+                image: image.value(i).to_vec(),
+                image_height: height[i],
+                image_width: width[i],
+                orig_rows: orig_rows[i],
+                orig_cols: orig_cols[i],
+                bits_stored: bits[i],
+                photometric: photometric[i].clone().unwrap_or_default(),
+                report: report[i].clone(),
+                findings: findings[i].clone(),
+                impression: impression[i].clone(),
+                last_paragraph: last[i].clone(),
+                comparison: comparison[i].clone(),
+                indication: indication[i].clone(),
+                text: text[i].clone(),
+                token_ids,
+                truncated: truncated.is_valid(i).then(|| truncated.value(i)),
+                entity_spans,
+                entity_mask,
+                entity_source: entity_source[i].clone(),
+                labels: std::array::from_fn(|c| labels[c].is_valid(i).then(|| labels[c].value(i))),
+                finding_labels: (0..fl.len()).map(|j| fl.value(j).to_string()).collect(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -527,6 +653,8 @@ mod tests {
         assert_eq!(w.shards.len(), 3);
         assert_eq!(w.shards.iter().map(|s| s.rows).sum::<u64>(), 6);
         assert_eq!(w.rejects.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["f4", "f9"]);
+        let back = read_shard(&dir.path().join(&w.shards[0].file)).unwrap();
+        assert_eq!(back, vec![row(0), row(1), row(2)]);
     }
 
     #[test]
