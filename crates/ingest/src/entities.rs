@@ -39,16 +39,10 @@ use serde::{Deserialize, Serialize};
 /// The label of every span from `en_core_sci_sm` and from the [`Lexicon`].
 pub const ENTITY_LABEL: &str = "ENTITY";
 
-/// One entity: characters `[start, end)` of the text it was found in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Span {
-    /// First character (Unicode scalar value, as Python counts).
-    pub start: usize,
-    /// One past the last character.
-    pub end: usize,
-    /// The NER label (`ENTITY`, or `DISEASE`/`CHEMICAL` for `en_ner_bc5cdr_md`).
-    pub label: String,
-}
+/// One entity: characters `[start, end)` of the text it was found in, and its
+/// label. The shard format's own span type, so spans go into the
+/// `entity_spans` column as they are.
+pub use schemas::EntitySpan as Span;
 
 /// The built-in lexicon: chest radiography findings, anatomy and devices, one
 /// lower-case term per line; `#` lines name the groups. Plurals are listed
@@ -470,7 +464,10 @@ impl Lexicon {
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(&terms)?;
-        Ok(Lexicon { automaton, terms: terms.len() })
+        Ok(Lexicon {
+            automaton,
+            terms: terms.len(),
+        })
     }
 
     /// Number of terms.
@@ -504,7 +501,11 @@ impl Lexicon {
             // Chosen spans are disjoint and sorted, so one forward walk converts them.
             let start = cursor.char_at(text, s);
             let end = cursor.char_at(text, e);
-            spans.push(Span { start, end, label: ENTITY_LABEL.to_string() });
+            spans.push(Span {
+                start,
+                end,
+                label: ENTITY_LABEL.to_string(),
+            });
         }
         spans
     }
@@ -544,7 +545,11 @@ impl CharCursor {
 /// Byte offset of every character boundary of `text`, up to `max_char`
 /// (clamped to the text): `table[c]` is the byte where character `c` starts.
 fn char_boundaries(text: &str, max_char: usize) -> Vec<usize> {
-    let mut table: Vec<usize> = text.char_indices().map(|(b, _)| b).take(max_char + 1).collect();
+    let mut table: Vec<usize> = text
+        .char_indices()
+        .map(|(b, _)| b)
+        .take(max_char + 1)
+        .collect();
     if table.len() <= max_char {
         table.push(text.len());
     }
@@ -558,11 +563,18 @@ fn char_boundaries(text: &str, max_char: usize) -> Vec<usize> {
 /// for the original string. A token is an entity token when its byte range
 /// shares at least one byte with a span's. Special tokens carry `(0, 0)` and
 /// are never entity tokens. Spans past the end of the text are clamped.
-pub fn token_entity_mask(text: &str, spans: &[Span], token_offsets: &[(usize, usize)]) -> Vec<bool> {
+pub fn token_entity_mask(
+    text: &str,
+    spans: &[Span],
+    token_offsets: &[(usize, usize)],
+) -> Vec<bool> {
     let max_char = spans.iter().map(|s| s.end).max().unwrap_or(0);
     let table = char_boundaries(text, max_char);
     let to_byte = |c: usize| table.get(c).copied().unwrap_or(text.len());
-    let byte_spans: Vec<(usize, usize)> = spans.iter().map(|s| (to_byte(s.start), to_byte(s.end))).collect();
+    let byte_spans: Vec<(usize, usize)> = spans
+        .iter()
+        .map(|s| (to_byte(s.start), to_byte(s.end)))
+        .collect();
     token_offsets
         .iter()
         .map(|&(ts, te)| {
@@ -670,7 +682,10 @@ pub struct Sidecar {
 /// [`Sidecar::problems`], and [`Sidecar::check`] reports them again for their
 /// study when the study id could be read.
 pub fn load_sidecar(path: &Path) -> Result<Sidecar, SidecarError> {
-    let io = |source| SidecarError::Io { path: path.display().to_string(), source };
+    let io = |source| SidecarError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
     Sidecar::from_reader(std::io::BufReader::new(file)).map_err(io)
 }
@@ -705,7 +720,11 @@ impl Sidecar {
             Ok(v) => v,
             Err(e) => return self.problem(line, None, format!("not JSON: {e}")),
         };
-        let Some(study_id) = value.get("study_id").and_then(|v| v.as_str()).map(str::to_string) else {
+        let Some(study_id) = value
+            .get("study_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+        else {
             return self.problem(line, None, "no \"study_id\" string".to_string());
         };
         let slot = match serde_json::from_value::<SidecarLine>(value) {
@@ -726,7 +745,11 @@ impl Sidecar {
                     Slot::Duplicate { lines } => lines.clone(),
                 };
                 let reason = format!("study id {} already on line {}", o.key(), lines[0]);
-                self.problems.push(SidecarProblem { line, study_id: Some(o.key().clone()), reason });
+                self.problems.push(SidecarProblem {
+                    line,
+                    study_id: Some(o.key().clone()),
+                    reason,
+                });
                 lines.push(line);
                 o.insert(Slot::Duplicate { lines });
             }
@@ -734,7 +757,11 @@ impl Sidecar {
     }
 
     fn problem(&mut self, line: usize, study_id: Option<String>, reason: String) {
-        self.problems.push(SidecarProblem { line, study_id, reason });
+        self.problems.push(SidecarProblem {
+            line,
+            study_id,
+            reason,
+        });
     }
 
     /// The lines that could not be used, in file order.
@@ -755,11 +782,22 @@ impl Sidecar {
     /// The spans of `study_id`, when its line ran on exactly `text` and every
     /// span is non-empty, inside the text, and reads its `text` there.
     pub fn check(&self, study_id: &str, text: &str) -> Result<Vec<Span>, EntityCheckError> {
-        let invalid = |line, reason| EntityCheckError::Invalid { study_id: study_id.to_string(), line, reason };
+        let invalid = |line, reason| EntityCheckError::Invalid {
+            study_id: study_id.to_string(),
+            line,
+            reason,
+        };
         let (line, entry) = match self.slots.get(study_id) {
-            None => return Err(EntityCheckError::Missing { study_id: study_id.to_string() }),
+            None => {
+                return Err(EntityCheckError::Missing {
+                    study_id: study_id.to_string(),
+                });
+            }
             Some(Slot::Duplicate { lines }) => {
-                return Err(EntityCheckError::Duplicate { study_id: study_id.to_string(), lines: lines.clone() });
+                return Err(EntityCheckError::Duplicate {
+                    study_id: study_id.to_string(),
+                    lines: lines.clone(),
+                });
             }
             Some(Slot::Malformed { line, reason }) => return Err(invalid(*line, reason.clone())),
             Some(Slot::Line { line, entry }) => (*line, entry),
@@ -768,7 +806,13 @@ impl Sidecar {
             return Err(invalid(line, reason));
         }
         let n_chars = text.chars().count();
-        let max_end = entry.entities.iter().map(|e| e.end).max().unwrap_or(0).min(n_chars);
+        let max_end = entry
+            .entities
+            .iter()
+            .map(|e| e.end)
+            .max()
+            .unwrap_or(0)
+            .min(n_chars);
         let table = char_boundaries(text, max_end);
         let mut spans = Vec::with_capacity(entry.entities.len());
         for (k, e) in entry.entities.iter().enumerate() {
@@ -777,7 +821,10 @@ impl Sidecar {
                 return Err(invalid(line, format!("{at} is empty or reversed")));
             }
             if e.end > n_chars {
-                return Err(invalid(line, format!("{at} ends past the text's {n_chars} characters")));
+                return Err(invalid(
+                    line,
+                    format!("{at} ends past the text's {n_chars} characters"),
+                ));
             }
             if e.label.is_empty() {
                 return Err(invalid(line, format!("{at} has an empty label")));
@@ -786,10 +833,17 @@ impl Sidecar {
             if actual != e.text {
                 return Err(invalid(
                     line,
-                    format!("{at} is {actual:?} in the text but {:?} in the sidecar", e.text),
+                    format!(
+                        "{at} is {actual:?} in the text but {:?} in the sidecar",
+                        e.text
+                    ),
                 ));
             }
-            spans.push(Span { start: e.start, end: e.end, label: e.label.clone() });
+            spans.push(Span {
+                start: e.start,
+                end: e.end,
+                label: e.label.clone(),
+            });
         }
         Ok(spans)
     }
@@ -801,7 +855,11 @@ fn describe_difference(sidecar: &str, expected: &str) -> Option<String> {
         return None;
     }
     let (mut at, mut byte_s, mut byte_e) = (0, 0, 0);
-    for ((i, (bs, a)), (be, b)) in sidecar.char_indices().enumerate().zip(expected.char_indices()) {
+    for ((i, (bs, a)), (be, b)) in sidecar
+        .char_indices()
+        .enumerate()
+        .zip(expected.char_indices())
+    {
         (at, byte_s, byte_e) = (i, bs, be);
         if a != b {
             break;
@@ -848,7 +906,15 @@ mod tests {
     fn lexicon_prefers_the_longest_term_and_ignores_case() {
         let text = "Small left Pleural Effusion. NO PNEUMOTHORAX. Nasogastric tube in stomach.";
         let spans = Lexicon::builtin().find(text);
-        assert_eq!(texts(text, &spans), ["Pleural Effusion", "PNEUMOTHORAX", "Nasogastric tube", "stomach"]);
+        assert_eq!(
+            texts(text, &spans),
+            [
+                "Pleural Effusion",
+                "PNEUMOTHORAX",
+                "Nasogastric tube",
+                "stomach"
+            ]
+        );
         assert!(spans.iter().all(|s| s.label == ENTITY_LABEL));
     }
 
@@ -856,7 +922,10 @@ mod tests {
     fn lexicon_matches_whole_words_only() {
         let text = "Retrocardiac lungs, cardiac, effusions; apexes. preheart";
         let spans = Lexicon::builtin().find(text);
-        assert_eq!(texts(text, &spans), ["Retrocardiac", "lungs", "cardiac", "effusions"]);
+        assert_eq!(
+            texts(text, &spans),
+            ["Retrocardiac", "lungs", "cardiac", "effusions"]
+        );
     }
 
     #[test]
@@ -890,22 +959,42 @@ mod tests {
         let sc = sidecar(&format!("{GOOD}\n\n"));
         assert!(sc.problems().is_empty());
         assert_eq!(sc.len(), 1);
-        let spans = sc.check("50414267", "Effusion at 30° café, pneumothorax.").unwrap();
-        assert_eq!(spans, vec![
-            Span { start: 0, end: 8, label: "ENTITY".into() },
-            Span { start: 22, end: 34, label: "ENTITY".into() },
-        ]);
+        let spans = sc
+            .check("50414267", "Effusion at 30° café, pneumothorax.")
+            .unwrap();
+        assert_eq!(
+            spans,
+            vec![
+                Span {
+                    start: 0,
+                    end: 8,
+                    label: "ENTITY".into()
+                },
+                Span {
+                    start: 22,
+                    end: 34,
+                    label: "ENTITY".into()
+                },
+            ]
+        );
     }
 
     #[test]
     fn sidecar_text_that_differs_is_rejected_with_the_position() {
         let sc = sidecar(GOOD);
-        let err = sc.check("50414267", "Effusion at 30° cafe, pneumothorax.").unwrap_err();
+        let err = sc
+            .check("50414267", "Effusion at 30° cafe, pneumothorax.")
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, EntityCheckError::Invalid { line: 1, .. }), "{msg}");
+        assert!(
+            matches!(err, EntityCheckError::Invalid { line: 1, .. }),
+            "{msg}"
+        );
         assert!(msg.contains("at character 19"), "{msg}");
         assert!(msg.contains("\"é, pneumothorax.\""), "{msg}");
-        let err = sc.check("50414267", "Effusion at 30° café, pneumothorax. More.").unwrap_err();
+        let err = sc
+            .check("50414267", "Effusion at 30° café, pneumothorax. More.")
+            .unwrap_err();
         assert!(err.to_string().contains("at character 35"), "{err}");
     }
 
@@ -918,12 +1007,24 @@ mod tests {
             )
         };
         // Byte offsets where character offsets were expected: "café" is 16..20 in characters.
-        let err = sidecar(&line(17, 21, "café")).check("1", text).unwrap_err().to_string();
-        assert!(err.contains("entity 0 (17..21) is \"afé.\" in the text but \"café\""), "{err}");
+        let err = sidecar(&line(17, 21, "café"))
+            .check("1", text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entity 0 (17..21) is \"afé.\" in the text but \"café\""),
+            "{err}"
+        );
         assert!(sidecar(&line(16, 20, "café")).check("1", text).is_ok());
-        let err = sidecar(&line(5, 5, "")).check("1", text).unwrap_err().to_string();
+        let err = sidecar(&line(5, 5, ""))
+            .check("1", text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("empty or reversed"), "{err}");
-        let err = sidecar(&line(16, 40, "café.")).check("1", text).unwrap_err().to_string();
+        let err = sidecar(&line(16, 40, "café."))
+            .check("1", text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ends past the text's 21 characters"), "{err}");
     }
 
@@ -934,23 +1035,53 @@ mod tests {
              {{\"study_id\": \"7\", \"text\": \"x\"}}\n{GOOD}\n{GOOD}\n\
              {{\"study_id\": \"8\", \"text\": \"Clear.\", \"entities\": []}}\r\n"
         ));
-        let lines: Vec<(usize, Option<&str>)> =
-            sc.problems().iter().map(|p| (p.line, p.study_id.as_deref())).collect();
-        assert_eq!(lines, [(2, None), (3, None), (4, Some("7")), (5, Some("50414267")), (6, Some("50414267"))]);
+        let lines: Vec<(usize, Option<&str>)> = sc
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.study_id.as_deref()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (2, None),
+                (3, None),
+                (4, Some("7")),
+                (5, Some("50414267")),
+                (6, Some("50414267"))
+            ]
+        );
         assert!(sc.problems()[1].reason.contains("study_id"));
-        assert!(sc.problems()[2].reason.contains("entities"), "{}", sc.problems()[2].reason);
+        assert!(
+            sc.problems()[2].reason.contains("entities"),
+            "{}",
+            sc.problems()[2].reason
+        );
         assert!(sc.problems()[3].reason.contains("already on line 1"));
 
         let text = "Effusion at 30° café, pneumothorax.";
         assert_eq!(
             sc.check("50414267", text),
-            Err(EntityCheckError::Duplicate { study_id: "50414267".into(), lines: vec![1, 5, 6] })
+            Err(EntityCheckError::Duplicate {
+                study_id: "50414267".into(),
+                lines: vec![1, 5, 6]
+            })
         );
-        assert!(matches!(sc.check("7", "x"), Err(EntityCheckError::Invalid { line: 4, .. })));
+        assert!(matches!(
+            sc.check("7", "x"),
+            Err(EntityCheckError::Invalid { line: 4, .. })
+        ));
         assert_eq!(sc.check("8", "Clear."), Ok(vec![]));
         let missing = sc.check("99", "x").unwrap_err();
-        assert_eq!(missing, EntityCheckError::Missing { study_id: "99".into() });
-        assert_eq!(missing.to_string(), "study 99 has no line in the NER sidecar");
+        assert_eq!(
+            missing,
+            EntityCheckError::Missing {
+                study_id: "99".into()
+            }
+        );
+        assert_eq!(
+            missing.to_string(),
+            "study 99 has no line in the NER sidecar"
+        );
     }
 
     #[test]
@@ -960,7 +1091,10 @@ mod tests {
         let sc = Sidecar::from_reader(bytes.as_slice()).unwrap();
         assert_eq!(sc.problems().len(), 1);
         assert_eq!(sc.problems()[0].line, 2);
-        assert!(sc.check("50414267", "Effusion at 30° café, pneumothorax.").is_ok());
+        assert!(
+            sc.check("50414267", "Effusion at 30° café, pneumothorax.")
+                .is_ok()
+        );
     }
 
     #[test]
@@ -970,7 +1104,9 @@ mod tests {
         std::fs::write(&path, format!("{GOOD}\n")).unwrap();
         let sc = load_sidecar(&path).unwrap();
         assert_eq!(sc.len(), 1);
-        let err = load_sidecar(&dir.path().join("absent.jsonl")).unwrap_err().to_string();
+        let err = load_sidecar(&dir.path().join("absent.jsonl"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent.jsonl"), "{err}");
     }
 
@@ -978,7 +1114,11 @@ mod tests {
     fn token_mask_converts_character_spans_to_byte_ranges() {
         let text = "30° é effusion";
         // Characters: "30°"=0..3, "é"=4..5, "effusion"=6..14. Bytes: "°" and "é" are 2 each.
-        let spans = [Span { start: 6, end: 14, label: "ENTITY".into() }];
+        let spans = [Span {
+            start: 6,
+            end: 14,
+            label: "ENTITY".into(),
+        }];
         let tokens = [(0, 0), (0, 2), (2, 4), (5, 7), (8, 11), (11, 16), (0, 0)];
         //             SOT    "30"    "°"    "é"    "eff"    "usion"   EOT
         assert_eq!(&text[8..16], "effusion");
@@ -987,19 +1127,40 @@ mod tests {
             [false, false, false, false, true, true, false]
         );
         // Had the span been read as bytes 6..14, "é" (bytes 5..7) would be marked.
-        let degree = [Span { start: 2, end: 3, label: "ENTITY".into() }];
-        assert_eq!(token_entity_mask(text, &degree, &tokens), [false, false, true, false, false, false, false]);
+        let degree = [Span {
+            start: 2,
+            end: 3,
+            label: "ENTITY".into(),
+        }];
+        assert_eq!(
+            token_entity_mask(text, &degree, &tokens),
+            [false, false, true, false, false, false, false]
+        );
     }
 
     #[test]
     fn token_mask_marks_partial_overlaps_and_never_special_tokens() {
         let text = "effusion";
-        let spans = [Span { start: 0, end: 3, label: "ENTITY".into() }];
-        assert_eq!(token_entity_mask(text, &spans, &[(0, 0), (0, 5), (5, 8), (0, 0)]), [false, true, false, false]);
+        let spans = [Span {
+            start: 0,
+            end: 3,
+            label: "ENTITY".into(),
+        }];
+        assert_eq!(
+            token_entity_mask(text, &spans, &[(0, 0), (0, 5), (5, 8), (0, 0)]),
+            [false, true, false, false]
+        );
         assert_eq!(token_entity_mask(text, &[], &[(0, 5)]), [false]);
         // Spans beyond the text (never produced after `check`) are clamped, not a panic.
-        let wild = [Span { start: 6, end: 99, label: "ENTITY".into() }];
-        assert_eq!(token_entity_mask(text, &wild, &[(0, 5), (5, 8)]), [false, true]);
+        let wild = [Span {
+            start: 6,
+            end: 99,
+            label: "ENTITY".into(),
+        }];
+        assert_eq!(
+            token_entity_mask(text, &wild, &[(0, 5), (5, 8)]),
+            [false, true]
+        );
     }
 
     #[test]
@@ -1007,7 +1168,20 @@ mod tests {
         let text = "Right PICC ends in the SVC. No pneumothorax.";
         let spans = Lexicon::builtin().find(text);
         assert_eq!(texts(text, &spans), ["PICC", "SVC", "pneumothorax"]);
-        let tokens = [(0, 0), (0, 5), (6, 10), (11, 15), (16, 18), (19, 22), (23, 26), (26, 27), (28, 30), (31, 43), (43, 44), (0, 0)];
+        let tokens = [
+            (0, 0),
+            (0, 5),
+            (6, 10),
+            (11, 15),
+            (16, 18),
+            (19, 22),
+            (23, 26),
+            (26, 27),
+            (28, 30),
+            (31, 43),
+            (43, 44),
+            (0, 0),
+        ];
         let mask = token_entity_mask(text, &spans, &tokens);
         assert_eq!(mask.iter().filter(|&&m| m).count(), 3);
         assert!(mask[2] && mask[6] && mask[9]);

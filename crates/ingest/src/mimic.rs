@@ -298,7 +298,7 @@ impl Job<'_> {
                 Ok(spans) => (spans, "sidecar"),
                 Err(reason) => {
                     let path = self.opts.ner.as_deref().unwrap_or(Path::new("sidecar"));
-                    return it.reject(path, Stage::Entities, reason);
+                    return it.reject(path, Stage::Entities, reason.to_string());
                 }
             },
             None => (self.lexicon.find(&text), "lexicon"),
@@ -340,7 +340,9 @@ impl Job<'_> {
             text: Some(text),
             token_ids: Some(tokens.ids),
             truncated: Some(tokens.truncated),
-            entity_spans: Some(spans),
+            entity_spans: Some(
+                spans.into_iter().map(|s| schemas::EntitySpan { start: s.start, end: s.end, label: s.label }).collect(),
+            ),
             entity_mask: Some(mask),
             entity_source: Some(source.into()),
             labels: it.labels,

@@ -60,17 +60,11 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
 /// A DICOM file: stored values, rescale, window and inversion per the policy.
 pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let bytes = read(path)?;
-    let (stored, _info) = dicom_image::decode_dicom_bytes_reduced(&bytes, policy.short_side)
+    // A reduced-resolution decode (JPEG 2000) still records the size the file declares.
+    let (stored, info) = dicom_image::decode_dicom_bytes_reduced(&bytes, policy.short_side)
         .map_err(|e| (Stage::ImageDecode, e.to_string()))?;
     let gray = window::render(&stored, policy.dicom_window, policy.rescale, policy.invert_monochrome1);
-    let orig = stored_orig(&stored);
-    finish(gray, orig, stored.bits_stored, &stored.photometric, policy)
-}
-
-/// The original size of a decoded DICOM: a reduced-resolution decode still
-/// reports the size the file declares.
-fn stored_orig(stored: &StoredImage) -> (u32, u32) {
-    (stored.orig_width(), stored.orig_height())
+    finish(gray, (info.cols, info.rows), stored.bits_stored, &stored.photometric, policy)
 }
 
 /// An 8-bit JPEG (MIMIC-CXR-JPG): already windowed by the release, so only resized.

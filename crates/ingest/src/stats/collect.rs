@@ -13,7 +13,9 @@ use arrow_array::{
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
-use schemas::{CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, Stage, col};
+use schemas::{
+    CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, Stage, col,
+};
 
 use super::{
     EntityStats, FindingLabelStats, FolderStats, Frequency, Histogram, ImageStats, LabelCounts,
@@ -24,7 +26,7 @@ use super::{
 /// images a batch holds about 20 MB of pixels, whatever the row group size.
 const BATCH_ROWS: usize = 256;
 /// The CLIP context length `token_ids` are cut to (start and end tokens included).
-pub(super) const CONTEXT_LENGTH: usize = 77;
+const CONTEXT_LENGTH: usize = 77;
 /// Entries kept in the top-N lists.
 const TOP_N: usize = 30;
 /// Entries kept in the lists of common image sizes.
@@ -157,7 +159,11 @@ fn projected_columns() -> Vec<String> {
 }
 
 fn column_error(path: &Path, column: &str, reason: impl Into<String>) -> StatsError {
-    StatsError::Column { path: path.to_path_buf(), column: column.to_string(), reason: reason.into() }
+    StatsError::Column {
+        path: path.to_path_buf(),
+        column: column.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl<'a> Columns<'a> {
@@ -166,7 +172,8 @@ impl<'a> Columns<'a> {
             batch.column_by_name(name).ok_or_else(|| column_error(path, name, "missing"))
         };
         let wrong = |name: &str, ty: &str| column_error(path, name, format!("expected type {ty}"));
-        let strings = |name: &str| get(name)?.as_string_opt::<i32>().ok_or_else(|| wrong(name, "Utf8"));
+        let strings =
+            |name: &str| get(name)?.as_string_opt::<i32>().ok_or_else(|| wrong(name, "Utf8"));
         let bools = |name: &str| get(name)?.as_boolean_opt().ok_or_else(|| wrong(name, "Boolean"));
         let ints = |name: &str| {
             get(name)?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong(name, "Int32"))
@@ -201,32 +208,29 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Adds one to `map[key]`, allocating the key only the first time it is seen.
-fn bump<M: CountMap>(map: &mut M, key: &str) {
-    map.bump(key, 1);
-}
-
+/// Counts keyed by text: adds one to `map[key]`, allocating the key only
+/// the first time it is seen.
 trait CountMap {
-    fn bump(&mut self, key: &str, n: u64);
+    fn bump(&mut self, key: &str);
 }
 
 impl CountMap for BTreeMap<String, u64> {
-    fn bump(&mut self, key: &str, n: u64) {
+    fn bump(&mut self, key: &str) {
         match self.get_mut(key) {
-            Some(c) => *c += n,
+            Some(c) => *c += 1,
             None => {
-                self.insert(key.to_string(), n);
+                self.insert(key.to_string(), 1);
             }
         }
     }
 }
 
 impl CountMap for HashMap<String, u64> {
-    fn bump(&mut self, key: &str, n: u64) {
+    fn bump(&mut self, key: &str) {
         match self.get_mut(key) {
-            Some(c) => *c += n,
+            Some(c) => *c += 1,
             None => {
-                self.insert(key.to_string(), n);
+                self.insert(key.to_string(), 1);
             }
         }
     }
@@ -273,8 +277,10 @@ impl Accumulator {
         let logged = self.add_rejects(dir, counts.rejected_total(), &mut problems)?;
         let logged_total: u64 = logged.values().sum();
         for stage in Stage::ALL {
-            let (in_log, in_manifest) =
-                (logged.get(&stage).copied().unwrap_or(0), counts.rejected.get(&stage).copied().unwrap_or(0));
+            let (in_log, in_manifest) = (
+                logged.get(&stage).copied().unwrap_or(0),
+                counts.rejected.get(&stage).copied().unwrap_or(0),
+            );
             if in_log != in_manifest {
                 problems.push(format!(
                     "{}: {in_log} `{}` rejects logged, the manifest counts {in_manifest}",
@@ -321,10 +327,13 @@ impl Accumulator {
         // nested ones included.
         let roots = projected_columns()
             .iter()
-            .map(|name| builder.schema().index_of(name).map_err(|_| column_error(path, name, "missing")))
+            .map(|name| {
+                builder.schema().index_of(name).map_err(|_| column_error(path, name, "missing"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet)?;
+        let reader =
+            builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet)?;
         let mut rows = 0;
         let mut foreign = 0;
         for batch in reader {
@@ -378,10 +387,10 @@ impl Accumulator {
             self.rows_per_source[s] += 1;
             let split = if c.split.is_null(row) { "" } else { c.split.value(row) };
             let view = if c.view.is_null(row) { "" } else { c.view.value(row) };
-            bump(&mut self.by_split, split);
-            bump(&mut self.by_view, view);
-            bump(&mut self.by_source_split[s], split);
-            bump(&mut self.by_source_view[s], view);
+            self.by_split.bump(split);
+            self.by_view.bump(view);
+            self.by_source_split[s].bump(split);
+            self.by_source_view[s].bump(view);
         }
 
         self.add_labels(c, &row_source);
@@ -422,7 +431,7 @@ impl Accumulator {
             }
             for i in start..end {
                 if values.is_valid(i) {
-                    bump(&mut self.finding_labels, values.value(i));
+                    self.finding_labels.bump(values.value(i));
                 }
             }
         }
@@ -456,7 +465,7 @@ impl Accumulator {
             }
             let source =
                 if c.entity_source.is_null(row) { "none" } else { c.entity_source.value(row) };
-            bump(&mut self.entity_sources, source);
+            self.entity_sources.bump(source);
             let (first, last) = if spans.is_valid(row) {
                 (offsets[row] as usize, offsets[row + 1] as usize)
             } else {
@@ -477,18 +486,19 @@ impl Accumulator {
             self.char_starts.extend(text.char_indices().map(|(b, _)| b));
             self.char_starts.push(text.len());
             for i in first..last {
-                bump(&mut self.entity_labels, labels.value(i));
+                self.entity_labels.bump(labels.value(i));
                 let (start, end) = (starts.value(i), ends.value(i));
                 let chars = self.char_starts.len() - 1;
                 if start < 0 || end < start || end as usize > chars {
                     self.invalid_spans += 1;
                     continue;
                 }
-                let entity = &text[self.char_starts[start as usize]..self.char_starts[end as usize]];
+                let entity =
+                    &text[self.char_starts[start as usize]..self.char_starts[end as usize]];
                 // Count "Effusion" and "effusion " as one entity.
                 self.entity_buf.clear();
                 self.entity_buf.extend(entity.trim().chars().flat_map(char::to_lowercase));
-                bump(&mut self.entity_strings, &self.entity_buf);
+                self.entity_strings.bump(&self.entity_buf);
             }
         }
     }
@@ -608,12 +618,25 @@ impl Accumulator {
         Ok(by_stage)
     }
 
-    fn finish(self) -> (Stats, Detail) {
-        let by_source = self.sources.iter().cloned().zip(self.rows_per_source.iter().copied()).collect();
+    fn finish(mut self) -> (Stats, Detail) {
+        if self.undecodable > 0 {
+            self.problems.push(format!("{} images could not be decoded", self.undecodable));
+        }
+        if self.invalid_spans > 0 {
+            self.problems
+                .push(format!("{} entity spans do not fit their text", self.invalid_spans));
+        }
+        let by_source =
+            self.sources.iter().cloned().zip(self.rows_per_source.iter().copied()).collect();
         let mut reasons: Vec<ReasonCount> = self
             .reject_reasons
             .into_iter()
-            .map(|((stage, reason), (count, example))| ReasonCount { stage, reason, count, example })
+            .map(|((stage, reason), (count, example))| ReasonCount {
+                stage,
+                reason,
+                count,
+                example,
+            })
             .collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.stage.cmp(&b.stage)));
         let per_length = |counts: &ValueCounts| {
@@ -669,7 +692,10 @@ impl Accumulator {
                 orig_cols: summary(&self.orig_cols),
                 common_stored: common_sizes(&self.stored_sizes),
                 common_orig: common_sizes(&self.orig_sizes),
-                intensity: named(&self.sources, self.intensity.iter().map(|h| h.to_vec()).collect()),
+                intensity: named(
+                    &self.sources,
+                    self.intensity.iter().map(|h| h.to_vec()).collect(),
+                ),
                 decoded: self.decoded,
                 pixels: self.pixels,
                 undecodable: self.undecodable,
@@ -685,22 +711,10 @@ impl Accumulator {
             problems: self.problems,
             charts: Vec::new(),
         };
-        let mut problems = Vec::new();
-        if stats.images.undecodable > 0 {
-            problems.push(format!("{} images could not be decoded", stats.images.undecodable));
-        }
-        if stats.entities.invalid_spans > 0 {
-            problems.push(format!(
-                "{} entity spans do not fit their text",
-                stats.entities.invalid_spans
-            ));
-        }
         let detail = Detail {
             orig_sizes: named(&self.sources, self.orig_sizes),
             stored_sizes: named(&self.sources, self.stored_sizes),
         };
-        let mut stats = stats;
-        stats.problems.extend(problems);
         (stats, detail)
     }
 }

@@ -1,0 +1,448 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Int32Builder, ListBuilder, StringBuilder, StructBuilder,
+};
+use arrow_array::{
+    ArrayRef, BinaryArray, BooleanArray, Int8Array, Int32Array, RecordBatch, StringArray,
+};
+use arrow_schema::{DataType, FieldRef};
+use parquet::arrow::ArrowWriter;
+use schemas::{
+    CHEXPERT_CLASSES, Counts, ImageEncoding, ImagePolicy, Manifest, REJECTS_FILE, Reject,
+    ShardEntry, Source, Stage, col,
+};
+
+use super::*;
+
+/// One row of a test shard; what a test does not set is null or empty.
+#[derive(Default)]
+struct Row {
+    source: &'static str,
+    id: &'static str,
+    split: &'static str,
+    view: &'static str,
+    /// Width, height and one value for every pixel.
+    image: (u32, u32, u8),
+    text: Option<&'static str>,
+    tokens: Option<usize>,
+    truncated: Option<bool>,
+    /// (start, end, label) in characters.
+    spans: Option<Vec<(i32, i32, &'static str)>>,
+    entity_source: Option<&'static str>,
+    /// (shard column name of the class, value).
+    labels: Vec<(&'static str, i8)>,
+    finding_labels: Vec<&'static str>,
+}
+
+impl Row {
+    fn pixels(&self) -> Vec<u8> {
+        vec![self.image.2; (self.image.0 * self.image.1) as usize]
+    }
+}
+
+/// Writes `rows` as one shard with the columns of `schemas::shard_schema()`.
+fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
+    let schema = schemas::shard_schema();
+    let item = |name: &str| -> FieldRef {
+        match schema.field_with_name(name).unwrap().data_type() {
+            DataType::List(item) => item.clone(),
+            other => panic!("{name} is {other}, not a list"),
+        }
+    };
+    let strings = |f: &dyn Fn(&Row) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let ints = |f: &dyn Fn(&Row) -> i32| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<Int32Array>())
+    };
+    let mut tokens = ListBuilder::new(Int32Builder::new()).with_field(item(col::TOKEN_IDS));
+    let mut mask = ListBuilder::new(BooleanBuilder::new()).with_field(item(col::ENTITY_MASK));
+    let mut spans = ListBuilder::new(StructBuilder::from_fields(schemas::span_fields(), 0))
+        .with_field(item(col::ENTITY_SPANS));
+    let mut findings = ListBuilder::new(StringBuilder::new()).with_field(item(col::FINDING_LABELS));
+    for row in rows {
+        match row.tokens {
+            Some(n) => {
+                tokens.values().append_slice(&(0..n as i32).collect::<Vec<_>>());
+                tokens.append(true);
+                mask.values().append_n(n, false);
+                mask.append(true);
+            }
+            None => {
+                tokens.append(false);
+                mask.append(false);
+            }
+        }
+        for &(start, end, label) in row.spans.iter().flatten() {
+            let s = spans.values();
+            s.field_builder::<Int32Builder>(0).unwrap().append_value(start);
+            s.field_builder::<Int32Builder>(1).unwrap().append_value(end);
+            s.field_builder::<StringBuilder>(2).unwrap().append_value(label);
+            s.append(true);
+        }
+        spans.append(row.spans.is_some());
+        for label in &row.finding_labels {
+            findings.values().append_value(label);
+        }
+        findings.append(true);
+    }
+    let images: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| crate::encode::encode(&r.pixels(), r.image.0, r.image.1, encoding).unwrap())
+        .collect();
+
+    let mut columns: HashMap<String, ArrayRef> = HashMap::new();
+    let mut put = |name: &str, array: ArrayRef| columns.insert(name.to_string(), array);
+    put(col::SOURCE, strings(&|r| Some(r.source)));
+    put(col::SUBJECT_ID, strings(&|r| Some(r.id)));
+    put(col::STUDY_ID, strings(&|r| Some(r.id)));
+    put(col::IMAGE_ID, strings(&|r| Some(r.id)));
+    put(col::SPLIT, strings(&|r| Some(r.split)));
+    put(col::VIEW, strings(&|r| Some(r.view)));
+    put(
+        col::PAIRED,
+        Arc::new(rows.iter().map(|r| Some(r.text.is_some())).collect::<BooleanArray>()),
+    );
+    put(col::IMAGE, Arc::new(images.iter().map(|b| Some(b.as_slice())).collect::<BinaryArray>()));
+    put(col::IMAGE_HEIGHT, ints(&|r| r.image.1 as i32));
+    put(col::IMAGE_WIDTH, ints(&|r| r.image.0 as i32));
+    // Originals ten times the stored size.
+    put(col::ORIG_ROWS, ints(&|r| 10 * r.image.1 as i32));
+    put(col::ORIG_COLS, ints(&|r| 10 * r.image.0 as i32));
+    put(col::BITS_STORED, ints(&|_| 12));
+    put(col::PHOTOMETRIC, strings(&|_| Some("MONOCHROME2")));
+    for name in [col::REPORT, col::FINDINGS, col::IMPRESSION, col::TEXT] {
+        put(name, strings(&|r| r.text));
+    }
+    for name in [col::LAST_PARAGRAPH, col::COMPARISON, col::INDICATION] {
+        put(name, strings(&|_| None));
+    }
+    put(col::TOKEN_IDS, Arc::new(tokens.finish()));
+    put(col::TRUNCATED, Arc::new(rows.iter().map(|r| r.truncated).collect::<BooleanArray>()));
+    put(col::ENTITY_SPANS, Arc::new(spans.finish()));
+    put(col::ENTITY_MASK, Arc::new(mask.finish()));
+    put(col::ENTITY_SOURCE, strings(&|r| r.entity_source));
+    for (i, (_, class)) in CHEXPERT_CLASSES.iter().enumerate() {
+        let values: Int8Array =
+            rows.iter().map(|r| r.labels.iter().find(|(c, _)| c == class).map(|l| l.1)).collect();
+        put(&schemas::label_column(i), Arc::new(values));
+    }
+    put(col::FINDING_LABELS, Arc::new(findings.finish()));
+
+    let ordered: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| columns.remove(f.name()).unwrap_or_else(|| panic!("fixture lacks {}", f.name())))
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), ordered).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Writes a shard folder: one shard of `rows`, a manifest with `counts`, and
+/// a reject log of `rejects`.
+fn write_folder(
+    dir: &Path,
+    source: Source,
+    encoding: ImageEncoding,
+    rows: &[Row],
+    counts: Counts,
+    rejects: &[Reject],
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = schemas::shard_file_name(0);
+    write_shard(&dir.join(&file), rows, encoding);
+    let manifest = Manifest {
+        schema_version: schemas::SCHEMA_VERSION,
+        tool_version: "test".into(),
+        source,
+        arguments: serde_json::json!({}),
+        image_policy: ImagePolicy { encoding, ..ImagePolicy::default() },
+        tokenizer: None,
+        entities: None,
+        counts,
+        shards: vec![ShardEntry { file, rows: rows.len() as u64, sha256: String::new() }],
+    };
+    std::fs::write(
+        dir.join(schemas::MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let log: String = rejects.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    std::fs::write(dir.join(REJECTS_FILE), log).unwrap();
+}
+
+/// "Ñ: small Effusion, no pneumothorax.": the leading two-byte character
+/// makes byte offsets and character offsets differ.
+const TEXT_1: &str = "Ñ: small Effusion, no pneumothorax.";
+
+fn mimic_rows() -> Vec<Row> {
+    vec![
+        Row {
+            source: "mimic",
+            id: "m1",
+            split: "train",
+            view: "PA",
+            image: (4, 3, 10),
+            text: Some(TEXT_1),
+            tokens: Some(12),
+            truncated: Some(false),
+            spans: Some(vec![(9, 17, "DISEASE"), (22, 34, "DISEASE")]),
+            entity_source: Some("sidecar"),
+            labels: vec![("pleural_effusion", 1), ("pneumothorax", 0)],
+            ..Row::default()
+        },
+        Row {
+            source: "mimic",
+            id: "m2",
+            split: "train",
+            view: "AP",
+            image: (4, 3, 200),
+            text: Some("effusion"),
+            tokens: Some(77),
+            truncated: Some(true),
+            spans: Some(vec![(0, 8, "DISEASE")]),
+            entity_source: Some("lexicon"),
+            labels: vec![("pleural_effusion", -1), ("cardiomegaly", 1)],
+            ..Row::default()
+        },
+        Row {
+            source: "mimic",
+            id: "m3",
+            split: "validate",
+            view: "LATERAL",
+            image: (2, 2, 0),
+            text: Some("No acute findings."),
+            tokens: Some(6),
+            truncated: Some(false),
+            spans: Some(vec![]),
+            entity_source: Some("lexicon"),
+            labels: vec![("no_finding", 1)],
+            ..Row::default()
+        },
+    ]
+}
+
+fn padchest_rows() -> Vec<Row> {
+    vec![
+        Row {
+            source: "padchest",
+            id: "p1",
+            split: "train",
+            view: "PA",
+            image: (3, 2, 128),
+            finding_labels: vec!["normal"],
+            ..Row::default()
+        },
+        Row {
+            source: "padchest",
+            id: "p2",
+            split: "test",
+            view: "L",
+            image: (3, 3, 255),
+            finding_labels: vec!["pleural effusion", "cardiomegaly"],
+            ..Row::default()
+        },
+    ]
+}
+
+fn counts(seen: u64, written: u64, filtered: u64, rejected: &[(Stage, u64)]) -> Counts {
+    Counts { seen, written, filtered, rejected: rejected.iter().copied().collect() }
+}
+
+fn decode_reject(id: &str, bytes: u32) -> Reject {
+    Reject {
+        path: format!("files/{id}.dcm"),
+        subject_id: None,
+        study_id: None,
+        image_id: Some(id.into()),
+        stage: Stage::ImageDecode,
+        reason: format!("pixel data truncated: expected 524288 bytes, found {bytes}"),
+    }
+}
+
+/// Two folders: MIMIC stored raw (3 rows, 1 filtered, 2 rejected), PadChest
+/// stored as PNG (2 rows).
+fn fixture(root: &Path) -> Vec<PathBuf> {
+    let (mimic, padchest) = (root.join("mimic"), root.join("padchest"));
+    write_folder(
+        &mimic,
+        Source::Mimic,
+        ImageEncoding::Raw,
+        &mimic_rows(),
+        counts(6, 3, 1, &[(Stage::ImageDecode, 2)]),
+        &[decode_reject("d1", 10), decode_reject("d2", 2000)],
+    );
+    write_folder(
+        &padchest,
+        Source::Padchest,
+        ImageEncoding::Png,
+        &padchest_rows(),
+        counts(2, 2, 0, &[]),
+        &[],
+    );
+    vec![mimic, padchest]
+}
+
+#[test]
+fn report_counts_rows_labels_tokens_entities_and_pixels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = fixture(tmp.path());
+    let stats = write_report(&dirs, &tmp.path().join("out")).unwrap();
+
+    assert_eq!((stats.rows, stats.paired, stats.unpaired), (5, 3, 2));
+    assert_eq!(stats.by_source["mimic"], 3);
+    assert_eq!(stats.by_source["padchest"], 2);
+    assert_eq!(stats.by_split["train"], 3);
+    assert_eq!(stats.by_source_split["mimic"]["validate"], 1);
+    assert_eq!(stats.by_source_view["padchest"]["L"], 1);
+    assert!(stats.problems.is_empty(), "{:?}", stats.problems);
+    assert!(stats.folders.iter().all(|f| f.reconciles));
+
+    let class = |source: &str, name: &str| {
+        let i = CHEXPERT_CLASSES.iter().position(|c| c.1 == name).unwrap();
+        stats.labels[source][i].clone()
+    };
+    let effusion = class("mimic", "pleural_effusion");
+    assert_eq!(
+        (effusion.positive, effusion.negative, effusion.uncertain, effusion.blank),
+        (1, 0, 1, 1)
+    );
+    let pneumothorax = class("mimic", "pneumothorax");
+    assert_eq!((pneumothorax.negative, pneumothorax.blank), (1, 2));
+    assert_eq!(class("padchest", "no_finding").blank, 2);
+
+    assert_eq!(stats.finding_labels.labels, 3);
+    assert_eq!(stats.finding_labels.rows_with_labels, 2);
+
+    let text = &stats.text;
+    assert_eq!(text.reports, 3);
+    assert_eq!((text.chars.min, text.chars.max), (8, TEXT_1.chars().count() as i64));
+    assert_eq!((text.tokens.min, text.tokens.median, text.tokens.max), (6, 12, 77));
+    assert_eq!((text.truncated, text.at_context), (1, 1));
+    assert_eq!(text.chars_histogram.counts.iter().sum::<u64>(), 3);
+
+    let e = &stats.entities;
+    assert_eq!((e.spans, e.invalid_spans), (3, 0));
+    assert_eq!(e.per_report_counts, vec![1, 1, 1]);
+    assert_eq!(e.top[0], Frequency { value: "effusion".into(), count: 2 });
+    assert_eq!(e.top[1].value, "pneumothorax");
+    assert_eq!((e.by_source["sidecar"], e.by_source["lexicon"]), (1, 2));
+
+    let im = &stats.images;
+    assert_eq!((im.stored_height.min, im.stored_height.max), (2, 3));
+    assert_eq!(im.orig_cols.max, 40);
+    let (mimic_px, padchest_px) = (12 + 12 + 4, 6 + 9);
+    assert_eq!(im.intensity["mimic"].iter().sum::<u64>(), mimic_px);
+    assert_eq!(im.intensity["padchest"].iter().sum::<u64>(), padchest_px);
+    assert_eq!(
+        (im.intensity["mimic"][10], im.intensity["mimic"][200], im.intensity["mimic"][0]),
+        (12, 12, 4)
+    );
+    assert_eq!(im.intensity["padchest"][255], 9);
+    assert_eq!((im.pixels, im.decoded, im.undecodable), (mimic_px + padchest_px, 5, 0));
+
+    assert_eq!(stats.rejects.records, 2);
+    assert_eq!(stats.rejects.by_stage[&Stage::ImageDecode], 2);
+    assert_eq!(stats.rejects.reasons.len(), 1, "both reasons fall in one group");
+    assert_eq!(stats.rejects.reasons[0].reason, "pixel data truncated");
+
+    let json = std::fs::read_to_string(tmp.path().join("out").join(STATS_JSON)).unwrap();
+    assert_eq!(serde_json::from_str::<Stats>(&json).unwrap(), stats);
+}
+
+#[test]
+fn markdown_embeds_every_chart_and_charts_are_pngs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let stats = write_report(&fixture(tmp.path()), &out).unwrap();
+    let md = std::fs::read_to_string(out.join(STATS_MD)).unwrap();
+
+    let mut pngs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    pngs.sort();
+    let mut listed = stats.charts.clone();
+    listed.sort();
+    assert_eq!(pngs, listed);
+    for name in
+        [charts::label_chart("mimic"), charts::INTENSITY.into(), charts::REPORT_TOKENS.into()]
+    {
+        assert!(pngs.contains(&name), "{name} not drawn");
+    }
+    for name in &pngs {
+        assert!(md.contains(&format!("![]({name})")), "stats.md does not show {name}");
+        let png = image::open(out.join(name)).unwrap();
+        assert!(
+            png.width() >= 800 && png.height() >= 150,
+            "{name}: {}×{}",
+            png.width(),
+            png.height()
+        );
+    }
+    let intensity = image::open(out.join(charts::INTENSITY)).unwrap();
+    assert_eq!((intensity.width(), intensity.height()), (900, 480));
+    assert!(md.contains("All checks pass"));
+    assert!(!md.contains("FAILED"));
+}
+
+#[test]
+fn counts_that_do_not_reconcile_are_reported_loudly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mimic");
+    // 3 written + 1 rejected ≠ 9 seen, and the log holds no reject.
+    write_folder(
+        &dir,
+        Source::Mimic,
+        ImageEncoding::Raw,
+        &mimic_rows(),
+        counts(9, 3, 0, &[(Stage::Report, 1)]),
+        &[],
+    );
+    let out = tmp.path().join("out");
+    let stats = write_report(&[dir], &out).unwrap();
+    assert!(!stats.folders[0].reconciles);
+    assert!(stats.problems.iter().any(|p| p.contains("seen 9")), "{:?}", stats.problems);
+    assert!(
+        stats.problems.iter().any(|p| p.contains("`report` rejects logged")),
+        "{:?}",
+        stats.problems
+    );
+    let md = std::fs::read_to_string(out.join(STATS_MD)).unwrap();
+    assert!(md.contains("check(s) FAILED"), "{md}");
+}
+
+#[test]
+fn missing_shard_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = fixture(tmp.path());
+    let shard = dirs[1].join(schemas::shard_file_name(0));
+    std::fs::remove_file(&shard).unwrap();
+    let err = write_report(&dirs, &tmp.path().join("out")).unwrap_err();
+    assert!(matches!(&err, StatsError::MissingShard { path, .. } if *path == shard), "{err}");
+    assert!(err.to_string().contains("shard-00000.parquet"), "{err}");
+}
+
+#[test]
+fn folder_without_manifest_is_an_error_naming_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = write_report(&[tmp.path().to_path_buf()], &tmp.path().join("out")).unwrap_err();
+    assert!(matches!(&err, StatsError::MissingManifest { dir } if dir == tmp.path()), "{err}");
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn reject_reasons_group_before_the_colon_with_digits_hidden() {
+    use super::collect::reason_group;
+    assert_eq!(reason_group("expected 512 pixels, found 3: x"), "expected # pixels, found #");
+    assert_eq!(reason_group("no report file"), "no report file");
+    let long = "a".repeat(100);
+    assert_eq!(reason_group(&long).chars().count(), 61);
+}
