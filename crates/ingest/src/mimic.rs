@@ -340,9 +340,7 @@ impl Job<'_> {
             text: Some(text),
             token_ids: Some(tokens.ids),
             truncated: Some(tokens.truncated),
-            entity_spans: Some(
-                spans.into_iter().map(|s| schemas::EntitySpan { start: s.start, end: s.end, label: s.label }).collect(),
-            ),
+            entity_spans: Some(spans),
             entity_mask: Some(mask),
             entity_source: Some(source.into()),
             labels: it.labels,

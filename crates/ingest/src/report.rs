@@ -192,11 +192,14 @@ pub fn training_text(s: &Sections, which: &[Section]) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// One section as training text: HTML entities decoded (`&gt;` → `>`), runs
+/// One section as training text: HTML entities decoded twice (`&amp;gt;` → `>`), runs
 /// of whitespace (line breaks included) collapsed to one space, trimmed.
 /// PHI placeholders (`___`) are kept.
 pub fn clean_section(raw: &str) -> String {
-    let decoded = html_escape::decode_html_entities(raw);
+    // Twice, as CLIP's `basic_clean` does: reports hold doubly escaped
+    // entities (`&amp;gt;`), and the ids must match OpenAI's tokenizer.
+    let once = html_escape::decode_html_entities(raw);
+    let decoded = html_escape::decode_html_entities(&once);
     let mut out = String::with_capacity(decoded.len());
     for word in decoded.split_whitespace() {
         if !out.is_empty() {

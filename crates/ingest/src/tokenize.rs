@@ -59,22 +59,16 @@ pub enum TokenizeError {
     },
 }
 
-/// OpenAI's reversible byte → printable-character table (`bytes_to_unicode`).
-fn byte_alphabet() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut chars: Vec<u32> = printable.clone();
-    let mut extra = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            printable.push(b);
-            chars.push(256 + extra);
-            extra += 1;
-        }
-    }
-    chars.into_iter().map(|c| char::from_u32(c).expect("table holds valid scalars")).collect()
+/// OpenAI's reversible byte → printable-character table (`bytes_to_unicode`),
+/// as (byte, char) pairs in OpenAI's order: the printable bytes first, then
+/// the rest mapped to U+0100 onwards. The vocabulary lists them in this order.
+fn byte_alphabet() -> Vec<(u8, char)> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut table: Vec<(u8, char)> =
+        (0..=255u8).filter(|&b| printable(b)).map(|b| (b, char::from(b))).collect();
+    let others = (0..=255u8).filter(|&b| !printable(b));
+    table.extend(others.zip(256u32..).map(|(b, c)| (b, char::from_u32(c).expect("U+0100.. are valid"))));
+    table
 }
 
 /// Builds the text of a `tokenizer.json` from CLIP's gzipped BPE vocabulary.
@@ -106,7 +100,7 @@ pub fn build_tokenizer_json(vocab_gz: &Path) -> Result<String, TokenizeError> {
         }
     }
 
-    let alphabet = byte_alphabet();
+    let alphabet: Vec<char> = byte_alphabet().into_iter().map(|(_, c)| c).collect();
     let mut vocab: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
     vocab.extend(alphabet.iter().map(|c| format!("{c}</w>")));
     vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
@@ -233,13 +227,16 @@ mod tests {
     fn byte_alphabet_matches_openai_table() {
         let a = byte_alphabet();
         assert_eq!(a.len(), 256);
-        assert_eq!(a[b'a' as usize], 'a');
-        assert_eq!(a[b' ' as usize], 'Ġ'); // space → U+0120, as in GPT-2/CLIP
-        assert_eq!(a[0], 'Ā');
-        let mut sorted = a.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 256, "alphabet must be a bijection");
+        let map: std::collections::HashMap<u8, char> = a.iter().copied().collect();
+        assert_eq!(map[&b'a'], 'a');
+        assert_eq!(map[&b' '], 'Ġ'); // space → U+0120, as in GPT-2/CLIP
+        assert_eq!(map[&0], 'Ā');
+        assert_eq!(a[0], (b'!', '!'), "printable bytes come first in the vocabulary");
+        assert_eq!(a[188], (0, 'Ā'), "then the others, from U+0100");
+        let mut chars: Vec<char> = a.iter().map(|p| p.1).collect();
+        chars.sort();
+        chars.dedup();
+        assert_eq!(chars.len(), 256, "alphabet must be a bijection");
     }
 
     #[test]

@@ -194,11 +194,13 @@ fn zone_region(f: &Finding) -> String {
     }
 }
 
+/// Capitalises the first letter, looking through a leading `{` marker.
 fn cap(s: &str) -> String {
-    let mut c = s.chars();
+    let (lead, rest) = if let Some(r) = s.strip_prefix('{') { ("{", r) } else { ("", s) };
+    let mut c = rest.chars();
     match c.next() {
-        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => String::new(),
+        Some(f) => format!("{lead}{}{}", f.to_uppercase(), c.as_str()),
+        None => s.to_string(),
     }
 }
 

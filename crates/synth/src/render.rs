@@ -62,13 +62,13 @@ impl Anatomy {
     /// A plausible adult chest with some per-patient variation.
     pub fn random(rng: &mut ChaCha8Rng) -> Anatomy {
         let j = |rng: &mut ChaCha8Rng, s: f32| rng.random_range(-s..s);
-        let ry = 0.28 + j(rng, 0.02);
-        let cy = 0.46 + j(rng, 0.02);
+        let ry = 0.3 + j(rng, 0.02);
+        let cy = 0.47 + j(rng, 0.02);
         Anatomy {
-            right: Lung { cx: 0.31 + j(rng, 0.015), cy, rx: 0.145 + j(rng, 0.01), ry },
-            left: Lung { cx: 0.69 + j(rng, 0.015), cy: cy + 0.01, rx: 0.14 + j(rng, 0.01), ry: ry - 0.01 },
+            right: Lung { cx: 0.3 + j(rng, 0.015), cy, rx: 0.16 + j(rng, 0.01), ry },
+            left: Lung { cx: 0.7 + j(rng, 0.015), cy: cy + 0.01, rx: 0.155 + j(rng, 0.01), ry: ry - 0.01 },
             lateral: Lung { cx: 0.52 + j(rng, 0.02), cy: cy + 0.01, rx: 0.29 + j(rng, 0.02), ry: ry + 0.02 },
-            heart: (0.545 + j(rng, 0.01), 0.62 + j(rng, 0.015), 0.125 + j(rng, 0.01), 0.105 + j(rng, 0.01)),
+            heart: (0.555 + j(rng, 0.01), 0.6 + j(rng, 0.015), 0.13 + j(rng, 0.01), 0.1 + j(rng, 0.01)),
             heart_lat: (0.37 + j(rng, 0.02), 0.62 + j(rng, 0.015), 0.15 + j(rng, 0.01), 0.13 + j(rng, 0.01)),
             med_half_width: 0.055 + j(rng, 0.008),
             rib_period: 0.075 + j(rng, 0.006),
@@ -118,8 +118,6 @@ pub(crate) struct Lesion {
 /// (`[x0, y0, x1, y1]`, pixel coordinates, `x1`/`y1` exclusive; `None` if
 /// the lesion changed no pixel noticeably).
 pub(crate) struct Rendered {
-    pub width: usize,
-    pub height: usize,
     pub density: Vec<f32>,
     pub boxes: Vec<Option<[u32; 4]>>,
 }
@@ -240,8 +238,6 @@ pub(crate) fn render(
         match l.shape {
             Shape::Cardiomegaly { scale } => {
                 heart_scale = 1.0 + (scale - 1.0) * l.amp;
-                // Remember which lesion to credit with the changed pixels.
-                boxes[i].any = false;
             }
             Shape::Mediastinum { scale } => med_scale = 1.0 + (scale - 1.0) * l.amp,
             Shape::Pneumothorax { left, depth } => ptx = Some((i, left, depth, l.amp)),
@@ -258,7 +254,7 @@ pub(crate) fn render(
             let u = (x as f32 + 0.5) / hw;
             let idx = y * width + x;
             // Body outline: an ellipse, air outside.
-            let bq = ((u - 0.5) / 0.47).powi(2) + ((v - 0.62) / 0.62).powi(2);
+            let bq = ((u - 0.5) / 0.48).powi(4) + ((v - 0.6) / 0.62).powi(2);
             let body = smoothstep(1.05, 0.95, bq);
             let mut d = 0.04 + body * (anat.tissue - 0.04);
             let mark = markings.at(u, v) * 0.5 + fine.at(u, v) * 0.5;
@@ -280,7 +276,7 @@ pub(crate) fn render(
                         if on && v < lg.cy + 0.1 * lg.ry && lq > edge {
                             let w = smoothstep(edge, edge + 0.02, lq) * amp;
                             mk *= 1.0 - w;
-                            lung_d -= 0.08 * w;
+                            lung_d -= 0.14 * w;
                             if w > 0.3 {
                                 boxes[pi].add(x, y);
                             }
@@ -317,16 +313,16 @@ pub(crate) fn render(
                             boxes[ci].add(x, y);
                         }
                     }
-                    d = d * (1.0 - heart) + 0.75 * heart;
+                    d = d * (1.0 - 0.85 * heart) + 0.72 * 0.85 * heart;
                     // Spine, faint through the mediastinum, with vertebral bands.
                     let sp = smoothstep(0.035, 0.028, (u - 0.5).abs());
                     d += sp * (0.05 + 0.02 * (v * 40.0).sin());
                     // Posterior ribs: curved bands, faint, over the thorax.
                     let lat = (u - 0.5).abs();
-                    let rv = (v - 0.1 + 0.35 * lat * lat - anat.rib_phase * anat.rib_period) / anat.rib_period;
+                    let rv = (v - 0.1 - 0.6 * lat * lat + 0.25 * lat - anat.rib_phase * anat.rib_period) / anat.rib_period;
                     let rib = smoothstep(0.55, 0.8, (rv * std::f32::consts::TAU).cos() * 0.5 + 0.5);
                     let thorax = smoothstep(1.15, 0.95, qr.min(ql));
-                    d += 0.05 * rib * thorax * (0.4 + 0.6 * lung);
+                    d += 0.035 * rib * thorax * (0.4 + 0.6 * lung);
                     // Clavicles.
                     let cl = seg_dist((u, v), (0.45, 0.17), (0.18, 0.1), aspect)
                         .min(seg_dist((u, v), (0.55, 0.17), (0.82, 0.1), aspect));
@@ -373,7 +369,7 @@ pub(crate) fn render(
         }
     }
 
-    Rendered { width, height, density, boxes: boxes.iter().map(BoxAcc::get).collect() }
+    Rendered { density, boxes: boxes.iter().map(BoxAcc::get).collect() }
 }
 
 /// Draws a density-adding lesion over the pixels of its analytic extent.
@@ -433,18 +429,17 @@ fn draw_additive(
             let add = match &l.shape {
                 Shape::Effusion { left, level } => {
                     let lg = lung_of(anat, view, *left);
-                    let (lu, q, lateral) = match view {
+                    let (q, lateral) = match view {
                         View::Frontal => {
                             let s = if *left { 1.0 } else { -1.0 };
-                            (u, lg.q(u, v), ((u - lg.cx) / lg.rx * s).clamp(0.0, 1.0))
+                            (lg.q(u, v), ((u - lg.cx) / lg.rx * s).clamp(0.0, 1.0))
                         }
                         // On a lateral the fluid collects posteriorly (image right).
-                        View::Lateral => (1.0 - u, lg.q(1.0 - u, v), ((u - (1.0 - lg.cx)) / lg.rx).clamp(0.0, 1.0)),
+                        View::Lateral => (lg.q(1.0 - u, v), ((u - (1.0 - lg.cx)) / lg.rx).clamp(0.0, 1.0)),
                     };
-                    let _ = lu;
                     let surface = lg.cy + lg.ry * (1.0 - 2.0 * level) - 0.35 * lg.ry * lateral * lateral;
-                    let fluid = smoothstep(surface - 0.01, surface + 0.025, v) * smoothstep(1.12, 0.95, q);
-                    0.42 * fluid
+                    let fluid = smoothstep(surface - 0.01, surface + 0.025, v) * smoothstep(1.0, 0.86, q);
+                    0.4 * fluid
                 }
                 Shape::Blob { cx, cy, rx, ry, peak, sharp, patchy } => {
                     let r2 = ((u - cx) / rx).powi(2) + ((v - cy) / ry).powi(2);
