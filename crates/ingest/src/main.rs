@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
         /// Report sections that make the training text.
-        #[arg(long, value_delimiter = ',', default_value = "findings,impression")]
+        #[arg(long, value_delimiter = ',', default_value = "findings,impression,last_paragraph")]
         sections: Vec<Section>,
         /// Output `.jsonl` file.
         #[arg(long)]
@@ -176,7 +176,7 @@ struct MimicArgs {
     #[arg(long, value_delimiter = ',', default_value = "PA,AP")]
     views: Vec<String>,
     /// Report sections that make the training text.
-    #[arg(long, value_delimiter = ',', default_value = "findings,impression")]
+    #[arg(long, value_delimiter = ',', default_value = "findings,impression,last_paragraph")]
     sections: Vec<Section>,
     /// Label source.
     #[arg(long, value_enum, default_value = "chexpert")]

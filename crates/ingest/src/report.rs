@@ -99,12 +99,11 @@ pub enum Section {
     Indication,
 }
 
-/// The paper's training text: FINDINGS then IMPRESSION.
-///
-/// Reports with neither give no training text under this default. To use
-/// the MIMIC-CXR repository's fallback, ask for
-/// `findings,impression,last_paragraph`.
-pub const DEFAULT_SECTIONS: [Section; 2] = [Section::Findings, Section::Impression];
+/// The paper's training text: FINDINGS then IMPRESSION, and the last
+/// paragraph for reports with neither. `last_paragraph` is only ever set when
+/// both are missing, so listing it adds the MIMIC-CXR repository's fallback
+/// without ever mixing it with the two sections.
+pub const DEFAULT_SECTIONS: [Section; 3] = [Section::Findings, Section::Impression, Section::LastParagraph];
 
 impl Section {
     /// Every section, in column order.
@@ -716,10 +715,11 @@ mod tests {
             )
         );
         assert_eq!(
-            training_text(&s, &DEFAULT_SECTIONS),
+            training_text(&s, &[Section::Findings, Section::Impression]),
             None,
-            "no silent fallback"
+            "no silent fallback when the last paragraph is not asked for"
         );
+        assert!(training_text(&s, &DEFAULT_SECTIONS).unwrap().starts_with("Comparison is made"));
         let fallback = [
             Section::Findings,
             Section::Impression,
