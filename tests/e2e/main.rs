@@ -6,6 +6,7 @@ mod util;
 
 mod covid;
 mod dicom_corpus;
+mod faults;
 mod mimic;
 mod padchest;
 mod resume;

@@ -73,7 +73,7 @@ fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
         assert_eq!(r.labels.to_vec(), *want, "{}", r.image_id);
         assert_eq!(r.image_height.min(r.image_width), 128);
         assert_eq!(r.image.len(), (r.image_height * r.image_width) as usize, "raw encoding");
-        assert_eq!(r.bits_stored, 12);
+        assert!([8, 12].contains(&r.bits_stored), "{}", r.bits_stored); // JPEG baseline DICOMs are 8-bit
 
         let text = r.text.as_deref().expect("training text");
         assert!(r.findings.is_some() || r.impression.is_some() || r.last_paragraph.is_some());

@@ -116,11 +116,20 @@ impl Item {
         self.study_dir(root).join(format!("s{}.txt", self.study))
     }
 
-    /// The image: the DICOM when present, else the JPEG of MIMIC-CXR-JPG.
-    fn image_path(&self, root: &Path) -> PathBuf {
+    /// The image: the DICOM when present, else the JPEG of MIMIC-CXR-JPG;
+    /// `Err` names both candidates when neither exists.
+    fn image_path(&self, root: &Path) -> Result<PathBuf, (PathBuf, String)> {
         let dir = self.study_dir(root).join(format!("s{}", self.study));
         let dcm = dir.join(format!("{}.dcm", self.dicom));
-        if dcm.exists() { dcm } else { dir.join(format!("{}.jpg", self.dicom)) }
+        let jpg = dir.join(format!("{}.jpg", self.dicom));
+        match (dcm.exists(), jpg.exists()) {
+            (true, _) => Ok(dcm),
+            (false, true) => Ok(jpg),
+            (false, false) => {
+                let reason = format!("image missing: neither {}.dcm nor {}.jpg exists", self.dicom, self.dicom);
+                Err((dcm, reason))
+            }
+        }
     }
 
     fn reject(&self, path: &Path, stage: Stage, reason: impl Into<String>) -> Outcome {
@@ -305,7 +314,10 @@ impl Job<'_> {
         };
         let mask = entities::token_entity_mask(&text, &spans, &tokens.offsets);
 
-        let image_path = it.image_path(root);
+        let image_path = match it.image_path(root) {
+            Ok(p) => p,
+            Err((path, reason)) => return it.reject(&path, Stage::ImageRead, reason),
+        };
         let is_dicom = image_path.extension().is_some_and(|e| e == "dcm");
         let prepared = if is_dicom {
             prepare::dicom(&image_path, &self.opts.image)
