@@ -168,9 +168,9 @@ fn parse_label(cell: &str) -> Result<Option<i8>, String> {
     match cell {
         "" => Ok(None),
         _ => match cell.parse::<f32>() {
-            Ok(v) if v == 1.0 => Ok(Some(1)),
-            Ok(v) if v == 0.0 => Ok(Some(0)),
-            Ok(v) if v == -1.0 => Ok(Some(-1)),
+            Ok(1.0) => Ok(Some(1)),
+            Ok(0.0) => Ok(Some(0)),
+            Ok(-1.0) => Ok(Some(-1)),
             _ => Err(format!("label value {cell:?} is not 1.0, 0.0, -1.0 or empty")),
         },
     }
@@ -179,7 +179,10 @@ fn parse_label(cell: &str) -> Result<Option<i8>, String> {
 /// Reads the label CSV: (subject, study) → labels. Unparseable label rows are
 /// logged and leave the study's labels blank (labels are optional; images are
 /// not lost for them).
-fn read_labels(path: &Path) -> Result<HashMap<(String, String), [Option<i8>; 14]>, CsvError> {
+/// CheXpert labels of each (subject, study).
+type LabelTable = HashMap<(String, String), [Option<i8>; 14]>;
+
+fn read_labels(path: &Path) -> Result<LabelTable, CsvError> {
     let mut table = Table::open(path)?;
     let subject = table.column("subject_id")?;
     let study = table.column("study_id")?;
@@ -396,11 +399,10 @@ pub fn run(opts: &MimicOptions, out: &Path, progress: &ProgressBar) -> Result<Ma
     });
     let job = Job { opts, tokenizer, sidecar, lexicon: Lexicon::builtin() };
     progress.set_length(plan.items.len() as u64);
-    if opts.shards.strict {
-        if let Some(first) = plan.rejects.first() {
+    if opts.shards.strict
+        && let Some(first) = plan.rejects.first() {
             return Err(ShardError::Strict(Box::new(first.clone())).into());
         }
-    }
     let written = shard::write_shards(out, &opts.shards, &fingerprint, &plan.items, |it| job.process(it), progress)?;
 
     let mut counts = written.counts;

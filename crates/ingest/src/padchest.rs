@@ -179,11 +179,10 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
         });
     }
     items.sort_by(|a, b| (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id)));
-    if opts.shards.strict {
-        if let Some(first) = rejects.first() {
+    if opts.shards.strict
+        && let Some(first) = rejects.first() {
             return Err(ShardError::Strict(Box::new(first.clone())).into());
         }
-    }
 
     let arguments = serde_json::to_value(opts).expect("serialisable");
     if let Some(done) = shard::finished_run(out, &arguments)? {

@@ -528,11 +528,10 @@ fn header_at(text: &str, match_start: usize, line_start: usize) -> Option<Header
 /// Python's `p_section.search(text, from)`: the first header whose match
 /// starts at or after byte `from`.
 fn search_header(text: &str, from: usize) -> Option<Header> {
-    if from == 0 {
-        if let Some(h) = header_at(text, 0, 0) {
+    if from == 0
+        && let Some(h) = header_at(text, 0, 0) {
             return Some(h);
         }
-    }
     let mut pos = from;
     while let Some(off) = text[pos..].find('\n') {
         let nl = pos + off;
@@ -570,16 +569,14 @@ fn section_text(text: &str) -> Vec<(String, &str)> {
     let has_main = sections
         .iter()
         .any(|(n, _)| n == "impression" || n == "findings");
-    if !has_main {
-        if let Some((_, last)) = sections.last_mut() {
-            if let Some(at) = last.find("\n \n") {
-                let whole: &str = *last;
+    if !has_main
+        && let Some((_, last)) = sections.last_mut()
+            && let Some(at) = last.find("\n \n") {
+                let whole: &str = last;
                 *last = &whole[..at];
                 let rest = &whole[at + 3..];
                 sections.push(("last_paragraph".to_string(), rest));
             }
-        }
-    }
     sections
 }
 

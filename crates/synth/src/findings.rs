@@ -209,7 +209,8 @@ pub(crate) fn sentence(f: &Finding) -> String {
     let v = f.variant % 2;
     let pos = f.certainty == Certainty::Positive;
     let s = side(f);
-    let out = match (f.class, pos, v) {
+    
+    match (f.class, pos, v) {
         (ATELECTASIS, true, 0) if f.bilateral => format!("{} {{bibasilar atelectasis}}.", cap(sev(f, ["mild", "moderate", "extensive"]))),
         (ATELECTASIS, true, _) => format!("{{Plate-like atelectasis}} at the {{{s} lung base}}."),
         (ATELECTASIS, false, 0) => format!("Possible {{subsegmental atelectasis}} at the {{{s} base}}."),
@@ -259,8 +260,7 @@ pub(crate) fn sentence(f: &Finding) -> String {
             _ => "{Left PICC} terminates in the {low SVC}.".to_string(),
         },
         _ => String::new(),
-    };
-    out
+    }
 }
 
 /// The noun phrase used in a combined negation ("No X, Y or Z."), or a
@@ -274,7 +274,7 @@ pub(crate) fn negation(f: &Finding) -> Negation {
     match f.class {
         ATELECTASIS => Negation::Phrase("atelectasis"),
         CARDIOMEGALY => {
-            if f.variant % 2 == 0 {
+            if f.variant.is_multiple_of(2) {
                 Negation::Sentence("{Heart size} is normal.")
             } else {
                 Negation::Sentence("No {cardiomegaly}.")

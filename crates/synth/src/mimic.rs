@@ -15,7 +15,7 @@ use crate::findings::{self, Certainty, Finding, class};
 use crate::out::{self, LesionLine, LesionRecord};
 use crate::render::{self, Anatomy, View};
 use crate::text;
-use crate::{LabelCounts, MimicCounts, MimicFormat, SynthConfig, SynthError, files};
+use crate::{MimicCounts, MimicFormat, SynthConfig, SynthError, files};
 
 /// Column names of the index CSVs, as in MIMIC-CXR 2.0.0.
 pub(crate) const METADATA_COLUMNS: [&str; 12] = [
@@ -518,10 +518,10 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
         // NegBio: same mentions, but it leaves some uncertain ones unlabelled.
         let mut neg = chex.clone();
         for (c, v) in row.iter().enumerate() {
-            if *v == "-1.0" && (p.study as usize + c) % 4 == 0 {
+            if *v == "-1.0" && (p.study as usize + c).is_multiple_of(4) {
                 neg[c + 2] = String::new();
             }
-            let lc = counts.labels.entry(CHEXPERT_CLASSES[c].0.into()).or_insert_with(LabelCounts::default);
+            let lc = counts.labels.entry(CHEXPERT_CLASSES[c].0.into()).or_default();
             match *v {
                 "1.0" => {
                     lc.positive += 1;
@@ -664,6 +664,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // `c` indexes each plan's label row too
     fn validate_and_test_hold_every_positive_class_of_a_300_study_world() {
         let cfg = SynthConfig { studies: 300, ..small(false) };
         let plans = plan(&cfg);
