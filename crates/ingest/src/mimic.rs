@@ -12,16 +12,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use schemas::{
-    CHEXPERT_CLASSES, EntitySourceInfo, FileDigest, ImagePolicy, Manifest, Reject, SCHEMA_VERSION,
-    Source, Stage,
-};
+use schemas::{CHEXPERT_CLASSES, EntitySourceInfo, FileDigest, ImagePolicy, Manifest, Reject, Source, Stage};
 use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
 use crate::entities::{Lexicon, Sidecar};
 use crate::report::{Section, parse_report, training_text};
-use crate::shard::{self, Outcome, Row, ShardError, ShardOptions};
+use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions};
 use crate::tokenize::{ClipTokenizer, TokenizeError};
 use crate::{entities, prepare};
 
@@ -144,14 +141,6 @@ impl Item {
     }
 }
 
-/// The planned rows and the CSV rows rejected while planning.
-struct Plan {
-    items: Vec<Item>,
-    rejects: Vec<Reject>,
-    /// Metadata rows read, good or bad.
-    seen: u64,
-}
-
 fn csv_reject(path: &Path, line: u64, ids: [Option<&str>; 3], reason: String) -> Reject {
     Reject {
         path: format!("{}:{line}", path.display()),
@@ -226,7 +215,7 @@ fn read_splits(path: &Path) -> Result<HashMap<String, String>, CsvError> {
 }
 
 /// Lists the rows to write, from the metadata, split and label CSVs.
-fn plan(root: &Path, labeler: Labeler) -> Result<Plan, CsvError> {
+fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
     let splits = read_splits(&csvio::find(root, SPLIT_CSV)?)?;
     let labels = read_labels(&csvio::find(root, labeler.csv_stem())?)?;
     let meta_path = csvio::find(root, METADATA_CSV)?;
@@ -235,7 +224,7 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Plan, CsvError> {
         ["dicom_id", "subject_id", "study_id", "ViewPosition"].map(|c| table.column(c));
     let (dicom, subject, study, view) = (dicom?, subject?, study?, view?);
 
-    let mut plan = Plan { items: Vec::new(), rejects: Vec::new(), seen: 0 };
+    let mut plan = Planned { items: Vec::new(), rejects: Vec::new(), seen: 0 };
     for row in table.rows() {
         plan.seen += 1;
         let row = match row {
@@ -377,56 +366,25 @@ fn digest(path: &Path) -> Result<FileDigest, MimicError> {
 /// Runs `ingest mimic`: plans, writes shards (resuming an interrupted run in
 /// the same folder), then the reject log and the manifest.
 pub fn run(opts: &MimicOptions, out: &Path, progress: &ProgressBar) -> Result<Manifest, MimicError> {
-    std::fs::create_dir_all(out).map_err(|source| MimicError::Io { path: out.into(), source })?;
-    let plan = plan(&opts.root, opts.labeler)?;
+    let planned = plan(&opts.root, opts.labeler)?;
     let tokenizer = ClipTokenizer::from_file(&opts.tokenizer)?;
     let tokenizer_digest = digest(&opts.tokenizer)?;
     let (sidecar, sidecar_digest) = match &opts.ner {
         Some(path) => (Some(entities::load_sidecar(path)?), Some(digest(path)?)),
         None => (None, None),
     };
-    let arguments = serde_json::to_value(opts).expect("serialisable");
-    if let Some(done) = shard::finished_run(out, &arguments)? {
-        return Ok(done);
-    }
-    // The fingerprint ties progress files to these arguments and input files.
-    let fingerprint = serde_json::json!({
-        "arguments": arguments,
-        "tokenizer": tokenizer_digest.sha256,
-        "sidecar": sidecar_digest.as_ref().map(|d| d.sha256.clone()),
-        "rows": plan.items.len(),
-        "tool_version": env!("CARGO_PKG_VERSION"),
-    });
-    let job = Job { opts, tokenizer, sidecar, lexicon: Lexicon::builtin() };
-    progress.set_length(plan.items.len() as u64);
-    if opts.shards.strict
-        && let Some(first) = plan.rejects.first() {
-            return Err(ShardError::Strict(Box::new(first.clone())).into());
-        }
-    let written = shard::write_shards(out, &opts.shards, &fingerprint, &plan.items, |it| job.process(it), progress)?;
-
-    let mut counts = written.counts;
-    counts.seen += plan.seen - plan.items.len() as u64;
-    *counts.rejected.entry(Stage::Csv).or_default() += plan.rejects.len() as u64;
-    counts.rejected.retain(|_, n| *n > 0);
-    let mut rejects = plan.rejects;
-    rejects.extend(written.rejects);
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
+    let info = RunInfo {
         source: Source::Mimic,
-        arguments,
+        arguments: serde_json::to_value(opts).expect("serialisable"),
         image_policy: opts.image.clone(),
         tokenizer: Some(tokenizer_digest),
         entities: Some(EntitySourceInfo {
             kind: if sidecar_digest.is_some() { "sidecar" } else { "lexicon" }.into(),
             sidecar: sidecar_digest,
         }),
-        counts,
-        shards: written.shards,
     };
-    shard::finish(out, &manifest, &rejects)?;
-    Ok(manifest)
+    let job = Job { opts, tokenizer, sidecar, lexicon: Lexicon::builtin() };
+    Ok(shard::run(out, &opts.shards, info, planned, |it| job.process(it), progress)?)
 }
 
 /// One line of the sections export: the exact text that NER must run on.

@@ -9,14 +9,14 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use schemas::{Manifest, Reject, SCHEMA_VERSION, Source, Stage};
+use schemas::{Manifest, Reject, Source, Stage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::csvio::{self, CsvError, Table};
 use crate::mimic::view_kept;
 use crate::prepare;
-use crate::shard::{self, Outcome, Row, ShardError, ShardOptions};
+use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions};
 
 /// File stem of the PadChest index CSV.
 pub const PADCHEST_CSV: &str = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19";
@@ -47,14 +47,6 @@ pub enum PadchestError {
     /// Writing shards failed.
     #[error(transparent)]
     Shard(#[from] ShardError),
-    /// The output folder could not be made.
-    #[error("{path}: {source}")]
-    Io {
-        /// The folder.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
 }
 
 /// Parses a label list as PadChest writes it: Python-list text
@@ -124,21 +116,18 @@ struct Item {
     labels: Vec<String>,
 }
 
-/// Runs `ingest padchest --images-only`.
-pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result<Manifest, PadchestError> {
-    std::fs::create_dir_all(out).map_err(|source| PadchestError::Io { path: out.into(), source })?;
-    let csv_path = csvio::find(&opts.root, PADCHEST_CSV)?;
+/// Lists the rows to write from the index CSV, ordered by (patient, study, image).
+fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
+    let csv_path = csvio::find(root, PADCHEST_CSV)?;
     let mut table = Table::open(&csv_path)?;
     let [image_id, image_dir, study, patient, projection, labels] =
         ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Labels"].map(|c| table.column(c));
     let (image_id, image_dir, study, patient, projection, labels) =
         (image_id?, image_dir?, study?, patient?, projection?, labels?);
 
-    let mut items = Vec::new();
-    let mut rejects = Vec::new();
-    let mut seen = 0u64;
+    let mut plan = Planned { items: Vec::new(), rejects: Vec::new(), seen: 0 };
     for row in table.rows() {
-        seen += 1;
+        plan.seen += 1;
         let reject = |line: u64, ids: [Option<&str>; 3], reason: String| Reject {
             path: format!("{}:{line}", csv_path.display()),
             subject_id: ids[0].map(str::to_string),
@@ -150,7 +139,7 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
         let row = match row {
             Ok(r) => r,
             Err(bad) => {
-                rejects.push(reject(bad.line, [None; 3], bad.reason));
+                plan.rejects.push(reject(bad.line, [None; 3], bad.reason));
                 continue;
             }
         };
@@ -158,42 +147,41 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
         let opt = ids.map(|s| (!s.is_empty()).then_some(s));
         let dir = row.get(image_dir);
         if ids.iter().any(|s| s.is_empty()) || ids[2].contains(['/', '\\']) || dir.contains(['/', '\\']) {
-            rejects.push(reject(row.line, opt, format!("missing or malformed ids {ids:?} / ImageDir {dir:?}")));
+            plan.rejects.push(reject(row.line, opt, format!("missing or malformed ids {ids:?} / ImageDir {dir:?}")));
             continue;
         }
         let parsed = match parse_label_list(row.get(labels)) {
             Ok(l) => l,
             Err(e) => {
-                rejects.push(reject(row.line, opt, e));
+                plan.rejects.push(reject(row.line, opt, e));
                 continue;
             }
         };
+        // The release's ImageID carries `.png`; accept it without, too.
         let file = if ids[2].ends_with(".png") { ids[2].to_string() } else { format!("{}.png", ids[2]) };
-        items.push(Item {
+        plan.items.push(Item {
             image_id: ids[2].trim_end_matches(".png").to_string(),
-            image_path: opts.root.join(dir).join(file),
+            image_path: root.join(dir).join(file),
             study: ids[1].to_string(),
             patient: ids[0].to_string(),
             projection: row.get(projection).to_string(),
             labels: parsed,
         });
     }
-    items.sort_by(|a, b| (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id)));
-    if opts.shards.strict
-        && let Some(first) = rejects.first() {
-            return Err(ShardError::Strict(Box::new(first.clone())).into());
-        }
+    plan.items.sort_by(|a, b| (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id)));
+    Ok(plan)
+}
 
-    let arguments = serde_json::to_value(opts).expect("serialisable");
-    if let Some(done) = shard::finished_run(out, &arguments)? {
-        return Ok(done);
-    }
-    let fingerprint = serde_json::json!({
-        "arguments": arguments,
-        "rows": items.len(),
-        "tool_version": env!("CARGO_PKG_VERSION"),
-    });
-    progress.set_length(items.len() as u64);
+/// Runs `ingest padchest --images-only`.
+pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result<Manifest, PadchestError> {
+    let planned = plan(&opts.root)?;
+    let info = RunInfo {
+        source: Source::Padchest,
+        arguments: serde_json::to_value(opts).expect("serialisable"),
+        image_policy: opts.image.clone(),
+        tokenizer: None,
+        entities: None,
+    };
     let process = |it: &Item| -> Outcome {
         if !view_kept(&opts.projections, &it.projection) {
             return Outcome::Filtered;
@@ -227,27 +215,7 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
             })),
         }
     };
-    let written = shard::write_shards(out, &opts.shards, &fingerprint, &items, process, progress)?;
-
-    let mut counts = written.counts;
-    counts.seen += seen - items.len() as u64;
-    if !rejects.is_empty() {
-        *counts.rejected.entry(Stage::Csv).or_default() += rejects.len() as u64;
-    }
-    rejects.extend(written.rejects);
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        source: Source::Padchest,
-        arguments,
-        image_policy: opts.image.clone(),
-        tokenizer: None,
-        entities: None,
-        counts,
-        shards: written.shards,
-    };
-    shard::finish(out, &manifest, &rejects)?;
-    Ok(manifest)
+    Ok(shard::run(out, &opts.shards, info, planned, process, progress)?)
 }
 
 #[cfg(test)]

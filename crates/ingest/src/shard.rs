@@ -29,8 +29,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, Counts, EntitySpan, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, ShardEntry, col,
-    shard_file_name, shard_schema,
+    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FileDigest, ImagePolicy, MANIFEST_FILE, Manifest,
+    REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source, Stage, col, shard_file_name, shard_schema,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -160,6 +160,91 @@ pub struct Written {
     pub rejects: Vec<Reject>,
     /// Groups taken from an earlier, interrupted run.
     pub resumed_groups: usize,
+}
+
+/// What a source's planner found in the release's index: the rows to
+/// process, in their fixed order, and the index rows already rejected.
+#[derive(Debug)]
+pub struct Planned<I> {
+    /// Rows to process.
+    pub items: Vec<I>,
+    /// Index rows that could not be planned (stage `csv`).
+    pub rejects: Vec<Reject>,
+    /// Index rows read, good or bad.
+    pub seen: u64,
+}
+
+/// The manifest facts of a run that do not come from its rows.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The release.
+    pub source: Source,
+    /// The resolved arguments (recorded, and compared when a run is resumed).
+    pub arguments: serde_json::Value,
+    /// Image policy in force.
+    pub image_policy: ImagePolicy,
+    /// Tokenizer file, for paired sources.
+    pub tokenizer: Option<FileDigest>,
+    /// Entity source, for paired sources.
+    pub entities: Option<EntitySourceInfo>,
+}
+
+/// Runs a whole ingest over planned rows: resumes or skips a run already in
+/// `out`, writes the shards, then the reject log and the manifest. The
+/// sources differ only in how they plan and in `process`.
+pub fn run<I: Sync + std::fmt::Debug>(
+    out: &Path,
+    opts: &ShardOptions,
+    info: RunInfo,
+    planned: Planned<I>,
+    process: impl Fn(&I) -> Outcome + Sync,
+    progress: &ProgressBar,
+) -> Result<Manifest, ShardError> {
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    if let Some(done) = finished_run(out, &info.arguments)? {
+        return Ok(done);
+    }
+    if opts.strict
+        && let Some(first) = planned.rejects.first()
+    {
+        return Err(ShardError::Strict(Box::new(first.clone())));
+    }
+    // Progress files are valid only for the same arguments, tokenizer,
+    // sidecar and planned input (every item's ids, paths and labels).
+    let mut listing = Sha256::new();
+    for item in &planned.items {
+        listing.update(format!("{item:?}\n").as_bytes());
+    }
+    let fingerprint = serde_json::json!({
+        "arguments": info.arguments,
+        "tokenizer": info.tokenizer.as_ref().map(|d| &d.sha256),
+        "sidecar": info.entities.as_ref().and_then(|e| e.sidecar.as_ref()).map(|d| &d.sha256),
+        "input": hex::encode(listing.finalize()),
+        "tool_version": env!("CARGO_PKG_VERSION"),
+    });
+    progress.set_length(planned.items.len() as u64);
+    let written = write_shards(out, opts, &fingerprint, &planned.items, process, progress)?;
+
+    let mut counts = written.counts;
+    counts.seen += planned.seen - planned.items.len() as u64;
+    if !planned.rejects.is_empty() {
+        *counts.rejected.entry(Stage::Csv).or_default() += planned.rejects.len() as u64;
+    }
+    let mut rejects = planned.rejects;
+    rejects.extend(written.rejects);
+    let manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        source: info.source,
+        arguments: info.arguments,
+        image_policy: info.image_policy,
+        tokenizer: info.tokenizer,
+        entities: info.entities,
+        counts,
+        shards: written.shards,
+    };
+    finish(out, &manifest, &rejects)?;
+    Ok(manifest)
 }
 
 /// Writes `items` as shards into `out`, resuming an interrupted run with the
