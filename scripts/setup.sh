@@ -44,6 +44,7 @@ fi
 
 if [ ! -s "$CACHE/clip/tokenizer.json" ]; then
   say "building tokenizer.json"
-  cargo run -q --release -p ingest -- tokenizer --vocab "$VOCAB" --out "$CACHE/clip/tokenizer.json"
+  # The dev profile: the test command builds it anyway (dependencies optimised).
+  cargo run -q -p ingest -- tokenizer --vocab "$VOCAB" --out "$CACHE/clip/tokenizer.json"
 fi
 say "ready"
