@@ -912,34 +912,6 @@ mod tests {
                 .join("../../../shared/data/reports/NLMCXR_reports.tgz")
         }
 
-        /// The regular files of a tar stream (ustar, as `tar` writes it).
-        fn tar_files(bytes: &[u8]) -> Vec<(String, &[u8])> {
-            let mut out = Vec::new();
-            let mut at = 0;
-            while at + 512 <= bytes.len() {
-                let h = &bytes[at..at + 512];
-                if h.iter().all(|&b| b == 0) {
-                    break;
-                }
-                let field = |r: std::ops::Range<usize>| {
-                    let f = &h[r];
-                    let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-                    String::from_utf8_lossy(&f[..end]).trim().to_string()
-                };
-                let size = usize::from_str_radix(&field(124..136), 8).expect("tar size field");
-                let name = match field(345..500) {
-                    p if p.is_empty() => field(0..100),
-                    p => format!("{p}/{}", field(0..100)),
-                };
-                let data = at + 512;
-                if matches!(h[156], b'0' | 0) {
-                    out.push((name, &bytes[data..data + size]));
-                }
-                at = data + size.div_ceil(512) * 512;
-            }
-            out
-        }
-
         /// `<AbstractText Label="NAME">text</AbstractText>`, entities decoded.
         fn abstract_text(xml: &str, label: &str) -> Option<String> {
             let open = format!("<AbstractText Label=\"{label}\">");
@@ -992,11 +964,15 @@ mod tests {
                     path.display()
                 )
             });
-            let mut tar = Vec::new();
-            flate2::read::GzDecoder::new(file)
-                .read_to_end(&mut tar)
-                .expect("gunzip the reports");
-            let files = tar_files(&tar);
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+            let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+            for entry in archive.entries().expect("a tar archive") {
+                let mut entry = entry.expect("a tar entry");
+                let name = entry.path().expect("entry path").to_string_lossy().into_owned();
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).expect("read entry");
+                files.push((name, bytes));
+            }
             let xmls: Vec<_> = files.iter().filter(|(n, _)| n.ends_with(".xml")).collect();
             assert_eq!(xmls.len(), 3955, "the collection has 3,955 reports");
 
