@@ -55,20 +55,46 @@ pub fn render(
     invert_monochrome1: bool,
 ) -> Gray8 {
     let affine = Affine::of(img, rescale);
-    let values = Values::new(&img.pixels);
-    let mut pixels = match values {
+    let equalize = matches!(window, WindowPolicy::MimicJpg);
+    let invert = invert_monochrome1 && img.displays_inverted();
+    let pixels = match Values::new(&img.pixels) {
         None => Vec::new(),
         Some(values) => {
             let map = ValueMap::new(img, window, affine, &values);
-            values.apply(&img.pixels, |s| map.eval(affine.apply(s)))
+            match &values.histogram {
+                // The usual case (at most 16 bits): one table from stored
+                // value to output byte. Equalisation and inversion are
+                // composed into it from the value histogram, so the
+                // full-size image is read once more, not three times.
+                Some(hist) => {
+                    let mut lut: Vec<u8> = (values.min..=values.max).map(|s| map.eval(affine.apply(s))).collect();
+                    let mut post: [u8; 256] = std::array::from_fn(|i| i as u8);
+                    if equalize {
+                        let mut hist8 = [0usize; 256];
+                        for (&out, &n) in lut.iter().zip(hist) {
+                            hist8[usize::from(out)] += n as usize;
+                        }
+                        post = equalize_lut(&hist8);
+                    }
+                    if invert {
+                        post.iter_mut().for_each(|v| *v = 255 - *v);
+                    }
+                    lut.iter_mut().for_each(|v| *v = post[usize::from(*v)]);
+                    img.pixels.iter().map(|&v| lut[(v - values.min) as usize]).collect()
+                }
+                None => {
+                    let mut pixels: Vec<u8> = img.pixels.iter().map(|&s| map.eval(affine.apply(s))).collect();
+                    if equalize {
+                        equalize_hist(&mut pixels);
+                    }
+                    if invert {
+                        pixels.iter_mut().for_each(|v| *v = 255 - *v);
+                    }
+                    pixels
+                }
+            }
         }
     };
-    if matches!(window, WindowPolicy::MimicJpg) {
-        equalize_hist(&mut pixels);
-    }
-    if invert_monochrome1 && img.displays_inverted() {
-        pixels.iter_mut().for_each(|v| *v = 255 - *v);
-    }
     Gray8 {
         width: img.width,
         height: img.height,
@@ -113,8 +139,8 @@ struct Values {
 
 impl Values {
     fn new(pixels: &[i32]) -> Option<Self> {
-        let min = *pixels.iter().min()?;
-        let max = *pixels.iter().max()?;
+        let first = *pixels.first()?;
+        let (min, max) = pixels.iter().fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let range = i64::from(max) - i64::from(min);
         let histogram = (range < MAX_LUT_RANGE).then(|| {
             let mut h = vec![0u32; range as usize + 1];
@@ -129,19 +155,6 @@ impl Values {
             count: pixels.len(),
             histogram,
         })
-    }
-
-    /// Map every pixel, through a table over `min..=max` when there is one.
-    fn apply(&self, pixels: &[i32], f: impl Fn(i32) -> u8) -> Vec<u8> {
-        if self.histogram.is_some() {
-            let lut: Vec<u8> = (self.min..=self.max).map(&f).collect();
-            pixels
-                .iter()
-                .map(|&v| lut[(v - self.min) as usize])
-                .collect()
-        } else {
-            pixels.iter().map(|&v| f(v)).collect()
-        }
     }
 
     /// The k-th smallest value (0-based, `k < count`).
@@ -316,13 +329,19 @@ fn equalize_hist(pixels: &mut [u8]) {
     for &v in pixels.iter() {
         hist[usize::from(v)] += 1;
     }
-    let total = pixels.len();
+    let lut = equalize_lut(&hist);
+    pixels.iter_mut().for_each(|v| *v = lut[usize::from(*v)]);
+}
+
+/// The table of [`equalize_hist`] for an image with histogram `hist`.
+fn equalize_lut(hist: &[usize; 256]) -> [u8; 256] {
+    let total: usize = hist.iter().sum();
+    let identity: [u8; 256] = std::array::from_fn(|i| i as u8);
     let Some(i0) = hist.iter().position(|&n| n > 0) else {
-        return; // empty image
+        return identity; // empty image
     };
     if hist[i0] == total {
-        pixels.fill(i0 as u8);
-        return;
+        return identity; // constant image: OpenCV leaves it as it is
     }
     let scale = 255.0f32 / (total - hist[i0]) as f32;
     let mut lut = [0u8; 256];
@@ -331,7 +350,7 @@ fn equalize_hist(pixels: &mut [u8]) {
         sum += hist[i];
         lut[i] = (sum as f32 * scale).round_ties_even().clamp(0.0, 255.0) as u8;
     }
-    pixels.iter_mut().for_each(|v| *v = lut[usize::from(*v)]);
+    lut
 }
 
 /// Resize so the short side is exactly `short_side`, keeping the aspect
@@ -395,6 +414,28 @@ mod tests {
 
     fn render_plain(img: &StoredImage, window: WindowPolicy) -> Vec<u8> {
         render(img, window, true, true).pixels
+    }
+
+    #[test]
+    fn fused_table_equals_window_then_equalise_then_invert_pixel_by_pixel() {
+        // A 12-bit MONOCHROME1 image with pseudo-random values.
+        let mut x = 12345u32;
+        let pixels: Vec<i32> = (0..64 * 48)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((x >> 16) % 4096) as i32
+            })
+            .collect();
+        let mut img = StoredImage::monochrome2(64, 48, 12, pixels.clone());
+        img.photometric = "MONOCHROME1".into();
+        let (min, max) = (*pixels.iter().min().unwrap(), *pixels.iter().max().unwrap());
+        let mut want: Vec<u8> = pixels
+            .iter()
+            .map(|&v| (f64::from(v - min) / f64::from(max - min) * 255.0).floor() as u8)
+            .collect();
+        equalize_hist(&mut want);
+        want.iter_mut().for_each(|v| *v = 255 - *v);
+        assert_eq!(render(&img, WindowPolicy::MimicJpg, true, true).pixels, want);
     }
 
     #[test]
