@@ -27,7 +27,7 @@ pub const IMAGE_FLOATS: usize = CHANNELS * IMAGE_SIZE * IMAGE_SIZE;
 /// CLIP's per-channel mean (RGB), on values in [0, 1].
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel std (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Training or evaluation transforms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

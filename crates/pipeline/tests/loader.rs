@@ -83,7 +83,7 @@ fn world() -> World {
 }
 
 fn sources(w: &World) -> Sources {
-    Sources::open(&[w.mimic.clone()], &[w.padchest.clone()], &OpenOptions::default()).unwrap()
+    Sources::open(std::slice::from_ref(&w.mimic), std::slice::from_ref(&w.padchest), &OpenOptions::default()).unwrap()
 }
 
 /// Batch 8 = 6 paired + 2 unpaired; window 10 rows.
@@ -229,7 +229,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&p, &bytes).unwrap();
-    let e = open_err(&[d.clone()]);
+    let e = open_err(std::slice::from_ref(&d));
     assert!(matches!(e, PipelineError::ShaMismatch { .. }) && e.to_string().contains("sha/shard-00001.parquet"), "{e}");
 
     let d = make("footer");
@@ -273,7 +273,7 @@ fn an_undecodable_row_is_skipped_replaced_and_reported() {
         }
     });
     let cfg = LoaderConfig { batch_size: 4, paired_fraction: 1.0, shuffle: false, epochs: Some(1), ..Default::default() };
-    let open = || Sources::open(&[mimic.clone()], &[], &OpenOptions::default()).unwrap();
+    let open = || Sources::open(std::slice::from_ref(&mimic), &[], &OpenOptions::default()).unwrap();
     let mut loader = Loader::new(open(), &cfg, Position::default()).unwrap();
     let b = loader.next().unwrap().unwrap();
     assert_eq!(b.size, 4, "the batch is never short");
@@ -307,7 +307,7 @@ fn rows_of_other_splits_are_left_out() {
             r.split = "test".into();
         }
     });
-    let s = Sources::open(&[mimic.clone()], &[], &OpenOptions::default()).unwrap();
+    let s = Sources::open(std::slice::from_ref(&mimic), &[], &OpenOptions::default()).unwrap();
     assert_eq!(s.paired.as_ref().unwrap().len(), 12);
     let cfg = LoaderConfig { batch_size: 4, paired_fraction: 1.0, epochs: Some(1), ..Default::default() };
     let rows: Vec<_> = Loader::new(s, &cfg, Position::default()).unwrap().flat_map(|b| b.unwrap().rows).collect();
@@ -333,13 +333,13 @@ fn dropping_a_loader_mid_epoch_stops_its_threads() {
 #[test]
 fn a_mix_the_sources_cannot_serve_is_a_config_error() {
     let w = world();
-    let only_paired = Sources::open(&[w.mimic.clone()], &[], &OpenOptions::default()).unwrap();
+    let only_paired = Sources::open(std::slice::from_ref(&w.mimic), &[], &OpenOptions::default()).unwrap();
     assert!(matches!(Loader::new(only_paired, &cfg(), Position::default()), Err(PipelineError::Config(_))));
     assert!(matches!(
         Loader::new(sources(&w), &LoaderConfig { world_size: 4, ..cfg() }, Position::default()),
         Err(PipelineError::Config(_))
     ));
-    let e = Sources::open(&[w.padchest.clone()], &[], &OpenOptions::default()).unwrap_err();
+    let e = Sources::open(std::slice::from_ref(&w.padchest), &[], &OpenOptions::default()).unwrap_err();
     assert!(matches!(e, PipelineError::Config(_)), "{e}");
 }
 
