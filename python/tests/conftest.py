@@ -37,14 +37,21 @@ def tokenizer_json() -> Path:
 @pytest.fixture(scope="session")
 def simple_tokenizer():
     """OpenAI's reference tokenizer as open_clip ships it. Its module imports
-    torch only for the tensor it returns from `__call__`; `encode` does not
-    need it, so a stand-in module keeps the 2 GB wheel out of the tests."""
-    stand_in = types.ModuleType("torch")
-    stand_in.__getattr__ = lambda name: object  # type annotations such as torch.LongTensor
-    sys.modules.setdefault("torch", stand_in)
+    torch only for the tensor that `__call__` returns; `encode` does not need
+    it. Where torch is not installed, a stand-in is lent for the import and
+    taken back at once, so other packages never see it."""
     spec = importlib.util.spec_from_file_location("clip_tokenizer", CLIP_DIR / "tokenizer.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if importlib.util.find_spec("torch") is None:
+        stand_in = types.ModuleType("torch")
+        stand_in.__getattr__ = lambda name: object  # type annotations such as torch.LongTensor
+        sys.modules["torch"] = stand_in
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules["torch"]
+    else:
+        spec.loader.exec_module(module)
     tok = module.SimpleTokenizer()
 
     def encode(text: str, context_length: int = 77) -> list[int]:
