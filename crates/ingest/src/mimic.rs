@@ -320,7 +320,7 @@ impl Job<'_> {
             Ok(img) => img,
             Err((stage, reason)) => return it.reject(&image_path, stage, reason),
         };
-        Outcome::Row(Box::new(Row {
+        Outcome::Row(Box::new(img.into_row(Row {
             source: Source::Mimic.name().into(),
             subject_id: it.subject.clone(),
             study_id: it.study.clone(),
@@ -328,13 +328,6 @@ impl Job<'_> {
             split: it.split.clone(),
             view: it.view.clone(),
             paired: true,
-            image: img.bytes,
-            image_height: img.height as i32,
-            image_width: img.width as i32,
-            orig_rows: img.orig_rows as i32,
-            orig_cols: img.orig_cols as i32,
-            bits_stored: i32::from(img.bits_stored),
-            photometric: img.photometric,
             report: Some(report),
             findings: sections.findings,
             impression: sections.impression,
@@ -348,8 +341,8 @@ impl Job<'_> {
             entity_mask: Some(mask),
             entity_source: Some(source.into()),
             labels: it.labels,
-            finding_labels: Vec::new(),
-        }))
+            ..Default::default()
+        })))
     }
 }
 

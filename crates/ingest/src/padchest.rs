@@ -187,7 +187,7 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
             return Outcome::Filtered;
         }
         match prepare::png(&it.image_path, &opts.image) {
-            Ok(img) => Outcome::Row(Box::new(Row {
+            Ok(img) => Outcome::Row(Box::new(img.into_row(Row {
                 source: Source::Padchest.name().into(),
                 subject_id: it.patient.clone(),
                 study_id: it.study.clone(),
@@ -195,16 +195,9 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
                 split: patient_split(&it.patient, opts.split_seed, opts.split_fractions).into(),
                 view: it.projection.clone(),
                 paired: false,
-                image: img.bytes,
-                image_height: img.height as i32,
-                image_width: img.width as i32,
-                orig_rows: img.orig_rows as i32,
-                orig_cols: img.orig_cols as i32,
-                bits_stored: i32::from(img.bits_stored),
-                photometric: img.photometric,
                 finding_labels: it.labels.clone(),
                 ..Default::default()
-            })),
+            }))),
             Err((stage, reason)) => Outcome::Rejected(Box::new(Reject {
                 path: it.image_path.display().to_string(),
                 subject_id: Some(it.patient.clone()),

@@ -8,6 +8,7 @@ use schemas::{ImagePolicy, Stage};
 
 use crate::dicom_image::{self, StoredImage};
 use crate::encode;
+use crate::shard::Row;
 use crate::window::{self, Gray8};
 
 /// An image ready for its row.
@@ -27,6 +28,22 @@ pub struct Prepared {
     pub bits_stored: u16,
     /// Photometric interpretation of the original.
     pub photometric: String,
+}
+
+impl Prepared {
+    /// The row with this image and its facts filled in.
+    pub fn into_row(self, row: Row) -> Row {
+        Row {
+            image: self.bytes,
+            image_height: self.height as i32,
+            image_width: self.width as i32,
+            orig_rows: self.orig_rows as i32,
+            orig_cols: self.orig_cols as i32,
+            bits_stored: i32::from(self.bits_stored),
+            photometric: self.photometric,
+            ..row
+        }
+    }
 }
 
 /// Why an image was not written: the stage and a reason a person can act on.
