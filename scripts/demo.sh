@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/demo}
 bash scripts/setup.sh
+source scripts/env.sh
 cargo build --release --bins -q
 BIN=target/release
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

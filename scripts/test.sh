@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/env.sh
 # The end-to-end tests run the binaries: build them first, in the same profile.
 cargo build --workspace --bins
 cargo test --workspace

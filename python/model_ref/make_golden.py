@@ -8,6 +8,9 @@ embeddings the Rust model must reproduce:
 
 ``model.safetensors``   the CLIPModel state dict (HF names, ``position_ids`` included
                         as HF writes them, so the loader's skip is exercised)
+``model_openai.safetensors``  the same weights in OpenAI / open_clip naming
+                        (fused ``in_proj``, ``[D, C]`` projections), written
+                        here independently of the Rust renamer
 ``golden.safetensors``  inputs ``pixel_values``, ``input_ids`` and outputs
                         ``image_embeds``, ``text_embeds`` (projected, pooled, not
                         normalised), ``image_tokens`` (post-LN + projection of the
@@ -106,6 +109,44 @@ def golden(model, pixel_values, input_ids):
     }
 
 
+def hf_to_openai(state):
+    """OpenAI/open_clip names (``clip/model.py``) for a HF CLIPModel state dict."""
+    out = {}
+    towers = {"vision_model": "visual.", "text_model": ""}
+    for tower, prefix in towers.items():
+        emb = f"{tower}.embeddings."
+        if tower == "vision_model":
+            out["visual.conv1.weight"] = state[emb + "patch_embedding.weight"]
+            out["visual.class_embedding"] = state[emb + "class_embedding"]
+            out["visual.ln_pre.weight"] = state["vision_model.pre_layrnorm.weight"]
+            out["visual.ln_pre.bias"] = state["vision_model.pre_layrnorm.bias"]
+            out["visual.ln_post.weight"] = state["vision_model.post_layernorm.weight"]
+            out["visual.ln_post.bias"] = state["vision_model.post_layernorm.bias"]
+            out["visual.proj"] = state["visual_projection.weight"].t()
+        else:
+            out["token_embedding.weight"] = state[emb + "token_embedding.weight"]
+            out["ln_final.weight"] = state["text_model.final_layer_norm.weight"]
+            out["ln_final.bias"] = state["text_model.final_layer_norm.bias"]
+            out["text_projection"] = state["text_projection.weight"].t()
+        out[prefix + "positional_embedding"] = state[emb + "position_embedding.weight"]
+        i = 0
+        while f"{tower}.encoder.layers.{i}.layer_norm1.weight" in state:
+            hf = f"{tower}.encoder.layers.{i}."
+            oa = f"{prefix}transformer.resblocks.{i}."
+            for kind in ("weight", "bias"):
+                out[oa + "ln_1." + kind] = state[hf + "layer_norm1." + kind]
+                out[oa + "ln_2." + kind] = state[hf + "layer_norm2." + kind]
+                out[oa + "attn.in_proj_" + kind] = torch.cat(
+                    [state[hf + f"self_attn.{x}_proj.{kind}"] for x in "qkv"]
+                )
+                out[oa + "attn.out_proj." + kind] = state[hf + "self_attn.out_proj." + kind]
+                out[oa + "mlp.c_fc." + kind] = state[hf + "mlp.fc1." + kind]
+                out[oa + "mlp.c_proj." + kind] = state[hf + "mlp.fc2." + kind]
+            i += 1
+    out["logit_scale"] = state["logit_scale"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     model, pixel_values, input_ids = build()
@@ -116,6 +157,7 @@ def main(out_dir):
     n_pos = (VISION["image_size"] // VISION["patch_size"]) ** 2 + 1
     state["vision_model.embeddings.position_ids"] = torch.arange(n_pos)[None]
     save_file(state, os.path.join(out_dir, "model.safetensors"))
+    save_file(hf_to_openai(state), os.path.join(out_dir, "model_openai.safetensors"))
     save_file(golden(model, pixel_values, input_ids), os.path.join(out_dir, "golden.safetensors"))
 
 

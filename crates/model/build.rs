@@ -1,0 +1,44 @@
+//! Keeps `libtorch_cuda` linked into every binary of this crate.
+//!
+//! Nothing in the Rust code references a symbol of `libtorch_cuda`, so with
+//! the default `--as-needed` the linker drops it and libtorch then reports
+//! CUDA as unavailable on a GPU machine. Linking it with `--no-as-needed`
+//! keeps it; on a CPU-only libtorch (no `libtorch_cuda.so`) nothing is added.
+//!
+//! It also records the build's libtorch folder as the binaries' run path, so
+//! `cargo test` runs without `LD_LIBRARY_PATH`. A binary carried to another
+//! machine finds that machine's libtorch through `LD_LIBRARY_PATH`, which
+//! the loader searches before the run path.
+
+use std::path::PathBuf;
+
+fn torch_lib_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(dir).join("lib"));
+    }
+    if std::env::var("LIBTORCH_USE_PYTORCH").is_ok() {
+        let out = std::process::Command::new("python")
+            .args([
+                "-c",
+                "import torch, os; print(os.path.dirname(torch.__file__))",
+            ])
+            .output()
+            .ok()?;
+        let dir = String::from_utf8(out.stdout).ok()?;
+        return Some(PathBuf::from(dir.trim()).join("lib"));
+    }
+    None
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    let Some(dir) = torch_lib_dir() else { return };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    if dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

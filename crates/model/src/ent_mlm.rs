@@ -1,0 +1,314 @@
+//! EntMLM: entity-driven masked language modelling (METHOD.md, "EntMLM").
+//!
+//! [`select_tokens`] picks the report positions to predict (a pure
+//! function of masks and a noise tensor, like [`crate::att_mim`]);
+//! [`TextDecoder`] is the CoCa-style multimodal decoder that predicts them
+//! from the masked report and the image tokens; the loss is
+//! [`crate::losses::mlm_loss`].
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::attention::{Activation, Attention, Mlp};
+
+/// Which report tokens are predicted (the paper's ablation, Table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "p")]
+pub enum MlmStrategy {
+    /// Caption every predictable token (CoCa).
+    Full,
+    /// A random fraction p of the predictable tokens.
+    Random(f64),
+    /// A random fraction p (λ3 = 0.2) of the entity tokens.
+    Entity(f64),
+}
+
+impl Default for MlmStrategy {
+    fn default() -> Self {
+        MlmStrategy::Entity(0.2)
+    }
+}
+
+/// M_EntMLM = RandomSubset(M_e, λ3) ∩ CausalMask, `[B, L]` bool.
+///
+/// `predictable: [B, L]` bool marks the positions a causal decoder can
+/// predict (real tokens after the start token, up to end-of-text);
+/// `entity: [B, L]` bool the tokens inside NER spans; `noise: [B, L]`
+/// uniform in [0, 1). Each row takes ⌈p·n⌉ of its n eligible positions,
+/// those with the lowest noise, so the count is exact and a seed fixes it.
+pub fn select_tokens(
+    predictable: &Tensor,
+    entity: &Tensor,
+    noise: &Tensor,
+    strategy: MlmStrategy,
+) -> Tensor {
+    let (eligible, p) = match strategy {
+        MlmStrategy::Full => return predictable.shallow_clone(),
+        MlmStrategy::Random(p) => (predictable.shallow_clone(), p),
+        MlmStrategy::Entity(p) => (entity.logical_and(predictable), p),
+    };
+    let n = eligible.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float); // [B, 1]
+    let k = (n * p - 1e-9).ceil().clamp_min(0.0); // [B, 1]
+    // Ineligible positions sort after every eligible one (key ≥ 1).
+    let key = noise + eligible.logical_not().to_kind(Kind::Float);
+    let rank = key
+        .argsort(-1, false)
+        .argsort(-1, false)
+        .to_kind(Kind::Float); // [B, L]
+    rank.lt_tensor(&k).logical_and(&eligible)
+}
+
+/// Replaces the selected tokens by `mask_id`: `[B, L]` int64 → `[B, L]`.
+pub fn mask_tokens(input_ids: &Tensor, selected: &Tensor, mask_id: i64) -> Tensor {
+    input_ids.masked_fill(selected, mask_id)
+}
+
+/// Cross-attention from text queries to image keys/values of another width.
+#[derive(Debug)]
+pub struct CrossAttention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl CrossAttention {
+    /// Builds the layer under `p`; keys and values come from `kv_dim`-wide tokens.
+    pub fn new(p: nn::Path, dim: i64, kv_dim: i64, num_heads: i64) -> Self {
+        let c = nn::LinearConfig::default();
+        Self {
+            q_proj: nn::linear(&p / "q_proj", dim, dim, c),
+            k_proj: nn::linear(&p / "k_proj", kv_dim, dim, c),
+            v_proj: nn::linear(&p / "v_proj", kv_dim, dim, c),
+            out_proj: nn::linear(&p / "out_proj", dim, dim, c),
+            num_heads,
+        }
+    }
+
+    /// `xs: [B, T, D]`, `ctx: [B, S, kv_dim]` → `[B, T, D]`.
+    pub fn forward(&self, xs: &Tensor, ctx: &Tensor) -> Tensor {
+        let (b, t, d) = xs.size3().expect("queries must be [B, T, D]");
+        let hd = d / self.num_heads;
+        let heads = |x: Tensor| x.view([b, -1, self.num_heads, hd]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(xs)); // [B, H, T, hd]
+        let k = heads(self.k_proj.forward(ctx)); // [B, H, S, hd]
+        let v = heads(self.v_proj.forward(ctx));
+        let ys = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        self.out_proj
+            .forward(&ys.transpose(1, 2).contiguous().view([b, t, d]))
+    }
+}
+
+/// Text decoder settings. `Default`: 3 layers at the text width, 8 heads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextDecoderConfig {
+    /// Width of the text tokens fed in (512).
+    pub hidden_size: i64,
+    /// Width of the image tokens attended to (C = 512, projected E_img).
+    pub image_dim: i64,
+    /// Layers (3).
+    pub num_layers: i64,
+    /// Attention heads.
+    pub num_heads: i64,
+    /// MLP hidden width.
+    pub intermediate_size: i64,
+    /// Output vocabulary (49,408).
+    pub vocab_size: i64,
+}
+
+impl Default for TextDecoderConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 512,
+            image_dim: 512,
+            num_layers: 3,
+            num_heads: 8,
+            intermediate_size: 2048,
+            vocab_size: 49408,
+        }
+    }
+}
+
+/// One decoder layer: causal self-attention, cross-attention to the image, MLP (pre-LN).
+#[derive(Debug)]
+pub struct DecoderLayer {
+    layer_norm1: nn::LayerNorm,
+    self_attn: Attention,
+    layer_norm_cross: nn::LayerNorm,
+    cross_attn: CrossAttention,
+    layer_norm2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Builds the layer under `p`.
+    pub fn new(p: nn::Path, cfg: &TextDecoderConfig) -> Self {
+        let d = cfg.hidden_size;
+        let ln = |name: &str| nn::layer_norm(&p / name, vec![d], Default::default());
+        Self {
+            layer_norm1: ln("layer_norm1"),
+            self_attn: Attention::new(&p / "self_attn", d, cfg.num_heads),
+            layer_norm_cross: ln("layer_norm_cross"),
+            cross_attn: CrossAttention::new(&p / "cross_attn", d, cfg.image_dim, cfg.num_heads),
+            layer_norm2: ln("layer_norm2"),
+            mlp: Mlp::new(&p / "mlp", d, cfg.intermediate_size, Activation::Gelu),
+        }
+    }
+
+    /// `xs: [B, L, D]`, `image: [B, N, C]` → `[B, L, D]`.
+    pub fn forward(&self, xs: &Tensor, image: &Tensor) -> Tensor {
+        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs), true);
+        let xs = &xs
+            + self
+                .cross_attn
+                .forward(&self.layer_norm_cross.forward(&xs), image);
+        &xs + self.mlp.forward(&self.layer_norm2.forward(&xs))
+    }
+}
+
+/// The CoCa-style multimodal text decoder with its vocabulary head.
+#[derive(Debug)]
+pub struct TextDecoder {
+    layers: Vec<DecoderLayer>,
+    final_layer_norm: nn::LayerNorm,
+    lm_head: nn::Linear,
+}
+
+impl TextDecoder {
+    /// Builds the decoder under `p` (`layers.{i}`, `final_layer_norm`, `lm_head`).
+    pub fn new(p: nn::Path, cfg: &TextDecoderConfig) -> Self {
+        Self {
+            layers: (0..cfg.num_layers)
+                .map(|i| DecoderLayer::new(&p / "layers" / i, cfg))
+                .collect(),
+            final_layer_norm: nn::layer_norm(
+                &p / "final_layer_norm",
+                vec![cfg.hidden_size],
+                Default::default(),
+            ),
+            lm_head: nn::linear(
+                &p / "lm_head",
+                cfg.hidden_size,
+                cfg.vocab_size,
+                Default::default(),
+            ),
+        }
+    }
+
+    /// `text: [B, L, D]` (text-encoder tokens of the masked report),
+    /// `image: [B, N, C]` → logits `[B, L, V]`.
+    pub fn forward(&self, text: &Tensor, image: &Tensor) -> Tensor {
+        let mut xs = text.shallow_clone();
+        for layer in &self.layers {
+            xs = layer.forward(&xs, image);
+        }
+        self.lm_head.forward(&self.final_layer_norm.forward(&xs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::att_mim::mask_noise;
+    use tch::Device;
+
+    fn row(v: &[bool]) -> Tensor {
+        Tensor::from_slice(v).view([1, v.len() as i64])
+    }
+
+    #[test]
+    fn entity_strategy_takes_ceil_lambda3_of_entities_inside_the_causal_mask() {
+        // 12 positions; predictable 1..=9; entities at 2..=6 and at 11 (padding).
+        let pred: Vec<bool> = (0..12).map(|t| (1..=9).contains(&t)).collect();
+        let ent: Vec<bool> = (0..12).map(|t| (2..=6).contains(&t) || t == 11).collect();
+        let (pred, ent) = (row(&pred), row(&ent));
+        for seed in 0..20 {
+            let sel = select_tokens(
+                &pred,
+                &ent,
+                &mask_noise(1, 12, seed, Device::Cpu),
+                MlmStrategy::Entity(0.2),
+            );
+            assert_eq!(sel.sum(Kind::Int64).int64_value(&[]), 1); // ⌈0.2·5⌉
+            let outside = sel
+                .logical_and(&ent.logical_and(&pred).logical_not())
+                .any()
+                .int64_value(&[]);
+            assert_eq!(outside, 0, "seed {seed}");
+        }
+        let sel = select_tokens(
+            &pred,
+            &ent,
+            &mask_noise(1, 12, 0, Device::Cpu),
+            MlmStrategy::Entity(0.5),
+        );
+        assert_eq!(sel.sum(Kind::Int64).int64_value(&[]), 3); // ⌈2.5⌉
+    }
+
+    #[test]
+    fn full_and_random_strategies_count_predictable_tokens() {
+        let pred = row(&[false, true, true, true, true, false]);
+        let none = row(&[false; 6]);
+        let noise = mask_noise(1, 6, 9, Device::Cpu);
+        assert!(select_tokens(&pred, &none, &noise, MlmStrategy::Full).equal(&pred));
+        let sel = select_tokens(&pred, &none, &noise, MlmStrategy::Random(0.5));
+        assert_eq!(sel.sum(Kind::Int64).int64_value(&[]), 2);
+        assert_eq!(
+            sel.logical_and(&pred.logical_not()).any().int64_value(&[]),
+            0
+        );
+        // No entities: nothing selected, no NaN.
+        let sel = select_tokens(&pred, &none, &noise, MlmStrategy::Entity(0.2));
+        assert_eq!(sel.any().int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn decoder_is_causal_in_text_and_sees_the_image() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = TextDecoderConfig {
+            hidden_size: 16,
+            image_dim: 8,
+            num_layers: 2,
+            num_heads: 2,
+            intermediate_size: 32,
+            vocab_size: 50,
+        };
+        let dec = TextDecoder::new(vs.root(), &cfg);
+        tch::manual_seed(1);
+        let text = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
+        let image = Tensor::randn([1, 4, 8], (Kind::Float, Device::Cpu));
+        let logits = dec.forward(&text, &image);
+        assert_eq!(logits.size(), vec![1, 5, 50]);
+        // Changing the last token leaves earlier positions' logits unchanged.
+        let text2 = text.copy();
+        text2
+            .get(0)
+            .get(4)
+            .copy_(&Tensor::ones([16], (Kind::Float, Device::Cpu)));
+        let logits2 = dec.forward(&text2, &image);
+        assert!(
+            logits
+                .narrow(1, 0, 4)
+                .allclose(&logits2.narrow(1, 0, 4), 1e-6, 1e-6, false)
+        );
+        // Changing the image changes them.
+        let logits3 = dec.forward(&text, &(image + 1.0));
+        assert!(
+            !logits
+                .narrow(1, 0, 1)
+                .allclose(&logits3.narrow(1, 0, 1), 1e-4, 1e-4, false)
+        );
+    }
+}

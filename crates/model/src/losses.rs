@@ -1,0 +1,108 @@
+//! Loss functions, small and pure.
+
+use tch::{Kind, Reduction, Tensor};
+
+/// Loss_align: symmetric InfoNCE between pooled image and report embeddings
+/// (CLIP's loss). `image, text: [B, C]`, row i of each a positive pair;
+/// `logit_scale` is the learnable log temperature, applied as `exp`.
+/// Embeddings are L2-normalised here.
+pub fn clip_loss(image: &Tensor, text: &Tensor, logit_scale: &Tensor) -> Tensor {
+    let normalise = |x: &Tensor| x / x.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+    let logits = normalise(image).matmul(&normalise(text).tr()) * logit_scale.exp(); // [B, B]
+    let targets = Tensor::arange(logits.size()[0], (Kind::Int64, logits.device()));
+    let per_image = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+    let per_text =
+        logits
+            .tr()
+            .cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+    (per_image + per_text) / 2.0
+}
+
+/// Loss_MIM (MAE's `forward_loss`): mean squared error over masked patches
+/// only. `target, pred: [B, N, P]` (target from [`crate::mim::patchify`]),
+/// `mask: [B, N]` with 1 = masked. With `norm_pix`, each target patch is
+/// normalised by its own mean and variance (eps 1e-6), as MAE's default.
+pub fn mim_loss(target: &Tensor, pred: &Tensor, mask: &Tensor, norm_pix: bool) -> Tensor {
+    let target = if norm_pix {
+        let mean = target.mean_dim([-1i64].as_slice(), true, Kind::Float);
+        // Unbiased variance, as torch's `.var(dim=-1)` in MAE.
+        let var = target.var_dim([-1i64].as_slice(), true, true);
+        (target - mean) / (var + 1e-6).sqrt()
+    } else {
+        target.shallow_clone()
+    };
+    let per_patch = (pred - target)
+        .square()
+        .mean_dim([-1i64].as_slice(), false, Kind::Float); // [B, N]
+    (per_patch * mask).sum(Kind::Float) / mask.sum(Kind::Float)
+}
+
+/// Loss_MLM: −Σ_t log P(y_t | y_<t, x) averaged over the selected
+/// positions. `logits: [B, L, V]` aligned with `targets: [B, L]` (the caller
+/// shifts for next-token prediction), `selected: [B, L]` bool.
+pub fn mlm_loss(logits: &Tensor, targets: &Tensor, selected: &Tensor) -> Tensor {
+    let v = logits.size()[2];
+    let ignore = -100;
+    let targets = targets.masked_fill(&selected.logical_not(), ignore);
+    logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(
+        &targets.reshape([-1]),
+        None,
+        Reduction::Mean,
+        ignore,
+        0.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_loss_matches_hand_computed_two_pair_case() {
+        // Normalised: image = [[1, 0], [0, 1]], both texts = [1, 0]; scale e^0 = 1.
+        let image = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 2.0]).view([2, 2]);
+        let text = Tensor::from_slice(&[3.0f32, 0.0, 1.0, 0.0]).view([2, 2]);
+        let scale = Tensor::from(0.0f32);
+        // logits = [[1, 1], [0, 0]].
+        // image→text rows: row0 CE = ln(e+e) - 1 = ln 2; row1 CE = ln 2.
+        // text→image (columns): col0 = [1, 0] target 0: ln(e+1) - 1;
+        //                        col1 = [1, 0] target 1: ln(e+1) - 0.
+        let e = std::f64::consts::E;
+        let expected = (2f64.ln() + ((e + 1.0).ln() - 1.0 + (e + 1.0).ln()) / 2.0) / 2.0;
+        let got = clip_loss(&image, &text, &scale).double_value(&[]);
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn mim_loss_averages_masked_patches_only() {
+        // Two patches of two pixels; only patch 1 is masked.
+        let target = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 3.0]).view([1, 2, 2]);
+        let pred = Tensor::from_slice(&[9.0f32, 9.0, 0.0, 0.0]).view([1, 2, 2]);
+        let mask = Tensor::from_slice(&[0.0f32, 1.0]).view([1, 2]);
+        // Raw: ((0-1)² + (0-3)²)/2 = 5.
+        assert!((mim_loss(&target, &pred, &mask, false).double_value(&[]) - 5.0).abs() < 1e-6);
+        // Normalised: mean 2, unbiased var 2 → targets ∓1/√(2+1e-6); loss = 1/(2+1e-6).
+        let want = 1.0 / (2.0 + 1e-6);
+        assert!((mim_loss(&target, &pred, &mask, true).double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mlm_loss_counts_selected_positions_only() {
+        // V = 2; position 0 (selected): logits [0, ln 3], target 1 → −ln(3/4).
+        // Position 1 (not selected) would add a large loss.
+        let logits = Tensor::from_slice(&[0.0f32, 3f32.ln(), 50.0, 0.0]).view([1, 2, 2]);
+        let targets = Tensor::from_slice(&[1i64, 1]).view([1, 2]);
+        let selected = Tensor::from_slice(&[true, false]).view([1, 2]);
+        let got = mlm_loss(&logits, &targets, &selected).double_value(&[]);
+        assert!((got + (0.75f64).ln()).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn clip_loss_uses_exp_of_logit_scale() {
+        let image = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        // Perfectly matched pairs: logits = s·I; loss = ln(1 + e^{-s}).
+        let s = 2.0f64;
+        let got = clip_loss(&image, &image, &Tensor::from(s.ln() as f32)).double_value(&[]);
+        assert!((got - (1.0 + (-s).exp()).ln()).abs() < 1e-6, "{got}");
+    }
+}

@@ -1,0 +1,88 @@
+//! The causal text encoder.
+//!
+//! Mirrors `CLIPTextEmbeddings` and `CLIPTextTransformer` in
+//! `transformers/models/clip/modeling_clip.py` (transformers 5.24): token and
+//! learned position embeddings, the pre-LN encoder under a causal mask,
+//! `final_layer_norm`, and pooling at the end-of-text token.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::attention::Encoder;
+use crate::config::TextConfig;
+
+/// The text encoder without projection (`text_model.*`).
+#[derive(Debug)]
+pub struct TextTransformer {
+    token_embedding: nn::Embedding,
+    position_embedding: nn::Embedding,
+    encoder: Encoder,
+    final_layer_norm: nn::LayerNorm,
+    eos_token_id: Option<i64>,
+}
+
+impl TextTransformer {
+    /// Builds the encoder under `p` (HF: `text_model`).
+    pub fn new(p: nn::Path, cfg: &TextConfig) -> Self {
+        let d = cfg.hidden_size;
+        let emb = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        let e = &p / "embeddings";
+        Self {
+            token_embedding: nn::embedding(&e / "token_embedding", cfg.vocab_size, d, emb),
+            position_embedding: nn::embedding(
+                &e / "position_embedding",
+                cfg.max_position_embeddings,
+                d,
+                emb,
+            ),
+            encoder: Encoder::new(
+                &p / "encoder",
+                cfg.num_hidden_layers,
+                d,
+                cfg.num_attention_heads,
+                cfg.intermediate_size,
+                cfg.layer_norm_eps,
+            ),
+            final_layer_norm: nn::layer_norm(
+                &p / "final_layer_norm",
+                vec![d],
+                nn::LayerNormConfig {
+                    eps: cfg.layer_norm_eps,
+                    ..Default::default()
+                },
+            ),
+            eos_token_id: cfg.eos_token_id,
+        }
+    }
+
+    /// Position of the end-of-text token of each row: `[B, L]` → `[B]` (on device).
+    pub fn eot_positions(&self, input_ids: &Tensor) -> Tensor {
+        match self.eos_token_id {
+            None => input_ids.argmax(-1, false),
+            // argmax returns the first maximum: the first occurrence of the id.
+            Some(id) => input_ids.eq(id).to_kind(Kind::Int).argmax(-1, false),
+        }
+    }
+
+    /// `input_ids: [B, L]` (int64) → (pooled `[B, D]`, tokens `[B, L, D]`).
+    pub fn forward(&self, input_ids: &Tensor) -> (Tensor, Tensor) {
+        let (b, l) = input_ids.size2().expect("input_ids must be [B, L]");
+        let pos = self.position_embedding.ws.narrow(0, 0, l); // [L, D]
+        let xs = self.token_embedding.forward(input_ids) + pos; // [B, L, D]
+        let xs = self
+            .final_layer_norm
+            .forward(&self.encoder.forward(&xs, true));
+        let d = xs.size()[2];
+        let eot = self
+            .eot_positions(input_ids)
+            .view([b, 1, 1])
+            .expand([b, 1, d], false);
+        (xs.gather(1, &eot, false).squeeze_dim(1), xs) // [B, D], [B, L, D]
+    }
+}
