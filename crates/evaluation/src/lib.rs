@@ -1,0 +1,1 @@
+//! Evaluation (placeholder; filled in by the evaluation work).
