@@ -30,7 +30,10 @@ impl Activation {
     }
 }
 
-/// Multi-head self-attention with separate q/k/v projections (HF layout).
+/// Multi-head attention with separate q/k/v projections (HF layout). As
+/// self-attention keys and values come from the queries' tokens; as
+/// cross-attention ([`Attention::cross`]) from another sequence, possibly of
+/// another width.
 #[derive(Debug)]
 pub struct Attention {
     q_proj: nn::Linear,
@@ -41,8 +44,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Builds the layer under `p` (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
+    /// Self-attention under `p` (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
     pub fn new(p: nn::Path, dim: i64, num_heads: i64) -> Self {
+        Self::cross(p, dim, dim, num_heads)
+    }
+
+    /// Cross-attention under `p`: queries `dim` wide, keys and values
+    /// projected from `kv_dim`-wide context tokens.
+    pub fn cross(p: nn::Path, dim: i64, kv_dim: i64, num_heads: i64) -> Self {
         assert_eq!(
             dim % num_heads,
             0,
@@ -51,23 +60,29 @@ impl Attention {
         let c = nn::LinearConfig::default();
         Self {
             q_proj: nn::linear(&p / "q_proj", dim, dim, c),
-            k_proj: nn::linear(&p / "k_proj", dim, dim, c),
-            v_proj: nn::linear(&p / "v_proj", dim, dim, c),
+            k_proj: nn::linear(&p / "k_proj", kv_dim, dim, c),
+            v_proj: nn::linear(&p / "v_proj", kv_dim, dim, c),
             out_proj: nn::linear(&p / "out_proj", dim, dim, c),
             num_heads,
         }
     }
 
-    /// `xs: [B, T, D]` → `[B, T, D]`; `causal` masks attention to later tokens.
+    /// Self-attention: `xs: [B, T, D]` → `[B, T, D]`; `causal` masks
+    /// attention to later tokens.
     pub fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
-        let (b, t, d) = xs.size3().expect("attention input must be [B, T, D]");
+        self.attend(xs, xs, causal)
+    }
+
+    /// `xs: [B, T, D]` attends to `ctx: [B, S, kv_dim]` → `[B, T, D]`.
+    pub fn attend(&self, xs: &Tensor, ctx: &Tensor, causal: bool) -> Tensor {
+        let (b, t, d) = xs.size3().expect("attention queries must be [B, T, D]");
         let heads = |x: Tensor| {
-            x.view([b, t, self.num_heads, d / self.num_heads])
+            x.view([b, -1, self.num_heads, d / self.num_heads])
                 .transpose(1, 2)
         };
         let q = heads(self.q_proj.forward(xs)); // [B, H, T, D/H]
-        let k = heads(self.k_proj.forward(xs));
-        let v = heads(self.v_proj.forward(xs));
+        let k = heads(self.k_proj.forward(ctx)); // [B, H, S, D/H]
+        let v = heads(self.v_proj.forward(ctx));
         // Default scale 1/√(D/H), as CLIP.
         let ys = Tensor::scaled_dot_product_attention(
             &q,

@@ -76,6 +76,26 @@ impl Clip {
         }
     }
 
+    /// The image encoder's last hidden state on the visible patches,
+    /// unprojected, class token first: `[B, 1 + K, D]` (the MAE decoder's input).
+    pub fn image_hidden_visible(&self, pixels: &Tensor, ids_keep: &Tensor) -> Tensor {
+        self.vision_model.forward_visible_hidden(pixels, ids_keep)
+    }
+
+    /// The text encoder's unprojected token states `[B, L, D]` with the
+    /// token embedding at `selected` (`[B, L]` bool) replaced by
+    /// `mask_embedding` (`[D]`): EntMLM's masked report.
+    pub fn text_hidden_masked(
+        &self,
+        input_ids: &Tensor,
+        selected: &Tensor,
+        mask_embedding: &Tensor,
+    ) -> Tensor {
+        self.text_model
+            .forward_replacing(input_ids, Some((selected, mask_embedding)))
+            .1
+    }
+
     /// `input_ids: [B, L]` → pooled `[B, C]` and token features `[B, L, C]`.
     pub fn encode_text(&self, input_ids: &Tensor) -> Encoded {
         let (pooled, tokens) = self.text_model.forward(input_ids);

@@ -64,52 +64,6 @@ pub fn mask_tokens(input_ids: &Tensor, selected: &Tensor, mask_id: i64) -> Tenso
     input_ids.masked_fill(selected, mask_id)
 }
 
-/// Cross-attention from text queries to image keys/values of another width.
-#[derive(Debug)]
-pub struct CrossAttention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
-    num_heads: i64,
-}
-
-impl CrossAttention {
-    /// Builds the layer under `p`; keys and values come from `kv_dim`-wide tokens.
-    pub fn new(p: nn::Path, dim: i64, kv_dim: i64, num_heads: i64) -> Self {
-        let c = nn::LinearConfig::default();
-        Self {
-            q_proj: nn::linear(&p / "q_proj", dim, dim, c),
-            k_proj: nn::linear(&p / "k_proj", kv_dim, dim, c),
-            v_proj: nn::linear(&p / "v_proj", kv_dim, dim, c),
-            out_proj: nn::linear(&p / "out_proj", dim, dim, c),
-            num_heads,
-        }
-    }
-
-    /// `xs: [B, T, D]`, `ctx: [B, S, kv_dim]` → `[B, T, D]`.
-    pub fn forward(&self, xs: &Tensor, ctx: &Tensor) -> Tensor {
-        let (b, t, d) = xs.size3().expect("queries must be [B, T, D]");
-        let hd = d / self.num_heads;
-        let heads = |x: Tensor| x.view([b, -1, self.num_heads, hd]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs)); // [B, H, T, hd]
-        let k = heads(self.k_proj.forward(ctx)); // [B, H, S, hd]
-        let v = heads(self.v_proj.forward(ctx));
-        let ys = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        self.out_proj
-            .forward(&ys.transpose(1, 2).contiguous().view([b, t, d]))
-    }
-}
-
 /// Text decoder settings. `Default`: 3 layers at the text width, 8 heads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -147,7 +101,7 @@ pub struct DecoderLayer {
     layer_norm1: nn::LayerNorm,
     self_attn: Attention,
     layer_norm_cross: nn::LayerNorm,
-    cross_attn: CrossAttention,
+    cross_attn: Attention,
     layer_norm2: nn::LayerNorm,
     mlp: Mlp,
 }
@@ -161,7 +115,7 @@ impl DecoderLayer {
             layer_norm1: ln("layer_norm1"),
             self_attn: Attention::new(&p / "self_attn", d, cfg.num_heads),
             layer_norm_cross: ln("layer_norm_cross"),
-            cross_attn: CrossAttention::new(&p / "cross_attn", d, cfg.image_dim, cfg.num_heads),
+            cross_attn: Attention::cross(&p / "cross_attn", d, cfg.image_dim, cfg.num_heads),
             layer_norm2: ln("layer_norm2"),
             mlp: Mlp::new(&p / "mlp", d, cfg.intermediate_size, Activation::Gelu),
         }
@@ -173,7 +127,7 @@ impl DecoderLayer {
         let xs = &xs
             + self
                 .cross_attn
-                .forward(&self.layer_norm_cross.forward(&xs), image);
+                .attend(&self.layer_norm_cross.forward(&xs), image, false);
         &xs + self.mlp.forward(&self.layer_norm2.forward(&xs))
     }
 }

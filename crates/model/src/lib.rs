@@ -35,11 +35,13 @@ pub mod ent_mlm;
 pub mod load;
 pub mod losses;
 pub mod mim;
+pub mod mmclip;
 pub mod text;
 pub mod vision;
 
 pub use clip::{Clip, Encoded};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use mmclip::{Losses, Mmclip, MmclipConfig, Phase, StepBatch};
 
 /// Whether libtorch sees a CUDA device (false when `libtorch_cuda` was not
 /// linked; see `build.rs`).

@@ -72,12 +72,27 @@ impl TextTransformer {
 
     /// `input_ids: [B, L]` (int64) → (pooled `[B, D]`, tokens `[B, L, D]`).
     pub fn forward(&self, input_ids: &Tensor) -> (Tensor, Tensor) {
+        self.forward_replacing(input_ids, None)
+    }
+
+    /// As [`TextTransformer::forward`], with the token embedding of the
+    /// positions in `replace.0` (`[B, L]` bool) swapped for the vector
+    /// `replace.1` (`[D]`): EntMLM's mask token, which CLIP's vocabulary
+    /// lacks. Pooling still reads the end-of-text position from `input_ids`.
+    pub fn forward_replacing(
+        &self,
+        input_ids: &Tensor,
+        replace: Option<(&Tensor, &Tensor)>,
+    ) -> (Tensor, Tensor) {
         let (b, l) = input_ids.size2().expect("input_ids must be [B, L]");
         let pos = self.position_embedding.ws.narrow(0, 0, l); // [L, D]
-        let xs = self.token_embedding.forward(input_ids) + pos; // [B, L, D]
+        let mut tokens = self.token_embedding.forward(input_ids); // [B, L, D]
+        if let Some((selected, embedding)) = replace {
+            tokens = tokens.where_self(&selected.logical_not().unsqueeze(-1), embedding);
+        }
         let xs = self
             .final_layer_norm
-            .forward(&self.encoder.forward(&xs, true));
+            .forward(&self.encoder.forward(&(tokens + pos), true));
         let d = xs.size()[2];
         let eot = self
             .eot_positions(input_ids)

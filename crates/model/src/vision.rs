@@ -118,6 +118,14 @@ impl VisionTransformer {
     /// `ids_keep: [B, K]` patch indices → (pooled `[B, D]`, tokens `[B, K, D]`).
     /// Positions are added before the gather, so each kept patch keeps its own.
     pub fn forward_visible(&self, pixels: &Tensor, ids_keep: &Tensor) -> (Tensor, Tensor) {
+        let xs = self.forward_visible_hidden(pixels, ids_keep);
+        let k = ids_keep.size()[1];
+        (xs.select(1, 0), xs.narrow(1, 1, k))
+    }
+
+    /// The last hidden state of [`VisionTransformer::forward_visible`],
+    /// class token first: `[B, 1 + K, D]`, what MAE's decoder takes in.
+    pub fn forward_visible_hidden(&self, pixels: &Tensor, ids_keep: &Tensor) -> Tensor {
         let xs = self.embeddings.forward(pixels); // [B, 1 + N, D]
         let (b, t, d) = xs.size3().expect("embeddings are [B, 1 + N, D]");
         let k = ids_keep.size()[1];
@@ -127,9 +135,7 @@ impl VisionTransformer {
             false,
         );
         let xs = Tensor::cat(&[xs.narrow(1, 0, 1), patches], 1); // [B, 1 + K, D]
-        let xs = self
-            .post_layernorm
-            .forward(&self.encoder.forward(&self.pre_layrnorm.forward(&xs), false));
-        (xs.select(1, 0), xs.narrow(1, 1, k))
+        self.post_layernorm
+            .forward(&self.encoder.forward(&self.pre_layrnorm.forward(&xs), false))
     }
 }

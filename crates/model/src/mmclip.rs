@@ -1,0 +1,447 @@
+//! MMCLIP assembled: CLIP plus AttMIM's pixel decoder and EntMLM's text
+//! decoder, and the training step that turns one mixed batch into the
+//! three losses (METHOD.md, "Losses and schedule").
+//!
+//! One step, for a batch whose first `paired_rows` rows carry a report:
+//! 1. the image encoder on every full image → pooled embeddings and E_img;
+//! 2. the text encoder on the paired reports → pooled embeddings and
+//!    E_report; the prompts → E_prompt (without gradient);
+//! 3. AttMIM selects the masked patches from E_img, E_report, E_prompt
+//!    (without gradient; unpaired rows skip the report map);
+//! 4. Loss_MIM on every row: "input" mode encodes the visible patches again
+//!    and decodes pixels (MAE); "feature" mode feeds the visible E_img
+//!    tokens to the decoder (the paper's eq. 9);
+//! 5. Loss_MLM on the paired rows: EntMLM's selected tokens are swapped for
+//!    a learned mask embedding (CLIP's vocabulary has no mask token), the
+//!    text encoder runs again, and the decoder, cross-attending to E_img,
+//!    predicts the original token at each selected position from the
+//!    earlier tokens (causal) and the image;
+//! 6. Loss_align on the paired rows (joint phase only).
+//!
+//! The masks come from seeded noise ([`crate::att_mim::mask_noise`]), so a
+//! step is a pure function of weights, batch and seed.
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection, MaskStrategy};
+use crate::clip::{Clip, Encoded};
+use crate::config::ClipConfig;
+use crate::ent_mlm::{self, MlmStrategy, TextDecoder, TextDecoderConfig};
+use crate::losses;
+use crate::mim::{self, MimDecoder, MimDecoderConfig};
+
+/// What the MIM decoder reconstructs from (METHOD.md, AttMIM step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MimMode {
+    /// MAE: the image encoder runs again on the visible patches only.
+    #[default]
+    Input,
+    /// The paper's eq. 9: the visible tokens of E_img (projected, width C)
+    /// go to the decoder; no second encoder pass.
+    Feature,
+}
+
+/// How the prompts enter the prompt-driven attention map A_p.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFeatures {
+    /// One pooled embedding per prompt: E_prompt is `[P, C]`.
+    #[default]
+    Pooled,
+    /// Every real token of every prompt (start to end-of-text).
+    Tokens,
+}
+
+/// Training phase: the warm-up trains the masked-modelling losses only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Loss_MIM + Loss_MLM.
+    WarmUp,
+    /// Loss_align + Loss_MIM + Loss_MLM.
+    Joint,
+}
+
+/// Weights of the three terms in the total loss (all 1 in the paper).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossWeights {
+    /// Loss_align.
+    pub align: f64,
+    /// Loss_MIM.
+    pub mim: f64,
+    /// Loss_MLM.
+    pub mlm: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        Self {
+            align: 1.0,
+            mim: 1.0,
+            mlm: 1.0,
+        }
+    }
+}
+
+/// The whole model's settings. `Default` is the paper's. The decoders'
+/// input widths, grid and vocabulary follow from `clip` and `mim_mode`
+/// ([`MmclipConfig::mim_decoder_resolved`], [`MmclipConfig::text_decoder_resolved`]);
+/// the values written in those sections are overwritten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MmclipConfig {
+    /// The two encoders.
+    pub clip: ClipConfig,
+    /// AttMIM's mask selection (λ1, λ2, score, strategy).
+    pub att_mim: AttMimConfig,
+    /// Input (MAE) or feature masking.
+    pub mim_mode: MimMode,
+    /// Per-patch normalised pixel targets (MAE's `norm_pix_loss`).
+    pub norm_pix_loss: bool,
+    /// The MAE-style pixel decoder (depth, width, heads).
+    pub mim_decoder: MimDecoderConfig,
+    /// EntMLM's token selection.
+    pub mlm: MlmStrategy,
+    /// The text decoder (depth, heads, MLP width).
+    pub text_decoder: TextDecoderConfig,
+    /// Pooled or token prompt features for A_p.
+    pub prompt_features: PromptFeatures,
+    /// Weights of the loss terms.
+    pub loss_weights: LossWeights,
+}
+
+impl Default for MmclipConfig {
+    fn default() -> Self {
+        Self {
+            clip: ClipConfig::vit_b16(),
+            att_mim: AttMimConfig::default(),
+            mim_mode: MimMode::Input,
+            norm_pix_loss: true,
+            mim_decoder: MimDecoderConfig::default(),
+            mlm: MlmStrategy::default(),
+            text_decoder: TextDecoderConfig::default(),
+            prompt_features: PromptFeatures::Pooled,
+            loss_weights: LossWeights::default(),
+        }
+    }
+}
+
+impl MmclipConfig {
+    /// Tiny encoders and decoders for tests (32 px images, 16 patches).
+    pub fn tiny() -> Self {
+        Self {
+            clip: ClipConfig::tiny(),
+            mim_decoder: MimDecoderConfig::tiny(),
+            text_decoder: TextDecoderConfig {
+                num_layers: 1,
+                num_heads: 2,
+                intermediate_size: 64,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The pixel decoder's settings with its input width, grid and patch
+    /// taken from the encoders.
+    pub fn mim_decoder_resolved(&self) -> MimDecoderConfig {
+        let v = &self.clip.vision;
+        MimDecoderConfig {
+            in_dim: match self.mim_mode {
+                MimMode::Input => v.hidden_size,
+                MimMode::Feature => self.clip.projection_dim,
+            },
+            grid_size: v.image_size / v.patch_size,
+            patch_size: v.patch_size,
+            num_channels: v.num_channels,
+            ..self.mim_decoder.clone()
+        }
+    }
+
+    /// The text decoder's settings with its widths and vocabulary taken
+    /// from the encoders.
+    pub fn text_decoder_resolved(&self) -> TextDecoderConfig {
+        TextDecoderConfig {
+            hidden_size: self.clip.text.hidden_size,
+            image_dim: self.clip.projection_dim,
+            vocab_size: self.clip.text.vocab_size,
+            ..self.text_decoder.clone()
+        }
+    }
+}
+
+/// One training batch as tensors, on the model's device. Rows
+/// `0..paired_rows` have a report; the rest are images only.
+#[derive(Debug)]
+pub struct StepBatch {
+    /// `[B, 3, H, W]` float, CLIP-normalised.
+    pub pixels: Tensor,
+    /// `[P, L]` int64 token ids of the paired rows (zero-padded).
+    pub input_ids: Tensor,
+    /// `[P, L]` bool: the token lies inside a medical entity span.
+    pub entity: Tensor,
+}
+
+impl StepBatch {
+    /// Rows with a report.
+    pub fn paired_rows(&self) -> i64 {
+        self.input_ids.size()[0]
+    }
+}
+
+/// The loss terms of one step; `total` is what is minimised.
+#[derive(Debug)]
+pub struct Losses {
+    /// Loss_align over the paired rows (joint phase with ≥ 1 paired row).
+    pub align: Option<Tensor>,
+    /// Loss_MIM over the masked patches of every row.
+    pub mim: Tensor,
+    /// Loss_MLM over the selected tokens of the paired rows (`None`
+    /// without paired rows or without any selected token).
+    pub mlm: Option<Tensor>,
+    /// The weighted sum of the present terms.
+    pub total: Tensor,
+}
+
+/// Everything a step computed besides the losses, for pictures and tests.
+#[derive(Debug)]
+pub struct StepTrace {
+    /// AttMIM's final mask.
+    pub mask: MaskSelection,
+    /// AttMIM's candidate set M_b, `[B, N]` bool.
+    pub candidates: Tensor,
+    /// EntMLM's selected positions, `[P, L]` bool.
+    pub mlm_selected: Tensor,
+}
+
+/// MMCLIP: CLIP, the prompt token ids, AttMIM's pixel decoder and EntMLM's
+/// mask embedding and text decoder. Variables: `clip.*` (HF `CLIPModel`
+/// names below it), `mim_decoder.*` (MAE names), `mlm.mask_embedding`,
+/// `mlm.decoder.*`.
+#[derive(Debug)]
+pub struct Mmclip {
+    /// The encoders (what downstream tasks keep).
+    pub clip: Clip,
+    mim_decoder: MimDecoder,
+    mask_embedding: Tensor,
+    text_decoder: TextDecoder,
+    prompt_ids: Tensor,
+    cfg: MmclipConfig,
+}
+
+/// Seed offset that separates EntMLM's noise stream from AttMIM's.
+const MLM_NOISE_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Mmclip {
+    /// Builds the model under `p`; `prompt_ids: [P, L]` are the tokenised
+    /// disease/device prompts of the prompt-driven map.
+    pub fn new(p: nn::Path, cfg: &MmclipConfig, prompt_ids: Tensor) -> Self {
+        let mlm = &p / "mlm";
+        Self {
+            clip: Clip::new(&p / "clip", &cfg.clip),
+            mim_decoder: MimDecoder::new(&p / "mim_decoder", &cfg.mim_decoder_resolved()),
+            mask_embedding: mlm.randn("mask_embedding", &[cfg.clip.text.hidden_size], 0.0, 0.02),
+            text_decoder: TextDecoder::new(&mlm / "decoder", &cfg.text_decoder_resolved()),
+            prompt_ids: prompt_ids.to_device(p.device()),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &MmclipConfig {
+        &self.cfg
+    }
+
+    /// The prompt token ids, `[P, L]`.
+    pub fn prompt_ids(&self) -> &Tensor {
+        &self.prompt_ids
+    }
+
+    /// E_prompt for A_p, computed without gradient: `[P, C]` pooled, or
+    /// `[M, C]` with every real token of every prompt.
+    pub fn prompt_features(&self) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let e = self.clip.encode_text(&self.prompt_ids);
+        match self.cfg.prompt_features {
+            PromptFeatures::Pooled => e.pooled,
+            PromptFeatures::Tokens => {
+                let valid = real_tokens(&self.prompt_ids, &self.clip, true); // [P, L]
+                let c = e.tokens.size()[2];
+                e.tokens
+                    .reshape([-1, c])
+                    .index_select(0, &valid.reshape([-1]).nonzero().squeeze_dim(1))
+            }
+        }
+    }
+
+    /// AttMIM for one batch from its full-image and report encodings:
+    /// candidate set M_b and final mask. `strategy` overrides the
+    /// configured one (for mask pictures). Runs without gradient.
+    pub fn select_mask(
+        &self,
+        image: &Encoded,
+        report: Option<&Encoded>,
+        input_ids: &Tensor,
+        seed: u64,
+        strategy: Option<MaskStrategy>,
+    ) -> (Tensor, MaskSelection) {
+        let _guard = tch::no_grad_guard();
+        let (b, n, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
+        let device = image.tokens.device();
+        let p = input_ids.size()[0];
+        let paired = Tensor::arange(b, (Kind::Int64, device)).lt(p);
+        // E_report over the whole batch: unpaired rows are zeros with no
+        // valid token, and candidate_mask never reads them.
+        let report_full = report.filter(|_| p > 0).map(|r| {
+            let l = r.tokens.size()[1];
+            let pad = Tensor::zeros([b - p, l, c], (r.tokens.kind(), device));
+            let valid = real_tokens(input_ids, &self.clip, true);
+            let no_valid = Tensor::zeros([b - p, l], (Kind::Bool, device));
+            (
+                Tensor::cat(&[r.tokens.detach(), pad], 0),
+                Tensor::cat(&[valid, no_valid], 0),
+            )
+        });
+        let e_prompt = self.prompt_features();
+        let cfg = AttMimConfig {
+            strategy: strategy.unwrap_or(self.cfg.att_mim.strategy),
+            ..self.cfg.att_mim.clone()
+        };
+        let inputs = MaskInputs {
+            e_img: &image.tokens,
+            e_report: report_full.as_ref().map(|(e, v)| (e, v)),
+            e_prompt: Some(&e_prompt),
+            paired: &paired,
+        };
+        let candidates = att_mim::candidate_mask(&inputs, &cfg);
+        let noise = att_mim::mask_noise(b, n, seed, device);
+        let mask = att_mim::select_mask(&candidates, &noise, cfg.lambda2);
+        (candidates, mask)
+    }
+
+    /// One training step's forward pass: the losses of `batch` in `phase`,
+    /// with masks drawn from `seed`. Call `backward` on `total`.
+    pub fn step(&self, batch: &StepBatch, phase: Phase, seed: u64) -> (Losses, StepTrace) {
+        let p = batch.paired_rows();
+        let image = self.clip.encode_image(&batch.pixels);
+        // Warm-up needs the report only for the masks: no graph.
+        let report = (p > 0).then(|| match phase {
+            Phase::Joint => self.clip.encode_text(&batch.input_ids),
+            Phase::WarmUp => tch::no_grad(|| self.clip.encode_text(&batch.input_ids)),
+        });
+        let (candidates, mask) =
+            self.select_mask(&image, report.as_ref(), &batch.input_ids, seed, None);
+
+        let mim = self.mim_loss(&batch.pixels, &image, &mask);
+        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed);
+        let align = match (phase, &report) {
+            (Phase::Joint, Some(r)) => Some(losses::clip_loss(
+                &image.pooled.narrow(0, 0, p),
+                &r.pooled,
+                self.clip.logit_scale(),
+            )),
+            _ => None,
+        };
+
+        let w = &self.cfg.loss_weights;
+        let mut total = &mim * w.mim;
+        if let Some(l) = &mlm {
+            total = total + l * w.mlm;
+        }
+        if let Some(l) = &align {
+            total = total + l * w.align;
+        }
+        (
+            Losses {
+                align,
+                mim,
+                mlm,
+                total,
+            },
+            StepTrace {
+                mask,
+                candidates,
+                mlm_selected,
+            },
+        )
+    }
+
+    /// Loss_MIM: decode every patch from the visible ones, score the masked.
+    fn mim_loss(&self, pixels: &Tensor, image: &Encoded, mask: &MaskSelection) -> Tensor {
+        let latent = match self.cfg.mim_mode {
+            MimMode::Input => self.clip.image_hidden_visible(pixels, &mask.ids_keep),
+            MimMode::Feature => {
+                let (b, _, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
+                let k = mask.ids_keep.size()[1];
+                let visible = image.tokens.gather(
+                    1,
+                    &mask.ids_keep.unsqueeze(-1).expand([b, k, c], false),
+                    false,
+                );
+                Tensor::cat(&[image.pooled.unsqueeze(1), visible], 1)
+            }
+        };
+        let pred = self.mim_decoder.forward(&latent, &mask.ids_restore);
+        let target = mim::patchify(pixels, self.cfg.clip.vision.patch_size);
+        losses::mim_loss(&target, &pred, &mask.mask, self.cfg.norm_pix_loss)
+    }
+
+    /// Loss_MLM on the paired rows, and the selected positions `[P, L]`.
+    fn mlm_loss(&self, batch: &StepBatch, image: &Encoded, seed: u64) -> (Option<Tensor>, Tensor) {
+        let ids = &batch.input_ids;
+        let (p, l) = ids.size2().expect("input_ids must be [P, L]");
+        let device = ids.device();
+        if p == 0 {
+            return (None, Tensor::zeros([0, l], (Kind::Bool, device)));
+        }
+        let predictable = real_tokens(ids, &self.clip, false);
+        let noise = att_mim::mask_noise(p, l, seed.wrapping_add(MLM_NOISE_STREAM), device);
+        let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
+        if selected.any().int64_value(&[]) == 0 {
+            return (None, selected);
+        }
+        let hidden =
+            self.clip
+                .text_hidden_masked(ids, &selected, &self.mask_embedding.to_kind(Kind::Float));
+        let logits = self
+            .text_decoder
+            .forward(&hidden, &image.tokens.narrow(0, 0, p)); // [P, L, V]
+        // Position t, whose input is the mask embedding, predicts y_t from
+        // y_<t (causal) and the image: −log P(y_t | y_<t, x).
+        let loss = losses::mlm_loss(&logits, ids, &selected);
+        (Some(loss), selected)
+    }
+}
+
+/// `[B, L]` bool of real token positions up to and including end-of-text;
+/// with `with_start` false the start token (position 0) is excluded (the
+/// positions a causal decoder can predict).
+fn real_tokens(input_ids: &Tensor, clip: &Clip, with_start: bool) -> Tensor {
+    let (b, l) = input_ids.size2().expect("input_ids must be [B, L]");
+    let device = input_ids.device();
+    let eot = clip.text_model().eot_positions(input_ids).unsqueeze(1); // [B, 1]
+    let pos = Tensor::arange(l, (Kind::Int64, device))
+        .unsqueeze(0)
+        .expand([b, l], false);
+    let upto = pos.le_tensor(&eot);
+    if with_start {
+        upto
+    } else {
+        upto.logical_and(&pos.ge(1))
+    }
+}
+
+/// Seed of step `step` of a run seeded with `run_seed`: masks differ from
+/// step to step and repeat when a run is repeated or resumed.
+pub fn step_seed(run_seed: u64, step: u64) -> u64 {
+    run_seed
+        .wrapping_mul(0x2545_f491_4f6c_dd1d)
+        .wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+#[cfg(test)]
+mod tests;
