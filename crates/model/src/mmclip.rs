@@ -233,8 +233,11 @@ pub struct Mmclip {
     cfg: MmclipConfig,
 }
 
-/// Seed offset that separates EntMLM's noise stream from AttMIM's.
-const MLM_NOISE_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Seed of EntMLM's token-selection noise in a step seeded with `seed`
+/// (AttMIM's patch noise uses `seed` itself).
+pub fn mlm_noise_seed(seed: u64) -> u64 {
+    seed.wrapping_add(0x9e37_79b9_7f4a_7c15)
+}
 
 impl Mmclip {
     /// Builds the model under `p`; `prompt_ids: [P, L]` are the tokenised
@@ -399,7 +402,7 @@ impl Mmclip {
             return (None, Tensor::zeros([0, l], (Kind::Bool, device)));
         }
         let predictable = real_tokens(ids, &self.clip, false);
-        let noise = att_mim::mask_noise(p, l, seed.wrapping_add(MLM_NOISE_STREAM), device);
+        let noise = att_mim::mask_noise(p, l, mlm_noise_seed(seed), device);
         let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
         if selected.any().int64_value(&[]) == 0 {
             return (None, selected);
