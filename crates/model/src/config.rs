@@ -168,3 +168,72 @@ impl Default for ClipConfig {
         Self::vit_b16()
     }
 }
+
+/// HF's `eos_token_id` of the original OpenAI checkpoints: `CLIPTextTransformer`
+/// then pools at the largest token id (legacy), as `TextConfig::eos_token_id = None`.
+const HF_LEGACY_EOS: i64 = 2;
+
+impl ClipConfig {
+    /// Reads a Hugging Face `CLIPConfig` (`config.json` of a `CLIPModel`).
+    pub fn from_hf_json(json: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        let part = |key: &str| json.get(key).cloned().unwrap_or(serde_json::json!({}));
+        let mut text: TextConfig = serde_json::from_value(part("text_config"))?;
+        if text.eos_token_id == Some(HF_LEGACY_EOS) {
+            text.eos_token_id = None;
+        }
+        let default = ClipConfig::vit_b16();
+        Ok(ClipConfig {
+            vision: serde_json::from_value(part("vision_config"))?,
+            text,
+            projection_dim: json
+                .get("projection_dim")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(default.projection_dim),
+            logit_scale_init_value: json
+                .get("logit_scale_init_value")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(default.logit_scale_init_value),
+        })
+    }
+
+    /// The Hugging Face `CLIPConfig` that `transformers` builds this model from.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut vision = serde_json::to_value(&self.vision).expect("serialisable");
+        let mut text = serde_json::to_value(&self.text).expect("serialisable");
+        text["eos_token_id"] = self.text.eos_token_id.unwrap_or(HF_LEGACY_EOS).into();
+        for part in [&mut vision, &mut text] {
+            part["hidden_act"] = "quick_gelu".into();
+            part["projection_dim"] = self.projection_dim.into();
+        }
+        serde_json::json!({
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.projection_dim,
+            "logit_scale_init_value": self.logit_scale_init_value,
+            "text_config": text,
+            "vision_config": vision,
+            "torch_dtype": "float32",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugging_face_config_round_trips() {
+        for cfg in [ClipConfig::vit_b16(), ClipConfig::tiny()] {
+            let json = cfg.to_hf_json();
+            assert_eq!(json["text_config"]["eos_token_id"], 2);
+            assert_eq!(json["vision_config"]["hidden_act"], "quick_gelu");
+            assert_eq!(ClipConfig::from_hf_json(&json).unwrap(), cfg);
+        }
+        let mut with_eos = ClipConfig::tiny();
+        with_eos.text.eos_token_id = Some(49407);
+        assert_eq!(
+            ClipConfig::from_hf_json(&with_eos.to_hf_json()).unwrap(),
+            with_eos
+        );
+    }
+}

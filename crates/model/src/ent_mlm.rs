@@ -48,7 +48,8 @@ pub fn select_tokens(
         MlmStrategy::Random(p) => (predictable.shallow_clone(), p),
         MlmStrategy::Entity(p) => (entity.logical_and(predictable), p),
     };
-    let n = eligible.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float); // [B, 1]
+    // Counted in f64: in f32 the 1e-9 guard below vanishes and ⌈0.3·50⌉ gives 16.
+    let n = eligible.sum_dim_intlist([-1i64].as_slice(), true, Kind::Double); // [B, 1]
     let k = (n * p - 1e-9).ceil().clamp_min(0.0); // [B, 1]
     // Ineligible positions sort after every eligible one (key ≥ 1).
     let key = noise + eligible.logical_not().to_kind(Kind::Float);
@@ -56,7 +57,9 @@ pub fn select_tokens(
         .argsort(-1, false)
         .argsort(-1, false)
         .to_kind(Kind::Float); // [B, L]
-    rank.lt_tensor(&k).logical_and(&eligible)
+    rank.to_kind(Kind::Double)
+        .lt_tensor(&k)
+        .logical_and(&eligible)
 }
 
 /// Replaces the selected tokens by `mask_id`: `[B, L]` int64 → `[B, L]`.
@@ -164,11 +167,28 @@ impl TextDecoder {
     /// `text: [B, L, D]` (text-encoder tokens of the masked report),
     /// `image: [B, N, C]` → logits `[B, L, V]`.
     pub fn forward(&self, text: &Tensor, image: &Tensor) -> Tensor {
+        self.lm_head.forward(&self.hidden(text, image))
+    }
+
+    /// Logits at the `selected` positions only (`[B, L]` bool) → `[S, V]`,
+    /// row-major over (b, t). The vocabulary head is the decoder's largest
+    /// cost (B·L·49,408 logits); EntMLM scores a few positions per report.
+    pub fn forward_selected(&self, text: &Tensor, image: &Tensor, selected: &Tensor) -> Tensor {
+        let hidden = self.hidden(text, image); // [B, L, D]
+        let d = hidden.size()[2];
+        let rows = hidden
+            .reshape([-1, d])
+            .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1));
+        self.lm_head.forward(&rows)
+    }
+
+    /// The final-normed decoder states `[B, L, D]`.
+    fn hidden(&self, text: &Tensor, image: &Tensor) -> Tensor {
         let mut xs = text.shallow_clone();
         for layer in &self.layers {
             xs = layer.forward(&xs, image);
         }
-        self.lm_head.forward(&self.final_layer_norm.forward(&xs))
+        self.final_layer_norm.forward(&xs)
     }
 }
 
@@ -209,6 +229,16 @@ mod tests {
             MlmStrategy::Entity(0.5),
         );
         assert_eq!(sel.sum(Kind::Int64).int64_value(&[]), 3); // ⌈2.5⌉
+    }
+
+    #[test]
+    fn counts_are_exact_where_float32_rounding_would_add_one() {
+        // ⌈0.3·50⌉ = 15; computed in f32, 0.3·50 rounds above 15.
+        let pred = Tensor::ones([1, 60], (Kind::Bool, Device::Cpu));
+        let _ = pred.narrow(1, 50, 10).fill_(0);
+        let noise = mask_noise(1, 60, 4, Device::Cpu);
+        let sel = select_tokens(&pred, &pred, &noise, MlmStrategy::Random(0.3));
+        assert_eq!(sel.sum(Kind::Int64).int64_value(&[]), 15);
     }
 
     #[test]

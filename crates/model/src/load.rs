@@ -69,6 +69,17 @@ fn is_buffer(name: &str) -> bool {
 /// (detected from the names), into `vs`. Every variable must be set and
 /// every tensor used; values are converted to each variable's kind and device.
 pub fn load_clip_safetensors(vs: &nn::VarStore, path: impl AsRef<Path>) -> Result<(), LoadError> {
+    load_clip_safetensors_at(vs, "", path)
+}
+
+/// As [`load_clip_safetensors`], into the variables below `prefix` (e.g.
+/// `"clip."` in an [`crate::Mmclip`]'s `VarStore`); other variables are
+/// left alone.
+pub fn load_clip_safetensors_at(
+    vs: &nn::VarStore,
+    prefix: &str,
+    path: impl AsRef<Path>,
+) -> Result<(), LoadError> {
     let path = path.as_ref();
     let tensors = Tensor::read_safetensors(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
@@ -82,16 +93,20 @@ pub fn load_clip_safetensors(vs: &nn::VarStore, path: impl AsRef<Path>) -> Resul
     } else {
         tensors
     };
-    copy_named(vs, tensors, path)
+    let vars = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix(prefix)?.to_string(), t)))
+        .collect();
+    copy_named(vars, tensors, path)
 }
 
 /// Copies named tensors into the variables of the same name.
 fn copy_named(
-    vs: &nn::VarStore,
+    mut vars: HashMap<String, Tensor>,
     tensors: Vec<(String, Tensor)>,
     path: &Path,
 ) -> Result<(), LoadError> {
-    let mut vars = vs.variables();
     let err_path = || path.to_path_buf();
     let _guard = tch::no_grad_guard();
     for (name, src) in tensors {

@@ -351,13 +351,15 @@ impl Mmclip {
         };
 
         let w = &self.cfg.loss_weights;
-        let mut total = &mim * w.mim;
-        if let Some(l) = &mlm {
-            total = total + l * w.mlm;
-        }
-        if let Some(l) = &align {
-            total = total + l * w.align;
-        }
+        let total = [
+            Some(&mim * w.mim),
+            mlm.as_ref().map(|l| l * w.mlm),
+            align.as_ref().map(|l| l * w.align),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b)
+        .expect("Loss_MIM is always present");
         (
             Losses {
                 align,
@@ -410,12 +412,16 @@ impl Mmclip {
         let hidden =
             self.clip
                 .text_hidden_masked(ids, &selected, &self.mask_embedding.to_kind(Kind::Float));
+        let image_tokens = image.tokens.narrow(0, 0, p);
         let logits = self
             .text_decoder
-            .forward(&hidden, &image.tokens.narrow(0, 0, p)); // [P, L, V]
+            .forward_selected(&hidden, &image_tokens, &selected); // [S, V]
+        let targets = ids
+            .reshape([-1])
+            .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1));
         // Position t, whose input is the mask embedding, predicts y_t from
-        // y_<t (causal) and the image: −log P(y_t | y_<t, x).
-        let loss = losses::mlm_loss(&logits, ids, &selected);
+        // y_<t (causal) and the image: −log P(y_t | y_<t, x), averaged.
+        let loss = logits.cross_entropy_for_logits(&targets);
         (Some(loss), selected)
     }
 }

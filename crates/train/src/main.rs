@@ -1,1 +1,380 @@
-fn main() {}
+//! `train`: MMCLIP pre-training, evaluation, embedding, export and pictures.
+//!
+//! ```text
+//! train --shards DIR [--shards DIR …] --config FILE --out RUN
+//! train eval zero-shot --checkpoint RUN_OR_CKPT --shards DIR --out DIR
+//! train eval linear-probe --checkpoint RUN_OR_CKPT --shards DIR --out DIR
+//! train embed --weights RUN_CKPT_OR_HF_DIR (--images DIR | --texts FILE) --out FILE.parquet
+//! train export-hf --checkpoint RUN_OR_CKPT --out DIR
+//! train viz-masks --checkpoint RUN_OR_CKPT --shards DIR --out DIR [--lesions lesions.jsonl]
+//! train plot --run RUN
+//! train config            (prints the default config)
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tch::Device;
+use train::config::TrainConfig;
+use train::fit::{FitOptions, write_atomic};
+use train::prompts::Templates;
+
+#[derive(Parser)]
+#[command(name = "train", version, about = "MMCLIP pre-training and evaluation")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    fit: FitArgs,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// Shard folders written by `ingest` (paired and unpaired are told apart by their manifests).
+    #[arg(long, required = true)]
+    shards: Vec<PathBuf>,
+    /// TOML config; missing keys take the paper's defaults (`train config` prints them).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run folder: config, metrics.jsonl, checkpoints. An existing run resumes.
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// Tokenizer file; default: the one the paired shards were made with.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Train on this device (`cpu`, `cuda`, `cuda:N`); default CUDA when present.
+    #[arg(long)]
+    device: Option<String>,
+    /// Stop after this many steps of this invocation (the run can be resumed).
+    #[arg(long)]
+    stop_after: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate a checkpoint.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Embed image files or text lines into a Parquet file.
+    Embed(EmbedArgs),
+    /// Write a checkpoint's encoders as a Hugging Face CLIPModel folder.
+    ExportHf {
+        /// A checkpoint folder or a run folder (its latest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draw AttMIM's masks over sample images (and measure lesion coverage).
+    VizMasks {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A paired (MIMIC-CXR) shard folder.
+        #[arg(long)]
+        shards: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Images drawn.
+        #[arg(long, default_value_t = 6)]
+        pictures: usize,
+        /// Images with lesions measured.
+        #[arg(long, default_value_t = 200)]
+        measure: usize,
+        /// The synthetic world's lesions.jsonl.
+        #[arg(long)]
+        lesions: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Draw a run's metrics as PNG curves (RUN/plots/).
+    Plot {
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Print the default config as TOML.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Zero-shot classification with positive/negative prompt pairs.
+    ZeroShot {
+        /// Checkpoint or run folder; repeat to ensemble.
+        #[arg(long, required = true)]
+        checkpoint: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        shards: Vec<PathBuf>,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Split the F1/accuracy thresholds are chosen on.
+        #[arg(long, default_value = "validate")]
+        val_split: String,
+        /// Classes (CheXpert names); all 14 when absent.
+        #[arg(long)]
+        class: Vec<String>,
+        /// Positive template, `{}` = the class phrase.
+        #[arg(long)]
+        positive: Option<String>,
+        /// Negative template.
+        #[arg(long)]
+        negative: Option<String>,
+        /// Count "not mentioned" labels as negative.
+        #[arg(long)]
+        missing_as_negative: bool,
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Logistic regression on frozen image embeddings with 1%, 10%, 100% of the labels.
+    LinearProbe {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, required = true)]
+        shards: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1.0")]
+        fractions: Vec<f64>,
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// A checkpoint, a run folder, or a Hugging Face CLIPModel folder.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A folder of image files (png, jpg).
+    #[arg(long, conflicts_with = "texts", required_unless_present = "texts")]
+    images: Option<PathBuf>,
+    /// A text file, one text per line.
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Tokenizer for a Hugging Face folder without tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Output Parquet file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+fn device(name: Option<&str>) -> Result<Device> {
+    Ok(match name {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(other) => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => anyhow::bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            let a = cli.fit;
+            let cfg = match &a.config {
+                Some(path) => TrainConfig::load(path)?,
+                None => TrainConfig::default(),
+            };
+            let opts = FitOptions {
+                shards: a.shards,
+                out: a.out.expect("clap requires --out"),
+                tokenizer: a.tokenizer,
+                device: device(a.device.as_deref())?,
+                stop_after: a.stop_after,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let summary = train::fit::fit(&cfg, &opts)?;
+            eprintln!(
+                "trained to step {} ({} skipped); checkpoint {}",
+                summary.step,
+                summary.skipped_steps,
+                summary
+                    .checkpoint
+                    .map_or("unchanged".into(), |p| p.display().to_string())
+            );
+        }
+        Some(Command::Config) => print!("{}", TrainConfig::default().to_toml()),
+        Some(Command::Plot { run }) => {
+            let files =
+                evaluation::curves::plot_metrics(&run.join("metrics.jsonl"), &run.join("plots"))?;
+            for f in files {
+                println!("{}", f.display());
+            }
+        }
+        Some(Command::ExportHf { checkpoint, out }) => {
+            let session = train::session::Session::from_checkpoint(&checkpoint, Device::Cpu)?;
+            let (run, _) = train::session::locate(&checkpoint)?;
+            train::hf::export(&session, &run.join(train::session::TOKENIZER_FILE), &out)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Some(Command::Embed(a)) => train::embed::run(&train::embed::EmbedOptions {
+            weights: a.weights,
+            images: a.images,
+            texts: a.texts,
+            tokenizer: a.tokenizer,
+            out: a.out,
+            device: device(a.device.as_deref())?,
+        })?,
+        Some(Command::VizMasks {
+            checkpoint,
+            shards,
+            split,
+            pictures,
+            measure,
+            lesions,
+            seed,
+            out,
+            device: d,
+        }) => {
+            let shares = train::masks::run(&train::masks::MaskOptions {
+                checkpoint,
+                shards,
+                split,
+                pictures,
+                measure,
+                lesions,
+                seed,
+                out: out.clone(),
+                device: device(d.as_deref())?,
+            })?;
+            if let Some(s) = shares {
+                println!(
+                    "lesion patches masked over {} images ({} lesion patches):",
+                    s.images, s.lesion_patches
+                );
+                for (strategy, share) in s.shares {
+                    println!(
+                        "  {:<14} {:.3}",
+                        serde_json::to_value(strategy)?.as_str().unwrap_or("?"),
+                        share
+                    );
+                }
+            }
+            eprintln!("pictures in {}", out.display());
+        }
+        Some(Command::Eval(EvalCommand::ZeroShot {
+            checkpoint,
+            shards,
+            split,
+            val_split,
+            class,
+            positive,
+            negative,
+            missing_as_negative,
+            bootstrap,
+            seed,
+            out,
+            device: d,
+        })) => {
+            let defaults = Templates::default();
+            let opts = train::zero_shot::ZeroShotOptions {
+                checkpoints: checkpoint,
+                shards,
+                test_split: split,
+                val_split,
+                classes: class,
+                templates: Templates {
+                    positive: positive.unwrap_or(defaults.positive),
+                    negative: negative.unwrap_or(defaults.negative),
+                },
+                missing_as_negative,
+                resamples: bootstrap,
+                seed,
+                threads: threads(),
+                device: device(d.as_deref())?,
+            };
+            let summary = train::zero_shot::run(&opts)?;
+            write_report(
+                &out,
+                "zero_shot",
+                &serde_json::to_value(&summary)?,
+                &summary.to_markdown(),
+            )?;
+            println!("{}", summary.to_markdown());
+        }
+        Some(Command::Eval(EvalCommand::LinearProbe {
+            checkpoint,
+            shards,
+            fractions,
+            bootstrap,
+            seed,
+            out,
+            device: d,
+        })) => {
+            let results = train::linear_probe::run(&train::linear_probe::ProbeOptions {
+                checkpoint,
+                shards,
+                fractions,
+                resamples: bootstrap,
+                seed,
+                threads: threads(),
+                device: device(d.as_deref())?,
+            })?;
+            let mut md = String::new();
+            for (fraction, summary) in &results {
+                md.push_str(&format!(
+                    "## {:.0}% of the labels\n\n{}\n",
+                    fraction * 100.0,
+                    summary.to_markdown()
+                ));
+            }
+            let json = serde_json::to_value(
+                results
+                    .iter()
+                    .map(|(f, s)| serde_json::json!({"fraction": f, "summary": s}))
+                    .collect::<Vec<_>>(),
+            )?;
+            write_report(&out, "linear_probe", &json, &md)?;
+            println!("{md}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `DIR/NAME.json` and `DIR/NAME.md`.
+fn write_report(
+    dir: &std::path::Path,
+    name: &str,
+    json: &serde_json::Value,
+    md: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(
+        &dir.join(format!("{name}.json")),
+        &serde_json::to_vec_pretty(json)?,
+    )?;
+    write_atomic(&dir.join(format!("{name}.md")), md.as_bytes())
+}

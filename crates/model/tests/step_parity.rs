@@ -1,0 +1,375 @@
+//! Parity of one MMCLIP training step with an independent PyTorch reference.
+//!
+//! The Rust side builds the tiny model, perturbs its weights, and writes
+//! them with a mixed batch (6 images, the first 4 with reports), the
+//! step's seeded noise and the config; `python/model_ref/mmclip_ref.py`
+//! (transformers' `CLIPModel`, MAE's decoder from `decoders_ref.py`)
+//! recomputes the masks, the losses and the gradients from those files.
+//! In float32 on CPU the masks and EntMLM selections must be identical,
+//! each loss within 1e-4 and each parameter group's gradient norm within
+//! 1e-3 (relative), in the joint and the warm-up phase.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use model::att_mim::mask_noise;
+use model::mmclip::{MimMode, PromptFeatures, mlm_noise_seed};
+use model::{Mmclip, MmclipConfig, Phase, StepBatch};
+use tch::{Device, Kind, Tensor, nn};
+
+const LOSS_TOLERANCE: f64 = 1e-4;
+const GRAD_TOLERANCE: f64 = 1e-3;
+const B: i64 = 6;
+const P: i64 = 4;
+const L: i64 = 16;
+const EOT: i64 = 99;
+const SEED: u64 = 17;
+
+/// The parameter group a variable belongs to, by name: `vision`
+/// (`clip.vision_model.*`), `text` (`clip.text_model.*`), `projection`
+/// (`clip.visual_projection.*`, `clip.text_projection.*`,
+/// `clip.logit_scale`), `mim_decoder` (`mim_decoder.*`) and `mlm`
+/// (`mlm.*`). `mmclip_ref.py` groups its parameters by the same rule.
+fn group(name: &str) -> &'static str {
+    let (head, rest) = name.split_once('.').unwrap_or((name, ""));
+    match (head, rest.split('.').next().unwrap_or("")) {
+        ("clip", "vision_model") => "vision",
+        ("clip", "text_model") => "text",
+        ("clip", "visual_projection" | "text_projection" | "logit_scale") => "projection",
+        ("mim_decoder", _) => "mim_decoder",
+        ("mlm", _) => "mlm",
+        _ => panic!("variable {name} belongs to no group"),
+    }
+}
+
+const GROUPS: [&str; 5] = ["vision", "text", "projection", "mim_decoder", "mlm"];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Runs `mmclip_ref.py` on `dir` for `phase`, or fails saying what is missing.
+fn run_reference(dir: &Path, phase: &str) -> HashMap<String, Tensor> {
+    let root = workspace_root();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: the parity test needs the project venv with torch and transformers (run scripts/setup.sh)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg(root.join("python/model_ref/mmclip_ref.py"))
+        .arg(dir)
+        .args(["--phase", phase])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("running the venv's python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the venv lacks a module mmclip_ref.py needs (torch, transformers, safetensors, numpy: run scripts/setup.sh):\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "mmclip_ref.py --phase {phase} failed:\n{stderr}"
+    );
+    Tensor::read_safetensors(dir.join("outputs.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Token rows `[start = 1, random…, end-of-text = 99, 0…]` of the given lengths.
+fn token_rows(lengths: &[i64]) -> Tensor {
+    let rows: Vec<Tensor> = lengths
+        .iter()
+        .map(|&n| {
+            let ids = Tensor::randint_low(2, EOT - 1, [L], (Kind::Int64, Device::Cpu));
+            let _ = ids.narrow(0, 0, 1).fill_(1);
+            let _ = ids.narrow(0, n - 1, 1).fill_(EOT);
+            let _ = ids.narrow(0, n, L - n).fill_(0);
+            ids
+        })
+        .collect();
+    Tensor::stack(&rows, 0)
+}
+
+/// Entity flags `[P, L]`. Eligible entity tokens per row: 3, 5, 9 (the
+/// last at end-of-text) and 11, so EntMLM takes 1, 1, 2 and 3; the flags
+/// on row 0's start token and in row 1's padding are never eligible.
+fn entity_flags() -> Tensor {
+    let spans: [&[std::ops::RangeInclusive<i64>]; P as usize] = [
+        &[0..=3],
+        &[2..=4, 6..=7, 12..=12],
+        &[1..=6, 9..=11],
+        &[3..=13],
+    ];
+    let flags: Vec<bool> = spans
+        .iter()
+        .flat_map(|row| (0..L).map(move |t| row.iter().any(|s| s.contains(&t))))
+        .collect();
+    Tensor::from_slice(&flags).view([P, L])
+}
+
+/// A tiny model with every trainable weight perturbed (LayerNorms start at
+/// 1/0, so a swapped or misnamed parameter would not show otherwise), and
+/// a batch of 4 paired rows (reports of 5, 9, 12 and 16 tokens) and 2 unpaired.
+fn setup(cfg: &MmclipConfig) -> (nn::VarStore, Mmclip, StepBatch, Tensor) {
+    tch::manual_seed(23);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let prompts = token_rows(&[4, 6, 3]);
+    let model = Mmclip::new(vs.root(), cfg, prompts.shallow_clone());
+    tch::no_grad(|| {
+        for mut t in vs.trainable_variables() {
+            let noise = t.randn_like() * 0.05;
+            t += noise;
+        }
+    });
+    let batch = StepBatch {
+        pixels: Tensor::randn([B, 3, 32, 32], (Kind::Float, Device::Cpu)),
+        input_ids: token_rows(&[5, 9, 12, 16]),
+        entity: entity_flags(),
+    };
+    (vs, model, batch, prompts)
+}
+
+fn write_inputs(
+    dir: &Path,
+    cfg: &MmclipConfig,
+    vs: &nn::VarStore,
+    batch: &StepBatch,
+    prompts: &Tensor,
+) {
+    vs.save(dir.join("weights.safetensors")).unwrap();
+    let n = cfg.clip.vision.num_patches();
+    let inputs = [
+        ("pixels", batch.pixels.shallow_clone()),
+        ("input_ids", batch.input_ids.shallow_clone()),
+        ("entity", batch.entity.to_kind(Kind::Uint8)),
+        ("prompt_ids", prompts.shallow_clone()),
+        ("att_noise", mask_noise(B, n, SEED, Device::Cpu)),
+        (
+            "mlm_noise",
+            mask_noise(P, L, mlm_noise_seed(SEED), Device::Cpu),
+        ),
+    ];
+    Tensor::write_safetensors(&inputs, dir.join("inputs.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
+}
+
+/// L2 norm of each trainable variable's gradient (0 where it has none), by name.
+fn param_grad_norms(vs: &nn::VarStore) -> BTreeMap<String, f64> {
+    vs.variables()
+        .into_iter()
+        .filter(|(_, v)| v.requires_grad())
+        .map(|(name, v)| {
+            let g = v.grad();
+            let norm = if g.defined() {
+                g.to_kind(Kind::Double).norm().double_value(&[])
+            } else {
+                0.0
+            };
+            (name, norm)
+        })
+        .collect()
+}
+
+fn group_norms(params: &BTreeMap<String, f64>) -> BTreeMap<&'static str, f64> {
+    let mut sq: BTreeMap<&'static str, f64> = GROUPS.iter().map(|&g| (g, 0.0)).collect();
+    for (name, norm) in params {
+        *sq.get_mut(group(name)).unwrap() += norm * norm;
+    }
+    sq.into_iter().map(|(g, s)| (g, s.sqrt())).collect()
+}
+
+/// |got − want| / |want|; 0 when both are 0, infinite when only `want` is.
+fn rel(got: f64, want: f64) -> f64 {
+    if got == want {
+        0.0
+    } else {
+        (got - want).abs() / want.abs()
+    }
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[0])
+}
+
+fn zero_grads(vs: &nn::VarStore) {
+    for (_, mut v) in vs.variables() {
+        v.zero_grad();
+    }
+}
+
+/// Runs one step in `phase` and its reference, and compares them; returns
+/// the size of each row's candidate set M_b.
+fn check_phase(
+    label: &str,
+    vs: &nn::VarStore,
+    model: &Mmclip,
+    batch: &StepBatch,
+    dir: &Path,
+    phase: Phase,
+) -> Vec<i64> {
+    let phase_arg = match phase {
+        Phase::Joint => "joint",
+        Phase::WarmUp => "warm-up",
+    };
+    let ctx = format!("{label}, {phase_arg}");
+    zero_grads(vs);
+    let (losses, trace) = model.step(batch, phase, SEED);
+    losses.total.backward();
+    let r = run_reference(dir, phase_arg);
+
+    assert!(
+        trace.candidates.equal(&r["candidates"].to_kind(Kind::Bool)),
+        "{ctx}: AttMIM candidates differ\nrust {}\nreference {}",
+        trace.candidates,
+        r["candidates"]
+    );
+    assert!(
+        trace.mask.mask.equal(&r["mask"]),
+        "{ctx}: final masks differ\nrust {}\nreference {}",
+        trace.mask.mask,
+        r["mask"]
+    );
+    assert!(
+        trace
+            .mlm_selected
+            .equal(&r["mlm_selected"].to_kind(Kind::Bool)),
+        "{ctx}: EntMLM selections differ\nrust {}\nreference {}",
+        trace.mlm_selected,
+        r["mlm_selected"]
+    );
+
+    let rust_losses = [
+        ("align", losses.align.as_ref()),
+        ("mim", Some(&losses.mim)),
+        ("mlm", losses.mlm.as_ref()),
+        ("total", Some(&losses.total)),
+    ];
+    let mut report = Vec::new();
+    for (name, got) in rust_losses {
+        let want = r.get(&format!("loss_{name}"));
+        match (got, want) {
+            (None, None) => {}
+            (Some(got), Some(want)) => {
+                let (got, want) = (got.double_value(&[]), scalar(want));
+                let err = rel(got, want);
+                report.push(format!("loss_{name} {err:.1e}"));
+                assert!(
+                    err <= LOSS_TOLERANCE,
+                    "{ctx}: loss_{name} is {got} in Rust, {want} in the reference (relative {err:e} > {LOSS_TOLERANCE:e})"
+                );
+            }
+            (got, want) => panic!(
+                "{ctx}: loss_{name} present in Rust: {}, in the reference: {}",
+                got.is_some(),
+                want.is_some()
+            ),
+        }
+    }
+
+    let params = param_grad_norms(vs);
+    let want_params: BTreeMap<String, f64> = r
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("param_grad_norm.")
+                .map(|n| (n.to_string(), scalar(v)))
+        })
+        .collect();
+    assert_eq!(
+        params.keys().collect::<Vec<_>>(),
+        want_params.keys().collect::<Vec<_>>(),
+        "{ctx}: the trainable variables differ"
+    );
+    // Which parameters the step trains is part of the method (warm-up: no
+    // logit scale, no text projection): the zero sets must agree exactly.
+    let zeros = |m: &BTreeMap<String, f64>| -> Vec<String> {
+        m.iter()
+            .filter(|(_, v)| **v == 0.0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    assert_eq!(
+        zeros(&params),
+        zeros(&want_params),
+        "{ctx}: different parameters get no gradient"
+    );
+    // Each parameter too, but the key biases: their gradient is zero in
+    // exact arithmetic (a bias on every key adds the same q·b to all of a
+    // query's logits, which softmax ignores), so both sides hold rounding
+    // noise of ~1e-8 that agrees in no digit.
+    let mut worst_param = 0.0f64;
+    for (name, &got) in params.iter().filter(|(n, _)| !n.ends_with("k_proj.bias")) {
+        let want = want_params[name];
+        let err = rel(got, want);
+        worst_param = worst_param.max(err);
+        assert!(
+            err <= GRAD_TOLERANCE,
+            "{ctx}: gradient norm of {name} is {got} in Rust, {want} in the reference (relative {err:e} > {GRAD_TOLERANCE:e})"
+        );
+    }
+
+    for (g, got) in group_norms(&params) {
+        let want = scalar(&r[&format!("grad_norm.{g}")]);
+        let err = rel(got, want);
+        report.push(format!("grad_norm.{g} {err:.1e}"));
+        assert!(
+            err <= GRAD_TOLERANCE,
+            "{ctx}: gradient norm of {g} is {got} in Rust, {want} in the reference (relative {err:e} > {GRAD_TOLERANCE:e})"
+        );
+    }
+    eprintln!(
+        "{ctx}: relative differences: {}, largest per parameter {worst_param:.1e}",
+        report.join(", ")
+    );
+    Vec::try_from(
+        trace
+            .candidates
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Int64),
+    )
+    .unwrap()
+}
+
+/// Checks both phases of one configuration; returns the size of each row's
+/// candidate set M_b.
+fn check_step_parity(label: &str, cfg: &MmclipConfig) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, model, batch, prompts) = setup(cfg);
+    write_inputs(dir.path(), cfg, &vs, &batch, &prompts);
+    let sizes = check_phase(label, &vs, &model, &batch, dir.path(), Phase::Joint);
+    check_phase(label, &vs, &model, &batch, dir.path(), Phase::WarmUp);
+    sizes
+}
+
+#[test]
+fn input_mode_step_matches_the_pytorch_reference_in_both_phases() {
+    check_step_parity("input mode", &MmclipConfig::tiny());
+}
+
+#[test]
+fn feature_mode_step_with_prompt_tokens_matches_the_pytorch_reference_in_both_phases() {
+    // λ1 = 0.3 marks ⌈4.8⌉ = 5 of the 16 patches per map: the union then
+    // depends on every map, and rows where it is smaller than the 12
+    // masked patches exercise the fill-up (at λ1 = 0.7 it is nearly all).
+    let mut cfg = MmclipConfig {
+        mim_mode: MimMode::Feature,
+        prompt_features: PromptFeatures::Tokens,
+        ..MmclipConfig::tiny()
+    };
+    cfg.att_mim.lambda1 = 0.3;
+    let sizes = check_step_parity("feature mode, prompt tokens, λ1 = 0.3", &cfg);
+    assert!(
+        sizes.iter().any(|&n| n < 12),
+        "no row needs filling up: candidate sets {sizes:?}"
+    );
+}

@@ -1,0 +1,142 @@
+//! Checkpoints: `RUN/checkpoints/step-NNNNNNNN/` with the model weights
+//! (`model.safetensors`, the MMCLIP `VarStore` by name), the optimiser
+//! state (`optimizer.safetensors`) and `state.json` (step, loader position,
+//! seeds, counters). A checkpoint is written into a `.partial` folder and
+//! renamed into place, so a killed run never leaves a half checkpoint
+//! that looks whole; the oldest beyond `keep_last` are removed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use pipeline::Position;
+use serde::{Deserialize, Serialize};
+use tch::{Tensor, nn::VarStore};
+
+use crate::optim::Optimizer;
+
+/// Weights file inside a checkpoint folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "state.json";
+
+/// Everything besides tensors that a resumed run needs to continue as an
+/// uninterrupted one would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done; the next step is this one.
+    pub step: u64,
+    /// The loader position of the next batch.
+    pub next_position: Position,
+    /// Optimiser steps taken (differs from `step` by skipped steps).
+    pub optimizer_steps: u64,
+    /// The run's seed (masks of step s come from `step_seed(seed, s)`).
+    pub seed: u64,
+    /// Steps skipped for a non-finite loss or gradient, in all.
+    pub skipped_steps: u64,
+    /// Non-finite steps in a row at the end.
+    pub nonfinite_in_a_row: u64,
+    /// sha256 of the config the run was started with.
+    pub config_sha256: String,
+}
+
+/// The checkpoint folder of `step`.
+pub fn dir_of(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Writes a checkpoint atomically and prunes old ones.
+pub fn save(
+    run: &Path,
+    vs: &VarStore,
+    opt: &Optimizer,
+    state: &TrainState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let dir = dir_of(run, state.step);
+    let partial = dir.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    vs.save(partial.join(MODEL_FILE))
+        .with_context(|| format!("writing {}", partial.join(MODEL_FILE).display()))?;
+    let (tensors, optimizer_steps) = opt.state();
+    debug_assert_eq!(optimizer_steps, state.optimizer_steps);
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, partial.join(OPTIMIZER_FILE))
+        .with_context(|| format!("writing {}", partial.join(OPTIMIZER_FILE).display()))?;
+    std::fs::write(partial.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("moving {} into place", dir.display()))?;
+    prune(run, keep_last)?;
+    Ok(dir)
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = run.join("checkpoints");
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+            && path.join(STATE_FILE).exists()
+        {
+            out.push((step, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn prune(run: &Path, keep_last: usize) -> Result<()> {
+    let all = list(run)?;
+    for (_, path) in all.iter().take(all.len().saturating_sub(keep_last.max(1))) {
+        std::fs::remove_dir_all(path)
+            .with_context(|| format!("removing old checkpoint {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint's state.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a checkpoint state", path.display()))
+}
+
+/// Loads a checkpoint's weights and optimiser state; returns its state.
+pub fn load(dir: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<TrainState> {
+    let state = read_state(dir)?;
+    load_weights(dir, vs)?;
+    let tensors = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE))
+        .with_context(|| format!("reading {}", dir.join(OPTIMIZER_FILE).display()))?;
+    opt.load_state(tensors, state.optimizer_steps)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    Ok(state)
+}
+
+/// Loads a checkpoint's weights (or a bare `model.safetensors`) into `vs`.
+pub fn load_weights(path: &Path, vs: &mut VarStore) -> Result<()> {
+    let file = if path.is_dir() {
+        path.join(MODEL_FILE)
+    } else {
+        path.to_owned()
+    };
+    if !file.exists() {
+        bail!("{}: no {MODEL_FILE} here", path.display());
+    }
+    vs.load(&file)
+        .with_context(|| format!("loading weights from {}", file.display()))
+}

@@ -1,0 +1,413 @@
+//! The training configuration: one TOML file, every default the paper's
+//! (METHOD.md, "Losses and schedule"). `train config` prints it in full.
+
+use std::path::{Path, PathBuf};
+
+use model::att_mim::AttMimConfig;
+use model::ent_mlm::MlmStrategy;
+use model::mmclip::{LossWeights, MimMode, PromptFeatures};
+use model::{ClipConfig, MmclipConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::prompts::{Templates, default_disease_prompts};
+
+/// Encoder sizes to build when not initialising from a Hugging Face folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// CLIP ViT-B/16 (the paper's).
+    #[default]
+    VitB16,
+    /// A small CPU-sized model for the demo: 224 px in 32 px patches (49),
+    /// 4 layers of width 192 in both encoders, small decoders.
+    Small,
+    /// The tiny test model (32 px images).
+    Tiny,
+}
+
+/// `[model]`: what to build and how to initialise it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Encoder sizes (ignored with `init`, which brings its own config.json).
+    pub preset: Preset,
+    /// A Hugging Face `CLIPModel` folder (config.json + model.safetensors)
+    /// to start from; from scratch when absent.
+    pub init: Option<PathBuf>,
+    /// AttMIM (λ1, λ2, score, strategy).
+    pub att_mim: AttMimConfig,
+    /// Input (MAE) or feature masking.
+    pub mim_mode: MimMode,
+    /// Per-patch normalised pixel targets.
+    pub norm_pix_loss: Option<bool>,
+    /// EntMLM selection, e.g. `{ kind = "entity", p = 0.2 }`.
+    pub mlm: MlmStrategy,
+    /// Pooled or token prompt features.
+    pub prompt_features: PromptFeatures,
+    /// Weights of the three losses.
+    pub loss_weights: LossWeights,
+}
+
+impl ModelSection {
+    /// The full model configuration for encoders `clip`.
+    pub fn mmclip(&self, clip: ClipConfig) -> MmclipConfig {
+        let base = match self.preset {
+            Preset::Tiny => MmclipConfig::tiny(),
+            Preset::Small => small(),
+            Preset::VitB16 => MmclipConfig::default(),
+        };
+        MmclipConfig {
+            clip,
+            att_mim: self.att_mim.clone(),
+            mim_mode: self.mim_mode,
+            norm_pix_loss: self.norm_pix_loss.unwrap_or(base.norm_pix_loss),
+            mlm: self.mlm,
+            prompt_features: self.prompt_features,
+            loss_weights: self.loss_weights.clone(),
+            ..base
+        }
+    }
+
+    /// The encoders of the preset.
+    pub fn preset_clip(&self) -> ClipConfig {
+        match self.preset {
+            Preset::VitB16 => ClipConfig::vit_b16(),
+            Preset::Small => small().clip,
+            Preset::Tiny => ClipConfig::tiny(),
+        }
+    }
+}
+
+/// The demo's model: ViT-S-like encoders small enough to train on 2 cores.
+fn small() -> MmclipConfig {
+    let mut cfg = MmclipConfig::default();
+    let v = &mut cfg.clip.vision;
+    (
+        v.hidden_size,
+        v.intermediate_size,
+        v.num_hidden_layers,
+        v.num_attention_heads,
+        v.patch_size,
+    ) = (192, 768, 4, 3, 32);
+    let t = &mut cfg.clip.text;
+    (
+        t.hidden_size,
+        t.intermediate_size,
+        t.num_hidden_layers,
+        t.num_attention_heads,
+    ) = (192, 768, 4, 3);
+    cfg.clip.projection_dim = 128;
+    let d = &mut cfg.mim_decoder;
+    (d.hidden_size, d.num_layers, d.num_heads) = (128, 2, 4);
+    let d = &mut cfg.text_decoder;
+    (d.num_layers, d.num_heads, d.intermediate_size) = (1, 3, 768);
+    cfg
+}
+
+/// Optimiser family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimKind {
+    /// SGD with momentum (the paper's).
+    #[default]
+    Sgd,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// Learning-rate schedule over the run's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The base rate throughout (the paper's).
+    #[default]
+    Constant,
+    /// Linear ramp over `lr_warmup_steps`, then cosine decay to zero.
+    Cosine,
+}
+
+/// `[optim]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// SGD or AdamW.
+    pub kind: OptimKind,
+    /// Base learning rate (5e-5).
+    pub lr: f64,
+    /// SGD momentum (0.9).
+    pub momentum: f64,
+    /// AdamW's β1, β2.
+    pub betas: (f64, f64),
+    /// AdamW's ε.
+    pub eps: f64,
+    /// Weight decay (SGD: L2 added to the gradient; AdamW: decoupled).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Steps of linear learning-rate ramp (cosine schedule).
+    pub lr_warmup_steps: u64,
+    /// Clip the global gradient norm to this value.
+    pub grad_clip: Option<f64>,
+    /// Batches whose gradients are summed (averaged) per optimiser step.
+    pub accumulate: u64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            kind: OptimKind::Sgd,
+            lr: 5e-5,
+            momentum: 0.9,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            lr_warmup_steps: 0,
+            grad_clip: None,
+            accumulate: 1,
+        }
+    }
+}
+
+/// `[train]`: length, mixing, phases, logging, checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Optimiser steps in all.
+    pub steps: u64,
+    /// Steps of masked-modelling warm-up before joint training (15,000).
+    pub warmup_steps: u64,
+    /// Global batch size (64).
+    pub batch_size: usize,
+    /// Share of paired rows in each batch.
+    pub paired_fraction: f64,
+    /// Seed of the loader order, augmentation, masks and initialisation.
+    pub seed: u64,
+    /// Loader decode threads.
+    pub loader_threads: usize,
+    /// Batches the loader prepares ahead.
+    pub prefetch: usize,
+    /// Write a metrics line every this many steps.
+    pub log_every: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept; older ones are deleted.
+    pub keep_last: usize,
+    /// Consecutive non-finite steps tolerated before the run stops.
+    pub max_nonfinite_in_a_row: u64,
+    /// Mixed precision (autocast) on CUDA. `tch` 0.24 exposes autocast
+    /// with libtorch's default CUDA dtype only (float16), not bfloat16.
+    pub autocast: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            steps: 100_000,
+            warmup_steps: 15_000,
+            batch_size: 64,
+            paired_fraction: 0.75,
+            seed: 0,
+            loader_threads: 4,
+            prefetch: 4,
+            log_every: 10,
+            checkpoint_every: 1000,
+            keep_last: 3,
+            max_nonfinite_in_a_row: 20,
+            autocast: true,
+        }
+    }
+}
+
+/// `[zero_shot]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZeroShotConfig {
+    /// Prompt pair per class.
+    pub templates: Templates,
+    /// Bootstrap resamples for the 95% intervals.
+    pub bootstrap: usize,
+}
+
+impl Default for ZeroShotConfig {
+    fn default() -> Self {
+        ZeroShotConfig {
+            templates: Templates::default(),
+            bootstrap: 1000,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[optim]`.
+    pub optim: OptimConfig,
+    /// `[train]`.
+    pub train: RunConfig,
+    /// AttMIM's disease/device prompts (14 by default).
+    pub prompts: Vec<String>,
+    /// `[zero_shot]`.
+    pub zero_shot: ZeroShotConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelSection::default(),
+            optim: OptimConfig::default(),
+            train: RunConfig::default(),
+            prompts: default_disease_prompts(),
+            zero_shot: ZeroShotConfig::default(),
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// Valid TOML, impossible values.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl TrainConfig {
+    /// Reads and checks a TOML file; missing keys take the defaults.
+    pub fn load(path: &Path) -> Result<TrainConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<TrainConfig, ConfigError> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML (what a run records as `config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let t = &self.train;
+        let a = &self.model.att_mim;
+        let problems = [
+            (
+                t.batch_size == 0,
+                "train.batch_size must be at least 1".to_string(),
+            ),
+            (
+                !(0.0..=1.0).contains(&t.paired_fraction),
+                format!(
+                    "train.paired_fraction {} is not in [0, 1]",
+                    t.paired_fraction
+                ),
+            ),
+            (
+                !(0.0..=1.0).contains(&a.lambda1),
+                format!("model.att_mim.lambda1 {} is not in [0, 1]", a.lambda1),
+            ),
+            (
+                !(0.0..1.0).contains(&a.lambda2),
+                format!("model.att_mim.lambda2 {} is not in [0, 1)", a.lambda2),
+            ),
+            (
+                self.optim.lr <= 0.0,
+                format!("optim.lr {} must be positive", self.optim.lr),
+            ),
+            (
+                self.optim.accumulate == 0,
+                "optim.accumulate must be at least 1".to_string(),
+            ),
+            (
+                self.prompts.is_empty(),
+                "prompts must not be empty (AttMIM's prompt map needs them)".to_string(),
+            ),
+            (
+                t.checkpoint_every == 0 || t.log_every == 0,
+                "train.checkpoint_every and train.log_every must be at least 1".to_string(),
+            ),
+        ];
+        match problems.into_iter().find(|(bad, _)| *bad) {
+            Some((_, message)) => Err(message),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_papers_defaults() {
+        let cfg = TrainConfig::parse("", Path::new("empty.toml")).unwrap();
+        assert_eq!(cfg.optim.kind, OptimKind::Sgd);
+        assert_eq!((cfg.optim.lr, cfg.optim.momentum), (5e-5, 0.9));
+        assert_eq!((cfg.train.batch_size, cfg.train.warmup_steps), (64, 15_000));
+        let m = cfg.model.mmclip(cfg.model.preset_clip());
+        assert_eq!((m.att_mim.lambda1, m.att_mim.lambda2), (0.7, 0.75));
+        assert_eq!(m.mlm, MlmStrategy::Entity(0.2));
+        assert_eq!(cfg.prompts.len(), 14);
+    }
+
+    #[test]
+    fn the_printed_config_reads_back_identically() {
+        let mut cfg = TrainConfig::default();
+        cfg.optim.kind = OptimKind::Adamw;
+        cfg.model.mlm = MlmStrategy::Random(0.15);
+        let back = TrainConfig::parse(&cfg.to_toml(), Path::new("x.toml")).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_file_and_key() {
+        let e = TrainConfig::parse("[train]\npaired_fraction = 1.5\n", Path::new("a.toml"))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("a.toml") && e.to_string().contains("paired_fraction"),
+            "{e}"
+        );
+        let e =
+            TrainConfig::parse("[optim]\nlearning_rate = 1.0\n", Path::new("b.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("b.toml") && e.to_string().contains("learning_rate"),
+            "{e}"
+        );
+    }
+}

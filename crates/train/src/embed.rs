@@ -1,0 +1,182 @@
+//! `train embed`: projected, L2-normalised embeddings of image files or
+//! text lines into a Parquet file (`key` utf8, `embedding` fixed-size list
+//! of float32), from a run's checkpoint or a Hugging Face `CLIPModel` folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use ingest::tokenize::ClipTokenizer;
+use model::{Clip, ClipConfig};
+use tch::{Device, Tensor, nn::VarStore};
+
+use crate::encode::{image_files, load_image, normalise};
+use crate::fit::{fit_to, write_atomic};
+use crate::session::{Session, locate, tokenize};
+
+/// What to embed.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// Checkpoint, run folder, or HF folder.
+    pub weights: PathBuf,
+    /// Image folder.
+    pub images: Option<PathBuf>,
+    /// Text file, one text per line.
+    pub texts: Option<PathBuf>,
+    /// Tokenizer for a HF folder without `tokenizer.json`.
+    pub tokenizer: Option<PathBuf>,
+    /// Parquet output.
+    pub out: PathBuf,
+    /// Device.
+    pub device: Device,
+}
+
+/// The encoders and tokenizer, from either kind of weights.
+enum Weights {
+    Run(Session),
+    Hf {
+        _vs: VarStore,
+        clip: Clip,
+        cfg: ClipConfig,
+        tokenizer: ClipTokenizer,
+    },
+}
+
+impl Weights {
+    fn open(opts: &EmbedOptions) -> Result<Weights> {
+        if locate(&opts.weights).is_ok() {
+            return Ok(Weights::Run(Session::from_checkpoint(
+                &opts.weights,
+                opts.device,
+            )?));
+        }
+        let dir = &opts.weights;
+        if !dir.join("config.json").exists() {
+            bail!(
+                "{}: neither a training run, a checkpoint, nor a Hugging Face CLIPModel folder",
+                dir.display()
+            );
+        }
+        let cfg = crate::hf::read_config(dir)?;
+        let vs = VarStore::new(opts.device);
+        let clip = Clip::new(vs.root(), &cfg);
+        model::load::load_clip_safetensors(&vs, dir.join("model.safetensors"))?;
+        let tok_path = opts
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tokenizer = ClipTokenizer::from_file(&tok_path).with_context(|| {
+            format!(
+                "{}: pass --tokenizer for a folder without tokenizer.json",
+                dir.display()
+            )
+        })?;
+        Ok(Weights::Hf {
+            _vs: vs,
+            clip,
+            cfg,
+            tokenizer,
+        })
+    }
+
+    fn clip(&self) -> (&Clip, &ClipConfig, &ClipTokenizer) {
+        match self {
+            Weights::Run(s) => (&s.model.clip, &s.run.mmclip.clip, &s.tokenizer),
+            Weights::Hf {
+                clip,
+                cfg,
+                tokenizer,
+                ..
+            } => (clip, cfg, tokenizer),
+        }
+    }
+}
+
+/// Writes the embeddings file.
+pub fn run(opts: &EmbedOptions) -> Result<()> {
+    let weights = Weights::open(opts)?;
+    let (clip, cfg, tokenizer) = weights.clip();
+    let _guard = tch::no_grad_guard();
+    let (keys, embeddings) = match (&opts.images, &opts.texts) {
+        (Some(dir), _) => {
+            let files = image_files(dir)?;
+            let mut parts = Vec::new();
+            for chunk in files.chunks(32) {
+                let pixels: Vec<f32> = chunk
+                    .iter()
+                    .map(|f| load_image(f))
+                    .collect::<Result<Vec<_>>>()?
+                    .concat();
+                let t = Tensor::from_slice(&pixels)
+                    .view([chunk.len() as i64, 3, 224, 224])
+                    .to_device(opts.device);
+                let t = fit_to(&t, cfg.vision.image_size);
+                parts.push(normalise(&clip.encode_image(&t).pooled).to_device(Device::Cpu));
+            }
+            let keys = files
+                .iter()
+                .map(|f| {
+                    f.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            (keys, parts)
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+            let mut parts = Vec::new();
+            for chunk in lines.chunks(64) {
+                let ids = tokenize(tokenizer, chunk)?.to_device(opts.device);
+                parts.push(normalise(&clip.encode_text(&ids).pooled).to_device(Device::Cpu));
+            }
+            (lines, parts)
+        }
+        (None, None) => bail!("pass --images DIR or --texts FILE"),
+    };
+    if keys.is_empty() {
+        bail!("nothing to embed");
+    }
+    let emb = Tensor::cat(&embeddings, 0);
+    write_parquet(&opts.out, &keys, &emb)?;
+    eprintln!(
+        "wrote {} embeddings of width {} to {}",
+        keys.len(),
+        emb.size()[1],
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// `key`, `embedding` Parquet file, written atomically.
+pub fn write_parquet(path: &Path, keys: &[String], emb: &Tensor) -> Result<()> {
+    let width = emb.size()[1] as i32;
+    let values: Vec<f32> = Vec::try_from(&emb.contiguous().view([-1]))?;
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let list = FixedSizeListArray::try_new(
+        item.clone(),
+        width,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("embedding", DataType::FixedSizeList(item, width), false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(keys.to_vec())), Arc::new(list)];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    write_atomic(path, &bytes)
+}

@@ -1,0 +1,383 @@
+//! `train --shards … --config … --out RUN`: the training loop.
+//!
+//! Each optimiser step draws `accumulate` batches from the loader, runs
+//! [`Mmclip::step`] in the warm-up phase (masked modelling only) for the
+//! first `warmup_steps` steps and jointly after, and updates. A non-finite
+//! loss or gradient skips the step (counted; too many in a row stop the
+//! run). Metrics go to `RUN/metrics.jsonl`; checkpoints to
+//! `RUN/checkpoints/`. Started again on a folder with checkpoints, the run
+//! resumes from the latest and continues exactly as it would have: the
+//! loader restarts at the saved position and the masks of step s depend
+//! only on the seed and s.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use ingest::tokenize::ClipTokenizer;
+use model::mmclip::{Phase, step_seed};
+use pipeline::{Loader, LoaderConfig, Position};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::data::{ShardSet, Staged};
+use crate::optim::Optimizer;
+use crate::session::{RUN_FILE, RunModel, Session, TOKENIZER_FILE};
+
+/// What `fit` needs besides the config.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Shard folders (paired and unpaired, told apart by their manifests).
+    pub shards: Vec<PathBuf>,
+    /// The run folder.
+    pub out: PathBuf,
+    /// Tokenizer; default: the one the paired shards record.
+    pub tokenizer: Option<PathBuf>,
+    /// Device; default CUDA when present.
+    pub device: Device,
+    /// Stop after this many steps in this invocation (for tests and
+    /// interruption drills); the run can be resumed.
+    pub stop_after: Option<u64>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSummary {
+    /// The step reached.
+    pub step: u64,
+    /// Steps skipped as non-finite.
+    pub skipped_steps: u64,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Runs (or resumes) training.
+pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let config_text = cfg.to_toml();
+    let config_sha = hex::encode(Sha256::digest(config_text.as_bytes()));
+    let config_path = out.join("config.toml");
+    match std::fs::read_to_string(&config_path) {
+        Ok(existing) if existing != config_text => bail!(
+            "{}: this run was started with another config; use a new --out folder or the same config",
+            config_path.display()
+        ),
+        Ok(_) => {}
+        Err(_) => write_atomic(&config_path, config_text.as_bytes())?,
+    }
+
+    let shards = ShardSet::from_dirs(&opts.shards)?;
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .or_else(|| shards.tokenizer.clone())
+        .context("no tokenizer: the shards record none; pass --tokenizer")?;
+    let run_tokenizer = out.join(TOKENIZER_FILE);
+    if !run_tokenizer.exists() {
+        let bytes = std::fs::read(&tokenizer_path)
+            .with_context(|| format!("reading the tokenizer {}", tokenizer_path.display()))?;
+        write_atomic(&run_tokenizer, &bytes)?;
+    }
+    let tokenizer = ClipTokenizer::from_file(&run_tokenizer)?;
+
+    let clip = match &cfg.model.init {
+        Some(dir) => crate::hf::read_config(dir)?,
+        None => cfg.model.preset_clip(),
+    };
+    let run_model = RunModel {
+        mmclip: cfg.model.mmclip(clip),
+        prompts: cfg.prompts.clone(),
+    };
+    write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
+
+    tch::manual_seed(cfg.train.seed as i64);
+    let mut session = Session::new(run_model, tokenizer, opts.device)?;
+    if let Some(dir) = &cfg.model.init {
+        crate::hf::load_weights(dir, &session.vs)?;
+    }
+    let mut opt = Optimizer::new(&session.vs, &cfg.optim);
+
+    let mut state = TrainState {
+        step: 0,
+        next_position: Position::default(),
+        optimizer_steps: 0,
+        seed: cfg.train.seed,
+        skipped_steps: 0,
+        nonfinite_in_a_row: 0,
+        config_sha256: config_sha.clone(),
+    };
+    if let Some((_, dir)) = checkpoint::list(out)?.pop() {
+        state = checkpoint::load(&dir, &mut session.vs, &mut opt)?;
+        if state.config_sha256 != config_sha {
+            bail!("{}: written with another config", dir.display());
+        }
+        tracing::info!("resuming from {} (step {})", dir.display(), state.step);
+    }
+    if state.step >= cfg.train.steps {
+        tracing::info!("the run is already complete at step {}", state.step);
+        return Ok(FitSummary {
+            step: state.step,
+            skipped_steps: state.skipped_steps,
+            checkpoint: None,
+        });
+    }
+
+    let t = &cfg.train;
+    let loader_cfg = LoaderConfig {
+        batch_size: t.batch_size,
+        paired_fraction: t.paired_fraction,
+        seed: t.seed,
+        threads: t.loader_threads,
+        prefetch: t.prefetch,
+        ..Default::default()
+    };
+    let mut loader = Loader::new(
+        shards.open(Some("train"), true)?,
+        &loader_cfg,
+        state.next_position,
+    )?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .with_context(|| format!("opening {}", out.join("metrics.jsonl").display()))?;
+
+    let end = opts
+        .stop_after
+        .map_or(t.steps, |n| (state.step + n).min(t.steps));
+    let bar = progress_bar(opts.progress, state.step, t.steps);
+    let image_size = session.run.mmclip.clip.vision.image_size;
+    let mut window = Window::new();
+    let mut last_checkpoint = None;
+    let autocast = t.autocast && opts.device.is_cuda();
+
+    while state.step < end {
+        let phase = if state.step < t.warmup_steps {
+            Phase::WarmUp
+        } else {
+            Phase::Joint
+        };
+        let mut sums = StepSums::default();
+        let mut finite = true;
+        opt.zero_grad();
+        for micro in 0..cfg.optim.accumulate {
+            let batch = loader.next().context("the loader stopped")??;
+            state.next_position = next_position(batch.position, loader.steps_per_epoch());
+            window.images += batch.size as u64;
+            let staged = Staged::new(batch, opts.device);
+            let pixels = fit_to(&staged.step.pixels, image_size);
+            let step_batch = model::StepBatch {
+                pixels,
+                input_ids: staged.step.input_ids.shallow_clone(),
+                entity: staged.step.entity.shallow_clone(),
+            };
+            let seed = step_seed(state.seed, state.step * cfg.optim.accumulate + micro);
+            let (losses, _) =
+                tch::autocast(autocast, || session.model.step(&step_batch, phase, seed));
+            let total = losses.total.double_value(&[]);
+            if !total.is_finite() {
+                finite = false;
+                break;
+            }
+            sums.add(&losses);
+            (losses.total / cfg.optim.accumulate as f64).backward();
+        }
+        let grad_norm = if finite { opt.grad_norm() } else { f64::NAN };
+        let lr = opt.lr_at(state.step, t.steps);
+        if finite && grad_norm.is_finite() {
+            if let Some(max) = cfg.optim.grad_clip
+                && grad_norm > max
+            {
+                opt.scale_grads(max / (grad_norm + 1e-6));
+            }
+            opt.step(lr);
+            state.optimizer_steps += 1;
+            state.nonfinite_in_a_row = 0;
+        } else {
+            opt.zero_grad();
+            state.skipped_steps += 1;
+            state.nonfinite_in_a_row += 1;
+            tracing::warn!(
+                "step {}: non-finite loss or gradient, step skipped",
+                state.step
+            );
+            if state.nonfinite_in_a_row > t.max_nonfinite_in_a_row {
+                bail!(
+                    "{} non-finite steps in a row (limit train.max_nonfinite_in_a_row = {}): stopping at step {}; \
+                     lower optim.lr or set optim.grad_clip, and resume from the last checkpoint",
+                    state.nonfinite_in_a_row,
+                    t.max_nonfinite_in_a_row,
+                    state.step
+                );
+            }
+        }
+        state.step += 1;
+        bar.inc(1);
+
+        if state.step % t.log_every == 0 || state.step == end {
+            let line = window.line(
+                &state,
+                phase,
+                &sums,
+                cfg.optim.accumulate,
+                lr,
+                grad_norm,
+                &loader,
+            );
+            writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
+            bar.set_message(format!(
+                "loss {:.4}",
+                sums.total / cfg.optim.accumulate as f64
+            ));
+        }
+        if state.step % t.checkpoint_every == 0 || state.step == end {
+            last_checkpoint = Some(checkpoint::save(
+                out,
+                &session.vs,
+                &opt,
+                &state,
+                t.keep_last,
+            )?);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(FitSummary {
+        step: state.step,
+        skipped_steps: state.skipped_steps,
+        checkpoint: last_checkpoint,
+    })
+}
+
+/// The loader position after `pos`.
+fn next_position(pos: Position, steps_per_epoch: u64) -> Position {
+    if pos.step + 1 >= steps_per_epoch {
+        Position {
+            epoch: pos.epoch + 1,
+            step: 0,
+        }
+    } else {
+        Position {
+            step: pos.step + 1,
+            ..pos
+        }
+    }
+}
+
+/// The loader's 224-px images resized (area average or bilinear) to the
+/// model's input side, when it differs (the small test models).
+pub fn fit_to(pixels: &Tensor, side: i64) -> Tensor {
+    let current = pixels.size()[3];
+    if current == side {
+        pixels.shallow_clone()
+    } else if current % side == 0 {
+        pixels.avg_pool2d(
+            [current / side, current / side],
+            [current / side, current / side],
+            [0, 0],
+            false,
+            true,
+            None,
+        )
+    } else {
+        pixels.upsample_bilinear2d([side, side], false, None, None)
+    }
+}
+
+/// Loss sums over the micro-batches of one step.
+#[derive(Default)]
+struct StepSums {
+    total: f64,
+    align: Option<f64>,
+    mim: f64,
+    mlm: Option<f64>,
+}
+
+impl StepSums {
+    fn add(&mut self, l: &model::Losses) {
+        let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+        self.total += v(&l.total);
+        self.mim += v(&l.mim);
+        if let Some(a) = &l.align {
+            *self.align.get_or_insert(0.0) += v(a);
+        }
+        if let Some(m) = &l.mlm {
+            *self.mlm.get_or_insert(0.0) += v(m);
+        }
+    }
+}
+
+/// Throughput since the last metrics line.
+struct Window {
+    start: Instant,
+    images: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            start: Instant::now(),
+            images: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &mut self,
+        state: &TrainState,
+        phase: Phase,
+        sums: &StepSums,
+        accumulate: u64,
+        lr: f64,
+        grad_norm: f64,
+        loader: &Loader,
+    ) -> serde_json::Value {
+        let n = accumulate as f64;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let stats = loader.stats();
+        let line = json!({
+            "step": state.step,
+            "phase": phase,
+            "loss": sums.total / n,
+            "loss_align": sums.align.map(|a| a / n),
+            "loss_mim": sums.mim / n,
+            "loss_mlm": sums.mlm.map(|m| m / n),
+            "lr": lr,
+            "grad_norm": if grad_norm.is_finite() { Some(grad_norm) } else { None },
+            "images_per_s": self.images as f64 / elapsed.max(1e-9),
+            "loader_wait": stats.consumer_wait_share,
+            "skipped_steps": state.skipped_steps,
+            "epoch": state.next_position.epoch,
+        });
+        *self = Window::new();
+        line
+    }
+}
+
+fn progress_bar(show: bool, at: u64, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(at);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} steps {per_sec} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+}

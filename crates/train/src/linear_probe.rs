@@ -1,0 +1,76 @@
+//! `train eval linear-probe`: logistic regression per class on the frozen
+//! image encoder's embeddings of the train split, with 1%, 10% and 100% of
+//! the labelled rows (nested subsets), scored on the test split with
+//! thresholds chosen on the validation split, as zero-shot is.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use evaluation::probe::{ProbeConfig, fit_logistic, subsample};
+use evaluation::zero_shot::{ClassInput, Summary, evaluate};
+use schemas::CHEXPERT_CLASSES;
+use tch::Device;
+
+use crate::data::ShardSet;
+use crate::encode::{Embedded, embed_split};
+use crate::session::Session;
+
+/// What to probe.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// The checkpoint (or run folder) whose image encoder is frozen.
+    pub checkpoint: PathBuf,
+    /// Shard folders with train, validation and test splits.
+    pub shards: Vec<PathBuf>,
+    /// Label fractions of the train split (0.01, 0.1, 1.0).
+    pub fractions: Vec<f64>,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+    /// Seed of the subsets and the bootstrap.
+    pub seed: u64,
+    /// Loader threads.
+    pub threads: usize,
+    /// Device for the encoder.
+    pub device: Device,
+}
+
+/// Summary per label fraction.
+pub fn run(opts: &ProbeOptions) -> Result<Vec<(f64, Summary)>> {
+    let session = Session::from_checkpoint(&opts.checkpoint, opts.device)?;
+    let shards = ShardSet::from_dirs(&opts.shards)?;
+    let train = embed_split(&session, &shards, "train", opts.threads)?;
+    let val = embed_split(&session, &shards, "validate", opts.threads)?;
+    let test = embed_split(&session, &shards, "test", opts.threads)?;
+    let dim = train.images.size()[1] as usize;
+    let flat =
+        |e: &Embedded| Vec::<f32>::try_from(&e.images.reshape([-1])).expect("float embeddings");
+    let (train_x, val_x, test_x) = (flat(&train), flat(&val), flat(&test));
+    let mut out = Vec::new();
+    for &fraction in &opts.fractions {
+        let rows = subsample(train.labels.len(), fraction, opts.seed);
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| train_x[r * dim..(r + 1) * dim].iter().copied())
+            .collect();
+        let mut inputs = Vec::new();
+        for (c, (name, _)) in CHEXPERT_CLASSES.iter().enumerate() {
+            let y: Vec<i8> = rows.iter().map(|&r| train.labels[r][c]).collect();
+            // A class without both label values in the subset has no probe.
+            let Ok(probe) = fit_logistic(&x, dim, &y, &ProbeConfig::default()) else {
+                continue;
+            };
+            if !(y.contains(&0) && y.contains(&1)) {
+                continue;
+            }
+            inputs.push(ClassInput {
+                name: name.to_string(),
+                val_scores: probe.predict(&val_x),
+                val_labels: val.labels.iter().map(|l| l[c]).collect(),
+                test_scores: probe.predict(&test_x),
+                test_labels: test.labels.iter().map(|l| l[c]).collect(),
+            });
+        }
+        out.push((fraction, evaluate(&inputs, opts.resamples, opts.seed)));
+    }
+    Ok(out)
+}
