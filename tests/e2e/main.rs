@@ -10,3 +10,4 @@ mod faults;
 mod mimic;
 mod padchest;
 mod resume;
+mod train;

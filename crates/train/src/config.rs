@@ -21,7 +21,8 @@ pub enum Preset {
     /// A small CPU-sized model for the demo: 224 px in 32 px patches (49),
     /// 4 layers of width 192 in both encoders, small decoders.
     Small,
-    /// The tiny test model (32 px images).
+    /// A tiny model for tests: 224 px in 32 px patches, width 32, the
+    /// CLIP vocabulary and context.
     Tiny,
 }
 
@@ -52,7 +53,7 @@ impl ModelSection {
     /// The full model configuration for encoders `clip`.
     pub fn mmclip(&self, clip: ClipConfig) -> MmclipConfig {
         let base = match self.preset {
-            Preset::Tiny => MmclipConfig::tiny(),
+            Preset::Tiny => tiny(),
             Preset::Small => small(),
             Preset::VitB16 => MmclipConfig::default(),
         };
@@ -73,9 +74,21 @@ impl ModelSection {
         match self.preset {
             Preset::VitB16 => ClipConfig::vit_b16(),
             Preset::Small => small().clip,
-            Preset::Tiny => ClipConfig::tiny(),
+            Preset::Tiny => tiny().clip,
         }
     }
+}
+
+/// The test model: the model crate's tiny encoders on the loader's
+/// 224-px images and the real tokenizer's ids.
+fn tiny() -> MmclipConfig {
+    let mut cfg = MmclipConfig::tiny();
+    (cfg.clip.vision.image_size, cfg.clip.vision.patch_size) = (224, 32);
+    (
+        cfg.clip.text.vocab_size,
+        cfg.clip.text.max_position_embeddings,
+    ) = (49408, 77);
+    cfg
 }
 
 /// The demo's model: ViT-S-like encoders small enough to train on 2 cores.
