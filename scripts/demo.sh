@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic chest-X-ray world: generate the
 # world, ingest both sources (MIMIC-shaped with NER entities, PadChest-shaped
-# images only) and write the statistics report. Output: runs/demo/ (or $1).
+# images only), write the statistics report, pre-train a small MMCLIP on the
+# CPU, evaluate it zero-shot, and draw its masks and training curves.
+# Output: runs/demo/ (or $1). `BIN=target/debug` reuses a debug build (the
+# end-to-end test does); by default the release binaries are built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/demo}
-bash scripts/setup.sh
-source scripts/env.sh
-cargo build --release --bins -q
-BIN=target/release
+if [[ -z "${BIN:-}" ]]; then
+  bash scripts/setup.sh
+  source scripts/env.sh
+  cargo build --release --bins -q
+  BIN=target/release
+else
+  source scripts/env.sh
+fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+START=$SECONDS
 
-step "synthetic world: 300 MIMIC-CXR studies, 300 PadChest images"
+step "synthetic world: 1000 MIMIC-CXR studies, 600 PadChest images"
 rm -rf "$OUT" && mkdir -p "$OUT"
-$BIN/synth --out "$OUT/world" --studies 300 --padchest-images 300 --seed 0
+$BIN/synth --out "$OUT/world" --studies 1000 --padchest-images 600 --seed 0
 
 step "NER sidecar: the report sections ingest will use, through spaCy"
 $BIN/ingest sections --root "$OUT/world/mimic-cxr" --out "$OUT/sections.jsonl"
@@ -31,6 +39,33 @@ $BIN/ingest padchest --images-only --root "$OUT/world/padchest" --out "$OUT/shar
 step "statistics report"
 $BIN/ingest stats --shards "$OUT/shards/mimic" --shards "$OUT/shards/padchest" --out "$OUT/stats"
 
-step "done"
-echo "shards:  $OUT/shards/{mimic,padchest}"
-echo "report:  $OUT/stats/stats.md"
+step "pre-training a small MMCLIP on the CPU (configs/demo.toml)"
+$BIN/train --shards "$OUT/shards/mimic" --shards "$OUT/shards/padchest" \
+  --config configs/demo.toml --out "$OUT/run" --device cpu
+$BIN/train plot --run "$OUT/run" > /dev/null
+
+step "zero-shot evaluation on the test split (thresholds from the validation split)"
+$BIN/train eval zero-shot --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" \
+  --out "$OUT/eval" --device cpu --bootstrap 500
+
+step "AttMIM masks over test images, and how much of each lesion they cover"
+$BIN/train viz-masks --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" --split test \
+  --lesions "$OUT/world/lesions.jsonl" --out "$OUT/masks" --device cpu
+
+step "done in $((SECONDS - START)) s"
+.venv/bin/python - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+z = json.load(open(f"{out}/eval/zero_shot.json"))
+m = json.load(open(f"{out}/masks/lesion_shares.json"))
+auc = z["mean_auc"]
+print(f"zero-shot mean AUC {auc['value']:.3f} over {auc['classes']} classes (chance 0.5)")
+for c in sorted(z["classes"], key=lambda c: -(c["auc"] or 0))[:5]:
+    if c["auc"] is not None:
+        print(f"  {c['name']:<28} AUC {c['auc']:.3f}  ({c['n_test']} test images, {c['positives_test']} positive)")
+shares = dict((s, v) for s, v in m["shares"])
+print(f"lesion patches masked: attmim {shares['att-mim']:.3f} vs random {shares['random']:.3f}")
+PY
+echo "shards:   $OUT/shards/{mimic,padchest}   stats: $OUT/stats/stats.md"
+echo "run:      $OUT/run (metrics.jsonl, plots/, checkpoints/)"
+echo "eval:     $OUT/eval/zero_shot.md   masks: $OUT/masks/"

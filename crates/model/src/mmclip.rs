@@ -249,7 +249,7 @@ impl Mmclip {
             mim_decoder: MimDecoder::new(&p / "mim_decoder", &cfg.mim_decoder_resolved()),
             mask_embedding: mlm.randn("mask_embedding", &[cfg.clip.text.hidden_size], 0.0, 0.02),
             text_decoder: TextDecoder::new(&mlm / "decoder", &cfg.text_decoder_resolved()),
-            prompt_ids: prompt_ids.to_device(p.device()),
+            prompt_ids: trim_prompts(prompt_ids).to_device(p.device()),
             cfg: cfg.clone(),
         }
     }
@@ -329,6 +329,9 @@ impl Mmclip {
     /// One training step's forward pass: the losses of `batch` in `phase`,
     /// with masks drawn from `seed`. Call `backward` on `total`.
     pub fn step(&self, batch: &StepBatch, phase: Phase, seed: u64) -> (Losses, StepTrace) {
+        let full_len = batch.input_ids.size()[1];
+        let trimmed = self.trim(batch);
+        let batch = &trimmed;
         let p = batch.paired_rows();
         let image = self.clip.encode_image(&batch.pixels);
         // Warm-up needs the report only for the masks: no graph.
@@ -340,7 +343,7 @@ impl Mmclip {
             self.select_mask(&image, report.as_ref(), &batch.input_ids, seed, None);
 
         let mim = self.mim_loss(&batch.pixels, &image, &mask);
-        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed);
+        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, full_len);
         let align = match (phase, &report) {
             (Phase::Joint, Some(r)) => Some(losses::clip_loss(
                 &image.pooled.narrow(0, 0, p),
@@ -395,19 +398,49 @@ impl Mmclip {
         losses::mim_loss(&target, &pred, &mask.mask, self.cfg.norm_pix_loss)
     }
 
-    /// Loss_MLM on the paired rows, and the selected positions `[P, L]`.
-    fn mlm_loss(&self, batch: &StepBatch, image: &Encoded, seed: u64) -> (Option<Tensor>, Tensor) {
+    /// The batch without the padding columns after the last end-of-text:
+    /// text encoders are causal, so those columns change nothing before
+    /// them, and reports are mostly shorter than the 77-token context.
+    fn trim(&self, batch: &StepBatch) -> StepBatch {
+        let (p, l) = batch.input_ids.size2().expect("input_ids must be [P, L]");
+        let used = if p == 0 {
+            l
+        } else {
+            self.clip.text_model().eot_positions(&batch.input_ids).max().int64_value(&[]) + 1
+        };
+        StepBatch {
+            pixels: batch.pixels.shallow_clone(),
+            input_ids: batch.input_ids.narrow(1, 0, used),
+            entity: batch.entity.narrow(1, 0, used),
+        }
+    }
+
+    /// Loss_MLM on the paired rows, and the selected positions `[P,
+    /// full_len]`. The noise is drawn for the whole context
+    /// (`max_position_embeddings`) and cut to the width used, so neither
+    /// trimming nor padding changes which tokens are selected.
+    fn mlm_loss(
+        &self,
+        batch: &StepBatch,
+        image: &Encoded,
+        seed: u64,
+        full_len: i64,
+    ) -> (Option<Tensor>, Tensor) {
         let ids = &batch.input_ids;
         let (p, l) = ids.size2().expect("input_ids must be [P, L]");
         let device = ids.device();
+        let pad = |sel: Tensor| {
+            Tensor::cat(&[sel, Tensor::zeros([p, full_len - l], (Kind::Bool, device))], 1)
+        };
         if p == 0 {
-            return (None, Tensor::zeros([0, l], (Kind::Bool, device)));
+            return (None, Tensor::zeros([0, full_len], (Kind::Bool, device)));
         }
         let predictable = real_tokens(ids, &self.clip, false);
-        let noise = att_mim::mask_noise(p, l, mlm_noise_seed(seed), device);
+        let context = self.cfg.clip.text.max_position_embeddings.max(full_len);
+        let noise = att_mim::mask_noise(p, context, mlm_noise_seed(seed), device).narrow(1, 0, l);
         let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
         if selected.any().int64_value(&[]) == 0 {
-            return (None, selected);
+            return (None, pad(selected));
         }
         let hidden =
             self.clip
@@ -422,8 +455,19 @@ impl Mmclip {
         // Position t, whose input is the mask embedding, predicts y_t from
         // y_<t (causal) and the image: −log P(y_t | y_<t, x), averaged.
         let loss = logits.cross_entropy_for_logits(&targets);
-        (Some(loss), selected)
+        (Some(loss), pad(selected))
     }
+}
+
+/// Prompt ids without the padding columns after the longest prompt's
+/// end-of-text (the largest id in each row).
+fn trim_prompts(ids: Tensor) -> Tensor {
+    let (n, l) = ids.size2().expect("prompt ids must be [P, L]");
+    if n == 0 {
+        return ids;
+    }
+    let used = ids.argmax(-1, false).max().int64_value(&[]) + 1;
+    ids.narrow(1, 0, used.min(l))
 }
 
 /// `[B, L]` bool of real token positions up to and including end-of-text;

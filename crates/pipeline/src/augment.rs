@@ -42,6 +42,7 @@ pub enum Mode {
 
 /// Training augmentation. Each part is off at zero (or `false`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AugmentConfig {
     /// Random resized crop; when off, training uses the evaluation crop.
     pub random_resized_crop: bool,

@@ -208,6 +208,8 @@ pub struct RunConfig {
     pub keep_last: usize,
     /// Consecutive non-finite steps tolerated before the run stops.
     pub max_nonfinite_in_a_row: u64,
+    /// The loader's training augmentation.
+    pub augment: pipeline::AugmentConfig,
     /// Mixed precision (autocast) on CUDA. `tch` 0.24 exposes autocast
     /// with libtorch's default CUDA dtype only (float16), not bfloat16.
     pub autocast: bool,
@@ -227,6 +229,7 @@ impl Default for RunConfig {
             checkpoint_every: 1000,
             keep_last: 3,
             max_nonfinite_in_a_row: 20,
+            augment: pipeline::AugmentConfig::default(),
             autocast: true,
         }
     }

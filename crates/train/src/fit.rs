@@ -137,6 +137,7 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         seed: t.seed,
         threads: t.loader_threads,
         prefetch: t.prefetch,
+        augment: t.augment.clone(),
         ..Default::default()
     };
     let mut loader = Loader::new(

@@ -296,3 +296,35 @@ mod tests {
         assert!(opt.lr_at(110, 110).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod learning {
+    use super::*;
+    use crate::config::OptimConfig;
+    use model::{Clip, ClipConfig};
+    use tch::{Device, nn};
+
+    /// The optimiser and CLIP together can memorise 8 image–text pairs: the
+    /// contrastive loss falls far below chance (ln 8).
+    #[test]
+    fn adamw_memorises_a_small_contrastive_set() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let clip = Clip::new(vs.root(), &ClipConfig::tiny());
+        let pixels = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let ids = Tensor::randint_low(1, 98, [8, 16], (Kind::Int64, Device::Cpu));
+        let _ = ids.narrow(1, 15, 1).fill_(99);
+        let cfg = OptimConfig { kind: OptimKind::Adamw, lr: 1e-3, ..Default::default() };
+        let mut opt = Optimizer::new(&vs, &cfg);
+        let mut last = f64::NAN;
+        for _ in 0..60 {
+            opt.zero_grad();
+            let (i, t) = (clip.encode_image(&pixels), clip.encode_text(&ids));
+            let loss = model::losses::clip_loss(&i.pooled, &t.pooled, clip.logit_scale());
+            last = loss.double_value(&[]);
+            loss.backward();
+            opt.step(cfg.lr);
+        }
+        assert!(last < 0.5, "contrastive loss stuck at {last} (chance {})", 8f64.ln());
+    }
+}

@@ -202,3 +202,22 @@ fn the_mask_embedding_replaces_the_selected_tokens() {
             .allclose(&hidden.narrow(1, 3, 1), 1e-4, 1e-4, false)
     );
 }
+
+#[test]
+fn padding_columns_change_neither_the_selection_nor_the_losses() {
+    let (_vs, model, batch) = setup(&MmclipConfig::tiny());
+    // The longest report has 12 tokens: 13 columns or the full context of 16.
+    let narrow = StepBatch {
+        pixels: batch.pixels.shallow_clone(),
+        input_ids: batch.input_ids.narrow(1, 0, 13),
+        entity: batch.entity.narrow(1, 0, 13),
+    };
+    let wide = batch;
+    let (a, ta) = model.step(&narrow, Phase::Joint, 9);
+    let (b, tb) = model.step(&wide, Phase::Joint, 9);
+    assert!(ta.mask.mask.equal(&tb.mask.mask));
+    assert!(ta.mlm_selected.equal(&tb.mlm_selected.narrow(1, 0, 13)));
+    for (x, y) in [(&a.total, &b.total), (&a.mim, &b.mim)] {
+        assert!((value(x) - value(y)).abs() < 1e-5 * value(x).abs(), "{x} vs {y}");
+    }
+}

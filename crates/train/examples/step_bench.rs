@@ -1,0 +1,410 @@
+//! Throughput of the full MMCLIP training step: zero_grad → [`Mmclip::step`]
+//! (joint phase) → backward → SGD-momentum update, on a synthetic batch, with
+//! the step's analytic model FLOPs and, given the accelerator's peak, its MFU.
+//!
+//! ```text
+//! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
+//!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast]
+//!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT]
+//! ```
+//!
+//! Prints one JSON line (and writes it to `--json`). `bench/train_step/run.sh`
+//! runs it next to `bench/train_step/reference.py`, the same step in PyTorch
+//! eager; `bench/train_step/README.md` says how to carry it to a GPU machine.
+//!
+//! `--autocast` wraps the forward pass (not the backward or the update, as
+//! PyTorch's AMP recipe does) in `tch::autocast(true, ..)`. tch 0.24 only
+//! switches libtorch's CUDA autocast on and off
+//! (`at::autocast::set_enabled`); it exposes no way to choose the autocast
+//! dtype, so the step runs in libtorch's default CUDA autocast dtype,
+//! **float16**, not bfloat16 (and without a gradient scaler, which does not
+//! change the time of a step). On the CPU the flag is a no-op: that switch
+//! is the CUDA one, so every op stays float32. The JSON's `autocast_dtype`
+//! records which of these happened.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use model::mmclip::{MimMode, PromptFeatures, step_seed};
+use model::{Mmclip, MmclipConfig, Phase, StepBatch};
+use serde_json::json;
+use tch::{Device, Kind, Tensor, nn};
+use train::config::{ModelSection, OptimConfig, Preset};
+use train::optim::Optimizer;
+
+/// CLIP BPE ids: start-of-text and end-of-text (the largest id, where the
+/// text encoder pools).
+const START: i64 = 49406;
+const EOT: i64 = 49407;
+/// AttMIM's 14 CheXpert prompts.
+const PROMPTS: i64 = 14;
+
+#[derive(Parser)]
+#[command(about = "Times the full MMCLIP training step on a synthetic batch")]
+struct Args {
+    /// `cpu` or `cuda` (device 0).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Model sizes: `vit-b16` (the paper's), `small`, `tiny` (crates/train/src/config.rs).
+    #[arg(long, default_value = "vit-b16")]
+    preset: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    /// Share of the batch with a report (the rest are image-only rows).
+    #[arg(long, default_value_t = 0.75)]
+    paired_fraction: f64,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: u64,
+    /// Untimed steps first (allocator, cuDNN/cuBLAS heuristics, lazy init).
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Run the forward pass under CUDA autocast (float16 in tch 0.24; no-op on CPU).
+    #[arg(long)]
+    autocast: bool,
+    /// Dense peak of the device in TFLOP/s for the MFU (H100 SXM bf16/fp16: 989).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// libtorch intra-op threads (CPU); default: libtorch's choice.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Seed of the weights, the batch and the masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!(
+                    "--device cuda: libtorch reports no CUDA device. Point LD_LIBRARY_PATH at the \
+                     lib folder of a CUDA build of torch (python3 -c 'import torch,os;\
+                     print(os.path.dirname(torch.__file__))')/lib, and build this binary against \
+                     a libtorch that has libtorch_cuda.so (crates/model/build.rs links it)"
+                );
+            }
+            Device::Cuda(0)
+        }
+        other => bail!("--device {other}: expected cpu or cuda"),
+    };
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let preset: Preset = serde_json::from_value(json!(args.preset))
+        .with_context(|| format!("--preset {}: expected vit-b16, small or tiny", args.preset))?;
+    if args.batch < 1 || !(0.0..=1.0).contains(&args.paired_fraction) || args.steps == 0 {
+        bail!("need --batch ≥ 1, --paired-fraction in [0, 1] and --steps ≥ 1");
+    }
+    let section = ModelSection {
+        preset,
+        ..Default::default()
+    };
+    let cfg = section.mmclip(section.preset_clip());
+    let b = args.batch;
+    let p = (b as f64 * args.paired_fraction).round() as i64;
+    let l = cfg.clip.text.max_position_embeddings;
+
+    let init = Instant::now();
+    tch::manual_seed(args.seed as i64);
+    let prompt_lengths: Vec<i64> = (0..PROMPTS).map(|i| 4 + (i * 5) % 9).collect();
+    let vs = nn::VarStore::new(device);
+    let model = Mmclip::new(vs.root(), &cfg, token_rows(&prompt_lengths, l));
+    let batch = synthetic_batch(&cfg, b, p, device);
+    let mut opt = Optimizer::new(&vs, &OptimConfig::default());
+    let lr = OptimConfig::default().lr;
+    let params = model::count_parameters(&vs);
+    sync(device);
+    let init_s = init.elapsed().as_secs_f64();
+
+    let autocast = args.autocast && device.is_cuda();
+    let mut times = Vec::with_capacity(args.steps as usize);
+    let mut last = None;
+    for i in 0..args.warmup + args.steps {
+        sync(device);
+        let start = Instant::now();
+        opt.zero_grad();
+        let (losses, trace) = tch::autocast(autocast, || {
+            model.step(&batch, Phase::Joint, step_seed(args.seed, i))
+        });
+        losses.total.backward();
+        opt.step(lr);
+        sync(device);
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        last = Some((losses, trace));
+    }
+    let (losses, trace) = last.expect("at least one step ran");
+
+    let shape = StepShape {
+        batch: b,
+        paired: p,
+        report_len: l,
+        prompts: PROMPTS,
+        // The model may trim the prompts' padding columns (`Mmclip::prompt_ids`
+        // is what the prompt pass runs on); the reports need no such care: the
+        // longest fills the context (see `synthetic_batch`).
+        prompt_len: model.prompt_ids().size()[1],
+        mlm_selected: trace.mlm_selected.sum(Kind::Int64).int64_value(&[]),
+    };
+    let breakdown = step_flops(&cfg, &shape);
+    let flops: f64 = breakdown.iter().map(|(_, f)| f).sum();
+    let total_s: f64 = times.iter().sum();
+    let mean_s = total_s / times.len() as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let achieved = flops / mean_s / 1e12;
+    let value = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+    let opt_value = |t: &Option<Tensor>| t.as_ref().map(value);
+    let loss_total = value(&losses.total);
+    let line = json!({
+        "impl": "rust-tch",
+        "device": args.device,
+        "preset": args.preset,
+        "batch": b,
+        "paired": p,
+        "report_len": shape.report_len,
+        "prompts": shape.prompts,
+        "prompt_len": shape.prompt_len,
+        "mlm_selected": shape.mlm_selected,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "autocast": autocast,
+        "autocast_dtype": if autocast { Some("float16") } else { None },
+        "threads": args.threads,
+        "params": params,
+        "init_s": init_s,
+        "ms_per_step_mean": 1e3 * mean_s,
+        "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
+        "ms_per_step_min": 1e3 * sorted[0],
+        "images_per_s": (b as f64) * times.len() as f64 / total_s,
+        "flops_per_step": flops,
+        "flops_source": "analytic",
+        "flops_breakdown": breakdown.iter().map(|(k, f)| (k.to_string(), json!(f))).collect::<serde_json::Map<_, _>>(),
+        "tflops_achieved": achieved,
+        "peak_tflops": args.peak_tflops,
+        "mfu": args.peak_tflops.map(|peak| achieved / peak),
+        // tch exposes no CUDA allocator statistics; run.sh samples nvidia-smi.
+        "peak_gpu_mib": null,
+        "peak_rss_mib": peak_rss_mib(),
+        "loss_total": loss_total,
+        "loss_mim": value(&losses.mim),
+        "loss_mlm": opt_value(&losses.mlm),
+        "loss_align": opt_value(&losses.align),
+        "losses_finite": loss_total.is_finite(),
+    });
+    println!("{line}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{line}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Waits for the device's queued work, so the clock reads finished steps.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Token rows `[start, random ids…, end-of-text, 0…]` of the given lengths
+/// (end-of-text included), `[rows, l]` int64 on the CPU. The random ids lie
+/// below the start id, so the end-of-text is each row's largest id.
+fn token_rows(lengths: &[i64], l: i64) -> Tensor {
+    let rows: Vec<Tensor> = lengths
+        .iter()
+        .map(|&n| {
+            let ids = Tensor::randint_low(1, START, [l], (Kind::Int64, Device::Cpu));
+            let _ = ids.narrow(0, 0, 1).fill_(START);
+            let _ = ids.narrow(0, n - 1, 1).fill_(EOT);
+            let _ = ids.narrow(0, n, l - n).fill_(0);
+            ids
+        })
+        .collect();
+    Tensor::stack(&rows, 0)
+}
+
+/// `b` random images (`randn`, CLIP-normalised scale) and `p` reports on
+/// `device`. Report r has `77 − (37·r mod 58)` tokens (20 to 77; report 0
+/// fills the context, as the many MIMIC reports truncated at 77 do, so the
+/// text passes run at full width whether or not the model trims padding),
+/// and entity flags on the real tokens t (1 ≤ t < end-of-text) with
+/// `(7t + 3r) mod 10 < 3`: 30 %. `reference.py` builds the same lengths
+/// and flags, so EntMLM selects the same number of tokens on both sides.
+fn synthetic_batch(cfg: &MmclipConfig, b: i64, p: i64, device: Device) -> StepBatch {
+    let l = cfg.clip.text.max_position_embeddings;
+    let side = cfg.clip.vision.image_size;
+    let lengths: Vec<i64> = (0..p).map(|r| l - (37 * r) % (l - 19).max(1)).collect();
+    let entity: Vec<bool> = lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &n)| (0..l).map(move |t| t >= 1 && t < n - 1 && (7 * t + 3 * r as i64) % 10 < 3))
+        .collect();
+    StepBatch {
+        pixels: Tensor::randn([b, 3, side, side], (Kind::Float, device)),
+        input_ids: token_rows(&lengths, l).to_device(device),
+        entity: Tensor::from_slice(&entity).view([p, l]).to_device(device),
+    }
+}
+
+/// The sizes of one step that the FLOPs depend on besides the config.
+struct StepShape {
+    /// Rows B.
+    batch: i64,
+    /// Rows with a report, P.
+    paired: i64,
+    /// Width of the report passes (tokens per report, padding included).
+    report_len: i64,
+    /// Prompts in AttMIM's prompt map.
+    prompts: i64,
+    /// Width of the prompt pass.
+    prompt_len: i64,
+    /// Report positions EntMLM selected (rows of the vocabulary head).
+    mlm_selected: i64,
+}
+
+/// Model FLOPs of one joint-phase training step of [`Mmclip::step`], plus
+/// backward, by pass: `(name, FLOPs)`, each already multiplied out.
+///
+/// Counted: every matrix product, 2 FLOPs per multiply-add — linear layers
+/// (`2·tokens·in·out`), the patch convolution (`2·patches·3p²·D`), attention
+/// scores and mixing (`2·T·S·D` each, over the full square: causal and
+/// padded positions included, as dense kernels compute them), the vocabulary
+/// head and the AttMIM maps. Not counted: norms, activations, softmax,
+/// embeddings lookups, losses, the optimiser (all memory-bound, together a
+/// few per cent at most of the matrix work here).
+///
+/// A pass whose result reaches the loss costs 3× its forward (backward = 2×:
+/// gradients of inputs and of weights), with two exceptions, which are what
+/// autograd really runs: the patch convolutions cost 2× (pixels need no
+/// gradient) and the projection of the report tokens 1× (E_report feeds
+/// only the mask selection, detached). Passes without gradient — the prompt
+/// pass and the AttMIM maps — cost 1×.
+///
+/// Passes (METHOD.md; `crates/model/src/mmclip.rs`):
+/// - `image_full`: the ViT on all B images (1 + N tokens) and both
+///   projections (pooled and E_img);
+/// - `image_visible`: "input" mode's second ViT pass on the 1 + K visible
+///   tokens (K = N − round(λ2·N)); the patch convolution still runs on all
+///   N patches before the gather;
+/// - `report`: the text encoder on the P reports, projections;
+/// - `report_masked`: EntMLM's second text pass, no projection;
+/// - `prompts`: the prompt pass (no gradient) and its projection;
+/// - `att_mim_maps`: A_r, A_p, A_i (`softmax(E_img E_ctxᵀ)·E_ctx`, no
+///   gradient), for the strategy's maps; A_r over all B rows (the unpaired
+///   rows are zero-padded, as the model computes them);
+/// - `mim_decoder`: embedding of the 1 + K latent tokens, the decoder blocks
+///   on 1 + N tokens, the pixel head;
+/// - `text_decoder`: causal self-attention, cross-attention to E_img (keys
+///   and values from the N image tokens), MLP per layer on P × L, and the
+///   vocabulary head at the selected positions only;
+/// - `align`: the P × P similarity matrix.
+fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
+    let f = |x: i64| x as f64;
+    // One pre-LN transformer layer on `seqs` sequences of `t` tokens, width
+    // d, MLP width h: q, k, v, out (4·2·t·d²), scores and mixing (2·2·t²·d),
+    // MLP (2·2·t·d·h).
+    let layers = |n_layers: i64, seqs: i64, t: i64, d: i64, h: i64| {
+        f(n_layers) * f(seqs) * (8.0 * f(t) * f(d * d) + 4.0 * f(t * t) * f(d) + 4.0 * f(t) * f(d) * f(h))
+    };
+    let (v, t) = (&cfg.clip.vision, &cfg.clip.text);
+    let c = cfg.clip.projection_dim;
+    let (b, p, l) = (s.batch, s.paired, s.report_len);
+    let grid = v.image_size / v.patch_size;
+    let n = grid * grid;
+    let k = n - (cfg.att_mim.lambda2 * f(n)).round() as i64;
+    let patch_conv = 2.0 * f(b * n) * f(v.num_channels * v.patch_size * v.patch_size) * f(v.hidden_size);
+    let vit = |tokens: i64| layers(v.num_hidden_layers, b, tokens, v.hidden_size, v.intermediate_size);
+    let text = |seqs: i64, len: i64| layers(t.num_hidden_layers, seqs, len, t.hidden_size, t.intermediate_size);
+
+    let image_full = 2.0 * patch_conv + 3.0 * (vit(1 + n) + 2.0 * f(b * (1 + n)) * f(v.hidden_size * c));
+    let image_visible = match cfg.mim_mode {
+        MimMode::Input => 2.0 * patch_conv + 3.0 * vit(1 + k),
+        MimMode::Feature => 0.0,
+    };
+    let report = 3.0 * (text(p, l) + 2.0 * f(p * t.hidden_size * c)) + 2.0 * f(p * l) * f(t.hidden_size * c);
+    let report_masked = 3.0 * text(p, l);
+    let prompts = text(s.prompts, s.prompt_len) + 2.0 * f(s.prompts * (1 + s.prompt_len)) * f(t.hidden_size * c);
+
+    // A = softmax(E_img E_ctxᵀ)·E_ctx: 2·N·M·C twice per row.
+    let map = |ctx: i64| 4.0 * f(b * n) * f(ctx) * f(c);
+    let prompt_ctx = match cfg.prompt_features {
+        PromptFeatures::Pooled => s.prompts,
+        // Every real token of every prompt; the widths bound it from above.
+        PromptFeatures::Tokens => s.prompts * s.prompt_len,
+    };
+    use model::att_mim::MaskStrategy as S;
+    let att_mim_maps = match cfg.att_mim.strategy {
+        S::Random => 0.0,
+        S::ImageReport => map(l),
+        S::PromptDriven => map(prompt_ctx),
+        S::ImageSelf => map(n),
+        S::AttMim => map(l) + map(prompt_ctx) + map(n),
+    };
+
+    let md = cfg.mim_decoder_resolved();
+    let pixels_per_patch = md.patch_size * md.patch_size * md.num_channels;
+    let mim_decoder = 3.0
+        * (2.0 * f(b * (1 + k)) * f(md.in_dim * md.hidden_size)
+            + layers(md.num_layers, b, 1 + n, md.hidden_size, md.mlp_ratio * md.hidden_size)
+            + 2.0 * f(b * (1 + n)) * f(md.hidden_size * pixels_per_patch));
+
+    let td = cfg.text_decoder_resolved();
+    let dd = td.hidden_size;
+    let per_layer = layers(1, p, l, dd, td.intermediate_size) // self-attention and MLP
+        + 4.0 * f(p * l) * f(dd * dd) // cross-attention q, out
+        + 4.0 * f(p * n) * f(td.image_dim * dd) // cross-attention k, v from E_img
+        + 4.0 * f(p * l) * f(n) * f(dd); // cross-attention scores and mixing
+    let text_decoder = 3.0 * (f(td.num_layers) * per_layer + 2.0 * f(s.mlm_selected) * f(dd * td.vocab_size));
+    let align = 3.0 * 2.0 * f(p * p) * f(c);
+
+    vec![
+        ("image_full", image_full),
+        ("image_visible", image_visible),
+        ("report", report),
+        ("report_masked", report_masked),
+        ("prompts", prompts),
+        ("att_mim_maps", att_mim_maps),
+        ("mim_decoder", mim_decoder),
+        ("text_decoder", text_decoder),
+        ("align", align),
+    ]
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ViT-B/16 at 224 px: 17.6 G multiply-adds per image for the encoder,
+    /// the figure DeiT and timm quote as "17.6 GFLOPs" (they count a
+    /// multiply-add as one), so 35.1 GFLOPs forward here.
+    #[test]
+    fn vit_b16_forward_is_twice_the_quoted_multiply_adds() {
+        let cfg = MmclipConfig::default();
+        let shape = StepShape { batch: 1, paired: 0, report_len: 77, prompts: 0, prompt_len: 0, mlm_selected: 0 };
+        let full = step_flops(&cfg, &shape)[0].1;
+        // image_full = 2·conv + 3·(layers + projections); undo the multipliers.
+        let conv = 2.0 * 196.0 * 768.0 * 768.0;
+        let proj = 2.0 * 197.0 * 768.0 * 512.0;
+        let forward = (full - 2.0 * conv) / 3.0 - proj + conv;
+        assert!((forward / 2.0 / 1e9 - 17.56).abs() < 0.05, "{forward}");
+    }
+}
