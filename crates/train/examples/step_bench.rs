@@ -5,10 +5,17 @@
 //! ```text
 //! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
 //!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast]
-//!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT]
+//!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT] [--flops-only]
+//!            [--fit-extras]
 //! ```
 //!
-//! Prints one JSON line (and writes it to `--json`). `bench/train_step/run.sh`
+//! Prints one JSON line (and writes it to `--json`); `--flops-only` builds
+//! the model and batch, skips the steps and prints the FLOPs (and shapes).
+//! `--fit-extras` adds what `train`'s loop (`crates/train/src/fit.rs`) does
+//! around each step besides it: the losses read to the host between forward
+//! and backward, and the global gradient norm before the update
+//! (`Optimizer::grad_norm`, one host read per parameter tensor), to show
+//! what those synchronisations cost on a GPU. `bench/train_step/run.sh`
 //! runs it next to `bench/train_step/reference.py`, the same step in PyTorch
 //! eager; `bench/train_step/README.md` says how to carry it to a GPU machine.
 //!
@@ -77,6 +84,12 @@ struct Args {
     /// Also write the JSON line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only count the FLOPs of a step (no step runs; a GPU-sized batch fits a CPU).
+    #[arg(long)]
+    flops_only: bool,
+    /// Also read the losses and the gradient norm to the host each step, as fit.rs does.
+    #[arg(long)]
+    fit_extras: bool,
 }
 
 fn main() -> Result<()> {
@@ -111,6 +124,9 @@ fn main() -> Result<()> {
     let cfg = section.mmclip(section.preset_clip());
     let b = args.batch;
     let p = (b as f64 * args.paired_fraction).round() as i64;
+    if p < 1 {
+        bail!("the joint step needs at least one paired row: raise --batch or --paired-fraction");
+    }
     let l = cfg.clip.text.max_position_embeddings;
 
     let init = Instant::now();
@@ -119,32 +135,11 @@ fn main() -> Result<()> {
     let vs = nn::VarStore::new(device);
     let model = Mmclip::new(vs.root(), &cfg, token_rows(&prompt_lengths, l));
     let batch = synthetic_batch(&cfg, b, p, device);
-    let mut opt = Optimizer::new(&vs, &OptimConfig::default());
-    let lr = OptimConfig::default().lr;
     let params = model::count_parameters(&vs);
     sync(device);
     let init_s = init.elapsed().as_secs_f64();
 
     let autocast = args.autocast && device.is_cuda();
-    let mut times = Vec::with_capacity(args.steps as usize);
-    let mut last = None;
-    for i in 0..args.warmup + args.steps {
-        sync(device);
-        let start = Instant::now();
-        opt.zero_grad();
-        let (losses, trace) = tch::autocast(autocast, || {
-            model.step(&batch, Phase::Joint, step_seed(args.seed, i))
-        });
-        losses.total.backward();
-        opt.step(lr);
-        sync(device);
-        if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-        last = Some((losses, trace));
-    }
-    let (losses, trace) = last.expect("at least one step ran");
-
     let shape = StepShape {
         batch: b,
         paired: p,
@@ -154,19 +149,11 @@ fn main() -> Result<()> {
         // is what the prompt pass runs on); the reports need no such care: the
         // longest fills the context (see `synthetic_batch`).
         prompt_len: model.prompt_ids().size()[1],
-        mlm_selected: trace.mlm_selected.sum(Kind::Int64).int64_value(&[]),
+        mlm_selected: selected_tokens(&cfg, &batch),
     };
     let breakdown = step_flops(&cfg, &shape);
     let flops: f64 = breakdown.iter().map(|(_, f)| f).sum();
-    let total_s: f64 = times.iter().sum();
-    let mean_s = total_s / times.len() as f64;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let achieved = flops / mean_s / 1e12;
-    let value = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
-    let opt_value = |t: &Option<Tensor>| t.as_ref().map(value);
-    let loss_total = value(&losses.total);
-    let line = json!({
+    let mut line = json!({
         "impl": "rust-tch",
         "device": args.device,
         "preset": args.preset,
@@ -176,22 +163,101 @@ fn main() -> Result<()> {
         "prompts": shape.prompts,
         "prompt_len": shape.prompt_len,
         "mlm_selected": shape.mlm_selected,
-        "steps": args.steps,
-        "warmup": args.warmup,
         "autocast": autocast,
         "autocast_dtype": if autocast { Some("float16") } else { None },
         "threads": args.threads,
         "params": params,
+        "param_tensors": vs.trainable_variables().len(),
+        "fit_extras": args.fit_extras,
         "init_s": init_s,
-        "ms_per_step_mean": 1e3 * mean_s,
-        "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
-        "ms_per_step_min": 1e3 * sorted[0],
-        "images_per_s": (b as f64) * times.len() as f64 / total_s,
         "flops_per_step": flops,
         "flops_source": "analytic",
         "flops_breakdown": breakdown.iter().map(|(k, f)| (k.to_string(), json!(f))).collect::<serde_json::Map<_, _>>(),
-        "tflops_achieved": achieved,
         "peak_tflops": args.peak_tflops,
+    });
+    if !args.flops_only {
+        line.as_object_mut()
+            .expect("a JSON object")
+            .extend(time_steps(
+                &args, &model, &batch, &vs, autocast, device, flops,
+            )?);
+    }
+    println!("{line}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{line}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `warmup` untimed and `steps` timed training steps; the timing
+/// fields of the JSON line.
+fn time_steps(
+    args: &Args,
+    model: &Mmclip,
+    batch: &StepBatch,
+    vs: &nn::VarStore,
+    autocast: bool,
+    device: Device,
+    flops: f64,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut opt = Optimizer::new(vs, &OptimConfig::default());
+    let lr = OptimConfig::default().lr;
+    let mut times = Vec::with_capacity(args.steps as usize);
+    let mut last = None;
+    for i in 0..args.warmup + args.steps {
+        sync(device);
+        let start = Instant::now();
+        opt.zero_grad();
+        let (losses, trace) = tch::autocast(autocast, || {
+            model.step(batch, Phase::Joint, step_seed(args.seed, i))
+        });
+        if args.fit_extras {
+            // fit.rs: the finiteness check of the total, then StepSums::add.
+            let _ = losses.total.double_value(&[]);
+            let present = [
+                Some(&losses.total),
+                Some(&losses.mim),
+                losses.mlm.as_ref(),
+                losses.align.as_ref(),
+            ];
+            for t in present.into_iter().flatten() {
+                let _ = t.to_kind(Kind::Double).double_value(&[]);
+            }
+        }
+        losses.total.backward();
+        if args.fit_extras {
+            let _ = opt.grad_norm();
+        }
+        opt.step(lr);
+        sync(device);
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        last = Some((losses, trace));
+    }
+    let (losses, trace) = last.expect("at least one step ran");
+    let selected = trace.mlm_selected.sum(Kind::Int64).int64_value(&[]);
+    let expected = selected_tokens(model.config(), batch);
+    if selected != expected {
+        bail!("EntMLM selected {selected} tokens, the FLOP count assumed {expected}");
+    }
+    let total_s: f64 = times.iter().sum();
+    let mean_s = total_s / times.len() as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let achieved = flops / mean_s / 1e12;
+    let value = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+    let opt_value = |t: &Option<Tensor>| t.as_ref().map(value);
+    let loss_total = value(&losses.total);
+    let fields = json!({
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "ms_per_step_mean": 1e3 * mean_s,
+        "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
+        "ms_per_step_min": 1e3 * sorted[0],
+        "images_per_s": args.batch as f64 * times.len() as f64 / total_s,
+        "tflops_achieved": achieved,
         "mfu": args.peak_tflops.map(|peak| achieved / peak),
         // tch exposes no CUDA allocator statistics; run.sh samples nvidia-smi.
         "peak_gpu_mib": null,
@@ -202,12 +268,26 @@ fn main() -> Result<()> {
         "loss_align": opt_value(&losses.align),
         "losses_finite": loss_total.is_finite(),
     });
-    println!("{line}");
-    if let Some(path) = &args.json {
-        std::fs::write(path, format!("{line}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    let serde_json::Value::Object(fields) = fields else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok(fields)
+}
+
+/// How many report tokens EntMLM selects in `batch` (it takes exactly
+/// ⌈λ3·n⌉ of a row's n eligible tokens, whatever the noise): the rows of
+/// the vocabulary head. Eligible: entity tokens t with 1 ≤ t ≤ end-of-text.
+fn selected_tokens(cfg: &MmclipConfig, batch: &StepBatch) -> i64 {
+    let ids = batch.input_ids.to_device(Device::Cpu);
+    let (p, l) = ids.size2().expect("input_ids are [P, L]");
+    let eot = ids.argmax(-1, false).unsqueeze(1); // the largest id
+    let pos = Tensor::arange(l, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let predictable = pos.le_tensor(&eot).logical_and(&pos.ge(1));
+    let noise = model::att_mim::mask_noise(p, l, 0, Device::Cpu);
+    let entity = batch.entity.to_device(Device::Cpu);
+    model::ent_mlm::select_tokens(&predictable, &entity, &noise, cfg.mlm)
+        .sum(Kind::Int64)
+        .int64_value(&[])
 }
 
 /// Waits for the device's queued work, so the clock reads finished steps.
@@ -248,7 +328,9 @@ fn synthetic_batch(cfg: &MmclipConfig, b: i64, p: i64, device: Device) -> StepBa
     let entity: Vec<bool> = lengths
         .iter()
         .enumerate()
-        .flat_map(|(r, &n)| (0..l).map(move |t| t >= 1 && t < n - 1 && (7 * t + 3 * r as i64) % 10 < 3))
+        .flat_map(|(r, &n)| {
+            (0..l).map(move |t| t >= 1 && t < n - 1 && (7 * t + 3 * r as i64) % 10 < 3)
+        })
         .collect();
     StepBatch {
         pixels: Tensor::randn([b, 3, side, side], (Kind::Float, device)),
@@ -315,7 +397,9 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
     // d, MLP width h: q, k, v, out (4·2·t·d²), scores and mixing (2·2·t²·d),
     // MLP (2·2·t·d·h).
     let layers = |n_layers: i64, seqs: i64, t: i64, d: i64, h: i64| {
-        f(n_layers) * f(seqs) * (8.0 * f(t) * f(d * d) + 4.0 * f(t * t) * f(d) + 4.0 * f(t) * f(d) * f(h))
+        f(n_layers)
+            * f(seqs)
+            * (8.0 * f(t) * f(d * d) + 4.0 * f(t * t) * f(d) + 4.0 * f(t) * f(d) * f(h))
     };
     let (v, t) = (&cfg.clip.vision, &cfg.clip.text);
     let c = cfg.clip.projection_dim;
@@ -323,18 +407,38 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
     let grid = v.image_size / v.patch_size;
     let n = grid * grid;
     let k = n - (cfg.att_mim.lambda2 * f(n)).round() as i64;
-    let patch_conv = 2.0 * f(b * n) * f(v.num_channels * v.patch_size * v.patch_size) * f(v.hidden_size);
-    let vit = |tokens: i64| layers(v.num_hidden_layers, b, tokens, v.hidden_size, v.intermediate_size);
-    let text = |seqs: i64, len: i64| layers(t.num_hidden_layers, seqs, len, t.hidden_size, t.intermediate_size);
+    let patch_conv =
+        2.0 * f(b * n) * f(v.num_channels * v.patch_size * v.patch_size) * f(v.hidden_size);
+    let vit = |tokens: i64| {
+        layers(
+            v.num_hidden_layers,
+            b,
+            tokens,
+            v.hidden_size,
+            v.intermediate_size,
+        )
+    };
+    let text = |seqs: i64, len: i64| {
+        layers(
+            t.num_hidden_layers,
+            seqs,
+            len,
+            t.hidden_size,
+            t.intermediate_size,
+        )
+    };
 
-    let image_full = 2.0 * patch_conv + 3.0 * (vit(1 + n) + 2.0 * f(b * (1 + n)) * f(v.hidden_size * c));
+    let image_full =
+        2.0 * patch_conv + 3.0 * (vit(1 + n) + 2.0 * f(b * (1 + n)) * f(v.hidden_size * c));
     let image_visible = match cfg.mim_mode {
         MimMode::Input => 2.0 * patch_conv + 3.0 * vit(1 + k),
         MimMode::Feature => 0.0,
     };
-    let report = 3.0 * (text(p, l) + 2.0 * f(p * t.hidden_size * c)) + 2.0 * f(p * l) * f(t.hidden_size * c);
+    let report =
+        3.0 * (text(p, l) + 2.0 * f(p * t.hidden_size * c)) + 2.0 * f(p * l) * f(t.hidden_size * c);
     let report_masked = 3.0 * text(p, l);
-    let prompts = text(s.prompts, s.prompt_len) + 2.0 * f(s.prompts * (1 + s.prompt_len)) * f(t.hidden_size * c);
+    let prompts = text(s.prompts, s.prompt_len)
+        + 2.0 * f(s.prompts * (1 + s.prompt_len)) * f(t.hidden_size * c);
 
     // A = softmax(E_img E_ctxᵀ)·E_ctx: 2·N·M·C twice per row.
     let map = |ctx: i64| 4.0 * f(b * n) * f(ctx) * f(c);
@@ -356,7 +460,13 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
     let pixels_per_patch = md.patch_size * md.patch_size * md.num_channels;
     let mim_decoder = 3.0
         * (2.0 * f(b * (1 + k)) * f(md.in_dim * md.hidden_size)
-            + layers(md.num_layers, b, 1 + n, md.hidden_size, md.mlp_ratio * md.hidden_size)
+            + layers(
+                md.num_layers,
+                b,
+                1 + n,
+                md.hidden_size,
+                md.mlp_ratio * md.hidden_size,
+            )
             + 2.0 * f(b * (1 + n)) * f(md.hidden_size * pixels_per_patch));
 
     let td = cfg.text_decoder_resolved();
@@ -365,7 +475,8 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
         + 4.0 * f(p * l) * f(dd * dd) // cross-attention q, out
         + 4.0 * f(p * n) * f(td.image_dim * dd) // cross-attention k, v from E_img
         + 4.0 * f(p * l) * f(n) * f(dd); // cross-attention scores and mixing
-    let text_decoder = 3.0 * (f(td.num_layers) * per_layer + 2.0 * f(s.mlm_selected) * f(dd * td.vocab_size));
+    let text_decoder =
+        3.0 * (f(td.num_layers) * per_layer + 2.0 * f(s.mlm_selected) * f(dd * td.vocab_size));
     let align = 3.0 * 2.0 * f(p * p) * f(c);
 
     vec![
@@ -399,7 +510,14 @@ mod tests {
     #[test]
     fn vit_b16_forward_is_twice_the_quoted_multiply_adds() {
         let cfg = MmclipConfig::default();
-        let shape = StepShape { batch: 1, paired: 0, report_len: 77, prompts: 0, prompt_len: 0, mlm_selected: 0 };
+        let shape = StepShape {
+            batch: 1,
+            paired: 0,
+            report_len: 77,
+            prompts: 0,
+            prompt_len: 0,
+            mlm_selected: 0,
+        };
         let full = step_flops(&cfg, &shape)[0].1;
         // image_full = 2·conv + 3·(layers + projections); undo the multipliers.
         let conv = 2.0 * 196.0 * 768.0 * 768.0;

@@ -210,8 +210,10 @@ pub struct RunConfig {
     pub max_nonfinite_in_a_row: u64,
     /// The loader's training augmentation.
     pub augment: pipeline::AugmentConfig,
-    /// Mixed precision (autocast) on CUDA. `tch` 0.24 exposes autocast
-    /// with libtorch's default CUDA dtype only (float16), not bfloat16.
+    /// Mixed precision (autocast) on CUDA; off by default. `tch` 0.24
+    /// exposes autocast with libtorch's default CUDA type only, float16,
+    /// not bfloat16, and this trainer has no loss scaling, so float16
+    /// gradients can underflow: opt in knowingly.
     pub autocast: bool,
 }
 
@@ -230,7 +232,7 @@ impl Default for RunConfig {
             keep_last: 3,
             max_nonfinite_in_a_row: 20,
             augment: pipeline::AugmentConfig::default(),
-            autocast: true,
+            autocast: false,
         }
     }
 }

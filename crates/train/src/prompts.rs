@@ -4,24 +4,28 @@
 
 use schemas::CHEXPERT_CLASSES;
 
-/// The 14 CheXpert findings as radiology phrases (CHEXPERT_CLASSES order),
-/// what the prompts and zero-shot templates fill in.
+/// The 14 CheXpert findings as the phrases radiology reports use for them
+/// (CHEXPERT_CLASSES order), what the prompts and zero-shot templates fill
+/// in. "No Finding" is phrased as what it denies: see [`Templates::pair_for`].
 pub const CLASS_PHRASES: [&str; 14] = [
     "atelectasis",
     "cardiomegaly",
-    "consolidation",
+    "focal consolidation",
     "pulmonary edema",
-    "enlarged cardiomediastinum",
+    "widened mediastinum",
     "rib fracture",
-    "lung lesion",
-    "lung opacity",
-    "normal chest x-ray",
+    "pulmonary nodule",
+    "airspace opacity",
+    "acute cardiopulmonary process",
     "pleural effusion",
     "pleural thickening",
     "pneumonia",
     "pneumothorax",
-    "support devices",
+    "tubes and lines",
 ];
+
+/// The class whose positive is the absence of its phrase.
+const NO_FINDING: &str = "No Finding";
 
 /// AttMIM's prompt-driven attention map: one prompt per CheXpert class
 /// (METHOD.md: "the 14 CheXpert disease/device prompts").
@@ -57,6 +61,16 @@ impl Templates {
             self.positive.replace("{}", phrase),
             self.negative.replace("{}", phrase),
         )
+    }
+}
+
+impl Templates {
+    /// The (positive, negative) texts for a CheXpert class: the pair of its
+    /// phrase, swapped for "No Finding" (positive: "no acute
+    /// cardiopulmonary process").
+    pub fn pair_for(&self, class: &str) -> Option<(String, String)> {
+        let (pos, neg) = self.pair(phrase_of(class)?);
+        Some(if class == NO_FINDING { (neg, pos) } else { (pos, neg) })
     }
 }
 

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
 use crate::encode::{Embedded, embed_split, embed_texts};
-use crate::prompts::{Templates, phrase_of};
+use crate::prompts::Templates;
 use crate::session::Session;
 
 /// What to evaluate and how.
@@ -81,8 +81,7 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
         let test = embed_split(&session, &shards, &opts.test_split, opts.threads)?;
         let mut scores = Scores::new();
         for c in &indices {
-            let phrase = phrase_of(CHEXPERT_CLASSES[*c].0).expect("a CheXpert class");
-            let (pos, neg) = opts.templates.pair(phrase);
+            let (pos, neg) = opts.templates.pair_for(CHEXPERT_CLASSES[*c].0).expect("a CheXpert class");
             let text = embed_texts(&session, &[pos, neg])?;
             let scale = session
                 .model

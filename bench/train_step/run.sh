@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# The full MMCLIP training step (joint phase, SGD momentum), ours
+# (crates/train/examples/step_bench.rs, tch) against PyTorch eager
+# (reference.py), in one run; writes bench/train_step/last-run.md.
+#
+# Usage: bash bench/train_step/run.sh [STEP_BENCH_BINARY]
+#   The binary defaults to target/release/examples/step_bench; where cargo is
+#   present and it is missing, it is built. The GPU machine has no Rust
+#   toolchain: carry the binary built here (README.md). It finds libtorch
+#   through LD_LIBRARY_PATH, set below to the torch of $PYTHON.
+# Env (defaults for the GPU machine):
+#   DEVICE           cuda | cpu (cuda)
+#   PRESET           vit-b16 | small | tiny (vit-b16)
+#   BATCH STEPS WARMUP PAIRED_FRACTION   (64, 20, 3, 0.75)
+#   PRECISIONS       runs to make, from: fp32 (no autocast), fp16 (autocast
+#                    float16: the only dtype tch 0.24's autocast gives), bf16
+#                    (autocast bfloat16: PyTorch only, tch cannot choose it).
+#                    Default "fp32 fp16 bf16" on cuda, "fp32" on cpu.
+#   FIT_EXTRAS       precisions at which ours runs once more with --fit-extras
+#                    (fit.rs's per-step host reads: losses, gradient norm).
+#                    Default "fp16" on cuda, none on cpu.
+#   PEAK_TFLOPS      for the MFU (989 on cuda: H100 SXM dense bf16/fp16;
+#                    none on cpu)
+#   ATTN             the reference's attention, sdpa | eager (sdpa)
+#   THREADS          intra-op threads of both sides (cuda default: the
+#                    libraries'; cpu default 1: on a shared machine
+#                    OpenMP's waiting threads made 2-thread figures swing
+#                    from 0.08 to 4 s per tiny step)
+#   PYTHON           python with torch + transformers (.venv/bin/python if
+#                    present, else python3)
+#   COPY_TO          also copy last-run.md and the JSON lines there
+#                    (e.g. the device tool's $OUT)
+# CPU check: DEVICE=cpu PRESET=tiny BATCH=8 STEPS=2 bash bench/train_step/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DEFAULT_BIN=target/release/examples/step_bench
+BIN=${1:-$DEFAULT_BIN}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-vit-b16}
+BATCH=${BATCH:-64}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+PAIRED_FRACTION=${PAIRED_FRACTION:-0.75}
+ATTN=${ATTN:-sdpa}
+if [ "$DEVICE" = cuda ]; then
+  PRECISIONS=${PRECISIONS:-"fp32 fp16 bf16"}
+  PEAK_TFLOPS=${PEAK_TFLOPS:-989}
+  FIT_EXTRAS=${FIT_EXTRAS-fp16}
+else
+  PRECISIONS=${PRECISIONS:-fp32}
+  PEAK_TFLOPS=${PEAK_TFLOPS:-}
+  THREADS=${THREADS:-1}
+  FIT_EXTRAS=${FIT_EXTRAS:-}
+fi
+OUT_MD=bench/train_step/last-run.md
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+fail() { echo "run.sh: FAILED: $*" >&2; exit 1; }
+
+"$PYTHON" -c 'import torch, transformers, safetensors, numpy' ||
+  fail "$PYTHON lacks torch, transformers, safetensors or numpy (reference.py needs them)"
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+if [ ! -x "$BIN" ]; then
+  if [ "$BIN" = "$DEFAULT_BIN" ] && command -v cargo >/dev/null; then
+    # shellcheck source=/dev/null
+    source scripts/env.sh
+    cargo build --release -q -p train --example step_bench
+  else
+    fail "$BIN not found: build it with 'cargo build --release -p train --example step_bench' and carry it (bench/train_step/README.md)"
+  fi
+fi
+if missing=$(ldd "$BIN" 2>&1 | grep 'not found'); then
+  fail "$BIN cannot find shared libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):
+$missing"
+fi
+
+WORK=$(mktemp -d)
+SAMPLER=
+stop_sampler() {
+  if [ -n "$SAMPLER" ]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    SAMPLER=
+  fi
+}
+trap 'stop_sampler; rm -rf "$WORK"' EXIT
+# Peak GPU memory as the driver sees it (context + caching allocator), for
+# both sides alike: tch exposes no allocator statistics.
+start_sampler() {
+  if [ "$DEVICE" = cuda ] && command -v nvidia-smi >/dev/null; then
+    nvidia-smi -i 0 --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$1" 2>/dev/null &
+    SAMPLER=$!
+  fi
+}
+
+if [ "$DEVICE" = cuda ]; then
+  echo "== smoke: $BIN --device cuda --preset tiny --batch 4 --steps 1 --warmup 0" >&2
+  "$BIN" --device cuda --preset tiny --batch 4 --steps 1 --warmup 0 >"$WORK/smoke.json" ||
+    fail "the Rust binary could not run a training step on CUDA (its message is above)"
+  "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' ||
+    fail "$PYTHON's torch sees no CUDA device"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi -i 0 --query-gpu=memory.used --format=csv,noheader,nounits >"$WORK/idle.txt" || true
+  fi
+fi
+
+common=(--device "$DEVICE" --preset "$PRESET" --batch "$BATCH" --paired-fraction "$PAIRED_FRACTION"
+        --steps "$STEPS" --warmup "$WARMUP")
+[ -n "${THREADS:-}" ] && common+=(--threads "$THREADS")
+[ -n "$PEAK_TFLOPS" ] && common+=(--peak-tflops "$PEAK_TFLOPS")
+# FlopCounterMode has no formula for the CPU's fused attention kernel: count
+# on CUDA, or on the CPU with the spelled-out attention.
+count=(--count-flops)
+[ "$DEVICE" = cpu ] && [ "$ATTN" != eager ] && count=()
+
+# The model FLOPs of a step (both sides' MFU), counted on the CPU, before
+# any run can fail.
+FLOPS=$("$BIN" --device cpu --preset "$PRESET" --batch "$BATCH" --paired-fraction "$PAIRED_FRACTION" --flops-only |
+  "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["flops_per_step"])') ||
+  fail "$BIN --flops-only failed"
+
+# One measurement: NAME (side-precision) and its command. A failed run is
+# recorded and the others still run: a GPU session gets one try.
+measure() {
+  local name=$1
+  shift
+  echo "== $name: $*" >&2
+  start_sampler "$WORK/smi-$name.txt"
+  local status=0
+  "$@" --json "$WORK/$name.json" >&2 2>"$WORK/log-$name.txt" || status=$?
+  stop_sampler
+  cat "$WORK/log-$name.txt" >&2
+  if [ "$status" != 0 ]; then
+    rm -f "$WORK/$name.json"
+    echo "$name: exit status $status: $(grep -v '^ *$' "$WORK/log-$name.txt" | tail -1)" >>"$WORK/failures.txt"
+  fi
+}
+
+for prec in $PRECISIONS; do
+  case $prec in
+    fp32) ours=1; rust=(); ref=() ;;
+    fp16) ours=1; rust=(--autocast); ref=(--autocast --autocast-dtype float16) ;;
+    bf16) ours=0; rust=(); ref=(--autocast --autocast-dtype bfloat16) ;;
+    *) fail "PRECISIONS: unknown '$prec' (fp32, fp16, bf16)" ;;
+  esac
+  if [ "$ours" = 1 ]; then
+    measure "rust-$prec" "$BIN" "${common[@]}" "${rust[@]}"
+    if [[ " $FIT_EXTRAS " == *" $prec "* ]]; then
+      measure "rust-${prec}_fit" "$BIN" "${common[@]}" "${rust[@]}" --fit-extras
+    fi
+  fi
+  measure "pytorch-$prec" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" --attn "$ATTN" \
+    --flops-per-step "$FLOPS" "${count[@]}"
+  # One count is enough: the FLOPs do not depend on the precision.
+  [ -f "$WORK/pytorch-$prec.json" ] && count=()
+done
+
+if [ "$DEVICE" = cuda ] && command -v nvidia-smi >/dev/null; then
+  DEVICE_NAME=$(nvidia-smi -L | head -1)
+else
+  DEVICE_NAME="cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), nproc $(nproc)"
+fi
+COMMAND="DEVICE=$DEVICE PRESET=$PRESET BATCH=$BATCH STEPS=$STEPS WARMUP=$WARMUP PRECISIONS=\"$PRECISIONS\"${THREADS:+ THREADS=$THREADS} bash bench/train_step/run.sh $BIN"
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+"$PYTHON" - "$WORK" "$DEVICE_NAME" "$COMMAND" "$COMMIT" "$(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT_MD" <<'PY'
+import datetime, glob, json, os, sys
+work, device_name, command, commit, load = sys.argv[1:]
+runs = {}
+for path in sorted(glob.glob(f"{work}/*-*.json"), key=lambda p: "pytorch" in p):
+    side, prec = os.path.basename(path)[:-5].split("-", 1)
+    runs[(side, prec)] = json.load(open(path))
+
+def smi_peak(side, prec):
+    try:
+        used = [int(x) for x in open(f"{work}/smi-{side}-{prec}.txt").read().split() if x.isdigit()]
+        idle = int(open(f"{work}/idle.txt").read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(used) - idle if used else None
+
+fmt = lambda x, spec: "" if x is None else format(x, spec)
+any_run = next(iter(runs.values()), None)
+print(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{command}`, "
+      f"commit {commit} (plus the working tree); device {device_name}; "
+      f"torch {next((r['torch'] for r in runs.values() if 'torch' in r), '?')}; "
+      f"load average at the end {load}.\n")
+if any_run is None:
+    print("**No run finished.**")
+    any_run = {"preset": "?", "batch": "?", "paired": "?", "steps": "?", "warmup": "?"}
+print(f"Preset {any_run['preset']}, batch {any_run['batch']} ({any_run['paired']} paired), "
+      f"{any_run['steps']} timed steps after {any_run['warmup']} untimed; each step = zero_grad, forward "
+      f"(joint phase), backward, SGD momentum 0.9; CUDA synchronised before each clock read.\n")
+print("| run | precision | images/s | ms/step mean / median / min | TFLOP/s | MFU | peak GPU MiB (nvidia-smi − idle) | torch max allocated MiB | ours ÷ PyTorch (images/s) |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
+for prec in ("fp32", "fp16", "bf16"):
+    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("pytorch", prec)):
+        r = runs.get((side, key))
+        if not r:
+            continue
+        label = names[side] + (f" ({r['attn']} attention)" if side == "pytorch" else "")
+        if key.endswith("_fit"):
+            label += ", plus fit.rs's host reads (losses, gradient norm)"
+        dtype = r.get("autocast_dtype") or "float32"
+        ratio = ""
+        if side == "pytorch":
+            ours = runs.get(("rust", prec)) or (runs.get(("rust", "fp16")) if prec == "bf16" else None)
+            if ours:
+                ratio = f"{ours['images_per_s'] / r['images_per_s']:.2f}×" + ("" if ("rust", prec) in runs else " (ours in float16)")
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else ""
+        print(f"| {label} | {dtype} | {r['images_per_s']:.1f} | {r['ms_per_step_mean']:.1f} / {r['ms_per_step_median']:.1f} / {r['ms_per_step_min']:.1f} "
+              f"| {fmt(r['tflops_achieved'], '.3g')} | {mfu} "
+              f"| {fmt(smi_peak(side, key), 'd')} | {fmt(r.get('peak_gpu_mib'), '.0f')} | {ratio} |")
+
+rust = next((r for (s, _), r in runs.items() if s == "rust"), None)
+counted = next((r["flops_counted"] for (s, _), r in runs.items() if s == "pytorch" and r.get("flops_counted")), None)
+if rust:
+    f = rust["flops_per_step"]
+    print(f"\nModel FLOPs per step (ours, analytic, `step_flops` in step_bench.rs): **{f / 1e12:.4g} TFLOP** "
+          f"({f / rust['batch'] / 1e9:.4g} GFLOP per image)"
+          + (f"; MFU = these ÷ time ÷ {rust['peak_tflops']} TFLOP/s peak." if rust["peak_tflops"] else "."))
+    if counted:
+        print(f"Counted in the reference by `torch.utils.flop_counter` (matrix ops autograd ran): {counted / 1e12:.3f} TFLOP "
+              f"(analytic ÷ counted = {f / counted:.4f}).")
+    print("\n| pass | GFLOP per step | share |\n| --- | ---: | ---: |")
+    for k, v in sorted(rust["flops_breakdown"].items(), key=lambda kv: -kv[1]):
+        print(f"| {k} | {v / 1e9:,.2f} | {100 * v / f:.1f}% |")
+params = {s: r["params"] for (s, _), r in runs.items()}
+sel = {s: r["mlm_selected"] for (s, _), r in runs.items()}
+plen = {s: r["prompt_len"] for (s, _), r in runs.items()}
+print(f"\nTrainable parameters: {params}; EntMLM-selected tokens per step: {sel}; prompt pass width: {plen}.")
+print("Last-step losses: " + "; ".join(
+    f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {r['loss_mim']:.4f}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
+    for (s, p), r in runs.items()) + ".")
+failures = os.path.join(work, "failures.txt")
+if os.path.exists(failures):
+    print("\n**Failed runs** (their output is in the run's log):\n")
+    for line in open(failures):
+        print(f"- {line.strip()}")
+print("\nJSON lines:\n\n```")
+for (s, p), r in runs.items():
+    print(json.dumps(r))
+print("```")
+PY
+cat "$OUT_MD"
+if [ -n "${COPY_TO:-}" ]; then
+  # Three files (the device tool brings back at most eight).
+  cp "$OUT_MD" "$COPY_TO"/
+  cat "$WORK"/*-*.json >"$COPY_TO/train_step_runs.jsonl" 2>/dev/null || true
+  for f in "$WORK"/log-*.txt; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done >"$COPY_TO/train_step_logs.txt"
+fi
+
+# Both sides must have built the same model and finished with finite losses.
+"$PYTHON" - "$WORK" <<'PY' || fail "a run failed or the two sides disagree (see above)"
+import glob, json, math, sys
+runs = [json.load(open(p)) for p in glob.glob(f"{sys.argv[1]}/*-*.json")]
+bad = [f"{r['impl']} {r.get('autocast_dtype') or 'float32'}: non-finite loss" for r in runs if not r["losses_finite"]]
+try:
+    bad += [f"failed: {line.strip()}" for line in open(f"{sys.argv[1]}/failures.txt")]
+except OSError:
+    pass
+for key in ("params", "mlm_selected", "report_len", "paired"):
+    if len({r[key] for r in runs}) > 1:
+        bad.append(f"{key} differs: " + ", ".join(f"{r['impl']} {r[key]}" for r in runs))
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+    sys.exit(1)
+PY

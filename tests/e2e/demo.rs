@@ -1,0 +1,35 @@
+//! The README's main command, `scripts/demo.sh`, run end to end on the
+//! debug binaries: the small model pre-trained on the synthetic world must
+//! learn, i.e. its zero-shot mean AUC on the test split must be clearly
+//! above chance.
+
+use std::process::Command;
+
+use crate::util::{bin, workspace};
+
+/// The demo's zero-shot mean AUC must reach this (chance is 0.5).
+const MIN_MEAN_AUC: f64 = 0.6;
+
+#[test]
+fn the_demo_learns_above_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let bin_dir = bin("train").parent().unwrap().to_path_buf();
+    let run = Command::new("bash")
+        .arg(workspace().join("scripts/demo.sh"))
+        .arg(&out)
+        .env("BIN", &bin_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running scripts/demo.sh");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval/zero_shot.json")).unwrap()).unwrap();
+    let auc = report["mean_auc"]["value"].as_f64().expect("a mean AUC");
+    let classes = report["mean_auc"]["classes"].as_u64().unwrap();
+    assert!(classes >= 8, "only {classes} classes could be scored:\n{stdout}");
+    assert!(auc >= MIN_MEAN_AUC, "zero-shot mean AUC {auc:.3} is below {MIN_MEAN_AUC}:\n{stdout}");
+    // The summary the demo ends with names the figure.
+    assert!(stdout.contains("zero-shot mean AUC"), "{stdout}");
+}
