@@ -27,6 +27,8 @@ fn the_demo_learns_above_chance() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/zero_shot.json")).unwrap()).unwrap();
     let auc = report["mean_auc"]["value"].as_f64().expect("a mean AUC");
+    // The figure, for the test log.
+    eprintln!("{}", stdout.lines().skip_while(|l| !l.contains("zero-shot mean AUC")).collect::<Vec<_>>().join("\n"));
     let classes = report["mean_auc"]["classes"].as_u64().unwrap();
     assert!(classes >= 8, "only {classes} classes could be scored:\n{stdout}");
     assert!(auc >= MIN_MEAN_AUC, "zero-shot mean AUC {auc:.3} is below {MIN_MEAN_AUC}:\n{stdout}");
