@@ -406,7 +406,12 @@ impl Mmclip {
         let used = if p == 0 {
             l
         } else {
-            self.clip.text_model().eot_positions(&batch.input_ids).max().int64_value(&[]) + 1
+            self.clip
+                .text_model()
+                .eot_positions(&batch.input_ids)
+                .max()
+                .int64_value(&[])
+                + 1
         };
         StepBatch {
             pixels: batch.pixels.shallow_clone(),
@@ -430,7 +435,10 @@ impl Mmclip {
         let (p, l) = ids.size2().expect("input_ids must be [P, L]");
         let device = ids.device();
         let pad = |sel: Tensor| {
-            Tensor::cat(&[sel, Tensor::zeros([p, full_len - l], (Kind::Bool, device))], 1)
+            Tensor::cat(
+                &[sel, Tensor::zeros([p, full_len - l], (Kind::Bool, device))],
+                1,
+            )
         };
         if p == 0 {
             return (None, Tensor::zeros([0, full_len], (Kind::Bool, device)));

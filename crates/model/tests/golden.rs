@@ -8,9 +8,10 @@
 //! computes the outputs. Everything must agree in float32 within 1e-5,
 //! relative to the largest reference magnitude.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use model::att_mim::{mask_noise, select_mask};
 use model::ent_mlm::{TextDecoder, TextDecoderConfig};
@@ -21,36 +22,6 @@ use model::{Clip, ClipConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 const TOLERANCE: f64 = 1e-5;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Runs `python/model_ref/{script}` on `dir`, or fails saying what is missing.
-fn run_reference(script: &str, dir: &Path) {
-    let root = workspace_root();
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} not found: the golden test needs the project venv with torch and transformers (run scripts/setup.sh)",
-        python.display()
-    );
-    let out = Command::new(&python)
-        .arg(root.join("python/model_ref").join(script))
-        .arg(dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("running the venv's python");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("ModuleNotFoundError"),
-        "the venv lacks a module {script} needs (transformers, safetensors, torch: run scripts/setup.sh):\n{stderr}"
-    );
-    assert!(out.status.success(), "{script} failed:\n{stderr}");
-}
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path)
@@ -68,7 +39,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 
 fn check_weights(weights: &str) {
     let dir = tempfile::tempdir().unwrap();
-    run_reference("make_golden.py", dir.path());
+    common::run_reference("make_golden.py", dir.path(), &[]);
     let g = read(&dir.path().join("golden.safetensors"));
     let vs = nn::VarStore::new(Device::Cpu);
     let clip = Clip::new(vs.root(), &ClipConfig::tiny());
@@ -165,7 +136,7 @@ fn decoders_and_losses_match_the_pytorch_reference() {
         ("txt_layers", int(tcfg.num_layers)),
     ];
     Tensor::write_safetensors(&inputs, dir.path().join("inputs.safetensors")).unwrap();
-    run_reference("decoders_ref.py", dir.path());
+    common::run_reference("decoders_ref.py", dir.path(), &[]);
     let r = read(&dir.path().join("outputs.safetensors"));
 
     let pred = mim.forward(&latent, &sel.ids_restore);

@@ -9,9 +9,10 @@
 //! each loss within 1e-4 and each parameter group's gradient norm within
 //! 1e-3 (relative), in the joint and the warm-up phase.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use model::att_mim::mask_noise;
 use model::mmclip::{MimMode, PromptFeatures, mlm_noise_seed};
@@ -45,38 +46,9 @@ fn group(name: &str) -> &'static str {
 
 const GROUPS: [&str; 5] = ["vision", "text", "projection", "mim_decoder", "mlm"];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Runs `mmclip_ref.py` on `dir` for `phase`, or fails saying what is missing.
+/// Runs `mmclip_ref.py` on `dir` for `phase` and reads its outputs.
 fn run_reference(dir: &Path, phase: &str) -> HashMap<String, Tensor> {
-    let root = workspace_root();
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} not found: the parity test needs the project venv with torch and transformers (run scripts/setup.sh)",
-        python.display()
-    );
-    let out = Command::new(&python)
-        .arg(root.join("python/model_ref/mmclip_ref.py"))
-        .arg(dir)
-        .args(["--phase", phase])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("running the venv's python");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("ModuleNotFoundError"),
-        "the venv lacks a module mmclip_ref.py needs (torch, transformers, safetensors, numpy: run scripts/setup.sh):\n{stderr}"
-    );
-    assert!(
-        out.status.success(),
-        "mmclip_ref.py --phase {phase} failed:\n{stderr}"
-    );
+    common::run_reference("mmclip_ref.py", dir, &["--phase", phase]);
     Tensor::read_safetensors(dir.join("outputs.safetensors"))
         .unwrap()
         .into_iter()

@@ -314,7 +314,11 @@ mod learning {
         let pixels = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
         let ids = Tensor::randint_low(1, 98, [8, 16], (Kind::Int64, Device::Cpu));
         let _ = ids.narrow(1, 15, 1).fill_(99);
-        let cfg = OptimConfig { kind: OptimKind::Adamw, lr: 1e-3, ..Default::default() };
+        let cfg = OptimConfig {
+            kind: OptimKind::Adamw,
+            lr: 1e-3,
+            ..Default::default()
+        };
         let mut opt = Optimizer::new(&vs, &cfg);
         let mut last = f64::NAN;
         for _ in 0..60 {
@@ -325,6 +329,10 @@ mod learning {
             loss.backward();
             opt.step(cfg.lr);
         }
-        assert!(last < 0.5, "contrastive loss stuck at {last} (chance {})", 8f64.ln());
+        assert!(
+            last < 0.5,
+            "contrastive loss stuck at {last} (chance {})",
+            8f64.ln()
+        );
     }
 }

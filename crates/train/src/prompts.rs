@@ -70,7 +70,11 @@ impl Templates {
     /// cardiopulmonary process").
     pub fn pair_for(&self, class: &str) -> Option<(String, String)> {
         let (pos, neg) = self.pair(phrase_of(class)?);
-        Some(if class == NO_FINDING { (neg, pos) } else { (pos, neg) })
+        Some(if class == NO_FINDING {
+            (neg, pos)
+        } else {
+            (pos, neg)
+        })
     }
 }
 

@@ -79,17 +79,20 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
         let session = Session::from_checkpoint(path, opts.device)?;
         let val = embed_split(&session, &shards, &opts.val_split, opts.threads)?;
         let test = embed_split(&session, &shards, &opts.test_split, opts.threads)?;
+        let scale = session
+            .model
+            .clip
+            .logit_scale()
+            .exp()
+            .to_device(Device::Cpu)
+            .detach();
         let mut scores = Scores::new();
         for c in &indices {
-            let (pos, neg) = opts.templates.pair_for(CHEXPERT_CLASSES[*c].0).expect("a CheXpert class");
+            let (pos, neg) = opts
+                .templates
+                .pair_for(CHEXPERT_CLASSES[*c].0)
+                .expect("a CheXpert class");
             let text = embed_texts(&session, &[pos, neg])?;
-            let scale = session
-                .model
-                .clip
-                .logit_scale()
-                .exp()
-                .to_device(Device::Cpu)
-                .detach();
             scores.push((
                 pair_probability(&val.images, &text, &scale),
                 pair_probability(&test.images, &text, &scale),

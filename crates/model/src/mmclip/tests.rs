@@ -218,6 +218,9 @@ fn padding_columns_change_neither_the_selection_nor_the_losses() {
     assert!(ta.mask.mask.equal(&tb.mask.mask));
     assert!(ta.mlm_selected.equal(&tb.mlm_selected.narrow(1, 0, 13)));
     for (x, y) in [(&a.total, &b.total), (&a.mim, &b.mim)] {
-        assert!((value(x) - value(y)).abs() < 1e-5 * value(x).abs(), "{x} vs {y}");
+        assert!(
+            (value(x) - value(y)).abs() < 1e-5 * value(x).abs(),
+            "{x} vs {y}"
+        );
     }
 }
