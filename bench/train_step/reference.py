@@ -32,9 +32,8 @@ Same sizes as the Rust presets (``crates/train/src/config.rs``), same batch:
 random pixels, P = round(B·fraction) reports of 77 − (37·r mod 58) tokens,
 entity flags on real tokens t with (7t + 3r) mod 10 < 3, 14 prompts of
 4 + (5i mod 9) tokens. ``--autocast`` runs the forward pass under
-``torch.autocast("cuda", dtype=--autocast-dtype)`` (bfloat16 by default;
-float16 matches what tch 0.24's autocast gives the Rust side); on the CPU it
-is ignored, as in the Rust example.
+``torch.autocast(device, dtype=--autocast-dtype)`` (bfloat16 by default), as
+the Rust example's ``--autocast bf16|f16`` does.
 
 Prints one JSON line with the Rust example's fields (and writes it to
 ``--json``). ``--count-flops`` first runs one untimed step under
@@ -342,11 +341,11 @@ def main():
     batch = synthetic_batch(cfg, b, p)
     sync()
     init_s = time.perf_counter() - start
-    use_autocast = args.autocast and args.device == "cuda"
+    use_autocast = args.autocast
     dtype = getattr(torch, args.autocast_dtype)
 
     def autocast():
-        return torch.autocast("cuda", dtype=dtype, enabled=use_autocast)
+        return torch.autocast(args.device, dtype=dtype, enabled=use_autocast)
 
     counted = None
     if args.count_flops:

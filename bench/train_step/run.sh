@@ -12,13 +12,12 @@
 #   DEVICE           cuda | cpu (cuda)
 #   PRESET           vit-b16 | small | tiny (vit-b16)
 #   BATCH STEPS WARMUP PAIRED_FRACTION   (64, 20, 3, 0.75)
-#   PRECISIONS       runs to make, from: fp32 (no autocast), fp16 (autocast
-#                    float16: the only dtype tch 0.24's autocast gives), bf16
-#                    (autocast bfloat16: PyTorch only, tch cannot choose it).
-#                    Default "fp32 fp16 bf16" on cuda, "fp32" on cpu.
+#   PRECISIONS       runs to make, from: fp32 (no autocast), bf16 (autocast
+#                    bfloat16, what `train` uses on CUDA), fp16 (autocast
+#                    float16). Default "bf16 fp32" on cuda, "fp32" on cpu.
 #   FIT_EXTRAS       precisions at which ours runs once more with --fit-extras
 #                    (fit.rs's per-step host reads: losses, gradient norm).
-#                    Default "fp16" on cuda, none on cpu.
+#                    Default "bf16" on cuda, none on cpu.
 #   PEAK_TFLOPS      for the MFU (989 on cuda: H100 SXM dense bf16/fp16;
 #                    none on cpu)
 #   ATTN             the reference's attention, sdpa | eager (sdpa)
@@ -43,9 +42,9 @@ WARMUP=${WARMUP:-3}
 PAIRED_FRACTION=${PAIRED_FRACTION:-0.75}
 ATTN=${ATTN:-sdpa}
 if [ "$DEVICE" = cuda ]; then
-  PRECISIONS=${PRECISIONS:-"fp32 fp16 bf16"}
+  PRECISIONS=${PRECISIONS:-"bf16 fp32"}
   PEAK_TFLOPS=${PEAK_TFLOPS:-989}
-  FIT_EXTRAS=${FIT_EXTRAS-fp16}
+  FIT_EXTRAS=${FIT_EXTRAS-bf16}
 else
   PRECISIONS=${PRECISIONS:-fp32}
   PEAK_TFLOPS=${PEAK_TFLOPS:-}
@@ -142,16 +141,14 @@ measure() {
 
 for prec in $PRECISIONS; do
   case $prec in
-    fp32) ours=1; rust=(); ref=() ;;
-    fp16) ours=1; rust=(--autocast); ref=(--autocast --autocast-dtype float16) ;;
-    bf16) ours=0; rust=(); ref=(--autocast --autocast-dtype bfloat16) ;;
+    fp32) rust=(); ref=() ;;
+    fp16) rust=(--autocast f16); ref=(--autocast --autocast-dtype float16) ;;
+    bf16) rust=(--autocast bf16); ref=(--autocast --autocast-dtype bfloat16) ;;
     *) fail "PRECISIONS: unknown '$prec' (fp32, fp16, bf16)" ;;
   esac
-  if [ "$ours" = 1 ]; then
-    measure "rust-$prec" "$BIN" "${common[@]}" "${rust[@]}"
-    if [[ " $FIT_EXTRAS " == *" $prec "* ]]; then
-      measure "rust-${prec}_fit" "$BIN" "${common[@]}" "${rust[@]}" --fit-extras
-    fi
+  measure "rust-$prec" "$BIN" "${common[@]}" "${rust[@]}"
+  if [[ " $FIT_EXTRAS " == *" $prec "* ]]; then
+    measure "rust-${prec}_fit" "$BIN" "${common[@]}" "${rust[@]}" --fit-extras
   fi
   measure "pytorch-$prec" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" --attn "$ATTN" \
     --flops-per-step "$FLOPS" "${count[@]}"

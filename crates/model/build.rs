@@ -9,6 +9,12 @@
 //! `cargo test` runs without `LD_LIBRARY_PATH`. A binary carried to another
 //! machine finds that machine's libtorch through `LD_LIBRARY_PATH`, which
 //! the loader searches before the run path.
+//!
+//! For the `model` crate itself it compiles `csrc/autocast.cpp`, the
+//! per-device autocast switches that `tch` does not bind (see
+//! `src/autocast.rs`). `train` runs this same script for the link arguments
+//! (they do not pass from a library to its dependents' binaries) and must
+//! not compile the shim a second time.
 
 use std::path::PathBuf;
 
@@ -31,6 +37,14 @@ fn torch_lib_dir() -> Option<PathBuf> {
 }
 
 fn main() {
+    if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("model") {
+        println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+        cc::Build::new()
+            .cpp(true)
+            .std("c++17")
+            .file("csrc/autocast.cpp")
+            .compile("mmclip_autocast");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     let Some(dir) = torch_lib_dir() else { return };

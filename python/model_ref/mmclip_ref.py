@@ -22,7 +22,13 @@ Written from ``docs/METHOD.md`` and the upstream sources, not from the Rust:
 The counts use exact decimal arithmetic: ⌈λ1·N⌉ and ⌈λ3·n⌉ rounded up,
 round(λ2·N) rounded half up (Python's ``round`` would round half to even).
 
-Usage: python mmclip_ref.py DIR [--phase joint|warm-up]
+With ``--autocast bf16`` the forward pass (steps 1-6) runs under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` and the backward pass
+outside it, as PyTorch's mixed-precision recipe does. When the inputs hold
+``given_candidates`` [B,N], the step masks from that candidate set M_b
+instead of its own (the output ``candidates`` stays its own).
+
+Usage: python mmclip_ref.py DIR [--phase joint|warm-up] [--autocast bf16]
   DIR/weights.safetensors  the Rust VarStore: ``clip.*`` (HF CLIPModel names),
                            ``mim_decoder.*`` (MAE names), ``mlm.mask_embedding``,
                            ``mlm.decoder.*``
@@ -255,7 +261,23 @@ def select_tokens(cfg, ids, entity, noise):
 
 
 # --- the step ---
-def step(d, phase):
+def step(d, phase, autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        out, params, total = forward(d, phase)
+    total.backward()
+    sq = dict.fromkeys(GROUPS, 0.0)
+    for name, v in params.items():
+        norm = 0.0 if v.grad is None else v.grad.double().norm().item()
+        out[f"param_grad_norm.{name}"] = torch.tensor([norm], dtype=torch.float64)
+        sq[group_of(name)] += norm**2
+    for g, s in sq.items():
+        out[f"grad_norm.{g}"] = torch.tensor([math.sqrt(s)], dtype=torch.float64)
+    save_file({k: t.contiguous() for k, t in out.items()}, d / "outputs.safetensors")
+
+
+def forward(d, phase):
+    """The step's forward pass: its outputs (losses, masks, selection), the
+    trainable parameters by name, and the weighted total loss."""
     cfg = json.loads((d / "config.json").read_text())
     weights = load_file(d / "weights.safetensors")
     x = load_file(d / "inputs.safetensors")
@@ -280,7 +302,10 @@ def step(d, phase):
     # 3: AttMIM's masks, without gradient.
     with torch.no_grad():
         report = (encode_text(model, ids)[1], real_tokens(cfg, ids, True)) if p > 0 else None
-        cands = candidates(cfg, e_img.detach(), report, e_prompt, p)
+        own = candidates(cfg, e_img.detach(), report, e_prompt, p)
+    # Under autocast the two sides' maps differ in the last bits, which can
+    # swap patches at the top-λ1 boundary: the step then takes the caller's set.
+    cands = x["given_candidates"].bool() if "given_candidates" in x else own
     ids_keep, mask, ids_restore = att_masking(cands, x["att_noise"], cfg["att_mim"]["lambda2"])
 
     # 4: Loss_MIM.
@@ -308,28 +333,20 @@ def step(d, phase):
 
     weight = cfg["loss_weights"]
     total = sum(weight[k] * v for k, v in losses.items())
-    total.backward()
-
-    out = {f"loss_{k}": v.detach().reshape(1) for k, v in losses.items()}
-    out.update(loss_total=total.detach().reshape(1), candidates=cands.to(torch.uint8), mask=mask,
+    out = {f"loss_{k}": v.detach().float().reshape(1) for k, v in losses.items()}
+    out.update(loss_total=total.detach().float().reshape(1), candidates=own.to(torch.uint8), mask=mask,
                mlm_selected=selected.to(torch.uint8))
-    sq = dict.fromkeys(GROUPS, 0.0)
-    for name, v in params.items():
-        norm = 0.0 if v.grad is None else v.grad.double().norm().item()
-        out[f"param_grad_norm.{name}"] = torch.tensor([norm], dtype=torch.float64)
-        sq[group_of(name)] += norm**2
-    for g, s in sq.items():
-        out[f"grad_norm.{g}"] = torch.tensor([math.sqrt(s)], dtype=torch.float64)
-    save_file({k: t.contiguous() for k, t in out.items()}, d / "outputs.safetensors")
+    return out, params, total
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--phase", choices=("joint", "warm-up"), default="joint")
+    parser.add_argument("--autocast", choices=("off", "bf16"), default="off")
     args = parser.parse_args()
     torch.set_num_threads(1)  # deterministic reductions, and a shared machine
-    step(args.dir, args.phase)
+    step(args.dir, args.phase, args.autocast)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@
 
 pub mod att_mim;
 pub mod attention;
+pub mod autocast;
 pub mod clip;
 pub mod config;
 pub mod ent_mlm;

@@ -7,7 +7,9 @@
 //! recomputes the masks, the losses and the gradients from those files.
 //! In float32 on CPU the masks and EntMLM selections must be identical,
 //! each loss within 1e-4 and each parameter group's gradient norm within
-//! 1e-3 (relative), in the joint and the warm-up phase.
+//! 1e-3 (relative), in the joint and the warm-up phase. Under bfloat16
+//! autocast (on CPU, both sides) the masks and selections must still be
+//! identical, with looser tolerances on the numbers (see the test).
 
 mod common;
 
@@ -15,12 +17,27 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use model::att_mim::mask_noise;
+use model::autocast::{Reduced, autocast};
 use model::mmclip::{MimMode, PromptFeatures, mlm_noise_seed};
 use model::{Mmclip, MmclipConfig, Phase, StepBatch};
 use tch::{Device, Kind, Tensor, nn};
 
-const LOSS_TOLERANCE: f64 = 1e-4;
-const GRAD_TOLERANCE: f64 = 1e-3;
+/// The precision a step runs in and how close it must come to the reference.
+#[derive(Clone, Copy)]
+struct Precision {
+    /// Autocast's reduced type; `None` is float32 throughout.
+    reduced: Option<Reduced>,
+    /// Largest relative difference of each loss.
+    loss: f64,
+    /// Largest relative difference of each gradient norm.
+    grad: f64,
+}
+
+const FLOAT32: Precision = Precision {
+    reduced: None,
+    loss: 1e-4,
+    grad: 1e-3,
+};
 const B: i64 = 6;
 const P: i64 = 4;
 const L: i64 = 16;
@@ -47,8 +64,17 @@ fn group(name: &str) -> &'static str {
 const GROUPS: [&str; 5] = ["vision", "text", "projection", "mim_decoder", "mlm"];
 
 /// Runs `mmclip_ref.py` on `dir` for `phase` and reads its outputs.
-fn run_reference(dir: &Path, phase: &str) -> HashMap<String, Tensor> {
-    common::run_reference("mmclip_ref.py", dir, &["--phase", phase]);
+fn run_reference(dir: &Path, phase: &str, precision: Precision) -> HashMap<String, Tensor> {
+    let autocast = match precision.reduced {
+        None => "off",
+        Some(Reduced::BFloat16) => "bf16",
+        Some(Reduced::Half) => unimplemented!("the reference runs float32 or bfloat16"),
+    };
+    common::run_reference(
+        "mmclip_ref.py",
+        dir,
+        &["--phase", phase, "--autocast", autocast],
+    );
     Tensor::read_safetensors(dir.join("outputs.safetensors"))
         .unwrap()
         .into_iter()
@@ -137,6 +163,18 @@ fn write_inputs(
     .unwrap();
 }
 
+/// Adds (or replaces) one tensor in `dir/inputs.safetensors`.
+fn add_input(dir: &Path, name: &str, value: &Tensor) {
+    let path = dir.join("inputs.safetensors");
+    let mut inputs: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect();
+    inputs.insert(name.to_string(), value.shallow_clone());
+    let inputs: Vec<(String, Tensor)> = inputs.into_iter().collect();
+    Tensor::write_safetensors(&inputs, &path).unwrap();
+}
+
 /// L2 norm of each trainable variable's gradient (0 where it has none), by name.
 fn param_grad_norms(vs: &nn::VarStore) -> BTreeMap<String, f64> {
     vs.variables()
@@ -190,6 +228,7 @@ fn check_phase(
     batch: &StepBatch,
     dir: &Path,
     phase: Phase,
+    precision: Precision,
 ) -> Vec<i64> {
     let phase_arg = match phase {
         Phase::Joint => "joint",
@@ -197,16 +236,56 @@ fn check_phase(
     };
     let ctx = format!("{label}, {phase_arg}");
     zero_grads(vs);
-    let (losses, trace) = model.step(batch, phase, SEED);
+    let (losses, trace) = autocast(Device::Cpu, precision.reduced, || {
+        model.step(batch, phase, SEED)
+    });
     losses.total.backward();
-    let r = run_reference(dir, phase_arg);
+    if precision.reduced.is_some() {
+        // Near-ties at the top-λ1 boundary break differently in the two
+        // sides' reduced-precision maps: the reference masks as Rust did.
+        add_input(
+            dir,
+            "given_candidates",
+            &trace.candidates.to_kind(Kind::Uint8),
+        );
+    }
+    let r = run_reference(dir, phase_arg, precision);
+    if precision.reduced.is_some() {
+        // Autocast must have taken effect: float32 gives other losses
+        // (measured: 2e-4 relative on the total).
+        let (exact, _) = tch::no_grad(|| model.step(batch, phase, SEED));
+        let (got, f32) = (
+            losses.total.double_value(&[]),
+            exact.total.double_value(&[]),
+        );
+        assert!(
+            rel(got, f32) > 1e-5,
+            "{ctx}: the total loss is {got} under autocast and {f32} in float32: autocast did not take effect"
+        );
+    }
 
-    assert!(
-        trace.candidates.equal(&r["candidates"].to_kind(Kind::Bool)),
-        "{ctx}: AttMIM candidates differ\nrust {}\nreference {}",
-        trace.candidates,
-        r["candidates"]
-    );
+    if precision.reduced.is_none() {
+        assert!(
+            trace.candidates.equal(&r["candidates"].to_kind(Kind::Bool)),
+            "{ctx}: AttMIM candidates differ\nrust {}\nreference {}",
+            trace.candidates,
+            r["candidates"]
+        );
+    } else {
+        // The reference masked from the Rust candidates (see `check_phase`);
+        // its own set may differ at the top-λ1 boundary, but barely.
+        let differ = trace
+            .candidates
+            .ne_tensor(&r["candidates"].to_kind(Kind::Bool))
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        let share = differ as f64 / trace.candidates.numel() as f64;
+        assert!(
+            share <= 0.05,
+            "{ctx}: {differ} of {} AttMIM candidate flags differ under autocast",
+            trace.candidates.numel()
+        );
+    }
     assert!(
         trace.mask.mask.equal(&r["mask"]),
         "{ctx}: final masks differ\nrust {}\nreference {}",
@@ -238,8 +317,9 @@ fn check_phase(
                 let err = rel(got, want);
                 report.push(format!("loss_{name} {err:.1e}"));
                 assert!(
-                    err <= LOSS_TOLERANCE,
-                    "{ctx}: loss_{name} is {got} in Rust, {want} in the reference (relative {err:e} > {LOSS_TOLERANCE:e})"
+                    err <= precision.loss,
+                    "{ctx}: loss_{name} is {got} in Rust, {want} in the reference (relative {err:e} > {:e})",
+                    precision.loss
                 );
             }
             (got, want) => panic!(
@@ -286,8 +366,9 @@ fn check_phase(
         let err = rel(got, want);
         worst_param = worst_param.max(err);
         assert!(
-            err <= GRAD_TOLERANCE,
-            "{ctx}: gradient norm of {name} is {got} in Rust, {want} in the reference (relative {err:e} > {GRAD_TOLERANCE:e})"
+            err <= precision.grad,
+            "{ctx}: gradient norm of {name} is {got} in Rust, {want} in the reference (relative {err:e} > {:e})",
+            precision.grad
         );
     }
 
@@ -296,8 +377,9 @@ fn check_phase(
         let err = rel(got, want);
         report.push(format!("grad_norm.{g} {err:.1e}"));
         assert!(
-            err <= GRAD_TOLERANCE,
-            "{ctx}: gradient norm of {g} is {got} in Rust, {want} in the reference (relative {err:e} > {GRAD_TOLERANCE:e})"
+            err <= precision.grad,
+            "{ctx}: gradient norm of {g} is {got} in Rust, {want} in the reference (relative {err:e} > {:e})",
+            precision.grad
         );
     }
     eprintln!(
@@ -314,18 +396,50 @@ fn check_phase(
 
 /// Checks both phases of one configuration; returns the size of each row's
 /// candidate set M_b.
-fn check_step_parity(label: &str, cfg: &MmclipConfig) -> Vec<i64> {
+fn check_step_parity(label: &str, cfg: &MmclipConfig, precision: Precision) -> Vec<i64> {
     let dir = tempfile::tempdir().unwrap();
     let (vs, model, batch, prompts) = setup(cfg);
     write_inputs(dir.path(), cfg, &vs, &batch, &prompts);
-    let sizes = check_phase(label, &vs, &model, &batch, dir.path(), Phase::Joint);
-    check_phase(label, &vs, &model, &batch, dir.path(), Phase::WarmUp);
+    let sizes = check_phase(
+        label,
+        &vs,
+        &model,
+        &batch,
+        dir.path(),
+        Phase::Joint,
+        precision,
+    );
+    check_phase(
+        label,
+        &vs,
+        &model,
+        &batch,
+        dir.path(),
+        Phase::WarmUp,
+        precision,
+    );
     sizes
 }
 
 #[test]
 fn input_mode_step_matches_the_pytorch_reference_in_both_phases() {
-    check_step_parity("input mode", &MmclipConfig::tiny());
+    check_step_parity("input mode", &MmclipConfig::tiny(), FLOAT32);
+}
+
+#[test]
+fn bfloat16_autocast_step_matches_the_pytorch_reference_under_autocast() {
+    // bfloat16 keeps 8 bits of mantissa (relative rounding 4e-3), and the
+    // two sides round at different places (fused attention here, eager
+    // matrix products in transformers). Measured: losses within 5.4e-3
+    // (the alignment loss, whose logits are scaled by 100), gradient norms
+    // per group within 2.9e-2, per parameter within 3.3e-2; masks and
+    // selections identical.
+    let bf16 = Precision {
+        reduced: Some(Reduced::BFloat16),
+        loss: 1e-2,
+        grad: 5e-2,
+    };
+    check_step_parity("bfloat16 autocast", &MmclipConfig::tiny(), bf16);
 }
 
 #[test]
@@ -339,7 +453,7 @@ fn feature_mode_step_with_prompt_tokens_matches_the_pytorch_reference_in_both_ph
         ..MmclipConfig::tiny()
     };
     cfg.att_mim.lambda1 = 0.3;
-    let sizes = check_step_parity("feature mode, prompt tokens, λ1 = 0.3", &cfg);
+    let sizes = check_step_parity("feature mode, prompt tokens, λ1 = 0.3", &cfg, FLOAT32);
     assert!(
         sizes.iter().any(|&n| n < 12),
         "no row needs filling up: candidate sets {sizes:?}"

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
-//!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast]
+//!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast bf16|f16]
 //!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT] [--flops-only]
 //!            [--fit-extras]
 //! ```
@@ -19,21 +19,17 @@
 //! runs it next to `bench/train_step/reference.py`, the same step in PyTorch
 //! eager; `bench/train_step/README.md` says how to carry it to a GPU machine.
 //!
-//! `--autocast` wraps the forward pass (not the backward or the update, as
-//! PyTorch's AMP recipe does) in `tch::autocast(true, ..)`. tch 0.24 only
-//! switches libtorch's CUDA autocast on and off
-//! (`at::autocast::set_enabled`); it exposes no way to choose the autocast
-//! dtype, so the step runs in libtorch's default CUDA autocast dtype,
-//! **float16**, not bfloat16 (and without a gradient scaler, which does not
-//! change the time of a step). On the CPU the flag is a no-op: that switch
-//! is the CUDA one, so every op stays float32. The JSON's `autocast_dtype`
-//! records which of these happened.
+//! `--autocast` runs the forward pass (not the backward or the update, as
+//! PyTorch's AMP recipe does) under libtorch's autocast on the chosen
+//! device in bfloat16 or float16 ([`model::autocast`]; float16 without a
+//! gradient scaler, which does not change the time of a step).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use model::autocast::Reduced;
 use model::mmclip::{MimMode, PromptFeatures, step_seed};
 use model::{Mmclip, MmclipConfig, Phase, StepBatch};
 use serde_json::json;
@@ -69,9 +65,9 @@ struct Args {
     /// Untimed steps first (allocator, cuDNN/cuBLAS heuristics, lazy init).
     #[arg(long, default_value_t = 3)]
     warmup: u64,
-    /// Run the forward pass under CUDA autocast (float16 in tch 0.24; no-op on CPU).
-    #[arg(long)]
-    autocast: bool,
+    /// Run the forward pass under autocast in this reduced type.
+    #[arg(long, value_parser = ["bf16", "f16"])]
+    autocast: Option<String>,
     /// Dense peak of the device in TFLOP/s for the MFU (H100 SXM bf16/fp16: 989).
     #[arg(long)]
     peak_tflops: Option<f64>,
@@ -139,7 +135,11 @@ fn main() -> Result<()> {
     sync(device);
     let init_s = init.elapsed().as_secs_f64();
 
-    let autocast = args.autocast && device.is_cuda();
+    let autocast = match args.autocast.as_deref() {
+        None => None,
+        Some("bf16") => Some(Reduced::BFloat16),
+        Some(_) => Some(Reduced::Half),
+    };
     let shape = StepShape {
         batch: b,
         paired: p,
@@ -163,8 +163,11 @@ fn main() -> Result<()> {
         "prompts": shape.prompts,
         "prompt_len": shape.prompt_len,
         "mlm_selected": shape.mlm_selected,
-        "autocast": autocast,
-        "autocast_dtype": if autocast { Some("float16") } else { None },
+        "autocast": autocast.is_some(),
+        "autocast_dtype": autocast.map(|r| match r {
+            Reduced::BFloat16 => "bfloat16",
+            Reduced::Half => "float16",
+        }),
         "threads": args.threads,
         "params": params,
         "param_tensors": vs.trainable_variables().len(),
@@ -197,7 +200,7 @@ fn time_steps(
     model: &Mmclip,
     batch: &StepBatch,
     vs: &nn::VarStore,
-    autocast: bool,
+    autocast: Option<Reduced>,
     device: Device,
     flops: f64,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
@@ -209,7 +212,7 @@ fn time_steps(
         sync(device);
         let start = Instant::now();
         opt.zero_grad();
-        let (losses, trace) = tch::autocast(autocast, || {
+        let (losses, trace) = model::autocast::autocast(device, autocast, || {
             model.step(batch, Phase::Joint, step_seed(args.seed, i))
         });
         if args.fit_extras {

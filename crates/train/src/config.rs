@@ -139,6 +139,35 @@ pub enum Schedule {
     Cosine,
 }
 
+/// Mixed precision of the forward pass on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Autocast {
+    /// bfloat16 autocast (the paper's setting): float32's range, so no
+    /// loss scaling.
+    #[default]
+    Bf16,
+    /// float16 autocast. This trainer has no loss scaling, so small
+    /// gradients can underflow to zero: opt in knowingly.
+    F16,
+    /// float32 throughout.
+    Off,
+}
+
+impl Autocast {
+    /// The reduced type on `device`: the CPU always runs float32 (few CPUs
+    /// compute bfloat16 faster than float32).
+    pub fn reduced_on(self, device: tch::Device) -> Option<model::autocast::Reduced> {
+        use model::autocast::Reduced;
+        match self {
+            _ if !device.is_cuda() => None,
+            Autocast::Bf16 => Some(Reduced::BFloat16),
+            Autocast::F16 => Some(Reduced::Half),
+            Autocast::Off => None,
+        }
+    }
+}
+
 /// `[optim]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -210,11 +239,9 @@ pub struct RunConfig {
     pub max_nonfinite_in_a_row: u64,
     /// The loader's training augmentation.
     pub augment: pipeline::AugmentConfig,
-    /// Mixed precision (autocast) on CUDA; off by default. `tch` 0.24
-    /// exposes autocast with libtorch's default CUDA type only, float16,
-    /// not bfloat16, and this trainer has no loss scaling, so float16
-    /// gradients can underflow: opt in knowingly.
-    pub autocast: bool,
+    /// Mixed precision of the forward pass on CUDA: `bf16` (default),
+    /// `f16` or `off`; the CPU runs float32.
+    pub autocast: Autocast,
 }
 
 impl Default for RunConfig {
@@ -232,7 +259,7 @@ impl Default for RunConfig {
             keep_last: 3,
             max_nonfinite_in_a_row: 20,
             augment: pipeline::AugmentConfig::default(),
-            autocast: false,
+            autocast: Autocast::Bf16,
         }
     }
 }
@@ -402,6 +429,31 @@ mod tests {
         assert_eq!((m.att_mim.lambda1, m.att_mim.lambda2), (0.7, 0.75));
         assert_eq!(m.mlm, MlmStrategy::Entity(0.2));
         assert_eq!(cfg.prompts.len(), 14);
+    }
+
+    #[test]
+    fn autocast_is_bfloat16_on_cuda_and_float32_on_the_cpu() {
+        use model::autocast::Reduced;
+        use tch::Device;
+        let cfg = TrainConfig::parse("", Path::new("a.toml")).unwrap();
+        assert_eq!(
+            cfg.train.autocast.reduced_on(Device::Cuda(0)),
+            Some(Reduced::BFloat16)
+        );
+        assert_eq!(cfg.train.autocast.reduced_on(Device::Cpu), None);
+        let cfg = TrainConfig::parse("[train]\nautocast = \"f16\"\n", Path::new("b.toml")).unwrap();
+        assert_eq!(
+            cfg.train.autocast.reduced_on(Device::Cuda(0)),
+            Some(Reduced::Half)
+        );
+        let cfg = TrainConfig::parse("[train]\nautocast = \"off\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.train.autocast.reduced_on(Device::Cuda(0)), None);
+        let e =
+            TrainConfig::parse("[train]\nautocast = \"fp8\"\n", Path::new("d.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("d.toml") && e.to_string().contains("fp8"),
+            "{e}"
+        );
     }
 
     #[test]

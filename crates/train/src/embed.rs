@@ -34,6 +34,8 @@ pub struct EmbedOptions {
 }
 
 /// The encoders and tokenizer, from either kind of weights.
+// One value per command: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Weights {
     Run(Session),
     Hf {

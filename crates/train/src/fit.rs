@@ -158,7 +158,7 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     let image_size = session.run.mmclip.clip.vision.image_size;
     let mut window = Window::new();
     let mut last_checkpoint = None;
-    let autocast = t.autocast && opts.device.is_cuda();
+    let reduced = t.autocast.reduced_on(opts.device);
 
     while state.step < end {
         let phase = if state.step < t.warmup_steps {
@@ -181,8 +181,9 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 entity: staged.step.entity.shallow_clone(),
             };
             let seed = step_seed(state.seed, state.step * cfg.optim.accumulate + micro);
-            let (losses, _) =
-                tch::autocast(autocast, || session.model.step(&step_batch, phase, seed));
+            let (losses, _) = model::autocast::autocast(opts.device, reduced, || {
+                session.model.step(&step_batch, phase, seed)
+            });
             let total = losses.total.double_value(&[]);
             if !total.is_finite() {
                 finite = false;
@@ -223,7 +224,7 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         state.step += 1;
         bar.inc(1);
 
-        if state.step % t.log_every == 0 || state.step == end {
+        if state.step.is_multiple_of(t.log_every) || state.step == end {
             let line = window.line(
                 &state,
                 phase,
@@ -239,7 +240,7 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 sums.total / cfg.optim.accumulate as f64
             ));
         }
-        if state.step % t.checkpoint_every == 0 || state.step == end {
+        if state.step.is_multiple_of(t.checkpoint_every) || state.step == end {
             last_checkpoint = Some(checkpoint::save(
                 out,
                 &session.vs,

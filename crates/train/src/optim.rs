@@ -114,7 +114,7 @@ impl Optimizer {
                         };
                         let update = if c.momentum != 0.0 {
                             let key = format!("momentum.{name}");
-                            let buf = match self.state.get_mut(&key) {
+                            match self.state.get_mut(&key) {
                                 Some(buf) => {
                                     let _ = buf.g_mul_scalar_(c.momentum).g_add_(&g);
                                     buf.shallow_clone()
@@ -124,8 +124,7 @@ impl Optimizer {
                                     self.state.insert(key, buf.shallow_clone());
                                     buf
                                 }
-                            };
-                            buf
+                            }
                         } else {
                             g
                         };
