@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use dicom_core::DicomValue;
+use dicom_core::{DicomValue, PrimitiveValue};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions, Tag};
 use dicom_pixeldata::PixelDecoder;
@@ -112,6 +112,89 @@ pub struct VoiLut {
     pub data: Vec<u16>,
 }
 
+/// How a stored 8- or 16-bit word becomes a value (PS3.5 8.1.1): keep its
+/// low `bits` bits (BitsStored; the bits above may hold overlays) and read
+/// them as two's complement when `signed` (PixelRepresentation 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleFormat {
+    /// Significant low bits, 1..=32.
+    pub bits: u16,
+    /// Two's complement.
+    pub signed: bool,
+}
+
+impl SampleFormat {
+    /// Unsigned words whose every bit counts: the word is the value.
+    pub const fn plain(bits: u16) -> Self {
+        SampleFormat {
+            bits,
+            signed: false,
+        }
+    }
+
+    /// The value of stored word `raw`. A `bits` outside 1..=31 keeps every
+    /// bit, unsigned.
+    pub fn value(self, raw: u32) -> i32 {
+        let bits = u32::from(self.bits);
+        if bits == 0 || bits >= 32 {
+            return raw as i32;
+        }
+        let raw = raw & ((1u32 << bits) - 1);
+        if self.signed && raw >> (bits - 1) & 1 == 1 {
+            (raw | !((1u32 << bits) - 1)) as i32
+        } else {
+            raw as i32
+        }
+    }
+}
+
+/// The stored samples of one frame, row-major, kept in the width the
+/// decoder produced. Radiographs are 8 to 16 bits: keeping those as words
+/// (read through their [`SampleFormat`] when rendered) rather than widening
+/// every image to `i32` saves a full-size conversion and buffer per image,
+/// and lets [`crate::window::render`] map each word through one table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Samples {
+    /// 8-bit words.
+    U8(Vec<u8>, SampleFormat),
+    /// 16-bit words (native byte order).
+    U16(Vec<u16>, SampleFormat),
+    /// Values as they are (32-bit data, JPEG 2000 components).
+    I32(Vec<i32>),
+}
+
+impl Samples {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Samples::U8(w, _) => w.len(),
+            Samples::U16(w, _) => w.len(),
+            Samples::I32(v) => v.len(),
+        }
+    }
+
+    /// No samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every value, widened to `i32` (a full-size copy: for tests and
+    /// diagnostics, not for the ingest path).
+    pub fn values(&self) -> Vec<i32> {
+        match self {
+            Samples::U8(w, f) => w.iter().map(|&r| f.value(r.into())).collect(),
+            Samples::U16(w, f) => w.iter().map(|&r| f.value(r.into())).collect(),
+            Samples::I32(v) => v.clone(),
+        }
+    }
+}
+
+impl From<Vec<i32>> for Samples {
+    fn from(values: Vec<i32>) -> Self {
+        Samples::I32(values)
+    }
+}
+
 /// One grayscale image as stored values plus what says how to show them:
 /// the single input of [`crate::window::render`], whichever source made it.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,8 +205,8 @@ pub struct StoredImage {
     pub height: u32,
     /// Significant bits of each stored value.
     pub bits_stored: u16,
-    /// Row-major stored values, before any LUT (sign already applied).
-    pub pixels: Vec<i32>,
+    /// Row-major stored values, before any LUT.
+    pub pixels: Samples,
     /// PhotometricInterpretation, `MONOCHROME1` or `MONOCHROME2`.
     pub photometric: String,
     /// PresentationLUTShape is `INVERSE`.
@@ -139,12 +222,17 @@ pub struct StoredImage {
 impl StoredImage {
     /// A plain MONOCHROME2 image with no LUTs: what a PNG or JPEG source
     /// (PadChest, MIMIC-CXR-JPG) gives.
-    pub fn monochrome2(width: u32, height: u32, bits_stored: u16, pixels: Vec<i32>) -> Self {
+    pub fn monochrome2(
+        width: u32,
+        height: u32,
+        bits_stored: u16,
+        pixels: impl Into<Samples>,
+    ) -> Self {
         StoredImage {
             width,
             height,
             bits_stored,
-            pixels,
+            pixels: pixels.into(),
             photometric: "MONOCHROME2".to_string(),
             inverse_lut: false,
             rescale: None,
@@ -187,6 +275,17 @@ pub struct DicomInfo {
     pub reduction: u32,
 }
 
+impl DicomInfo {
+    /// How this file's stored words become values (BitsStored,
+    /// PixelRepresentation).
+    pub fn sample_format(&self) -> SampleFormat {
+        SampleFormat {
+            bits: self.bits_stored,
+            signed: self.pixel_representation == 1,
+        }
+    }
+}
+
 /// Decode frame 0 of the DICOM file at `path` at full resolution.
 pub fn decode_dicom_file(path: &Path) -> Result<(StoredImage, DicomInfo), DicomError> {
     decode_dicom_bytes(&std::fs::read(path)?)
@@ -220,7 +319,7 @@ fn decode(
     bytes: &[u8],
     min_short_side: Option<u32>,
 ) -> Result<(StoredImage, DicomInfo), DicomError> {
-    let obj = open(bytes, None).map_err(|e| diagnose_unreadable(bytes, e))?;
+    let mut obj = open(bytes, None).map_err(|e| diagnose_unreadable(bytes, e))?;
     let mut info = read_info(&obj)?;
     let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").unwrap_or(1);
     if samples != 1 {
@@ -244,7 +343,7 @@ fn decode(
         info.reduction = reduction;
         (w, h, px)
     } else {
-        decode_with_pixeldata(&obj, &info)?
+        decode_with_pixeldata(&mut obj, &info)?
     };
 
     let image = StoredImage {
@@ -469,11 +568,12 @@ fn frame0_codestream(obj: &DefaultDicomObject, frames: u32) -> Result<Cow<'_, [u
 fn decode_jpeg_extended(
     obj: &DefaultDicomObject,
     info: &DicomInfo,
-) -> Result<(u32, u32, Vec<i32>), DicomError> {
+) -> Result<(u32, u32, Samples), DicomError> {
     let stream = frame0_codestream(obj, info.frames)?;
     let (w, h, samples) = jpeg12::decode_jpeg12(&stream)?;
     check_size(info, w, h, samples.len())?;
-    Ok((w, h, samples.into_iter().map(i32::from).collect()))
+    // The decoder's samples are the values (its precision, not BitsStored).
+    Ok((w, h, Samples::U16(samples, SampleFormat::plain(16))))
 }
 
 fn check_size(info: &DicomInfo, w: u32, h: u32, n: usize) -> Result<(), DicomError> {
@@ -498,7 +598,7 @@ fn decode_jpeg2000(
     obj: &DefaultDicomObject,
     info: &DicomInfo,
     min_short_side: Option<u32>,
-) -> Result<(u32, u32, Vec<i32>, u32), DicomError> {
+) -> Result<(u32, u32, Samples, u32), DicomError> {
     let stream = frame0_codestream(obj, info.frames)?;
     let levels = min_short_side
         .and_then(|_| j2k_decomposition_levels(&stream))
@@ -508,13 +608,13 @@ fn decode_jpeg2000(
     if reduction > 0 {
         // A tile-part header may declare fewer levels than the main header;
         // openjp2 then refuses the reduction: fall back to a full decode.
-        if let Ok(decoded) = decode_j2k_at(&stream, reduction) {
-            return Ok((decoded.0, decoded.1, decoded.2, reduction));
+        if let Ok((w, h, px)) = decode_j2k_at(&stream, reduction) {
+            return Ok((w, h, Samples::I32(px), reduction));
         }
     }
     let (w, h, px) = decode_j2k_at(&stream, 0)?;
     check_size(info, w, h, px.len())?;
-    Ok((w, h, px, 0))
+    Ok((w, h, Samples::I32(px), 0))
 }
 
 /// The largest `r <= levels` with `ceil(short / 2^r) >= min_short_side`.
@@ -604,15 +704,21 @@ fn j2k_decomposition_levels(data: &[u8]) -> Option<u32> {
     }
 }
 
-/// Everything else: `dicom-pixeldata` decodes frame 0 to native samples,
-/// which are read here without any LUT.
+/// Everything else: frame 0 as stored samples, without any LUT.
+/// Uncompressed 8- and 16-bit pixel data is moved out of the parsed object
+/// as it is ([`take_native_frame0`]); anything else is decoded by
+/// `dicom-pixeldata` into native-endian bytes and read as samples of
+/// BitsAllocated bits ([`frame_samples`]).
 fn decode_with_pixeldata(
-    obj: &DefaultDicomObject,
+    obj: &mut DefaultDicomObject,
     info: &DicomInfo,
-) -> Result<(u32, u32, Vec<i32>), DicomError> {
+) -> Result<(u32, u32, Samples), DicomError> {
     let ts = info.transfer_syntax.clone();
     if NATIVE.contains(&ts.as_str()) {
         check_native_length(obj, info)?;
+        if let Some(samples) = take_native_frame0(obj, info) {
+            return Ok((info.cols, info.rows, samples));
+        }
     }
     let decoded =
         guard("dicom-pixeldata", || Ok(obj.decode_pixel_data_frame(0)))?.map_err(|e| {
@@ -628,11 +734,17 @@ fn decode_with_pixeldata(
                 }
             }
         })?;
-    let bytes = decoded.frame_data(0).map_err(|e| DicomError::Decode {
-        transfer_syntax: ts.clone(),
-        reason: error_chain(&e),
-    })?;
-    let pixels = native_samples(bytes, info)?;
+    let frame_len = decoded
+        .frame_data(0)
+        .map_err(|e| DicomError::Decode {
+            transfer_syntax: ts.clone(),
+            reason: error_chain(&e),
+        })?
+        .len();
+    // The codecs return an owned buffer of one frame: taken, not copied.
+    let mut bytes = decoded.into_data();
+    bytes.truncate(frame_len);
+    let pixels = frame_samples(bytes, info)?;
     Ok((info.cols, info.rows, pixels))
 }
 
@@ -647,39 +759,71 @@ fn check_native_length(obj: &DefaultDicomObject, info: &DicomInfo) -> Result<(),
     Ok(())
 }
 
-/// Native-endian samples of `bits_allocated` bits to values: keep the low
-/// `bits_stored` bits and sign-extend them when PixelRepresentation is 1.
-fn native_samples(bytes: &[u8], info: &DicomInfo) -> Result<Vec<i32>, DicomError> {
+/// Frame 0 of uncompressed pixel data whose parsed value already is the
+/// samples: OW words for 16 bits, OB bytes for 8 (the parser has put OW
+/// words in native byte order, big-endian files included). The value is
+/// moved out of the object, not copied, so the element is gone afterwards.
+/// `None`, with the object untouched, for any other layout (OB holding
+/// 16-bit samples, 32-bit data, too few samples), which the general path
+/// then decodes.
+fn take_native_frame0(obj: &mut DefaultDicomObject, info: &DicomInfo) -> Option<Samples> {
+    let n = info.rows as usize * info.cols as usize;
+    let movable = match (obj.get(tags::PIXEL_DATA)?.value(), info.bits_allocated) {
+        (DicomValue::Primitive(PrimitiveValue::U16(words)), 16) => words.len() >= n,
+        (DicomValue::Primitive(PrimitiveValue::U8(bytes)), 8) => bytes.len() >= n,
+        _ => false,
+    };
+    if !movable {
+        return None;
+    }
+    let format = info.sample_format();
+    match obj.take(tags::PIXEL_DATA)?.into_value() {
+        DicomValue::Primitive(PrimitiveValue::U16(words)) => {
+            let mut words = words.into_vec();
+            words.truncate(n);
+            Some(Samples::U16(words, format))
+        }
+        DicomValue::Primitive(PrimitiveValue::U8(bytes)) => {
+            let mut bytes = bytes.into_vec();
+            bytes.truncate(n);
+            Some(Samples::U8(bytes, format))
+        }
+        _ => None,
+    }
+}
+
+/// Native-endian samples of BitsAllocated bits (frame 0 first) as
+/// [`Samples`]: 8-bit data is kept as it is, 16-bit data becomes words (one
+/// copy: the bytes need not be aligned for `u16`), 32-bit data becomes
+/// values (low BitsStored bits, sign-extended when PixelRepresentation is 1).
+fn frame_samples(mut bytes: Vec<u8>, info: &DicomInfo) -> Result<Samples, DicomError> {
     let n = info.rows as usize * info.cols as usize;
     let width = usize::from(info.bits_allocated / 8);
-    let bytes = bytes.get(..n * width).ok_or(DicomError::SampleCount {
-        actual: bytes.len() / width.max(1),
-        expected: n,
-    })?;
-    let bits = u32::from(info.bits_stored);
-    let signed = info.pixel_representation == 1;
-    let to_value = |raw: u32| -> i32 {
-        let raw = if bits >= 32 {
-            raw
-        } else {
-            raw & ((1u32 << bits) - 1)
-        };
-        if signed && bits < 32 && raw >> (bits - 1) & 1 == 1 {
-            (raw | !((1u32 << bits) - 1)) as i32
-        } else {
-            raw as i32
-        }
-    };
+    if bytes.len() < n * width {
+        return Err(DicomError::SampleCount {
+            actual: bytes.len() / width.max(1),
+            expected: n,
+        });
+    }
+    let format = info.sample_format();
     Ok(match width {
-        1 => bytes.iter().map(|&b| to_value(u32::from(b))).collect(),
-        2 => bytes
-            .chunks_exact(2)
-            .map(|c| to_value(u32::from(u16::from_ne_bytes([c[0], c[1]]))))
-            .collect(),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|c| to_value(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
+        1 => {
+            bytes.truncate(n);
+            Samples::U8(bytes, format)
+        }
+        2 => Samples::U16(
+            bytes[..2 * n]
+                .chunks_exact(2)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                .collect(),
+            format,
+        ),
+        _ => Samples::I32(
+            bytes[..4 * n]
+                .chunks_exact(4)
+                .map(|c| format.value(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
     })
 }
 
@@ -790,7 +934,8 @@ mod tests {
 
             let (w, h, want) = reference(&row["reference_png"]);
             assert_eq!((img.width, img.height), (w, h), "{file} size");
-            let (max, mean, exact) = diff_stats(&img.pixels, &want);
+            let values = img.pixels.values();
+            let (max, mean, exact) = diff_stats(&values, &want);
             let ts = row["transfer_syntax"].as_str();
             let allowed = match ts {
                 // Lossy JPEG: IDCT rounding differs between decoders.
@@ -821,8 +966,8 @@ mod tests {
             let min: i32 = row["min"].parse().expect("min");
             let max_v: i32 = row["max"].parse().expect("max");
             if allowed == 0 {
-                assert_eq!(img.pixels.iter().min(), Some(&min), "{file} min");
-                assert_eq!(img.pixels.iter().max(), Some(&max_v), "{file} max");
+                assert_eq!(values.iter().min(), Some(&min), "{file} min");
+                assert_eq!(values.iter().max(), Some(&max_v), "{file} max");
             }
             checked += 1;
         }
@@ -835,7 +980,7 @@ mod tests {
             .expect("12-bit JPEG decodes");
         assert_eq!(info.transfer_syntax, JPEG_EXTENDED);
         let (_, _, want) = reference("rg1_small_jpeg_extended.png");
-        let (max, mean, exact) = diff_stats(&img.pixels, &want);
+        let (max, mean, exact) = diff_stats(&img.pixels.values(), &want);
         eprintln!(
             "jpeg12 vs reference: max {max}, mean {mean:.5}, exact {:.3}%",
             exact * 100.0
@@ -905,6 +1050,7 @@ mod tests {
             (full.width.div_ceil(f), full.height.div_ceil(f))
         );
 
+        let (full_values, small_values) = (full.pixels.values(), small.pixels.values());
         // Box-downscale the full decode by the same factor and compare.
         let (bw, bh) = (full.width / f, full.height / f);
         let mut boxed = Vec::with_capacity((bw * bh) as usize);
@@ -915,12 +1061,12 @@ mod tests {
                 for dy in 0..f {
                     for dx in 0..f {
                         sum += i64::from(
-                            full.pixels[((y * f + dy) * full.width + x * f + dx) as usize],
+                            full_values[((y * f + dy) * full.width + x * f + dx) as usize],
                         );
                     }
                 }
                 boxed.push((sum / i64::from(f * f)) as i32);
-                reduced.push(small.pixels[(y * small.width + x) as usize]);
+                reduced.push(small_values[(y * small.width + x) as usize]);
             }
         }
         // The reduced image is the 5/3 wavelet's low band, a smoother filter
@@ -952,7 +1098,7 @@ mod tests {
     }
 
     #[test]
-    fn native_samples_mask_and_sign_extend() {
+    fn frame_samples_mask_and_sign_extend() {
         let info = DicomInfo {
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
             modality: None,
@@ -970,7 +1116,7 @@ mod tests {
             .flat_map(|v| v.to_ne_bytes())
             .collect();
         assert_eq!(
-            native_samples(&bytes, &info).expect("ok"),
+            frame_samples(bytes.clone(), &info).expect("ok").values(),
             vec![-1, 2047, -2048]
         );
         let unsigned = DicomInfo {
@@ -978,7 +1124,7 @@ mod tests {
             ..info
         };
         assert_eq!(
-            native_samples(&bytes, &unsigned).expect("ok"),
+            frame_samples(bytes, &unsigned).expect("ok").values(),
             vec![4095, 2047, 2048]
         );
     }

@@ -318,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -332,3 +333,37 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Let freed image buffers be reused by the next image rather than given
+/// back to the kernel after each one.
+///
+/// Every image allocates and frees a few buffers of its full size (the file,
+/// the parsed or decoded samples, the rendered bytes: 5 to 12 MB each at
+/// 2500 px). glibc's defaults return such memory to the kernel (by `munmap`
+/// above its adaptive mmap threshold, by trimming the heap top above 128 KiB
+/// or twice that threshold) and the next image then faults every page in
+/// again: measured, about 5,600 page faults and 14 ms of system time per
+/// 2500-px DICOM image, 20 % of its CPU time. Buffers up to 32 MiB (glibc's
+/// largest threshold; 3000 × 3000 × 2 bytes is 18 MB) are therefore served
+/// from the heap, and up to 64 MiB of free heap top (a few images' buffers)
+/// is kept. Peak memory stays bounded by the per-thread working set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_buffers() {
+    // From glibc's <malloc.h>.
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    // SAFETY: `mallopt` only sets allocator parameters; it is called before
+    // any other thread exists. A refused value (return 0) leaves the
+    // default, which is correct, only slower.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+/// Other allocators and platforms: their defaults.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_buffers() {}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use schemas::{ImagePolicy, Stage};
 
-use crate::dicom_image::{self, StoredImage};
+use crate::dicom_image::{self, SampleFormat, Samples, StoredImage};
 use crate::encode;
 use crate::shard::Row;
 use crate::window::{self, Gray8};
@@ -57,8 +57,13 @@ fn finish(
     policy: &ImagePolicy,
 ) -> Result<Prepared, Failure> {
     let small = window::resize_short_side(&gray, policy.short_side);
-    let bytes = encode::encode(&small.pixels, small.width, small.height, policy.encoding)
-        .map_err(|e| (Stage::ImageDecode, format!("encoding the stored image failed: {e}")))?;
+    let bytes =
+        encode::encode(&small.pixels, small.width, small.height, policy.encoding).map_err(|e| {
+            (
+                Stage::ImageDecode,
+                format!("encoding the stored image failed: {e}"),
+            )
+        })?;
     Ok(Prepared {
         bytes,
         width: small.width,
@@ -80,8 +85,19 @@ pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     // A reduced-resolution decode (JPEG 2000) still records the size the file declares.
     let (stored, info) = dicom_image::decode_dicom_bytes_reduced(&bytes, policy.short_side)
         .map_err(|e| (Stage::ImageDecode, e.to_string()))?;
-    let gray = window::render(&stored, policy.dicom_window, policy.rescale, policy.invert_monochrome1);
-    finish(gray, (info.cols, info.rows), stored.bits_stored, &stored.photometric, policy)
+    let gray = window::render(
+        &stored,
+        policy.dicom_window,
+        policy.rescale,
+        policy.invert_monochrome1,
+    );
+    finish(
+        gray,
+        (info.cols, info.rows),
+        stored.bits_stored,
+        &stored.photometric,
+        policy,
+    )
 }
 
 /// An 8-bit JPEG (MIMIC-CXR-JPG): already windowed by the release, so only resized.
@@ -91,7 +107,11 @@ pub fn jpeg8(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
         .map_err(|e| (Stage::ImageDecode, format!("JPEG decode failed: {e}")))?
         .into_luma8();
     let (w, h) = img.dimensions();
-    let gray = Gray8 { width: w, height: h, pixels: img.into_raw() };
+    let gray = Gray8 {
+        width: w,
+        height: h,
+        pixels: img.into_raw(),
+    };
     finish(gray, (w, h), 8, "MONOCHROME2", policy)
 }
 
@@ -100,14 +120,17 @@ pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let bytes = read(path)?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
         .map_err(|e| (Stage::ImageDecode, format!("PNG decode failed: {e}")))?;
-    let bits: u16 = if img.color().bytes_per_pixel() >= 2 { 16 } else { 8 };
-    let luma = img.into_luma16();
-    let (w, h) = luma.dimensions();
-    let pixels: Vec<i32> = if bits == 16 {
-        luma.into_raw().into_iter().map(i32::from).collect()
-    } else {
-        // `into_luma16` scales 8-bit values by 257; undo it to keep stored values.
-        luma.into_raw().into_iter().map(|v| i32::from(v / 257)).collect()
+    let (w, h) = (img.width(), img.height());
+    // The decoded samples are kept as they are; any other layout (colour,
+    // alpha) is reduced to 16-bit luma.
+    let (bits, pixels) = match img {
+        image::DynamicImage::ImageLuma8(b) => {
+            (8, Samples::U8(b.into_raw(), SampleFormat::plain(8)))
+        }
+        other => (
+            16,
+            Samples::U16(other.into_luma16().into_raw(), SampleFormat::plain(16)),
+        ),
     };
     let stored = StoredImage::monochrome2(w, h, bits, pixels);
     let gray = window::render(&stored, policy.png_window, false, false);

@@ -10,13 +10,17 @@
 //! Every policy is a monotone function of the value, so it is evaluated once
 //! per distinct stored value (a lookup table over `min..=max`) rather than
 //! per pixel, and percentiles come from a histogram rather than a sort: a
-//! 3000×2500 radiograph has at most 65,536 distinct values.
+//! 3000×2500 radiograph has at most 65,536 distinct values. For 8- and
+//! 16-bit stored words (every radiograph) that table is composed with the
+//! word's mask and sign into one table indexed by the word itself, so the
+//! full-size image is read twice (histogram, then map) and nothing
+//! full-size is allocated but the 8-bit result.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use schemas::WindowPolicy;
 
-use crate::dicom_image::{StoredImage, VoiLut};
+use crate::dicom_image::{SampleFormat, Samples, StoredImage, VoiLut};
 
 /// An 8-bit grayscale image, row-major, `width * height` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,52 +58,140 @@ pub fn render(
     rescale: bool,
     invert_monochrome1: bool,
 ) -> Gray8 {
-    let affine = Affine::of(img, rescale);
-    let equalize = matches!(window, WindowPolicy::MimicJpg);
-    let invert = invert_monochrome1 && img.displays_inverted();
-    let pixels = match Values::new(&img.pixels) {
-        None => Vec::new(),
-        Some(values) => {
-            let map = ValueMap::new(img, window, affine, &values);
-            match &values.histogram {
-                // The usual case (at most 16 bits): one table from stored
-                // value to output byte. Equalisation and inversion are
-                // composed into it from the value histogram, so the
-                // full-size image is read once more, not three times.
-                Some(hist) => {
-                    let mut lut: Vec<u8> = (values.min..=values.max).map(|s| map.eval(affine.apply(s))).collect();
-                    let mut post: [u8; 256] = std::array::from_fn(|i| i as u8);
-                    if equalize {
-                        let mut hist8 = [0usize; 256];
-                        for (&out, &n) in lut.iter().zip(hist) {
-                            hist8[usize::from(out)] += n as usize;
-                        }
-                        post = equalize_lut(&hist8);
-                    }
-                    if invert {
-                        post.iter_mut().for_each(|v| *v = 255 - *v);
-                    }
-                    lut.iter_mut().for_each(|v| *v = post[usize::from(*v)]);
-                    img.pixels.iter().map(|&v| lut[(v - values.min) as usize]).collect()
-                }
-                None => {
-                    let mut pixels: Vec<u8> = img.pixels.iter().map(|&s| map.eval(affine.apply(s))).collect();
-                    if equalize {
-                        equalize_hist(&mut pixels);
-                    }
-                    if invert {
-                        pixels.iter_mut().for_each(|v| *v = 255 - *v);
-                    }
-                    pixels
-                }
-            }
-        }
+    let steps = Steps {
+        img,
+        window,
+        affine: Affine::of(img, rescale),
+        equalize: matches!(window, WindowPolicy::MimicJpg),
+        invert: invert_monochrome1 && img.displays_inverted(),
+    };
+    let pixels = match &img.pixels {
+        Samples::U8(words, format) => steps.render_words(words, *format),
+        Samples::U16(words, format) => steps.render_words(words, *format),
+        Samples::I32(values) => steps.render_values(values),
     };
     Gray8 {
         width: img.width,
         height: img.height,
         pixels,
     }
+}
+
+/// What [`render`] does to one image, resolved from its arguments.
+struct Steps<'a> {
+    img: &'a StoredImage,
+    window: WindowPolicy,
+    affine: Affine,
+    equalize: bool,
+    invert: bool,
+}
+
+impl Steps<'_> {
+    /// 8- or 16-bit words (every radiograph): one pass builds the histogram
+    /// of the words, from which the value histogram, the policy's table and
+    /// the equalisation follow at the cost of the number of *possible*
+    /// words; a second pass maps each word through one table that composes
+    /// the word's masking and sign, the rescale, the window, the
+    /// equalisation and the inversion. No full-size intermediate buffer.
+    fn render_words<W: Word>(&self, words: &[W], format: SampleFormat) -> Vec<u8> {
+        let word_hist = word_histogram(words);
+        let Some(values) = Values::from_word_histogram(&word_hist[..], format) else {
+            return Vec::new();
+        };
+        let Some(table) = self.value_table(&values) else {
+            // Not reached (word values are always binned), but total.
+            let values_of = words.iter().map(|&w| format.value(w.into()));
+            return self.render_each(&values, values_of);
+        };
+        // Words absent from the image never reach the table: 0 for them.
+        let mut word_table = Box::new([0u8; WORDS]);
+        for (word, &n) in word_hist.iter().enumerate() {
+            if n > 0 {
+                word_table[word] = table[(format.value(word as u32) - values.min) as usize];
+            }
+        }
+        words.iter().map(|&w| word_table[w.index()]).collect()
+    }
+
+    /// Values of any range (32-bit data, JPEG 2000): through the table when
+    /// the range allows one, else value by value.
+    fn render_values(&self, pixels: &[i32]) -> Vec<u8> {
+        let Some(values) = Values::new(pixels) else {
+            return Vec::new();
+        };
+        match self.value_table(&values) {
+            Some(table) => pixels
+                .iter()
+                .map(|&v| table[(v - values.min) as usize])
+                .collect(),
+            None => self.render_each(&values, pixels.iter().copied()),
+        }
+    }
+
+    /// The output byte of each value `values.min + i`: the policy's map,
+    /// then equalisation (computed from the value histogram, so the image
+    /// is not read again) and inversion composed into it. `None` when the
+    /// values are not binned.
+    fn value_table(&self, values: &Values) -> Option<Vec<u8>> {
+        let Spread::Histogram(hist) = &values.spread else {
+            return None;
+        };
+        let map = ValueMap::new(self.img, self.window, self.affine, values);
+        let mut table: Vec<u8> = (values.min..=values.max)
+            .map(|s| map.eval(self.affine.apply(s)))
+            .collect();
+        let mut post: [u8; 256] = std::array::from_fn(|i| i as u8);
+        if self.equalize {
+            let mut hist8 = [0usize; 256];
+            for (&out, &n) in table.iter().zip(hist) {
+                hist8[usize::from(out)] += n as usize;
+            }
+            post = equalize_lut(&hist8);
+        }
+        if self.invert {
+            post.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        table.iter_mut().for_each(|v| *v = post[usize::from(*v)]);
+        Some(table)
+    }
+
+    /// Value by value, for ranges too wide for a table.
+    fn render_each(&self, values: &Values, pixels: impl Iterator<Item = i32>) -> Vec<u8> {
+        let map = ValueMap::new(self.img, self.window, self.affine, values);
+        let mut out: Vec<u8> = pixels.map(|s| map.eval(self.affine.apply(s))).collect();
+        if self.equalize {
+            equalize_hist(&mut out);
+        }
+        if self.invert {
+            out.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        out
+    }
+}
+
+/// Size of a table indexed by any 8- or 16-bit word. Fixed, so that
+/// indexing it with a [`Word`] needs no bounds check in the per-pixel loops.
+const WORDS: usize = 1 << 16;
+
+/// A stored word (8 or 16 bits): it indexes a table of [`WORDS`] entries.
+trait Word: Copy + Into<u16> + Into<u32> {
+    /// The word as a table index, `< WORDS`.
+    fn index(self) -> usize {
+        usize::from(Into::<u16>::into(self))
+    }
+}
+
+impl Word for u8 {}
+
+impl Word for u16 {}
+
+/// How many times each possible word occurs.
+fn word_histogram<W: Word>(words: &[W]) -> Box<[u32; WORDS]> {
+    let mut hist = Box::new([0u32; WORDS]);
+    for &w in words {
+        hist[w.index()] += 1;
+    }
+    hist
 }
 
 /// The modality LUT as `slope * v + intercept` (identity when not asked).
@@ -125,42 +217,87 @@ impl Affine {
     fn apply(self, v: i32) -> f64 {
         self.slope * f64::from(v) + self.intercept
     }
+
+    fn apply_f(self, v: f64) -> f64 {
+        self.slope * v + self.intercept
+    }
 }
 
-/// The value distribution of an image: range, and a histogram over it when
-/// the range is small enough.
-struct Values {
+/// The value distribution of an image: its range, and how the values
+/// spread over it.
+struct Values<'a> {
     min: i32,
     max: i32,
     count: usize,
-    /// `histogram[i]` counts value `min + i`.
-    histogram: Option<Vec<u32>>,
+    spread: Spread<'a>,
 }
 
-impl Values {
-    fn new(pixels: &[i32]) -> Option<Self> {
+/// The values themselves, binned when their range allows.
+enum Spread<'a> {
+    /// `counts[i]` counts value `min + i`.
+    Histogram(Vec<u32>),
+    /// A range too wide for a histogram: the pixels, for order statistics.
+    Unbinned(&'a [i32]),
+}
+
+impl<'a> Values<'a> {
+    /// The distribution of `pixels`; `None` when there are none.
+    fn new(pixels: &'a [i32]) -> Option<Self> {
         let first = *pixels.first()?;
-        let (min, max) = pixels.iter().fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (min, max) = pixels
+            .iter()
+            .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let range = i64::from(max) - i64::from(min);
-        let histogram = (range < MAX_LUT_RANGE).then(|| {
+        let spread = if range < MAX_LUT_RANGE {
             let mut h = vec![0u32; range as usize + 1];
             for &v in pixels {
                 h[(v - min) as usize] += 1;
             }
-            h
-        });
+            Spread::Histogram(h)
+        } else {
+            Spread::Unbinned(pixels)
+        };
         Some(Values {
             min,
             max,
             count: pixels.len(),
-            histogram,
+            spread,
+        })
+    }
+
+    /// The distribution of the values of words counted in `word_hist`
+    /// (word `w` occurring `word_hist[w]` times); `None` when there are
+    /// none. At most 65,536 distinct words, so always binned.
+    fn from_word_histogram(word_hist: &[u32], format: SampleFormat) -> Option<Values<'static>> {
+        let present = || {
+            word_hist
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .map(|(w, &n)| (format.value(w as u32), n))
+        };
+        let (min, max) = present().fold(None, |acc, (v, _)| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((v.min(lo), v.max(hi))),
+        })?;
+        let mut h = vec![0u32; (i64::from(max) - i64::from(min)) as usize + 1];
+        let mut count = 0usize;
+        for (v, n) in present() {
+            h[(v - min) as usize] += n;
+            count += n as usize;
+        }
+        Some(Values {
+            min,
+            max,
+            count,
+            spread: Spread::Histogram(h),
         })
     }
 
     /// The k-th smallest value (0-based, `k < count`).
-    fn kth(&self, k: usize, pixels: &[i32]) -> i32 {
-        match &self.histogram {
-            Some(h) => {
+    fn kth(&self, k: usize) -> i32 {
+        match &self.spread {
+            Spread::Histogram(h) => {
                 let mut seen = 0usize;
                 for (i, &n) in h.iter().enumerate() {
                     seen += n as usize;
@@ -170,7 +307,7 @@ impl Values {
                 }
                 self.max
             }
-            None => {
+            Spread::Unbinned(pixels) => {
                 let mut copy = pixels.to_vec();
                 let k = k.min(copy.len() - 1);
                 *copy.select_nth_unstable(k).1
@@ -180,15 +317,15 @@ impl Values {
 
     /// Percentile `q` (0..=100) of the stored values with linear
     /// interpolation between neighbours, as NumPy's default `percentile`.
-    fn percentile(&self, q: f64, pixels: &[i32]) -> f64 {
+    fn percentile(&self, q: f64) -> f64 {
         let pos = (q.clamp(0.0, 100.0) / 100.0) * (self.count - 1) as f64;
         let lo = pos.floor() as usize;
         let frac = pos - lo as f64;
-        let a = f64::from(self.kth(lo, pixels));
+        let a = f64::from(self.kth(lo));
         if frac == 0.0 || lo + 1 >= self.count {
             return a;
         }
-        let b = f64::from(self.kth(lo + 1, pixels));
+        let b = f64::from(self.kth(lo + 1));
         a + frac * (b - a)
     }
 }
@@ -231,8 +368,8 @@ impl<'a> ValueMap<'a> {
                 } else {
                     (low, high)
                 };
-                let lo = affine.apply_f(values.percentile(ql, &img.pixels));
-                let hi = affine.apply_f(values.percentile(qh, &img.pixels));
+                let lo = affine.apply_f(values.percentile(ql));
+                let hi = affine.apply_f(values.percentile(qh));
                 ValueMap::Clip {
                     lo: lo.min(hi),
                     hi: lo.max(hi),
@@ -262,12 +399,6 @@ impl<'a> ValueMap<'a> {
                 }
             }
         }
-    }
-}
-
-impl Affine {
-    fn apply_f(self, v: f64) -> f64 {
-        self.slope * v + self.intercept
     }
 }
 
@@ -435,7 +566,56 @@ mod tests {
             .collect();
         equalize_hist(&mut want);
         want.iter_mut().for_each(|v| *v = 255 - *v);
-        assert_eq!(render(&img, WindowPolicy::MimicJpg, true, true).pixels, want);
+        assert_eq!(
+            render(&img, WindowPolicy::MimicJpg, true, true).pixels,
+            want
+        );
+    }
+
+    #[test]
+    fn words_render_as_their_values_do() {
+        // Words with overlay bits above BitsStored, signed and unsigned, 8
+        // and 16 bits, through every policy, rescaled and inverted: the
+        // word path must give the bytes of the value path, pixel for pixel.
+        let mut x = 99u32;
+        let mut next = || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            x >> 8
+        };
+        let words16: Vec<u16> = (0..40 * 30).map(|_| next() as u16).collect();
+        let words8: Vec<u8> = (0..40 * 30).map(|_| next() as u8).collect();
+        let policies = [
+            WindowPolicy::MimicJpg,
+            WindowPolicy::Voi,
+            WindowPolicy::Percentile {
+                low: 1.0,
+                high: 97.5,
+            },
+        ];
+        let formats = [(12, false), (12, true), (16, false), (16, true), (7, true)];
+        for (bits, signed) in formats {
+            let format = SampleFormat { bits, signed };
+            for words in [
+                Samples::U16(words16.clone(), format),
+                Samples::U8(words8.clone(), format),
+            ] {
+                let mut img = StoredImage::monochrome2(40, 30, bits, words);
+                img.photometric = "MONOCHROME1".into();
+                img.rescale = Some((-2.0, 7.0));
+                img.voi_window = Some((100.0, 900.0));
+                let as_values = StoredImage {
+                    pixels: Samples::I32(img.pixels.values()),
+                    ..img.clone()
+                };
+                for policy in policies {
+                    assert_eq!(
+                        render(&img, policy, true, true),
+                        render(&as_values, policy, true, true),
+                        "{policy:?}, {bits} bits, signed {signed}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -485,7 +665,7 @@ mod tests {
         assert_eq!(out, vec![0, 6, 70, 134, 249, 255, 255]);
         // The rescale is applied first: 2 * 50 + 0 = 100 -> 134.
         img.rescale = Some((2.0, 0.0));
-        img.pixels = vec![50; 7];
+        img.pixels = vec![50; 7].into();
         assert_eq!(render_plain(&img, WindowPolicy::Voi), vec![134; 7]);
     }
 
@@ -525,8 +705,8 @@ mod tests {
         assert_eq!(out[100], 255);
         // Interpolated: values {0, 10}: p25 = 2.5, p75 = 7.5; 5 of 0..=10 maps to 127.5 -> 128.
         let v = Values::new(&[0, 10]).expect("non-empty");
-        assert_eq!(v.percentile(25.0, &[0, 10]), 2.5);
-        assert_eq!(v.percentile(75.0, &[0, 10]), 7.5);
+        assert_eq!(v.percentile(25.0), 2.5);
+        assert_eq!(v.percentile(75.0), 7.5);
     }
 
     #[test]
@@ -534,15 +714,11 @@ mod tests {
         let px: Vec<i32> = (0..1000).map(|i| (i * 7919) % 1013 - 500).collect();
         let with = Values::new(&px).expect("non-empty");
         let without = Values {
-            histogram: None,
+            spread: Spread::Unbinned(&px),
             ..Values::new(&px).expect("non-empty")
         };
         for q in [0.0, 0.5, 12.3, 50.0, 99.5, 100.0] {
-            assert_eq!(
-                with.percentile(q, &px),
-                without.percentile(q, &px),
-                "q = {q}"
-            );
+            assert_eq!(with.percentile(q), without.percentile(q), "q = {q}");
         }
     }
 
