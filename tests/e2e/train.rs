@@ -207,6 +207,88 @@ fn zero_shot_and_linear_probe_reports_cover_the_classes() {
     assert_eq!(probe.as_array().unwrap().len(), 2);
 }
 
+/// Usable rows of `split` and the positives per PadChest finding, counted
+/// here from the shard rows: rows with labels and without `exclude` are
+/// usable.
+fn padchest_counts(dir: &Path, split: &str) -> (usize, std::collections::BTreeMap<String, usize>) {
+    let mut usable = 0;
+    let mut positives = std::collections::BTreeMap::new();
+    for row in crate::util::rows(dir) {
+        let labels: Vec<String> = row.finding_labels.iter().map(|l| l.to_lowercase()).collect();
+        if row.split != split || labels.is_empty() || labels.iter().any(|l| l == "exclude") {
+            continue;
+        }
+        usable += 1;
+        for l in labels {
+            *positives.entry(l).or_insert(0) += 1;
+        }
+    }
+    (usable, positives)
+}
+
+#[test]
+fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
+    let f = fixture();
+    let run_dir = trained();
+    // The fixture's PadChest test split holds a handful of rows: the
+    // train split stands in as the "test" split here.
+    let (usable, positives) = padchest_counts(&f.padchest, "train");
+    assert!(usable > 0, "no PadChest train rows in the fixture");
+    let eval = |name: &str, extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = run_dir.parent().unwrap().join(name);
+        let mut args = vec![
+            "eval", "zero-shot", "--label-set", "padchest", "--checkpoint", run_dir.to_str().unwrap(),
+            // The MIMIC-CXR folder is ignored: PadChest labels are PadChest rows'.
+            "--shards", f.mimic.to_str().unwrap(), "--shards", f.padchest.to_str().unwrap(),
+            "--split", "train", "--bootstrap", "20", "--out", out.to_str().unwrap(), "--device", "cpu",
+        ];
+        args.extend_from_slice(extra);
+        run_ok("train", &args);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("zero_shot.json")).unwrap()).unwrap();
+        report["classes"].as_array().unwrap().clone()
+    };
+
+    // Default: the 8 findings that name CheXpert classes, each counted over
+    // every usable PadChest test row.
+    let seen = eval("eval-padchest-seen", &[]);
+    let names: Vec<&str> = seen.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["atelectasis", "cardiomegaly", "consolidation", "nodule", "pleural effusion", "pneumonia",
+         "pneumothorax", "pulmonary edema"]
+    );
+    for c in &seen {
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(c["n_test"].as_u64().unwrap() as usize, usable, "{name}");
+        assert_eq!(
+            c["positives_test"].as_u64().unwrap() as usize,
+            positives.get(name).copied().unwrap_or(0),
+            "{name}"
+        );
+    }
+    assert!(seen.iter().any(|c| c["auc"].as_f64().is_some()), "no seen finding has both label values");
+
+    // Unseen: the most frequent findings that are neither seen ones nor
+    // non-findings, most frequent first.
+    let not_unseen = [
+        "atelectasis", "cardiomegaly", "consolidation", "nodule", "pleural effusion", "pneumonia",
+        "pneumothorax", "pulmonary edema", "normal", "exclude", "suboptimal study", "unchanged",
+    ];
+    let mut ranked: Vec<(&String, &usize)> =
+        positives.iter().filter(|(l, _)| !not_unseen.contains(&l.as_str())).collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let want: Vec<&str> = ranked.iter().take(3).map(|(l, _)| l.as_str()).collect();
+    assert_eq!(want.len(), 3, "the fixture has fewer than 3 unseen findings: {positives:?}");
+    let unseen = eval("eval-padchest-unseen", &["--unseen-top", "3"]);
+    let names: Vec<&str> = unseen.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, want);
+    for c in &unseen {
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(c["positives_test"].as_u64().unwrap() as usize, positives[name], "{name}");
+    }
+}
+
 #[test]
 fn exported_hugging_face_folder_gives_the_same_embeddings_in_transformers() {
     let run_dir = trained();

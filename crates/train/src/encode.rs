@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use pipeline::{
     AugmentConfig, Batch, IMAGE_FLOATS, Loader, LoaderConfig, Mode, NUM_LABELS, Position,
+    SourceKind,
 };
 use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
 use crate::fit::fit_to;
+use crate::label_sets::StoredRow;
 use crate::session::Session;
 
 /// Images encoded per forward pass.
@@ -24,6 +26,8 @@ pub struct Embedded {
     pub labels: Vec<[i8; NUM_LABELS]>,
     /// `source/shard/row` of each row.
     pub keys: Vec<String>,
+    /// The shard file and row of each row.
+    pub rows: Vec<StoredRow>,
 }
 
 /// Unit-normalises rows.
@@ -74,6 +78,7 @@ pub fn embed_split(
         images: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         labels: Vec::new(),
         keys: Vec::new(),
+        rows: Vec::new(),
     };
     let mut parts = Vec::new();
     for (only, paired_fraction) in [
@@ -113,17 +118,17 @@ pub fn embed_split(
             prefetch: 64,
             ..Default::default()
         };
-        let loader = Loader::new(sources, &cfg, Position::default())?;
+        let loader = Loader::new(sources.clone(), &cfg, Position::default())?;
         let mut pending: Vec<Batch> = Vec::with_capacity(CHUNK);
         for batch in loader {
             pending.push(batch?);
             if pending.len() == CHUNK {
-                parts.push(embed_batches(session, &pending, &mut out));
+                parts.push(embed_batches(session, &sources, &pending, &mut out));
                 pending.clear();
             }
         }
         if !pending.is_empty() {
-            parts.push(embed_batches(session, &pending, &mut out));
+            parts.push(embed_batches(session, &sources, &pending, &mut out));
         }
     }
     if parts.is_empty() {
@@ -141,7 +146,12 @@ fn sources_len(sources: &pipeline::Sources) -> u64 {
         .sum()
 }
 
-fn embed_batches(session: &Session, batches: &[Batch], out: &mut Embedded) -> Tensor {
+fn embed_batches(
+    session: &Session,
+    sources: &pipeline::Sources,
+    batches: &[Batch],
+    out: &mut Embedded,
+) -> Tensor {
     let mut pixels = Vec::with_capacity(batches.len() * IMAGE_FLOATS);
     for b in batches {
         pixels.extend_from_slice(&b.images);
@@ -153,6 +163,17 @@ fn embed_batches(session: &Session, batches: &[Batch], out: &mut Embedded) -> Te
         let r = b.rows[0];
         out.keys
             .push(format!("{:?}/{}/{}", r.source, r.loc.shard, r.loc.row).to_lowercase());
+        let source = match r.source {
+            SourceKind::Paired => &sources.paired,
+            SourceKind::Unpaired => &sources.unpaired,
+        };
+        let source = source
+            .as_ref()
+            .expect("a batch row comes from an open source");
+        out.rows.push(StoredRow {
+            shard: source.shard_path(r.loc.shard as usize).to_path_buf(),
+            row: r.loc.row,
+        });
     }
     let t = Tensor::from_slice(&pixels).view([batches.len() as i64, 3, 224, 224]);
     embed_pixels(session, &t)

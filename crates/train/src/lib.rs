@@ -14,6 +14,7 @@ pub mod embed;
 pub mod encode;
 pub mod fit;
 pub mod hf;
+pub mod label_sets;
 pub mod linear_probe;
 pub mod masks;
 pub mod optim;

@@ -116,9 +116,18 @@ enum EvalCommand {
         /// Split the F1/accuracy thresholds are chosen on.
         #[arg(long, default_value = "validate")]
         val_split: String,
-        /// Classes (CheXpert names); all 14 when absent.
+        /// Label set: `chexpert` (MIMIC-CXR rows, 14 classes) or `padchest`
+        /// (PadChest rows, their findings).
+        #[arg(long, value_enum, default_value = "chexpert")]
+        label_set: train::label_sets::LabelSet,
+        /// Classes (CheXpert names or PadChest findings); when absent, all 14
+        /// CheXpert classes or the 8 PadChest findings that name one of them.
         #[arg(long)]
         class: Vec<String>,
+        /// PadChest: score the N most frequent findings of the test split
+        /// that are not CheXpert classes ("unseen") instead.
+        #[arg(long, conflicts_with = "class")]
+        unseen_top: Option<usize>,
         /// Positive template, `{}` = the class phrase.
         #[arg(long)]
         positive: Option<String>,
@@ -290,7 +299,9 @@ fn main() -> Result<()> {
             shards,
             split,
             val_split,
+            label_set,
             class,
+            unseen_top,
             positive,
             negative,
             missing_as_negative,
@@ -305,7 +316,9 @@ fn main() -> Result<()> {
                 shards,
                 test_split: split,
                 val_split,
+                label_set,
                 classes: class,
+                unseen_top,
                 templates: Templates {
                     positive: positive.unwrap_or(defaults.positive),
                     negative: negative.unwrap_or(defaults.negative),

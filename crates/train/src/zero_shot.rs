@@ -3,6 +3,8 @@
 //! and accuracy per class and their means, with the F1/accuracy threshold
 //! chosen on the validation split and applied to the test split, bootstrap
 //! intervals, and an ensemble of several checkpoints (mean of their scores).
+//! The classes are CheXpert's on the MIMIC-CXR rows or PadChest findings on
+//! the PadChest rows ([`crate::label_sets`]).
 
 use std::path::PathBuf;
 
@@ -14,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
 use crate::encode::{Embedded, embed_split, embed_texts};
+use crate::label_sets::{LabelSet, PADCHEST_SEEN, StoredRow, padchest_labels, targets, unseen_top};
 use crate::prompts::Templates;
 use crate::session::Session;
 
@@ -28,11 +31,18 @@ pub struct ZeroShotOptions {
     pub test_split: String,
     /// Split the thresholds are chosen on.
     pub val_split: String,
-    /// Classes (CheXpert names); all 14 when empty.
+    /// Which label set the classes come from.
+    pub label_set: LabelSet,
+    /// Classes: CheXpert names, or PadChest findings; the label set's
+    /// default when empty.
     pub classes: Vec<String>,
+    /// PadChest only, without `classes`: score the this many most frequent
+    /// unseen findings of the test split instead of the seen ones.
+    pub unseen_top: Option<usize>,
     /// Prompt pair templates.
     pub templates: Templates,
-    /// Count "not mentioned" as negative (default: left out, as uncertain).
+    /// CheXpert only: count "not mentioned" as negative (default: left
+    /// out, as uncertain).
     pub missing_as_negative: bool,
     /// Bootstrap resamples.
     pub resamples: usize,
@@ -47,31 +57,36 @@ pub struct ZeroShotOptions {
 /// Scores of one checkpoint: per class, (validation, test) probabilities.
 type Scores = Vec<(Vec<f32>, Vec<f32>)>;
 
+/// One class to score: its name, its prompt pair, and where its labels are.
+struct Class {
+    name: String,
+    pair: (String, String),
+    labels: Labels,
+}
+
+enum Labels {
+    /// Column of the loader's CheXpert labels.
+    Chexpert(usize),
+    /// A PadChest finding, looked up in the rows' `finding_labels`.
+    Padchest(String),
+}
+
 /// Runs the evaluation and returns the summary.
 pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
     if opts.checkpoints.is_empty() {
         bail!("no checkpoint to evaluate");
     }
-    let classes: Vec<&str> = if opts.classes.is_empty() {
-        CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect()
-    } else {
-        opts.classes.iter().map(String::as_str).collect()
-    };
-    let indices: Vec<usize> = classes
-        .iter()
-        .map(|c| {
-            CHEXPERT_CLASSES
-                .iter()
-                .position(|(name, _)| name == c)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "unknown class {c:?}; the CheXpert classes are {:?}",
-                        CHEXPERT_CLASSES.map(|c| c.0)
-                    )
-                })
-        })
-        .collect::<Result<_>>()?;
-    let shards = ShardSet::from_dirs(&opts.shards)?;
+    let mut shards = ShardSet::from_dirs(&opts.shards)?;
+    if opts.label_set == LabelSet::Padchest {
+        // PadChest rows are the image-only folders.
+        if shards.unpaired.is_empty() {
+            bail!(
+                "the PadChest label set needs PadChest shards (an `ingest padchest` folder) among --shards"
+            );
+        }
+        shards.paired.clear();
+    }
+    let classes = classes(opts, &shards)?;
 
     let mut per_checkpoint: Vec<Scores> = Vec::new();
     let mut reference: Option<(Embedded, Embedded)> = None;
@@ -87,12 +102,8 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
             .to_device(Device::Cpu)
             .detach();
         let mut scores = Scores::new();
-        for c in &indices {
-            let (pos, neg) = opts
-                .templates
-                .pair_for(CHEXPERT_CLASSES[*c].0)
-                .expect("a CheXpert class");
-            let text = embed_texts(&session, &[pos, neg])?;
+        for class in &classes {
+            let text = embed_texts(&session, &[class.pair.0.clone(), class.pair.1.clone()])?;
             scores.push((
                 pair_probability(&val.images, &text, &scale),
                 pair_probability(&test.images, &text, &scale),
@@ -110,7 +121,11 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
         reference.get_or_insert((val, test));
     }
     let (val, test) = reference.expect("at least one checkpoint");
-    let label = |rows: &[[i8; 14]], c: usize| -> Vec<i8> {
+    let lists = match opts.label_set {
+        LabelSet::Chexpert => None,
+        LabelSet::Padchest => Some((padchest_labels(&val.rows)?, padchest_labels(&test.rows)?)),
+    };
+    let chexpert = |rows: &[[i8; 14]], c: usize| -> Vec<i8> {
         rows.iter()
             .map(|r| {
                 if r[c] == LABEL_MISSING && opts.missing_as_negative {
@@ -121,22 +136,98 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
             })
             .collect()
     };
-    let inputs: Vec<ClassInput> = indices
+    let inputs: Vec<ClassInput> = classes
         .iter()
         .enumerate()
-        .map(|(k, &c)| {
+        .map(|(k, class)| {
             let val_runs: Vec<Vec<f32>> = per_checkpoint.iter().map(|s| s[k].0.clone()).collect();
             let test_runs: Vec<Vec<f32>> = per_checkpoint.iter().map(|s| s[k].1.clone()).collect();
+            let (val_labels, test_labels) = match (&class.labels, &lists) {
+                (Labels::Chexpert(c), _) => (chexpert(&val.labels, *c), chexpert(&test.labels, *c)),
+                (Labels::Padchest(finding), Some((v, t))) => {
+                    (targets(v, finding), targets(t, finding))
+                }
+                (Labels::Padchest(_), None) => {
+                    unreachable!("PadChest classes come with PadChest lists")
+                }
+            };
             ClassInput {
-                name: CHEXPERT_CLASSES[c].0.to_string(),
+                name: class.name.clone(),
                 val_scores: ensemble(&val_runs),
-                val_labels: label(&val.labels, c),
+                val_labels,
                 test_scores: ensemble(&test_runs),
-                test_labels: label(&test.labels, c),
+                test_labels,
             }
         })
         .collect();
     Ok(evaluate(&inputs, opts.resamples, opts.seed))
+}
+
+/// The classes to score: the named ones, or the label set's default
+/// (CheXpert: all 14; PadChest: the seen findings, or with `unseen_top`
+/// the most frequent unseen findings of the test split).
+fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
+    match opts.label_set {
+        LabelSet::Chexpert => {
+            let names: Vec<&str> = if opts.classes.is_empty() {
+                CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect()
+            } else {
+                opts.classes.iter().map(String::as_str).collect()
+            };
+            names
+                .into_iter()
+                .map(|c| {
+                    let index = CHEXPERT_CLASSES
+                        .iter()
+                        .position(|(name, _)| *name == c)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "unknown class {c:?}; the CheXpert classes are {:?}",
+                                CHEXPERT_CLASSES.map(|c| c.0)
+                            )
+                        })?;
+                    Ok(Class {
+                        name: c.to_string(),
+                        pair: opts.templates.pair_for(c).expect("a CheXpert class"),
+                        labels: Labels::Chexpert(index),
+                    })
+                })
+                .collect()
+        }
+        LabelSet::Padchest => {
+            let findings: Vec<String> = if !opts.classes.is_empty() {
+                opts.classes.iter().map(|c| c.to_lowercase()).collect()
+            } else if let Some(n) = opts.unseen_top {
+                let lists = padchest_labels(&split_rows(shards, &opts.test_split)?)?;
+                unseen_top(&lists, n)
+            } else {
+                PADCHEST_SEEN.iter().map(|(f, _)| f.to_string()).collect()
+            };
+            Ok(findings
+                .into_iter()
+                .map(|f| Class {
+                    name: f.clone(),
+                    pair: opts.templates.pair(&f),
+                    labels: Labels::Padchest(f),
+                })
+                .collect())
+        }
+    }
+}
+
+/// Where every row of `split` in `shards` is stored.
+fn split_rows(shards: &ShardSet, split: &str) -> Result<Vec<StoredRow>> {
+    let sources = shards.open(Some(split), false)?;
+    let mut rows = Vec::new();
+    for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {
+        for shard in 0..source.num_shards() {
+            rows.extend(source.kept_rows(shard).iter().map(|&row| StoredRow {
+                shard: source.shard_path(shard).to_path_buf(),
+                row,
+            }));
+        }
+    }
+    Ok(rows)
 }
 
 /// P(positive) per image: softmax over the scaled similarities to the

@@ -1,0 +1,218 @@
+//! The label sets zero-shot evaluation scores: CheXpert's 14 classes (the
+//! loader's label columns) and PadChest's findings (the shards'
+//! `finding_labels` lists, read here by shard and row).
+//!
+//! A PadChest row is positive for a finding when its list names it and
+//! negative otherwise: PadChest's labels come from every finding of the
+//! report, so absence means absent (no "not mentioned" state). Rows whose
+//! list is empty or holds `exclude` carry no usable labels and are left out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{Array, ListArray, StringArray};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline::LABEL_MISSING;
+use schemas::col;
+
+/// Which classes zero-shot evaluation scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelSet {
+    /// The 14 CheXpert classes of the MIMIC-CXR rows.
+    Chexpert,
+    /// PadChest findings of the PadChest rows.
+    Padchest,
+}
+
+/// PadChest findings that name a CheXpert class, so that training on
+/// MIMIC-CXR reports has seen them ("PadChest seen"): the default PadChest
+/// classes. Each is scored with its own PadChest wording.
+pub const PADCHEST_SEEN: [(&str, &str); 8] = [
+    ("atelectasis", "Atelectasis"),
+    ("cardiomegaly", "Cardiomegaly"),
+    ("consolidation", "Consolidation"),
+    ("nodule", "Lung Lesion"),
+    ("pleural effusion", "Pleural Effusion"),
+    ("pneumonia", "Pneumonia"),
+    ("pneumothorax", "Pneumothorax"),
+    ("pulmonary edema", "Edema"),
+];
+
+/// PadChest labels that are not findings: never ranked among the unseen
+/// classes.
+const NOT_FINDINGS: [&str; 4] = ["normal", "exclude", "suboptimal study", "unchanged"];
+
+/// Where an embedded row is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoredRow {
+    /// Its shard file.
+    pub shard: PathBuf,
+    /// Its row in that file.
+    pub row: u32,
+}
+
+/// The `finding_labels` list of each row (lower-cased), `None` for rows
+/// that are not PadChest rows.
+pub fn padchest_labels(rows: &[StoredRow]) -> Result<Vec<Option<Vec<String>>>> {
+    let mut by_shard: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        by_shard.entry(&r.shard).or_default().push(i);
+    }
+    let mut out = vec![None; rows.len()];
+    for (shard, indices) in by_shard {
+        let lists = read_shard_labels(shard)?;
+        for i in indices {
+            let row = rows[i].row as usize;
+            out[i] = lists
+                .get(row)
+                .with_context(|| format!("{}: no row {row}", shard.display()))?
+                .clone();
+        }
+    }
+    Ok(out)
+}
+
+/// Every row's `finding_labels` of one shard (`None` where `source` is not
+/// `padchest`).
+fn read_shard_labels(path: &Path) -> Result<Vec<Option<Vec<String>>>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{}: not a Parquet shard", path.display()))?;
+    let schema = builder.schema().clone();
+    let roots: Vec<usize> = [col::SOURCE, col::FINDING_LABELS]
+        .iter()
+        .map(|name| {
+            schema
+                .index_of(name)
+                .with_context(|| format!("{}: no column {name:?}", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+        let source = batch
+            .column_by_name(col::SOURCE)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let lists = batch
+            .column_by_name(col::FINDING_LABELS)
+            .and_then(|c| c.as_any().downcast_ref::<ListArray>());
+        let (Some(source), Some(lists)) = (source, lists) else {
+            bail!(
+                "{}: {} or {} has an unexpected type",
+                path.display(),
+                col::SOURCE,
+                col::FINDING_LABELS
+            );
+        };
+        for i in 0..batch.num_rows() {
+            if source.value(i) != "padchest" || lists.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let values = lists.value(i);
+            let Some(values) = values.as_any().downcast_ref::<StringArray>() else {
+                bail!(
+                    "{}: {} holds no strings",
+                    path.display(),
+                    col::FINDING_LABELS
+                );
+            };
+            out.push(Some(
+                values
+                    .iter()
+                    .flatten()
+                    .map(|s| s.trim().to_lowercase())
+                    .collect(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Labels of `class` per row: 1 when the list names it, 0 when it does
+/// not, [`LABEL_MISSING`] for rows without usable labels (see the module
+/// doc).
+pub fn targets(lists: &[Option<Vec<String>>], class: &str) -> Vec<i8> {
+    let class = class.to_lowercase();
+    lists
+        .iter()
+        .map(|list| match list {
+            Some(l) if !l.is_empty() && !l.iter().any(|x| x == "exclude") => {
+                i8::from(l.contains(&class))
+            }
+            _ => LABEL_MISSING,
+        })
+        .collect()
+}
+
+/// The `n` most frequent findings of `lists` that are not among
+/// [`PADCHEST_SEEN`] ("unseen" classes), most frequent first, ties by name.
+pub fn unseen_top(lists: &[Option<Vec<String>>], n: usize) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for label in lists.iter().flatten().flatten() {
+        if !PADCHEST_SEEN.iter().any(|(seen, _)| seen == label)
+            && !NOT_FINDINGS.contains(&label.as_str())
+        {
+            *counts.entry(label).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    ranked
+        .into_iter()
+        .take(n)
+        .map(|(l, _)| l.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(labels: &[&str]) -> Option<Vec<String>> {
+        Some(labels.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_finding_is_positive_where_listed_and_unusable_rows_are_left_out() {
+        let lists = vec![
+            list(&["pleural effusion", "cardiomegaly"]),
+            list(&["normal"]),
+            list(&[]),
+            list(&["exclude", "pleural effusion"]),
+            None,
+        ];
+        assert_eq!(
+            targets(&lists, "Pleural Effusion"),
+            [1, 0, LABEL_MISSING, LABEL_MISSING, LABEL_MISSING]
+        );
+        assert_eq!(
+            targets(&lists, "cardiomegaly"),
+            [1, 0, LABEL_MISSING, LABEL_MISSING, LABEL_MISSING]
+        );
+    }
+
+    #[test]
+    fn unseen_classes_rank_by_frequency_without_seen_ones_or_non_findings() {
+        let lists = vec![
+            list(&["scoliosis", "cardiomegaly", "normal"]),
+            list(&["aortic elongation", "scoliosis"]),
+            list(&["copd signs", "unchanged"]),
+            list(&["aortic elongation", "scoliosis"]),
+            None,
+        ];
+        assert_eq!(unseen_top(&lists, 2), ["scoliosis", "aortic elongation"]);
+        assert_eq!(
+            unseen_top(&lists, 10),
+            ["scoliosis", "aortic elongation", "copd signs"]
+        );
+    }
+}
