@@ -49,6 +49,9 @@ step "zero-shot evaluation on the test split (thresholds from the validation spl
 # the report does not mention is absent: count it as negative.
 $BIN/train eval zero-shot --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" \
   --out "$OUT/eval" --device cpu --bootstrap 500 --missing-as-negative
+# The same model on the PadChest images: the findings that name CheXpert classes.
+$BIN/train eval zero-shot --label-set padchest --checkpoint "$OUT/run" \
+  --shards "$OUT/shards/padchest" --out "$OUT/eval-padchest" --device cpu --bootstrap 500
 
 step "AttMIM masks over test images, and how much of each lesion they cover"
 $BIN/train viz-masks --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" --split test \
@@ -65,9 +68,11 @@ print(f"zero-shot mean AUC {auc['value']:.3f} over {auc['classes']} classes (cha
 for c in sorted(z["classes"], key=lambda c: -(c["auc"] or 0))[:5]:
     if c["auc"] is not None:
         print(f"  {c['name']:<28} AUC {c['auc']:.3f}  ({c['n_test']} test images, {c['positives_test']} positive)")
+p = json.load(open(f"{out}/eval-padchest/zero_shot.json"))["mean_auc"]
+print(f"PadChest zero-shot mean AUC {p['value']:.3f} over {p['classes']} findings")
 shares = dict((s, v) for s, v in m["shares"])
 print(f"lesion patches masked: attmim {shares['att-mim']:.3f} vs random {shares['random']:.3f}")
 PY
 echo "shards:   $OUT/shards/{mimic,padchest}   stats: $OUT/stats/stats.md"
 echo "run:      $OUT/run (metrics.jsonl, plots/, checkpoints/)"
-echo "eval:     $OUT/eval/zero_shot.md   masks: $OUT/masks/"
+echo "eval:     $OUT/eval/zero_shot.md, $OUT/eval-padchest/zero_shot.md   masks: $OUT/masks/"
