@@ -8,6 +8,9 @@
 #   present and it is missing, it is built. The GPU machine has no Rust
 #   toolchain: carry the binary built here (README.md). It finds libtorch
 #   through LD_LIBRARY_PATH, set below to the torch of $PYTHON.
+#   It first runs the model's bf16 parity check on $DEVICE (crates/model/
+#   tests/step_parity.rs, both sides on the device) when PARITY_BIN names
+#   that test's binary, built here and carried like step_bench.
 # Env (defaults for the GPU machine):
 #   DEVICE           cuda | cpu (cuda)
 #   PRESET           vit-b16 | small | tiny (vit-b16)
@@ -29,6 +32,7 @@
 #                    present, else python3)
 #   COPY_TO          also copy last-run.md and the JSON lines there
 #                    (e.g. the device tool's $OUT)
+#   PARITY_BIN       the step_parity test binary (none: no parity check)
 # CPU check: DEVICE=cpu PRESET=tiny BATCH=8 STEPS=2 bash bench/train_step/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -104,6 +108,26 @@ if [ "$DEVICE" = cuda ]; then
     fail "$PYTHON's torch sees no CUDA device"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi -i 0 --query-gpu=memory.used --format=csv,noheader,nounits >"$WORK/idle.txt" || true
+  fi
+fi
+
+# The model's step against the PyTorch reference under bf16 autocast, both
+# sides on $DEVICE (crates/model/tests/step_parity.rs; on cuda its ignored
+# CUDA test). The test finds the reference scripts in this tree and runs
+# them with $PYTHON. A failure is recorded; the benchmark still runs.
+if [ -n "${PARITY_BIN:-}" ]; then
+  if [ "$DEVICE" = cuda ]; then
+    parity_test=bfloat16_autocast_step_matches_the_pytorch_reference_on_cuda
+  else
+    parity_test=bfloat16_autocast_step_matches_the_pytorch_reference_under_autocast
+  fi
+  echo "== parity: $PARITY_BIN --include-ignored --exact $parity_test" >&2
+  status=0
+  MMCLIP_WORKSPACE=$PWD MMCLIP_PYTHON=$PYTHON \
+    "$PARITY_BIN" --include-ignored --exact "$parity_test" --nocapture >"$WORK/parity.txt" 2>&1 || status=$?
+  cat "$WORK/parity.txt" >&2
+  if [ "$status" != 0 ]; then
+    echo "parity on $DEVICE ($parity_test): exit status $status" >>"$WORK/failures.txt"
   fi
 fi
 
@@ -234,6 +258,14 @@ print(f"\nTrainable parameters: {params}; EntMLM-selected tokens per step: {sel}
 print("Last-step losses: " + "; ".join(
     f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {r['loss_mim']:.4f}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
     for (s, p), r in runs.items()) + ".")
+parity = os.path.join(work, "parity.txt")
+if os.path.exists(parity):
+    lines = open(parity).read().splitlines()
+    print(f"\nParity with the PyTorch reference (`step_parity`, bf16 autocast, both sides on {device_name}; "
+          "tolerances: losses 1e-2, gradient norms 5e-2 relative):\n")
+    for i, line in enumerate(lines):
+        if "relative differences" in line or line.startswith("test result") or "panicked" in line:
+            print(f"- {line.strip()}" + (f" {lines[i + 1].strip()}" if "panicked" in line and i + 1 < len(lines) else ""))
 failures = os.path.join(work, "failures.txt")
 if os.path.exists(failures):
     print("\n**Failed runs** (their output is in the run's log):\n")

@@ -23,12 +23,14 @@ The counts use exact decimal arithmetic: ⌈λ1·N⌉ and ⌈λ3·n⌉ rounded u
 round(λ2·N) rounded half up (Python's ``round`` would round half to even).
 
 With ``--autocast bf16`` the forward pass (steps 1-6) runs under
-``torch.autocast("cpu", dtype=torch.bfloat16)`` and the backward pass
-outside it, as PyTorch's mixed-precision recipe does. When the inputs hold
+``torch.autocast(DEVICE, dtype=torch.bfloat16)`` and the backward pass
+outside it, as PyTorch's mixed-precision recipe does. ``--device cuda``
+runs the step on the GPU (every tensor it makes goes there by default);
+the outputs are written from the CPU either way. When the inputs hold
 ``given_candidates`` [B,N], the step masks from that candidate set M_b
 instead of its own (the output ``candidates`` stays its own).
 
-Usage: python mmclip_ref.py DIR [--phase joint|warm-up] [--autocast bf16]
+Usage: python mmclip_ref.py DIR [--phase joint|warm-up] [--autocast bf16] [--device cpu|cuda]
   DIR/weights.safetensors  the Rust VarStore: ``clip.*`` (HF CLIPModel names),
                            ``mim_decoder.*`` (MAE names), ``mlm.mask_embedding``,
                            ``mlm.decoder.*``
@@ -261,9 +263,9 @@ def select_tokens(cfg, ids, entity, noise):
 
 
 # --- the step ---
-def step(d, phase, autocast):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        out, params, total = forward(d, phase)
+def step(d, phase, autocast, device):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        out, params, total = forward(d, phase, device)
     total.backward()
     sq = dict.fromkeys(GROUPS, 0.0)
     for name, v in params.items():
@@ -272,15 +274,15 @@ def step(d, phase, autocast):
         sq[group_of(name)] += norm**2
     for g, s in sq.items():
         out[f"grad_norm.{g}"] = torch.tensor([math.sqrt(s)], dtype=torch.float64)
-    save_file({k: t.contiguous() for k, t in out.items()}, d / "outputs.safetensors")
+    save_file({k: t.contiguous().cpu() for k, t in out.items()}, d / "outputs.safetensors")
 
 
-def forward(d, phase):
+def forward(d, phase, device):
     """The step's forward pass: its outputs (losses, masks, selection), the
     trainable parameters by name, and the weighted total loss."""
     cfg = json.loads((d / "config.json").read_text())
-    weights = load_file(d / "weights.safetensors")
-    x = load_file(d / "inputs.safetensors")
+    weights = load_file(d / "weights.safetensors", device=device)
+    x = load_file(d / "inputs.safetensors", device=device)
     pixels, ids = x["pixels"], x["input_ids"]
     entity = x["entity"].bool()
     b, p = pixels.shape[0], ids.shape[0]
@@ -291,7 +293,7 @@ def forward(d, phase):
     mim_cfg = cfg["mim_decoder"]
     grid = cfg["clip"]["vision"]["image_size"] // cfg["clip"]["vision"]["patch_size"]
     pos = decoders_ref.get_2d_sincos_pos_embed(mim_cfg["hidden_size"], grid, cls_token=True)
-    dec["mim_decoder.decoder_pos_embed"] = torch.from_numpy(pos).float()  # fixed, not trained
+    dec["mim_decoder.decoder_pos_embed"] = torch.from_numpy(pos).float().to(device)  # fixed, not trained
     params.update({k: v for k, v in dec.items() if v.requires_grad})
     text_dec = {"text_decoder." + k[len("mlm.decoder."):]: v for k, v in dec.items() if k.startswith("mlm.decoder.")}
 
@@ -344,9 +346,14 @@ def main():
     parser.add_argument("dir", type=Path)
     parser.add_argument("--phase", choices=("joint", "warm-up"), default="joint")
     parser.add_argument("--autocast", choices=("off", "bf16"), default="off")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)  # deterministic reductions, and a shared machine
-    step(args.dir, args.phase, args.autocast)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("mmclip_ref.py: --device cuda, but this torch sees no CUDA device")
+    # Factory calls without a device (masks, positions, outputs) follow it.
+    torch.set_default_device(args.device)
+    step(args.dir, args.phase, args.autocast, args.device)
 
 
 if __name__ == "__main__":
