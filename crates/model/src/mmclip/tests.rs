@@ -8,6 +8,10 @@ const L: i64 = 16;
 /// A tiny model and a mixed batch: 3 paired rows with reports of 6, 9 and
 /// 12 tokens (end-of-text = 99) and entities, 1 unpaired row.
 fn setup(cfg: &MmclipConfig) -> (nn::VarStore, Mmclip, StepBatch) {
+    // libtorch's generator is global and the tests run on parallel threads:
+    // the lock keeps each test's draws its own, so a failure reproduces.
+    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _draws = DRAWS.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
     let prompts = token_rows(&[4, 5, 3]);
