@@ -23,15 +23,33 @@ fn the_demo_learns_above_chance() {
         .output()
         .expect("running scripts/demo.sh");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("eval/zero_shot.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval/zero_shot.json")).unwrap())
+            .unwrap();
     let auc = report["mean_auc"]["value"].as_f64().expect("a mean AUC");
     // The figure, for the test log.
-    eprintln!("{}", stdout.lines().skip_while(|l| !l.contains("zero-shot mean AUC")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .skip_while(|l| !l.contains("zero-shot mean AUC"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let classes = report["mean_auc"]["classes"].as_u64().unwrap();
-    assert!(classes >= 8, "only {classes} classes could be scored:\n{stdout}");
-    assert!(auc >= MIN_MEAN_AUC, "zero-shot mean AUC {auc:.3} is below {MIN_MEAN_AUC}:\n{stdout}");
+    assert!(
+        classes >= 8,
+        "only {classes} classes could be scored:\n{stdout}"
+    );
+    assert!(
+        auc >= MIN_MEAN_AUC,
+        "zero-shot mean AUC {auc:.3} is below {MIN_MEAN_AUC}:\n{stdout}"
+    );
     // The PadChest evaluation ran on the PadChest findings (its figure is
     // stated, not required: 30 test images are too few for a threshold).
     let padchest: serde_json::Value = serde_json::from_str(
@@ -39,7 +57,10 @@ fn the_demo_learns_above_chance() {
     )
     .unwrap();
     let scored = padchest["mean_auc"]["classes"].as_u64().unwrap();
-    assert!(scored >= 5, "only {scored} PadChest findings could be scored:\n{stdout}");
+    assert!(
+        scored >= 5,
+        "only {scored} PadChest findings could be scored:\n{stdout}"
+    );
     // The summary the demo ends with names the figure.
     assert!(stdout.contains("zero-shot mean AUC"), "{stdout}");
 }

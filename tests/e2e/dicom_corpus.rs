@@ -29,7 +29,11 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
         let dir = root.join(format!("files/p10/p{subject}"));
         std::fs::create_dir_all(dir.join(format!("s{study}"))).unwrap();
         std::os::unix::fs::symlink(f, dir.join(format!("s{study}/{dicom}.dcm"))).unwrap();
-        std::fs::write(dir.join(format!("s{study}.txt")), " FINDINGS: No pleural effusion.\n IMPRESSION: Normal chest.\n").unwrap();
+        std::fs::write(
+            dir.join(format!("s{study}.txt")),
+            " FINDINGS: No pleural effusion.\n IMPRESSION: Normal chest.\n",
+        )
+        .unwrap();
         meta.push(format!("{dicom},{subject},{study},,PA,0,0,,,,,"));
         split.push(format!("{dicom},{study},{subject},train"));
         labels.push(format!("{subject},{study}{}", ",".repeat(14)));
@@ -41,19 +45,41 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
         std::fs::write(root.join(name), gz.finish().unwrap()).unwrap();
     };
     write("mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning".into(), &meta);
-    write("mimic-cxr-2.0.0-split.csv.gz", "dicom_id,study_id,subject_id,split".into(), &split);
+    write(
+        "mimic-cxr-2.0.0-split.csv.gz",
+        "dicom_id,study_id,subject_id,split".into(),
+        &split,
+    );
     let names: Vec<&str> = schemas::CHEXPERT_CLASSES.iter().map(|c| c.0).collect();
-    write("mimic-cxr-2.0.0-chexpert.csv.gz", format!("subject_id,study_id,{}", names.join(",")), &labels);
+    write(
+        "mimic-cxr-2.0.0-chexpert.csv.gz",
+        format!("subject_id,study_id,{}", names.join(",")),
+        &labels,
+    );
 
     let out = tmp.path().join("shards");
     let res = ingest_mimic(&root, &out, &[]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let m = manifest(&out);
     assert!(m.counts.reconciles());
     let rejects = rejects(&out);
-    let mut rejected: Vec<_> = rejects.iter().map(|r| r.image_id.clone().unwrap()).collect();
+    let mut rejected: Vec<_> = rejects
+        .iter()
+        .map(|r| r.image_id.clone().unwrap())
+        .collect();
     rejected.sort();
-    assert_eq!(rejected, ["corrupt-dx-chest-j2k-bad-marker", "corrupt-truncated-explicit-le"], "{rejects:#?}");
+    assert_eq!(
+        rejected,
+        [
+            "corrupt-dx-chest-j2k-bad-marker",
+            "corrupt-truncated-explicit-le"
+        ],
+        "{rejects:#?}"
+    );
     for r in &rejects {
         assert_eq!(r.stage, Stage::ImageDecode);
         assert!(r.path.ends_with(".dcm") && r.reason.len() > 10, "{r:?}");
@@ -63,7 +89,11 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
     // With --strict the first reject stops the run with the file named.
     let strict = ingest_mimic(&root, &tmp.path().join("strict"), &["--strict"]);
     assert!(!strict.status.success());
-    assert!(String::from_utf8_lossy(&strict.stderr).contains("corrupt"), "{}", String::from_utf8_lossy(&strict.stderr));
+    assert!(
+        String::from_utf8_lossy(&strict.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
 
     // Stored images: MONOCHROME1 inverted so that bone is bright. The lungs of
     // a PA chest sit left and right of the middle, darker than the spine.
@@ -82,6 +112,10 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
         };
         let lungs = (mean(w * 2 / 10, w * 4 / 10) + mean(w * 6 / 10, w * 8 / 10)) / 2.0;
         let spine = mean(w * 45 / 100, w * 55 / 100);
-        assert!(spine > lungs, "{}: spine {spine:.0} should be brighter than lungs {lungs:.0}", row.image_id);
+        assert!(
+            spine > lungs,
+            "{}: spine {spine:.0} should be brighter than lungs {lungs:.0}",
+            row.image_id
+        );
     }
 }

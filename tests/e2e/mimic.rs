@@ -8,7 +8,14 @@ use schemas::CHEXPERT_CLASSES;
 
 use crate::util::*;
 
-const WORLD: &[&str] = &["--studies", "40", "--padchest-images", "20", "--mimic-format", "both"];
+const WORLD: &[&str] = &[
+    "--studies",
+    "40",
+    "--padchest-images",
+    "20",
+    "--mimic-format",
+    "both",
+];
 
 #[test]
 fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
@@ -18,8 +25,16 @@ fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
     let root = world_dir.join("mimic-cxr");
     let out = tmp.path().join("shards");
     let sidecar = root.join("ner_sidecar.jsonl");
-    let res = ingest_mimic(&root, &out, &["--ner", sidecar.to_str().unwrap(), "--short-side", "128"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = ingest_mimic(
+        &root,
+        &out,
+        &["--ner", sidecar.to_str().unwrap(), "--short-side", "128"],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 
     let m = manifest(&out);
     assert!(m.counts.reconciles(), "{:?}", m.counts);
@@ -42,19 +57,20 @@ fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
         .into_iter()
         .map(|r| (r["dicom_id"].clone(), r["split"].clone()))
         .collect();
-    let labels: HashMap<(String, String), Vec<Option<i8>>> = read_csv_gz(&root.join("mimic-cxr-2.0.0-chexpert.csv.gz"))
-        .into_iter()
-        .map(|r| {
-            let v = CHEXPERT_CLASSES
-                .iter()
-                .map(|(name, _)| match r[*name].as_str() {
-                    "" => None,
-                    s => Some(s.parse::<f32>().unwrap() as i8),
-                })
-                .collect();
-            ((r["subject_id"].clone(), r["study_id"].clone()), v)
-        })
-        .collect();
+    let labels: HashMap<(String, String), Vec<Option<i8>>> =
+        read_csv_gz(&root.join("mimic-cxr-2.0.0-chexpert.csv.gz"))
+            .into_iter()
+            .map(|r| {
+                let v = CHEXPERT_CLASSES
+                    .iter()
+                    .map(|(name, _)| match r[*name].as_str() {
+                        "" => None,
+                        s => Some(s.parse::<f32>().unwrap() as i8),
+                    })
+                    .collect();
+                ((r["subject_id"].clone(), r["study_id"].clone()), v)
+            })
+            .collect();
     let sidecar_spans: HashMap<String, serde_json::Value> = std::fs::read_to_string(&sidecar)
         .unwrap()
         .lines()
@@ -72,7 +88,11 @@ fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
         let want = &labels[&(r.subject_id.clone(), r.study_id.clone())];
         assert_eq!(r.labels.to_vec(), *want, "{}", r.image_id);
         assert_eq!(r.image_height.min(r.image_width), 128);
-        assert_eq!(r.image.len(), (r.image_height * r.image_width) as usize, "raw encoding");
+        assert_eq!(
+            r.image.len(),
+            (r.image_height * r.image_width) as usize,
+            "raw encoding"
+        );
         assert!([8, 12].contains(&r.bits_stored), "{}", r.bits_stored); // JPEG baseline DICOMs are 8-bit
 
         let text = r.text.as_deref().expect("training text");
@@ -91,15 +111,29 @@ fn mimic_rows_match_the_release_csvs_and_carry_tokens_and_entities() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize))
+            .map(|e| {
+                (
+                    e["start"].as_u64().unwrap() as usize,
+                    e["end"].as_u64().unwrap() as usize,
+                )
+            })
             .collect();
-        assert_eq!(spans.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>(), want);
+        assert_eq!(
+            spans.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>(),
+            want
+        );
         let mask = r.entity_mask.as_ref().unwrap();
         assert_eq!(mask.len(), ids.len());
-        assert!(!mask[0] && !mask[mask.len() - 1], "SOT/EOT are never entities");
+        assert!(
+            !mask[0] && !mask[mask.len() - 1],
+            "SOT/EOT are never entities"
+        );
         entity_tokens += mask.iter().filter(|m| **m).count();
     }
-    assert!(entity_tokens > rows.len(), "entities must reach the tokens: {entity_tokens}");
+    assert!(
+        entity_tokens > rows.len(),
+        "entities must reach the tokens: {entity_tokens}"
+    );
 }
 
 #[test]
@@ -107,10 +141,26 @@ fn same_input_gives_byte_identical_output_and_jpg_release_gives_same_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let world_dir = tmp.path().join("world");
     world(&world_dir, WORLD);
-    let (a, b, j) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("jpg"));
-    for (root, out, threads) in [("mimic-cxr", &a, "1"), ("mimic-cxr", &b, "2"), ("mimic-cxr-jpg", &j, "2")] {
-        let res = ingest_mimic(&world_dir.join(root), out, &["--threads", threads, "--short-side", "96"]);
-        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let (a, b, j) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("jpg"),
+    );
+    for (root, out, threads) in [
+        ("mimic-cxr", &a, "1"),
+        ("mimic-cxr", &b, "2"),
+        ("mimic-cxr-jpg", &j, "2"),
+    ] {
+        let res = ingest_mimic(
+            &world_dir.join(root),
+            out,
+            &["--threads", threads, "--short-side", "96"],
+        );
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
     }
     let (fa, fb) = (folder_bytes(&a), folder_bytes(&b));
     assert!(fa.keys().any(|k| k.ends_with(".parquet")));
@@ -120,6 +170,12 @@ fn same_input_gives_byte_identical_output_and_jpg_release_gives_same_rows() {
     }
     let (ra, rj) = (rows(&a), rows(&j));
     let key = |r: &ingest::shard::Row| (r.image_id.clone(), r.text.clone(), r.labels);
-    assert_eq!(ra.iter().map(key).collect::<Vec<_>>(), rj.iter().map(key).collect::<Vec<_>>());
-    assert!(rj.iter().all(|r| r.entity_source.as_deref() == Some("lexicon") && r.bits_stored == 8));
+    assert_eq!(
+        ra.iter().map(key).collect::<Vec<_>>(),
+        rj.iter().map(key).collect::<Vec<_>>()
+    );
+    assert!(
+        rj.iter()
+            .all(|r| r.entity_source.as_deref() == Some("lexicon") && r.bits_stored == 8)
+    );
 }

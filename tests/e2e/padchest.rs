@@ -11,7 +11,15 @@ fn padchest_rows_are_unpaired_with_parsed_labels_and_a_leak_free_split() {
     world(&world_dir, &["--studies", "4", "--padchest-images", "60"]);
     let root = world_dir.join("padchest");
     let out = tmp.path().join("shards");
-    let args = ["padchest", "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap(), "--short-side", "96"];
+    let args = [
+        "padchest",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--short-side",
+        "96",
+    ];
 
     let without_flag = run("ingest", &args);
     assert!(!without_flag.status.success());
@@ -26,13 +34,24 @@ fn padchest_rows_are_unpaired_with_parsed_labels_and_a_leak_free_split() {
 
     let csv = read_csv_gz(&root.join("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"));
     assert_eq!(m.counts.seen as usize, csv.len());
-    let frontal: Vec<_> = csv.iter().filter(|r| ["PA", "AP", "AP_horizontal"].contains(&r["Projection"].as_str())).collect();
+    let frontal: Vec<_> = csv
+        .iter()
+        .filter(|r| ["PA", "AP", "AP_horizontal"].contains(&r["Projection"].as_str()))
+        .collect();
     assert_eq!(m.counts.written as usize, frontal.len());
-    assert!(m.counts.filtered > 0, "the synthetic world has lateral views to filter");
+    assert!(
+        m.counts.filtered > 0,
+        "the synthetic world has lateral views to filter"
+    );
 
     let labels_of: HashMap<String, String> = frontal
         .iter()
-        .map(|r| (r["ImageID"].trim_end_matches(".png").to_string(), r["Labels"].clone()))
+        .map(|r| {
+            (
+                r["ImageID"].trim_end_matches(".png").to_string(),
+                r["Labels"].clone(),
+            )
+        })
         .collect();
     let rows = rows(&out);
     let mut split_of_patient: HashMap<String, HashSet<String>> = HashMap::new();
@@ -46,11 +65,20 @@ fn padchest_rows_are_unpaired_with_parsed_labels_and_a_leak_free_split() {
         let want = ingest::padchest::parse_label_list(raw).unwrap();
         assert_eq!(r.finding_labels, want, "{raw}");
         for l in &r.finding_labels {
-            assert!(raw.contains(&format!("'{l}'")), "{l} must be a whole label of {raw}");
+            assert!(
+                raw.contains(&format!("'{l}'")),
+                "{l} must be a whole label of {raw}"
+            );
         }
-        split_of_patient.entry(r.subject_id.clone()).or_default().insert(r.split.clone());
+        split_of_patient
+            .entry(r.subject_id.clone())
+            .or_default()
+            .insert(r.split.clone());
     }
-    assert!(split_of_patient.values().all(|s| s.len() == 1), "a patient must not span splits");
+    assert!(
+        split_of_patient.values().all(|s| s.len() == 1),
+        "a patient must not span splits"
+    );
     let splits: HashSet<_> = rows.iter().map(|r| r.split.as_str()).collect();
     assert!(splits.contains("train"));
 }

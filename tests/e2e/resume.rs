@@ -8,7 +8,21 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 fn ingest_args<'a>(root: &'a str, out: &'a str, tok: &'a str) -> Vec<&'a str> {
-    vec!["mimic", "--root", root, "--out", out, "--tokenizer", tok, "--rows-per-shard", "3", "--short-side", "96", "--threads", "1"]
+    vec![
+        "mimic",
+        "--root",
+        root,
+        "--out",
+        out,
+        "--tokenizer",
+        tok,
+        "--rows-per-shard",
+        "3",
+        "--short-side",
+        "96",
+        "--threads",
+        "1",
+    ]
 }
 
 /// Every file named like a shard is a complete Parquet file.
@@ -17,7 +31,8 @@ fn visible_shards_are_whole(dir: &Path) -> usize {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "parquet") {
-            ingest::shard::read_shard(&p).unwrap_or_else(|e| panic!("half-written shard visible: {e}"));
+            ingest::shard::read_shard(&p)
+                .unwrap_or_else(|e| panic!("half-written shard visible: {e}"));
             n += 1;
         }
     }
@@ -34,7 +49,10 @@ fn killed_run_resumes_to_identical_shards() {
     let (root_s, tok_s) = (root.to_str().unwrap(), tok.to_str().unwrap());
 
     let whole = tmp.path().join("whole");
-    run_ok("ingest", &ingest_args(root_s, whole.to_str().unwrap(), tok_s));
+    run_ok(
+        "ingest",
+        &ingest_args(root_s, whole.to_str().unwrap(), tok_s),
+    );
 
     // Kill at several moments: after the first, second and fourth finished shard.
     for kill_after in [1usize, 2, 4] {
@@ -48,7 +66,9 @@ fn killed_run_resumes_to_identical_shards() {
             .unwrap();
         let start = Instant::now();
         loop {
-            let done = std::fs::read_dir(out.join(".progress")).map(|d| d.count().saturating_sub(1)).unwrap_or(0);
+            let done = std::fs::read_dir(out.join(".progress"))
+                .map(|d| d.count().saturating_sub(1))
+                .unwrap_or(0);
             if done >= kill_after || start.elapsed() > Duration::from_secs(120) {
                 break;
             }
@@ -60,19 +80,35 @@ fn killed_run_resumes_to_identical_shards() {
         child.kill().ok();
         child.wait().unwrap();
         visible_shards_are_whole(&out);
-        assert!(!out.join("manifest.json").exists() || kill_after > 4, "killed run must not look finished");
+        assert!(
+            !out.join("manifest.json").exists() || kill_after > 4,
+            "killed run must not look finished"
+        );
 
         run_ok("ingest", &ingest_args(root_s, out_s, tok_s));
         let (a, b) = (folder_bytes(&whole), folder_bytes(&out));
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "kill after {kill_after}");
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "kill after {kill_after}"
+        );
         for (name, bytes) in &a {
             if name == "manifest.json" {
                 // Its arguments hold the output-independent options only, so it too must match.
-                assert_eq!(String::from_utf8_lossy(bytes), String::from_utf8_lossy(&b[name]));
+                assert_eq!(
+                    String::from_utf8_lossy(bytes),
+                    String::from_utf8_lossy(&b[name])
+                );
             }
-            assert!(bytes == &b[name], "{name} differs after resume (kill after {kill_after})");
+            assert!(
+                bytes == &b[name],
+                "{name} differs after resume (kill after {kill_after})"
+            );
         }
-        assert!(!out.join(".progress").exists(), "progress folder removed at the end");
+        assert!(
+            !out.join(".progress").exists(),
+            "progress folder removed at the end"
+        );
     }
 }
 
@@ -84,9 +120,16 @@ fn a_finished_folder_is_not_mixed_with_another_run() {
     let root = world_dir.join("mimic-cxr");
     let out = tmp.path().join("out");
     let res = ingest_mimic(&root, &out, &["--short-side", "64"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let res = ingest_mimic(&root, &out, &["--short-side", "96"]);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
-    assert!(err.contains("manifest.json") && err.contains("different"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("different"),
+        "{err}"
+    );
 }

@@ -23,16 +23,35 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path().join("world");
-        world(&w, &["--studies", "80", "--padchest-images", "60", "--seed", "3"]);
+        world(
+            &w,
+            &["--studies", "80", "--padchest-images", "60", "--seed", "3"],
+        );
         let mimic = dir.path().join("mimic");
         let out = ingest_mimic(&w.join("mimic-cxr"), &mimic, &[]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let padchest = dir.path().join("padchest");
         run_ok(
             "ingest",
-            &["padchest", "--images-only", "--root", w.join("padchest").to_str().unwrap(), "--out", padchest.to_str().unwrap()],
+            &[
+                "padchest",
+                "--images-only",
+                "--root",
+                w.join("padchest").to_str().unwrap(),
+                "--out",
+                padchest.to_str().unwrap(),
+            ],
         );
-        Fixture { world: w, mimic, padchest, _dir: dir }
+        Fixture {
+            world: w,
+            mimic,
+            padchest,
+            _dir: dir,
+        }
     })
 }
 
@@ -73,7 +92,11 @@ fn train(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn ok(out: std::process::Output) {
-    assert!(out.status.success(), "train failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "train failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// (step, loss terms) of each metrics line.
@@ -83,7 +106,15 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let terms = ["loss", "loss_align", "loss_mim", "loss_mlm", "grad_norm", "lr"].map(|k| v[k].to_string());
+            let terms = [
+                "loss",
+                "loss_align",
+                "loss_mim",
+                "loss_mlm",
+                "grad_norm",
+                "lr",
+            ]
+            .map(|k| v[k].to_string());
             (v["step"].as_u64().unwrap(), terms.join(" "))
         })
         .collect()
@@ -125,9 +156,21 @@ fn a_resumed_run_continues_exactly_as_an_uninterrupted_one() {
     let (a, b) = (losses(&straight), losses(&resumed));
     assert_eq!(a.len(), 6);
     assert_eq!(a, b, "losses differ after resuming");
-    assert!(a[0].1.contains("null"), "warm-up steps have no alignment loss: {}", a[0].1);
-    assert!(!a[5].1.starts_with("null"), "joint steps have losses: {}", a[5].1);
-    assert_eq!(final_weights(&straight), final_weights(&resumed), "weights differ after resuming");
+    assert!(
+        a[0].1.contains("null"),
+        "warm-up steps have no alignment loss: {}",
+        a[0].1
+    );
+    assert!(
+        !a[5].1.starts_with("null"),
+        "joint steps have losses: {}",
+        a[5].1
+    );
+    assert_eq!(
+        final_weights(&straight),
+        final_weights(&resumed),
+        "weights differ after resuming"
+    );
     // keep_last = 2: step 3 was pruned in the straight run.
     let kept: Vec<String> = std::fs::read_dir(straight.join("checkpoints"))
         .unwrap()
@@ -141,7 +184,10 @@ fn a_resumed_run_continues_exactly_as_an_uninterrupted_one() {
     std::fs::write(&cfg, TINY.replace("lr = 1e-3", "lr = 2e-3")).unwrap();
     let out = train(&cfg, &straight, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("another config"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("another config"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -149,7 +195,10 @@ fn non_finite_steps_are_skipped_and_too_many_stop_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     let text = TINY
-        .replace("kind = \"adamw\"\nlr = 1e-3\ngrad_clip = 1.0", "kind = \"sgd\"\nlr = 1e30")
+        .replace(
+            "kind = \"adamw\"\nlr = 1e-3\ngrad_clip = 1.0",
+            "kind = \"sgd\"\nlr = 1e30",
+        )
         .replace("steps = 6", "steps = 30\nmax_nonfinite_in_a_row = 3");
     std::fs::write(&cfg, text).unwrap();
     let out = train(&cfg, &dir.path().join("run"), &[]);
@@ -166,7 +215,10 @@ fn a_bad_config_names_the_file_and_the_key() {
     std::fs::write(&cfg, "[optim]\nlearnig_rate = 0.1\n").unwrap();
     let out = train(&cfg, &dir.path().join("run"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("typo.toml") && err.contains("learnig_rate"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("typo.toml") && err.contains("learnig_rate"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,33 +229,64 @@ fn zero_shot_and_linear_probe_reports_cover_the_classes() {
     run_ok(
         "train",
         &[
-            "eval", "zero-shot", "--checkpoint", run_dir.to_str().unwrap(),
+            "eval",
+            "zero-shot",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
             // The same checkpoint twice: an ensemble of identical members
             // scores as the member does.
-            "--checkpoint", run_dir.join("checkpoints/step-00000006").to_str().unwrap(),
-            "--shards", f.mimic.to_str().unwrap(), "--bootstrap", "50", "--missing-as-negative",
-            "--out", out.to_str().unwrap(), "--device", "cpu",
+            "--checkpoint",
+            run_dir.join("checkpoints/step-00000006").to_str().unwrap(),
+            "--shards",
+            f.mimic.to_str().unwrap(),
+            "--bootstrap",
+            "50",
+            "--missing-as-negative",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
         ],
     );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("zero_shot.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("zero_shot.json")).unwrap())
+            .unwrap();
     let classes = report["classes"].as_array().unwrap();
     assert_eq!(classes.len(), 14);
     let defined: Vec<f64> = classes.iter().filter_map(|c| c["auc"].as_f64()).collect();
-    assert!(!defined.is_empty(), "no class has both label values in the test split");
+    assert!(
+        !defined.is_empty(),
+        "no class has both label values in the test split"
+    );
     assert!(defined.iter().all(|a| (0.0..=1.0).contains(a)));
-    assert!(std::fs::read_to_string(out.join("zero_shot.md")).unwrap().contains("| Cardiomegaly"));
+    assert!(
+        std::fs::read_to_string(out.join("zero_shot.md"))
+            .unwrap()
+            .contains("| Cardiomegaly")
+    );
 
     run_ok(
         "train",
         &[
-            "eval", "linear-probe", "--checkpoint", run_dir.to_str().unwrap(), "--shards",
-            f.mimic.to_str().unwrap(), "--bootstrap", "20", "--fractions", "0.5,1.0",
-            "--out", out.to_str().unwrap(), "--device", "cpu",
+            "eval",
+            "linear-probe",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--shards",
+            f.mimic.to_str().unwrap(),
+            "--bootstrap",
+            "20",
+            "--fractions",
+            "0.5,1.0",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
         ],
     );
     let probe: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("linear_probe.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("linear_probe.json")).unwrap())
+            .unwrap();
     assert_eq!(probe.as_array().unwrap().len(), 2);
 }
 
@@ -214,7 +297,11 @@ fn padchest_counts(dir: &Path, split: &str) -> (usize, std::collections::BTreeMa
     let mut usable = 0;
     let mut positives = std::collections::BTreeMap::new();
     for row in crate::util::rows(dir) {
-        let labels: Vec<String> = row.finding_labels.iter().map(|l| l.to_lowercase()).collect();
+        let labels: Vec<String> = row
+            .finding_labels
+            .iter()
+            .map(|l| l.to_lowercase())
+            .collect();
         if row.split != split || labels.is_empty() || labels.iter().any(|l| l == "exclude") {
             continue;
         }
@@ -237,15 +324,31 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
     let eval = |name: &str, extra: &[&str]| -> Vec<serde_json::Value> {
         let out = run_dir.parent().unwrap().join(name);
         let mut args = vec![
-            "eval", "zero-shot", "--label-set", "padchest", "--checkpoint", run_dir.to_str().unwrap(),
+            "eval",
+            "zero-shot",
+            "--label-set",
+            "padchest",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
             // The MIMIC-CXR folder is ignored: PadChest labels are PadChest rows'.
-            "--shards", f.mimic.to_str().unwrap(), "--shards", f.padchest.to_str().unwrap(),
-            "--split", "train", "--bootstrap", "20", "--out", out.to_str().unwrap(), "--device", "cpu",
+            "--shards",
+            f.mimic.to_str().unwrap(),
+            "--shards",
+            f.padchest.to_str().unwrap(),
+            "--split",
+            "train",
+            "--bootstrap",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
         ];
         args.extend_from_slice(extra);
         run_ok("train", &args);
         let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("zero_shot.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("zero_shot.json")).unwrap())
+                .unwrap();
         report["classes"].as_array().unwrap().clone()
     };
 
@@ -255,8 +358,16 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
     let names: Vec<&str> = seen.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["atelectasis", "cardiomegaly", "consolidation", "nodule", "pleural effusion", "pneumonia",
-         "pneumothorax", "pulmonary edema"]
+        [
+            "atelectasis",
+            "cardiomegaly",
+            "consolidation",
+            "nodule",
+            "pleural effusion",
+            "pneumonia",
+            "pneumothorax",
+            "pulmonary edema"
+        ]
     );
     for c in &seen {
         let name = c["name"].as_str().unwrap();
@@ -267,25 +378,48 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
             "{name}"
         );
     }
-    assert!(seen.iter().any(|c| c["auc"].as_f64().is_some()), "no seen finding has both label values");
+    assert!(
+        seen.iter().any(|c| c["auc"].as_f64().is_some()),
+        "no seen finding has both label values"
+    );
 
     // Unseen: the most frequent findings that are neither seen ones nor
     // non-findings, most frequent first.
     let not_unseen = [
-        "atelectasis", "cardiomegaly", "consolidation", "nodule", "pleural effusion", "pneumonia",
-        "pneumothorax", "pulmonary edema", "normal", "exclude", "suboptimal study", "unchanged",
+        "atelectasis",
+        "cardiomegaly",
+        "consolidation",
+        "nodule",
+        "pleural effusion",
+        "pneumonia",
+        "pneumothorax",
+        "pulmonary edema",
+        "normal",
+        "exclude",
+        "suboptimal study",
+        "unchanged",
     ];
-    let mut ranked: Vec<(&String, &usize)> =
-        positives.iter().filter(|(l, _)| !not_unseen.contains(&l.as_str())).collect();
+    let mut ranked: Vec<(&String, &usize)> = positives
+        .iter()
+        .filter(|(l, _)| !not_unseen.contains(&l.as_str()))
+        .collect();
     ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let want: Vec<&str> = ranked.iter().take(3).map(|(l, _)| l.as_str()).collect();
-    assert_eq!(want.len(), 3, "the fixture has fewer than 3 unseen findings: {positives:?}");
+    assert_eq!(
+        want.len(),
+        3,
+        "the fixture has fewer than 3 unseen findings: {positives:?}"
+    );
     let unseen = eval("eval-padchest-unseen", &["--unseen-top", "3"]);
     let names: Vec<&str> = unseen.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, want);
     for c in &unseen {
         let name = c["name"].as_str().unwrap();
-        assert_eq!(c["positives_test"].as_u64().unwrap() as usize, positives[name], "{name}");
+        assert_eq!(
+            c["positives_test"].as_u64().unwrap() as usize,
+            positives[name],
+            "{name}"
+        );
     }
 }
 
@@ -294,26 +428,59 @@ fn exported_hugging_face_folder_gives_the_same_embeddings_in_transformers() {
     let run_dir = trained();
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
-    run_ok("train", &["export-hf", "--checkpoint", run_dir.to_str().unwrap(), "--out", hf.to_str().unwrap()]);
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"] {
+    run_ok(
+        "train",
+        &[
+            "export-hf",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--out",
+            hf.to_str().unwrap(),
+        ],
+    );
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
         assert!(hf.join(f).is_file(), "missing {f}");
     }
     // Two 224×224 grayscale PNGs and three texts.
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     for (name, seed) in [("a.png", 3u32), ("b.png", 11)] {
-        let img = image::GrayImage::from_fn(224, 224, |x, y| image::Luma([((x * seed + y * 7) % 251) as u8]));
+        let img = image::GrayImage::from_fn(224, 224, |x, y| {
+            image::Luma([((x * seed + y * 7) % 251) as u8])
+        });
         img.save(images.join(name)).unwrap();
     }
     let texts = dir.path().join("texts.txt");
-    std::fs::write(&texts, "small left pleural effusion\nno pneumothorax\nthe heart is mildly enlarged\n").unwrap();
+    std::fs::write(
+        &texts,
+        "small left pleural effusion\nno pneumothorax\nthe heart is mildly enlarged\n",
+    )
+    .unwrap();
     let emb = |weights: &Path, kind: &str, input: &Path, out: &Path| {
         run_ok(
             "train",
-            &["embed", "--weights", weights.to_str().unwrap(), kind, input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"],
+            &[
+                "embed",
+                "--weights",
+                weights.to_str().unwrap(),
+                kind,
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
         )
     };
-    let (img_pq, txt_pq) = (dir.path().join("img.parquet"), dir.path().join("txt.parquet"));
+    let (img_pq, txt_pq) = (
+        dir.path().join("img.parquet"),
+        dir.path().join("txt.parquet"),
+    );
     emb(run_dir, "--images", &images, &img_pq);
     emb(run_dir, "--texts", &texts, &txt_pq);
     // The exported folder embeds identically to the checkpoint in Rust…
@@ -340,15 +507,29 @@ fn embeddings(path: &Path) -> Vec<(String, Vec<f32>)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::Float32Type;
     let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let keys = batch.column_by_name("key").unwrap().as_string::<i32>().clone();
-        let emb = batch.column_by_name("embedding").unwrap().as_fixed_size_list().clone();
+        let keys = batch
+            .column_by_name("key")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let emb = batch
+            .column_by_name("embedding")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
         for i in 0..batch.num_rows() {
             let v = emb.value(i);
-            out.push((keys.value(i).to_string(), v.as_primitive::<Float32Type>().values().to_vec()));
+            out.push((
+                keys.value(i).to_string(),
+                v.as_primitive::<Float32Type>().values().to_vec(),
+            ));
         }
     }
     out
@@ -361,21 +542,51 @@ fn curves_and_mask_pictures_are_drawn() {
     let listed = run_ok("train", &["plot", "--run", run_dir.to_str().unwrap()]);
     for field in ["loss", "loss_mim", "lr"] {
         let png = run_dir.join("plots").join(format!("{field}.png"));
-        assert!(std::fs::metadata(&png).map(|m| m.len() > 1000).unwrap_or(false), "{} missing in {listed}", png.display());
+        assert!(
+            std::fs::metadata(&png)
+                .map(|m| m.len() > 1000)
+                .unwrap_or(false),
+            "{} missing in {listed}",
+            png.display()
+        );
     }
     let out = run_dir.parent().unwrap().join("masks");
     let printed = run_ok(
         "train",
         &[
-            "viz-masks", "--checkpoint", run_dir.to_str().unwrap(), "--shards", f.mimic.to_str().unwrap(),
-            "--split", "train", "--pictures", "2", "--measure", "40", "--lesions",
-            f.world.join("lesions.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu",
+            "viz-masks",
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--shards",
+            f.mimic.to_str().unwrap(),
+            "--split",
+            "train",
+            "--pictures",
+            "2",
+            "--measure",
+            "40",
+            "--lesions",
+            f.world.join("lesions.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
         ],
     );
-    let pictures: Vec<_> = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).collect();
+    let pictures: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .collect();
     assert_eq!(pictures.len(), 2);
     let shares: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("lesion_shares.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("lesion_shares.json")).unwrap())
+            .unwrap();
     assert!(shares["lesion_patches"].as_u64().unwrap() > 0, "{printed}");
     let s = shares["shares"].as_array().unwrap();
     assert_eq!(s.len(), 5);

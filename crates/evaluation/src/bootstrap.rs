@@ -121,7 +121,10 @@ mod tests {
         let n = 20;
         let metric = |idx: &[usize]| idx.contains(&0).then_some(1.0);
         let ci = bootstrap_ci(n, 400, 5, metric).unwrap();
-        assert!(ci.valid_resamples < 400 && ci.valid_resamples >= 200, "{ci:?}");
+        assert!(
+            ci.valid_resamples < 400 && ci.valid_resamples >= 200,
+            "{ci:?}"
+        );
         // Defined on about one resample in five: below half, so no interval.
         let rare = |idx: &[usize]| idx[0].is_multiple_of(5).then_some(1.0);
         assert_eq!(bootstrap_ci(n, 400, 5, rare), None);

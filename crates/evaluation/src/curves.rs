@@ -74,7 +74,10 @@ pub type Curves = BTreeMap<String, Vec<(f64, f64)>>;
 /// ignored, and a line may lack any field but `step`. Blank lines are
 /// skipped.
 pub fn read_metrics(path: &Path) -> Result<Curves, CurveError> {
-    let io_err = |source| CurveError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| CurveError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let reader = BufReader::new(File::open(path).map_err(io_err)?);
     let mut curves = Curves::new();
     for (i, line) in reader.lines().enumerate() {
@@ -82,9 +85,16 @@ pub fn read_metrics(path: &Path) -> Result<Curves, CurveError> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason| CurveError::BadLine { path: path.to_path_buf(), line: i + 1, reason };
-        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let object = value.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+        let bad = |reason| CurveError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
         let step = object
             .get(STEP)
             .and_then(serde_json::Value::as_f64)
@@ -96,7 +106,9 @@ pub fn read_metrics(path: &Path) -> Result<Curves, CurveError> {
         }
     }
     // A resumed run may log steps out of order; a line chart wants them sorted.
-    curves.values_mut().for_each(|points| points.sort_by(|a, b| a.0.total_cmp(&b.0)));
+    curves
+        .values_mut()
+        .for_each(|points| points.sort_by(|a, b| a.0.total_cmp(&b.0)));
     Ok(curves)
 }
 
@@ -106,8 +118,10 @@ pub fn read_metrics(path: &Path) -> Result<Curves, CurveError> {
 /// digits, `-`, `_` and `.` in a field name become `_` in its file name.
 pub fn plot_metrics(jsonl: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, CurveError> {
     let curves = read_metrics(jsonl)?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|source| CurveError::Io { path: out_dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| CurveError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
     register_font()?;
     curves
         .iter()
@@ -121,7 +135,10 @@ pub fn plot_metrics(jsonl: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, CurveE
 
 fn file_stem(field: &str) -> String {
     let keep = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-    field.chars().map(|c| if keep(c) { c } else { '_' }).collect()
+    field
+        .chars()
+        .map(|c| if keep(c) { c } else { '_' })
+        .collect()
 }
 
 fn register_font() -> Result<(), CurveError> {
@@ -163,7 +180,10 @@ fn draw_curve(path: &Path, field: &str, points: &[(f64, f64)]) -> Result<(), Cur
             .draw()
             .map_err(|e| chart_err(&e))?;
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), LINE.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                LINE.stroke_width(2),
+            ))
             .map_err(|e| chart_err(&e))?;
         if points.len() == 1 {
             // A single point draws no line; mark it.
@@ -181,7 +201,10 @@ fn draw_curve(path: &Path, field: &str, points: &[(f64, f64)]) -> Result<(), Cur
         image::ExtendedColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .map_err(|source| CurveError::Png { path: path.to_path_buf(), source })
+    .map_err(|source| CurveError::Png {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The values' range widened by `pad` of its span on each side; a single
@@ -220,7 +243,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let curves = read_metrics(&write(dir.path(), METRICS)).unwrap();
         let fields: Vec<&str> = curves.keys().map(String::as_str).collect();
-        assert_eq!(fields, ["images_per_s", "loss", "loss_align", "loss_mim", "lr"]);
+        assert_eq!(
+            fields,
+            ["images_per_s", "loss", "loss_align", "loss_mim", "lr"]
+        );
         assert_eq!(curves["loss"], [(1.0, 2.5), (2.0, 2.1), (3.0, 1.9)]);
         assert_eq!(curves["loss_align"], [(1.0, 1.2), (3.0, 1.0)]);
         assert_eq!(curves["loss_mim"], [(2.0, 0.8)]);
@@ -231,28 +257,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("curves");
         let written = plot_metrics(&write(dir.path(), METRICS), &out).unwrap();
-        let names: Vec<String> =
-            written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             names,
-            ["images_per_s.png", "loss.png", "loss_align.png", "loss_mim.png", "lr.png"]
+            [
+                "images_per_s.png",
+                "loss.png",
+                "loss_align.png",
+                "loss_mim.png",
+                "lr.png"
+            ]
         );
         for path in &written {
             let bytes = std::fs::read(path).unwrap();
-            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{path:?} is not a PNG");
+            assert!(
+                bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+                "{path:?} is not a PNG"
+            );
             let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
             assert_eq!(img.dimensions(), SIZE);
             // Something besides the white background was drawn: the line.
-            assert!(img.pixels().any(|p| p.0 == [LINE.0, LINE.1, LINE.2]), "{path:?}");
+            assert!(
+                img.pixels().any(|p| p.0 == [LINE.0, LINE.1, LINE.2]),
+                "{path:?}"
+            );
         }
     }
 
     #[test]
     fn bad_line_names_its_number() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "{\"step\": 1, \"loss\": 2}\n\n{\"step\": 2, \"loss\": \n");
+        let path = write(
+            dir.path(),
+            "{\"step\": 1, \"loss\": 2}\n\n{\"step\": 2, \"loss\": \n",
+        );
         let err = plot_metrics(&path, dir.path()).unwrap_err();
-        assert!(matches!(err, CurveError::BadLine { line: 3, .. }), "{err:?}");
+        assert!(
+            matches!(err, CurveError::BadLine { line: 3, .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("metrics.jsonl line 3"), "{err}");
     }
 
@@ -261,9 +307,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "{\"step\": 1}\n{\"loss\": 2}\n");
         let err = read_metrics(&path).unwrap_err();
-        assert!(matches!(err, CurveError::BadLine { line: 2, .. }), "{err:?}");
+        assert!(
+            matches!(err, CurveError::BadLine { line: 2, .. }),
+            "{err:?}"
+        );
         let path = write(dir.path(), "[1, 2]\n");
-        assert!(matches!(read_metrics(&path), Err(CurveError::BadLine { line: 1, .. })));
+        assert!(matches!(
+            read_metrics(&path),
+            Err(CurveError::BadLine { line: 1, .. })
+        ));
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        ProbeConfig { weight_decay: 1e-3, max_iter: 2000, tolerance: 1e-5 }
+        ProbeConfig {
+            weight_decay: 1e-3,
+            max_iter: 2000,
+            tolerance: 1e-5,
+        }
     }
 }
 
@@ -87,9 +91,15 @@ impl LogisticModel {
     /// When `features.len()` is not a multiple of the dimension.
     pub fn predict(&self, features: &[f32]) -> Vec<f32> {
         let dim = self.dim();
-        assert!(dim > 0 && features.len().is_multiple_of(dim), "rows of {dim} features expected");
+        assert!(
+            dim > 0 && features.len().is_multiple_of(dim),
+            "rows of {dim} features expected"
+        );
         let (a, c) = raw_coefficients(&self.weights, self.bias, &self.mean, &self.std);
-        features.chunks_exact(dim).map(|x| sigmoid(dot(&a, x) + c) as f32).collect()
+        features
+            .chunks_exact(dim)
+            .map(|x| sigmoid(dot(&a, x) + c) as f32)
+            .collect()
     }
 }
 
@@ -103,7 +113,11 @@ pub fn fit_logistic(
     cfg: &ProbeConfig,
 ) -> Result<LogisticModel, ProbeError> {
     if dim == 0 || features.len() != labels.len() * dim {
-        return Err(ProbeError::Shape { features: features.len(), dim, labels: labels.len() });
+        return Err(ProbeError::Shape {
+            features: features.len(),
+            dim,
+            labels: labels.len(),
+        });
     }
     let (rows, y): (Vec<usize>, Vec<f64>) = labels
         .iter()
@@ -114,7 +128,15 @@ pub fn fit_logistic(
         return Err(ProbeError::NoLabelledRows);
     }
     let (mean, std) = standardisation(features, dim, &rows);
-    let problem = Problem { features, dim, rows: &rows, y: &y, mean: &mean, std: &std, cfg };
+    let problem = Problem {
+        features,
+        dim,
+        rows: &rows,
+        y: &y,
+        mean: &mean,
+        std: &std,
+        cfg,
+    };
     let (theta, iterations, converged) = problem.minimise();
     Ok(LogisticModel {
         weights: theta[..dim].to_vec(),
@@ -135,7 +157,10 @@ pub fn fit_logistic(
 ///
 /// When `fraction` is not within [0, 1].
 pub fn subsample(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    assert!((0.0..=1.0).contains(&fraction), "fraction {fraction} is not within [0, 1]");
+    assert!(
+        (0.0..=1.0).contains(&fraction),
+        "fraction {fraction} is not within [0, 1]"
+    );
     if n == 0 {
         return Vec::new();
     }
@@ -156,12 +181,19 @@ fn standardisation(features: &[f32], dim: usize, rows: &[usize]) -> (Vec<f64>, V
     }
     let mut var = vec![0.0; dim];
     for &r in rows {
-        for ((v, &x), m) in var.iter_mut().zip(&features[r * dim..(r + 1) * dim]).zip(&mean) {
+        for ((v, &x), m) in var
+            .iter_mut()
+            .zip(&features[r * dim..(r + 1) * dim])
+            .zip(&mean)
+        {
             *v += (f64::from(x) - m).powi(2) / n;
         }
     }
     // A constant feature standardises to 0 whatever its scale; 1 avoids 0/0.
-    let std = var.into_iter().map(|v| if v > 1e-24 { v.sqrt() } else { 1.0 }).collect();
+    let std = var
+        .into_iter()
+        .map(|v| if v > 1e-24 { v.sqrt() } else { 1.0 })
+        .collect();
     (mean, std)
 }
 
@@ -324,7 +356,10 @@ mod tests {
         assert!(model.converged, "{} steps", model.iterations);
         let positive = |y: &[i8]| y.iter().map(|&l| l == 1).collect::<Vec<_>>();
         let train_p = model.predict(&train_x);
-        assert_eq!(at_threshold(&train_p, &positive(&train_y), 0.5).accuracy(), 1.0);
+        assert_eq!(
+            at_threshold(&train_p, &positive(&train_y), 0.5).accuracy(),
+            1.0
+        );
         let (test_x, test_y) = separable(200, 2);
         assert_eq!(auc(&model.predict(&test_x), &positive(&test_y)), Some(1.0));
     }
@@ -353,7 +388,11 @@ mod tests {
         let cfg = ProbeConfig::default();
         assert_eq!(
             fit_logistic(&[1.0, 2.0, 3.0], 2, &[0, 1], &cfg),
-            Err(ProbeError::Shape { features: 3, dim: 2, labels: 2 })
+            Err(ProbeError::Shape {
+                features: 3,
+                dim: 2,
+                labels: 2
+            })
         );
         assert_eq!(
             fit_logistic(&[1.0, 2.0], 1, &[UNCERTAIN, MISSING], &cfg),

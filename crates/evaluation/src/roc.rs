@@ -13,7 +13,10 @@
 /// When `scores` and `positive` differ in length.
 pub fn auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     assert_eq!(scores.len(), positive.len(), "one label per score");
-    debug_assert!(scores.iter().all(|s| s.is_finite()), "scores must be finite");
+    debug_assert!(
+        scores.iter().all(|s| s.is_finite()),
+        "scores must be finite"
+    );
     let n_pos = positive.iter().filter(|&&p| p).count();
     let n_neg = positive.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
@@ -25,7 +28,11 @@ pub fn auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     let mut start = 0;
     while start < order.len() {
         let score = scores[order[start]];
-        let end = start + order[start..].iter().take_while(|&&i| scores[i] == score).count();
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&i| scores[i] == score)
+                .count();
         // Ranks start + 1 ..= end are tied; each gets their mean.
         let mean_rank = (start + 1 + end) as f64 / 2.0;
         let tied_pos = order[start..end].iter().filter(|&&i| positive[i]).count();
@@ -47,13 +54,19 @@ mod tests {
     #[test]
     fn counts_ordered_pairs() {
         // Pairs (pos, neg): (0.35, 0.1) yes, (0.35, 0.4) no, (0.8, *) yes: 3/4.
-        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &labels(&[0, 0, 1, 1])), Some(0.75));
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &labels(&[0, 0, 1, 1])),
+            Some(0.75)
+        );
     }
 
     #[test]
     fn tied_pair_counts_half() {
         // Positives 0.5, 0.9; negatives 0.5, 0.2: 0.5 + 1 + 1 + 1 = 3.5 of 4.
-        assert_eq!(auc(&[0.5, 0.5, 0.2, 0.9], &labels(&[1, 0, 0, 1])), Some(0.875));
+        assert_eq!(
+            auc(&[0.5, 0.5, 0.2, 0.9], &labels(&[1, 0, 0, 1])),
+            Some(0.875)
+        );
         // All scores equal: every pair is a tie.
         assert_eq!(auc(&[0.3; 5], &labels(&[1, 0, 1, 0, 0])), Some(0.5));
     }

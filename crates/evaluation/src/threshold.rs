@@ -47,7 +47,10 @@ impl Confusion {
     /// 2·TP / (2·TP + FP + FN), the harmonic mean of precision and recall;
     /// 0 with no predicted and no actual positives.
     pub fn f1(&self) -> f64 {
-        ratio(2 * self.true_pos, 2 * self.true_pos + self.false_pos + self.false_neg)
+        ratio(
+            2 * self.true_pos,
+            2 * self.true_pos + self.false_pos + self.false_neg,
+        )
     }
 
     /// (TP + TN) / rows; 0 with no rows.
@@ -57,7 +60,11 @@ impl Confusion {
 }
 
 fn ratio(num: usize, den: usize) -> f64 {
-    if den == 0 { 0.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 /// Confusion counts when rows scoring `>= t` are predicted positive.
@@ -101,7 +108,11 @@ pub fn best_f1_threshold(scores: &[f32], positive: &[bool]) -> Option<f32> {
     let mut start = 0;
     while start < order.len() {
         let t = scores[order[start]];
-        let end = start + order[start..].iter().take_while(|&&i| scores[i] == t).count();
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&i| scores[i] == t)
+                .count();
         for &i in &order[start..end] {
             if positive[i] { tp += 1 } else { fp += 1 }
         }
@@ -125,7 +136,15 @@ mod tests {
     fn counts_and_ratios_at_threshold() {
         // >= 0.6 predicts the first four: TP 3, FP 1, TN 2, FN 0.
         let c = at_threshold(&SCORES, &LABELS, 0.6);
-        assert_eq!(c, Confusion { true_pos: 3, false_pos: 1, true_neg: 2, false_neg: 0 });
+        assert_eq!(
+            c,
+            Confusion {
+                true_pos: 3,
+                false_pos: 1,
+                true_neg: 2,
+                false_neg: 0
+            }
+        );
         assert_eq!(c.precision(), 0.75);
         assert_eq!(c.recall(), 1.0);
         assert_eq!(c.f1(), 6.0 / 7.0);
@@ -140,7 +159,10 @@ mod tests {
     fn zero_division_gives_zero() {
         let nothing = at_threshold(&[0.1, 0.2], &[false, false], 0.5);
         assert_eq!(nothing.true_neg, 2);
-        assert_eq!((nothing.precision(), nothing.recall(), nothing.f1()), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (nothing.precision(), nothing.recall(), nothing.f1()),
+            (0.0, 0.0, 0.0)
+        );
         assert_eq!(nothing.accuracy(), 1.0);
         assert_eq!(Confusion::default().accuracy(), 0.0);
     }

@@ -66,7 +66,10 @@ pub struct Mean {
 impl Mean {
     fn of(values: impl Iterator<Item = Option<f64>>) -> Self {
         let (sum, classes) = values.flatten().fold((0.0, 0), |(s, n), v| (s + v, n + 1));
-        Mean { value: (classes > 0).then(|| sum / classes as f64), classes }
+        Mean {
+            value: (classes > 0).then(|| sum / classes as f64),
+            classes,
+        }
     }
 }
 
@@ -93,8 +96,10 @@ pub struct Summary {
 ///
 /// When a class has a different number of scores and labels in a split.
 pub fn evaluate(classes: &[ClassInput], resamples: usize, seed: u64) -> Summary {
-    let classes: Vec<ClassScores> =
-        classes.iter().map(|c| evaluate_class(c, resamples, seed)).collect();
+    let classes: Vec<ClassScores> = classes
+        .iter()
+        .map(|c| evaluate_class(c, resamples, seed))
+        .collect();
     Summary {
         mean_auc: Mean::of(classes.iter().map(|c| c.auc)),
         mean_f1: Mean::of(classes.iter().map(|c| c.f1)),
@@ -169,7 +174,9 @@ fn labelled_rows(scores: &[f32], labels: &[i8]) -> (Vec<f32>, Vec<bool>) {
 ///
 /// When the score vectors differ in length.
 pub fn ensemble(scores: &[Vec<f32>]) -> Vec<f32> {
-    let Some(first) = scores.first() else { return Vec::new() };
+    let Some(first) = scores.first() else {
+        return Vec::new();
+    };
     assert!(
         scores.iter().all(|s| s.len() == first.len()),
         "every checkpoint must score the same rows"
@@ -225,7 +232,10 @@ fn number(v: Option<f64>) -> String {
 }
 
 fn interval(ci: Option<Interval>) -> String {
-    ci.map_or_else(|| "—".into(), |ci| format!("[{:.3}, {:.3}]", ci.low, ci.high))
+    ci.map_or_else(
+        || "—".into(),
+        |ci| format!("[{:.3}, {:.3}]", ci.low, ci.high),
+    )
 }
 
 #[cfg(test)]
@@ -289,7 +299,13 @@ mod tests {
         assert_eq!((c.auc, c.auc_ci), (None, None));
         // Threshold 0.9 predicts nothing: F1 0 (zero division), accuracy 1.
         assert_eq!((c.f1, c.accuracy), (Some(0.0), Some(1.0)));
-        assert_eq!(s.mean_auc, Mean { value: None, classes: 0 });
+        assert_eq!(
+            s.mean_auc,
+            Mean {
+                value: None,
+                classes: 0
+            }
+        );
         assert!(s.to_markdown().contains("| — | — |"));
     }
 
@@ -309,7 +325,13 @@ mod tests {
         let inverted = class(val, ([0.3, 0.8].as_slice(), [1, 0].as_slice()));
         let one_value = class(val, ([0.3, 0.8].as_slice(), [0, 0].as_slice()));
         let s = evaluate(&[good, inverted, one_value], 50, 1);
-        assert_eq!(s.mean_auc, Mean { value: Some(0.5), classes: 2 });
+        assert_eq!(
+            s.mean_auc,
+            Mean {
+                value: Some(0.5),
+                classes: 2
+            }
+        );
         assert_eq!(s.mean_accuracy.classes, 3);
         let md = s.to_markdown();
         assert!(md.contains("| **Mean** | | | | 0.500 |"), "{md}");
@@ -321,15 +343,26 @@ mod tests {
         let val = ([0.9, 0.7, 0.5, 0.2].as_slice(), [1, 1, 0, 0].as_slice());
         let test = ([0.8, 0.4, 0.3, 0.1].as_slice(), [1, 1, 0, 0].as_slice());
         let mut s = evaluate(&[class(val, test)], 100, 1);
-        s.classes[0].auc_ci = Some(Interval { low: 0.61234, high: 0.9, valid_resamples: 90 });
+        s.classes[0].auc_ci = Some(Interval {
+            low: 0.61234,
+            high: 0.9,
+            valid_resamples: 90,
+        });
         let md = s.to_markdown();
-        assert!(md.contains("| Edema | 4 | 2 | 0.700 | 1.000 | [0.612, 0.900] | 0.667 |"), "{md}");
+        assert!(
+            md.contains("| Edema | 4 | 2 | 0.700 | 1.000 | [0.612, 0.900] | 0.667 |"),
+            "{md}"
+        );
     }
 
     #[test]
     fn summary_round_trips_through_json() {
         let val = ([0.9, 0.1].as_slice(), [1, 0].as_slice());
-        let s = evaluate(&[class(val, ([0.8, 0.3].as_slice(), [1, 0].as_slice()))], 50, 1);
+        let s = evaluate(
+            &[class(val, ([0.8, 0.3].as_slice(), [1, 0].as_slice()))],
+            50,
+            1,
+        );
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Summary>(&json).unwrap(), s);
     }

@@ -45,7 +45,10 @@ pub fn find(dir: &Path, stem: &str) -> Result<PathBuf, CsvError> {
             return Ok(path);
         }
     }
-    Err(CsvError::Missing { dir: dir.to_path_buf(), stem: stem.to_string() })
+    Err(CsvError::Missing {
+        dir: dir.to_path_buf(),
+        stem: stem.to_string(),
+    })
 }
 
 /// An open CSV file with its header.
@@ -80,7 +83,10 @@ pub struct BadRow {
 impl Table {
     /// Opens a CSV (gzipped when the name ends in `.gz`) and reads its header.
     pub fn open(path: &Path) -> Result<Table, CsvError> {
-        let unreadable = |reason: String| CsvError::Unreadable { path: path.to_path_buf(), reason };
+        let unreadable = |reason: String| CsvError::Unreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
         let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
         let inner: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
@@ -96,7 +102,11 @@ impl Table {
             .iter()
             .map(|h| h.trim().to_string())
             .collect();
-        Ok(Table { path: path.to_path_buf(), headers, reader })
+        Ok(Table {
+            path: path.to_path_buf(),
+            headers,
+            reader,
+        })
     }
 
     /// The file.
@@ -106,10 +116,13 @@ impl Table {
 
     /// Index of a required column.
     pub fn column(&self, name: &str) -> Result<usize, CsvError> {
-        self.headers.iter().position(|h| h == name).ok_or_else(|| CsvError::MissingColumn {
-            path: self.path.clone(),
-            column: name.to_string(),
-        })
+        self.headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| CsvError::MissingColumn {
+                path: self.path.clone(),
+                column: name.to_string(),
+            })
     }
 
     /// The data rows, each either parsed or a [`BadRow`] with its reason.
@@ -143,9 +156,15 @@ impl Table {
                         // it is reported as one bad row at the point it broke.
                         csv::ErrorKind::Io(_) => {
                             broken = true;
-                            Err(BadRow { line, reason: format!("file unreadable from here on: {e}") })
+                            Err(BadRow {
+                                line,
+                                reason: format!("file unreadable from here on: {e}"),
+                            })
                         }
-                        _ => Err(BadRow { line, reason: e.to_string() }),
+                        _ => Err(BadRow {
+                            line,
+                            reason: e.to_string(),
+                        }),
                     }
                 }
             })

@@ -64,7 +64,9 @@ pub fn decode(
                 ImageEncoding::Png => ImageFormat::Png,
                 _ => ImageFormat::Jpeg,
             };
-            image::load(Cursor::new(bytes), format)?.into_luma8().into_raw()
+            image::load(Cursor::new(bytes), format)?
+                .into_luma8()
+                .into_raw()
         }
     };
     check_size(pixels.len(), width, height)?;
@@ -73,7 +75,11 @@ pub fn decode(
 
 fn check_size(found: usize, width: u32, height: u32) -> Result<(), EncodeError> {
     let expected = width as usize * height as usize;
-    if found == expected { Ok(()) } else { Err(EncodeError::Size { expected, found }) }
+    if found == expected {
+        Ok(())
+    } else {
+        Err(EncodeError::Size { expected, found })
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +104,12 @@ mod tests {
         let px = gradient(64, 64);
         let enc = ImageEncoding::Jpeg { quality: 95 };
         let back = decode(&encode(&px, 64, 64, enc).unwrap(), 64, 64, enc).unwrap();
-        let worst = px.iter().zip(&back).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let worst = px
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         assert!(worst <= 4, "worst difference {worst}");
     }
 
@@ -106,7 +117,10 @@ mod tests {
     fn wrong_size_is_an_error_not_a_panic() {
         assert!(matches!(
             decode(&[0u8; 10], 4, 4, ImageEncoding::Raw),
-            Err(EncodeError::Size { expected: 16, found: 10 })
+            Err(EncodeError::Size {
+                expected: 16,
+                found: 10
+            })
         ));
     }
 }

@@ -17,8 +17,8 @@
 //! `synth` crate, with the same on-disk formats as the real releases.
 #![deny(missing_docs)]
 
-pub mod dicom_image;
 pub mod csvio;
+pub mod dicom_image;
 pub mod encode;
 pub mod entities;
 pub mod jpeg12;

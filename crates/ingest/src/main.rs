@@ -13,7 +13,11 @@ use ingest::shard::ShardOptions;
 use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
 
 #[derive(Parser)]
-#[command(name = "ingest", version, about = "Turn MIMIC-CXR and PadChest releases into Parquet shards")]
+#[command(
+    name = "ingest",
+    version,
+    about = "Turn MIMIC-CXR and PadChest releases into Parquet shards"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,11 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
         /// Report sections that make the training text.
-        #[arg(long, value_delimiter = ',', default_value = "findings,impression,last_paragraph")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "findings,impression,last_paragraph"
+        )]
         sections: Vec<Section>,
         /// Output `.jsonl` file.
         #[arg(long)]
@@ -132,7 +140,10 @@ impl Common {
         match w {
             Window::MimicJpg => WindowPolicy::MimicJpg,
             Window::Voi => WindowPolicy::Voi,
-            Window::Percentile => WindowPolicy::Percentile { low: self.percentile_low, high: self.percentile_high },
+            Window::Percentile => WindowPolicy::Percentile {
+                low: self.percentile_low,
+                high: self.percentile_high,
+            },
         }
     }
 
@@ -146,7 +157,9 @@ impl Common {
             encoding: match self.encoding {
                 Encoding::Raw => ImageEncoding::Raw,
                 Encoding::Png => ImageEncoding::Png,
-                Encoding::Jpeg => ImageEncoding::Jpeg { quality: self.jpeg_quality },
+                Encoding::Jpeg => ImageEncoding::Jpeg {
+                    quality: self.jpeg_quality,
+                },
             },
         }
     }
@@ -176,7 +189,11 @@ struct MimicArgs {
     #[arg(long, value_delimiter = ',', default_value = "PA,AP")]
     views: Vec<String>,
     /// Report sections that make the training text.
-    #[arg(long, value_delimiter = ',', default_value = "findings,impression,last_paragraph")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "findings,impression,last_paragraph"
+    )]
     sections: Vec<Section>,
     /// Label source.
     #[arg(long, value_enum, default_value = "chexpert")]
@@ -216,14 +233,20 @@ struct PadchestArgs {
 }
 
 fn all_or(list: Vec<String>) -> Vec<String> {
-    if list.iter().any(|v| v.eq_ignore_ascii_case("all")) { Vec::new() } else { list }
+    if list.iter().any(|v| v.eq_ignore_ascii_case("all")) {
+        Vec::new()
+    } else {
+        list
+    }
 }
 
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} rows [{elapsed_precise}] {bar:40} {per_sec} eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} {pos}/{len} rows [{elapsed_precise}] {bar:40} {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -238,13 +261,20 @@ fn summarise(out: &Path, m: &Manifest) {
         c.seen,
         c.filtered,
         c.rejected_total(),
-        if c.rejected_total() > 0 { format!(" (see {})", out.join(schemas::REJECTS_FILE).display()) } else { String::new() }
+        if c.rejected_total() > 0 {
+            format!(" (see {})", out.join(schemas::REJECTS_FILE).display())
+        } else {
+            String::new()
+        }
     );
 }
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up the thread pool")?;
     }
     match cli.command {
         Command::Mimic(a) => {
@@ -265,7 +295,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Padchest(a) => {
             if !a.images_only {
-                bail!("pass --images-only: PadChest rows are ingested without reports (they are in Spanish)");
+                bail!(
+                    "pass --images-only: PadChest rows are ingested without reports (they are in Spanish)"
+                );
             }
             let opts = PadchestOptions {
                 root: a.root,
@@ -284,16 +316,32 @@ fn run(cli: Cli) -> Result<()> {
             ingest::stats::write_report(&shards, &out).context("ingest stats")?;
             println!("{}", out.join("stats.md").display());
         }
-        Command::Sections { root, sections, out } => {
-            let (written, missing) =
-                ingest::mimic::export_sections(&root, &sections, &out).context("ingest sections")?;
-            println!("{}: {written} studies ({missing} without usable sections)", out.display());
+        Command::Sections {
+            root,
+            sections,
+            out,
+        } => {
+            let (written, missing) = ingest::mimic::export_sections(&root, &sections, &out)
+                .context("ingest sections")?;
+            println!(
+                "{}: {written} studies ({missing} without usable sections)",
+                out.display()
+            );
         }
-        Command::Tokenize { tokenizer, texts, out } => {
+        Command::Tokenize {
+            tokenizer,
+            texts,
+            out,
+        } => {
             let tok = ingest::tokenize::ClipTokenizer::from_file(&tokenizer)?;
-            let input = std::fs::read_to_string(&texts).with_context(|| texts.display().to_string())?;
+            let input =
+                std::fs::read_to_string(&texts).with_context(|| texts.display().to_string())?;
             let mut lines = Vec::new();
-            for (i, line) in input.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (i, line) in input
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let v: serde_json::Value = serde_json::from_str(line)
                     .with_context(|| format!("{}:{}: not JSON", texts.display(), i + 1))?;
                 let Some(raw) = v.get("text").and_then(|t| t.as_str()) else {

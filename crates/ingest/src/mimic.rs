@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use schemas::{CHEXPERT_CLASSES, EntitySourceInfo, FileDigest, ImagePolicy, Manifest, Reject, Source, Stage};
+use schemas::{
+    CHEXPERT_CLASSES, EntitySourceInfo, FileDigest, ImagePolicy, Manifest, Reject, Source, Stage,
+};
 use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
@@ -106,7 +108,9 @@ struct Item {
 impl Item {
     fn study_dir(&self, root: &Path) -> PathBuf {
         let prefix = &self.subject[..self.subject.len().min(2)];
-        root.join("files").join(format!("p{prefix}")).join(format!("p{}", self.subject))
+        root.join("files")
+            .join(format!("p{prefix}"))
+            .join(format!("p{}", self.subject))
     }
 
     fn report_path(&self, root: &Path) -> PathBuf {
@@ -123,7 +127,10 @@ impl Item {
             (true, _) => Ok(dcm),
             (false, true) => Ok(jpg),
             (false, false) => {
-                let reason = format!("image missing: neither {}.dcm nor {}.jpg exists", self.dicom, self.dicom);
+                let reason = format!(
+                    "image missing: neither {}.dcm nor {}.jpg exists",
+                    self.dicom, self.dicom
+                );
                 Err((dcm, reason))
             }
         }
@@ -160,7 +167,9 @@ fn parse_label(cell: &str) -> Result<Option<i8>, String> {
             Ok(1.0) => Ok(Some(1)),
             Ok(0.0) => Ok(Some(0)),
             Ok(-1.0) => Ok(Some(-1)),
-            _ => Err(format!("label value {cell:?} is not 1.0, 0.0, -1.0 or empty")),
+            _ => Err(format!(
+                "label value {cell:?} is not 1.0, 0.0, -1.0 or empty"
+            )),
         },
     }
 }
@@ -175,14 +184,21 @@ fn read_labels(path: &Path) -> Result<LabelTable, CsvError> {
     let mut table = Table::open(path)?;
     let subject = table.column("subject_id")?;
     let study = table.column("study_id")?;
-    let cols: Vec<usize> =
-        CHEXPERT_CLASSES.iter().map(|(name, _)| table.column(name)).collect::<Result<_, _>>()?;
+    let cols: Vec<usize> = CHEXPERT_CLASSES
+        .iter()
+        .map(|(name, _)| table.column(name))
+        .collect::<Result<_, _>>()?;
     let mut labels = HashMap::new();
     for row in table.rows() {
         let row = match row {
             Ok(r) => r,
             Err(bad) => {
-                tracing::warn!("{}:{}: {}; its study keeps blank labels", path.display(), bad.line, bad.reason);
+                tracing::warn!(
+                    "{}:{}: {}; its study keeps blank labels",
+                    path.display(),
+                    bad.line,
+                    bad.reason
+                );
                 continue;
             }
         };
@@ -195,10 +211,17 @@ fn read_labels(path: &Path) -> Result<LabelTable, CsvError> {
             }
         }
         if let Some(e) = problem {
-            tracing::warn!("{}:{}: {e}; the study keeps blank labels", path.display(), row.line);
+            tracing::warn!(
+                "{}:{}: {e}; the study keeps blank labels",
+                path.display(),
+                row.line
+            );
             continue;
         }
-        labels.insert((row.get(subject).to_string(), row.get(study).to_string()), values);
+        labels.insert(
+            (row.get(subject).to_string(), row.get(study).to_string()),
+            values,
+        );
     }
     Ok(labels)
 }
@@ -224,13 +247,18 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
         ["dicom_id", "subject_id", "study_id", "ViewPosition"].map(|c| table.column(c));
     let (dicom, subject, study, view) = (dicom?, subject?, study?, view?);
 
-    let mut plan = Planned { items: Vec::new(), rejects: Vec::new(), seen: 0 };
+    let mut plan = Planned {
+        items: Vec::new(),
+        rejects: Vec::new(),
+        seen: 0,
+    };
     for row in table.rows() {
         plan.seen += 1;
         let row = match row {
             Ok(r) => r,
             Err(bad) => {
-                plan.rejects.push(csv_reject(&meta_path, bad.line, [None; 3], bad.reason));
+                plan.rejects
+                    .push(csv_reject(&meta_path, bad.line, [None; 3], bad.reason));
                 continue;
             }
         };
@@ -243,13 +271,18 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
             && !ids[2].is_empty()
             && !ids[2].contains(['/', '\\']);
         if !well_formed {
-            let reason = format!("malformed ids subject={:?} study={:?} dicom={:?}", ids[0], ids[1], ids[2]);
-            plan.rejects.push(csv_reject(&meta_path, row.line, opt_ids, reason));
+            let reason = format!(
+                "malformed ids subject={:?} study={:?} dicom={:?}",
+                ids[0], ids[1], ids[2]
+            );
+            plan.rejects
+                .push(csv_reject(&meta_path, row.line, opt_ids, reason));
             continue;
         }
         let Some(split) = splits.get(ids[2]) else {
             let reason = format!("dicom_id {} has no row in {SPLIT_CSV}", ids[2]);
-            plan.rejects.push(csv_reject(&meta_path, row.line, opt_ids, reason));
+            plan.rejects
+                .push(csv_reject(&meta_path, row.line, opt_ids, reason));
             continue;
         };
         let key = (ids[0].to_string(), ids[1].to_string());
@@ -262,7 +295,8 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
             labels: labels.get(&key).copied().unwrap_or([None; 14]),
         });
     }
-    plan.items.sort_by(|a, b| (&a.subject, &a.study, &a.dicom).cmp(&(&b.subject, &b.study, &b.dicom)));
+    plan.items
+        .sort_by(|a, b| (&a.subject, &a.study, &a.dicom).cmp(&(&b.subject, &b.study, &b.dicom)));
     Ok(plan)
 }
 
@@ -284,11 +318,21 @@ impl Job<'_> {
         let report_path = it.report_path(root);
         let report = match std::fs::read(&report_path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) => return it.reject(&report_path, Stage::Report, format!("report unreadable: {e}")),
+            Err(e) => {
+                return it.reject(
+                    &report_path,
+                    Stage::Report,
+                    format!("report unreadable: {e}"),
+                );
+            }
         };
         let sections = parse_report(&report);
         let Some(text) = training_text(&sections, &self.opts.sections) else {
-            return it.reject(&report_path, Stage::Report, "the report has none of the sections used for training");
+            return it.reject(
+                &report_path,
+                Stage::Report,
+                "the report has none of the sections used for training",
+            );
         };
         let tokens = match self.tokenizer.encode(&text) {
             Ok(t) => t,
@@ -352,13 +396,23 @@ pub fn view_kept(views: &[String], view: &str) -> bool {
 }
 
 fn digest(path: &Path) -> Result<FileDigest, MimicError> {
-    let sha256 = shard::sha256_file(path).map_err(|source| MimicError::Io { path: path.into(), source })?;
-    Ok(FileDigest { path: path.display().to_string(), sha256 })
+    let sha256 = shard::sha256_file(path).map_err(|source| MimicError::Io {
+        path: path.into(),
+        source,
+    })?;
+    Ok(FileDigest {
+        path: path.display().to_string(),
+        sha256,
+    })
 }
 
 /// Runs `ingest mimic`: plans, writes shards (resuming an interrupted run in
 /// the same folder), then the reject log and the manifest.
-pub fn run(opts: &MimicOptions, out: &Path, progress: &ProgressBar) -> Result<Manifest, MimicError> {
+pub fn run(
+    opts: &MimicOptions,
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<Manifest, MimicError> {
     let planned = plan(&opts.root, opts.labeler)?;
     let tokenizer = ClipTokenizer::from_file(&opts.tokenizer)?;
     let tokenizer_digest = digest(&opts.tokenizer)?;
@@ -372,12 +426,29 @@ pub fn run(opts: &MimicOptions, out: &Path, progress: &ProgressBar) -> Result<Ma
         image_policy: opts.image.clone(),
         tokenizer: Some(tokenizer_digest),
         entities: Some(EntitySourceInfo {
-            kind: if sidecar_digest.is_some() { "sidecar" } else { "lexicon" }.into(),
+            kind: if sidecar_digest.is_some() {
+                "sidecar"
+            } else {
+                "lexicon"
+            }
+            .into(),
             sidecar: sidecar_digest,
         }),
     };
-    let job = Job { opts, tokenizer, sidecar, lexicon: Lexicon::builtin() };
-    Ok(shard::run(out, &opts.shards, info, planned, |it| job.process(it), progress)?)
+    let job = Job {
+        opts,
+        tokenizer,
+        sidecar,
+        lexicon: Lexicon::builtin(),
+    };
+    Ok(shard::run(
+        out,
+        &opts.shards,
+        info,
+        planned,
+        |it| job.process(it),
+        progress,
+    )?)
 }
 
 /// One line of the sections export: the exact text that NER must run on.
@@ -408,7 +479,14 @@ pub fn export_sections(
             .and_then(|b| training_text(&parse_report(&String::from_utf8_lossy(&b)), sections));
         match text {
             Some(text) => {
-                serde_json::to_writer(&mut lines, &SectionLine { study_id: &it.study, text }).expect("serialisable");
+                serde_json::to_writer(
+                    &mut lines,
+                    &SectionLine {
+                        study_id: &it.study,
+                        text,
+                    },
+                )
+                .expect("serialisable");
                 lines.push(b'\n');
             }
             None => missing += 1,

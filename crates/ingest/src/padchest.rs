@@ -70,7 +70,9 @@ pub fn parse_label_list(text: &str) -> Result<Vec<String>, String> {
         }
         let Some(quote) = chars.next() else { break };
         if quote != '\'' && quote != '"' {
-            return Err(format!("label list {t:?}: expected a quoted label, found {quote:?}"));
+            return Err(format!(
+                "label list {t:?}: expected a quoted label, found {quote:?}"
+            ));
         }
         let mut label = String::new();
         loop {
@@ -94,7 +96,10 @@ pub fn parse_label_list(text: &str) -> Result<Vec<String>, String> {
 
 /// The split of a patient: a hash of (seed, patient id) mapped to [0, 1).
 pub fn patient_split(patient: &str, seed: u64, fractions: (f64, f64)) -> &'static str {
-    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(patient.as_bytes()).finalize();
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(patient.as_bytes())
+        .finalize();
     let bits = u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
     let u = (bits >> 11) as f64 / (1u64 << 53) as f64;
     if u < fractions.0 {
@@ -120,12 +125,29 @@ struct Item {
 fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
     let csv_path = csvio::find(root, PADCHEST_CSV)?;
     let mut table = Table::open(&csv_path)?;
-    let [image_id, image_dir, study, patient, projection, labels] =
-        ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Labels"].map(|c| table.column(c));
-    let (image_id, image_dir, study, patient, projection, labels) =
-        (image_id?, image_dir?, study?, patient?, projection?, labels?);
+    let [image_id, image_dir, study, patient, projection, labels] = [
+        "ImageID",
+        "ImageDir",
+        "StudyID",
+        "PatientID",
+        "Projection",
+        "Labels",
+    ]
+    .map(|c| table.column(c));
+    let (image_id, image_dir, study, patient, projection, labels) = (
+        image_id?,
+        image_dir?,
+        study?,
+        patient?,
+        projection?,
+        labels?,
+    );
 
-    let mut plan = Planned { items: Vec::new(), rejects: Vec::new(), seen: 0 };
+    let mut plan = Planned {
+        items: Vec::new(),
+        rejects: Vec::new(),
+        seen: 0,
+    };
     for row in table.rows() {
         plan.seen += 1;
         let reject = |line: u64, ids: [Option<&str>; 3], reason: String| Reject {
@@ -146,8 +168,15 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
         let ids = [row.get(patient), row.get(study), row.get(image_id)];
         let opt = ids.map(|s| (!s.is_empty()).then_some(s));
         let dir = row.get(image_dir);
-        if ids.iter().any(|s| s.is_empty()) || ids[2].contains(['/', '\\']) || dir.contains(['/', '\\']) {
-            plan.rejects.push(reject(row.line, opt, format!("missing or malformed ids {ids:?} / ImageDir {dir:?}")));
+        if ids.iter().any(|s| s.is_empty())
+            || ids[2].contains(['/', '\\'])
+            || dir.contains(['/', '\\'])
+        {
+            plan.rejects.push(reject(
+                row.line,
+                opt,
+                format!("missing or malformed ids {ids:?} / ImageDir {dir:?}"),
+            ));
             continue;
         }
         let parsed = match parse_label_list(row.get(labels)) {
@@ -158,7 +187,11 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
             }
         };
         // The release's ImageID carries `.png`; accept it without, too.
-        let file = if ids[2].ends_with(".png") { ids[2].to_string() } else { format!("{}.png", ids[2]) };
+        let file = if ids[2].ends_with(".png") {
+            ids[2].to_string()
+        } else {
+            format!("{}.png", ids[2])
+        };
         plan.items.push(Item {
             image_id: ids[2].trim_end_matches(".png").to_string(),
             image_path: root.join(dir).join(file),
@@ -168,12 +201,18 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
             labels: parsed,
         });
     }
-    plan.items.sort_by(|a, b| (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id)));
+    plan.items.sort_by(|a, b| {
+        (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id))
+    });
     Ok(plan)
 }
 
 /// Runs `ingest padchest --images-only`.
-pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result<Manifest, PadchestError> {
+pub fn run(
+    opts: &PadchestOptions,
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<Manifest, PadchestError> {
     let planned = plan(&opts.root)?;
     let info = RunInfo {
         source: Source::Padchest,
@@ -208,7 +247,14 @@ pub fn run(opts: &PadchestOptions, out: &Path, progress: &ProgressBar) -> Result
             })),
         }
     };
-    Ok(shard::run(out, &opts.shards, info, planned, process, progress)?)
+    Ok(shard::run(
+        out,
+        &opts.shards,
+        info,
+        planned,
+        process,
+        progress,
+    )?)
 }
 
 #[cfg(test)]
@@ -222,8 +268,14 @@ mod tests {
             parse_label_list("['interstitial pattern', 'unchanged', 'pneumonia']").unwrap(),
             ["interstitial pattern", "unchanged", "pneumonia"]
         );
-        assert_eq!(parse_label_list("['C0034069' 'C0742362']").unwrap(), ["C0034069", "C0742362"]);
-        assert_eq!(parse_label_list("[' pleural effusion', \"it's\"]").unwrap(), ["pleural effusion", "it's"]);
+        assert_eq!(
+            parse_label_list("['C0034069' 'C0742362']").unwrap(),
+            ["C0034069", "C0742362"]
+        );
+        assert_eq!(
+            parse_label_list("[' pleural effusion', \"it's\"]").unwrap(),
+            ["pleural effusion", "it's"]
+        );
         assert!(parse_label_list("[]").unwrap().is_empty());
         assert!(parse_label_list("").unwrap().is_empty());
         assert!(parse_label_list("['unterminated]").is_err());
@@ -239,12 +291,20 @@ mod tests {
             let id = format!("patient{p}");
             let s = patient_split(&id, 7, f);
             assert_eq!(s, patient_split(&id, 7, f));
-            n[["train", "validate", "test"].iter().position(|x| *x == s).unwrap()] += 1;
+            n[["train", "validate", "test"]
+                .iter()
+                .position(|x| *x == s)
+                .unwrap()] += 1;
         }
         assert!((3800..4200).contains(&n[0]), "{n:?}");
         assert!((350..650).contains(&n[1]), "{n:?}");
         assert!((350..650).contains(&n[2]), "{n:?}");
-        let moved = (0..1000).filter(|p| patient_split(&format!("patient{p}"), 7, f) != patient_split(&format!("patient{p}"), 8, f)).count();
+        let moved = (0..1000)
+            .filter(|p| {
+                patient_split(&format!("patient{p}"), 7, f)
+                    != patient_split(&format!("patient{p}"), 8, f)
+            })
+            .count();
         assert!(moved > 100, "the seed must matter");
     }
 }

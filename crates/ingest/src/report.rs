@@ -103,7 +103,11 @@ pub enum Section {
 /// paragraph for reports with neither. `last_paragraph` is only ever set when
 /// both are missing, so listing it adds the MIMIC-CXR repository's fallback
 /// without ever mixing it with the two sections.
-pub const DEFAULT_SECTIONS: [Section; 3] = [Section::Findings, Section::Impression, Section::LastParagraph];
+pub const DEFAULT_SECTIONS: [Section; 3] = [
+    Section::Findings,
+    Section::Impression,
+    Section::LastParagraph,
+];
 
 impl Section {
     /// Every section, in column order.
@@ -529,9 +533,10 @@ fn header_at(text: &str, match_start: usize, line_start: usize) -> Option<Header
 /// starts at or after byte `from`.
 fn search_header(text: &str, from: usize) -> Option<Header> {
     if from == 0
-        && let Some(h) = header_at(text, 0, 0) {
-            return Some(h);
-        }
+        && let Some(h) = header_at(text, 0, 0)
+    {
+        return Some(h);
+    }
     let mut pos = from;
     while let Some(off) = text[pos..].find('\n') {
         let nl = pos + off;
@@ -571,12 +576,13 @@ fn section_text(text: &str) -> Vec<(String, &str)> {
         .any(|(n, _)| n == "impression" || n == "findings");
     if !has_main
         && let Some((_, last)) = sections.last_mut()
-            && let Some(at) = last.find("\n \n") {
-                let whole: &str = last;
-                *last = &whole[..at];
-                let rest = &whole[at + 3..];
-                sections.push(("last_paragraph".to_string(), rest));
-            }
+        && let Some(at) = last.find("\n \n")
+    {
+        let whole: &str = last;
+        *last = &whole[..at];
+        let rest = &whole[at + 3..];
+        sections.push(("last_paragraph".to_string(), rest));
+    }
     sections
 }
 
@@ -716,7 +722,11 @@ mod tests {
             None,
             "no silent fallback when the last paragraph is not asked for"
         );
-        assert!(training_text(&s, &DEFAULT_SECTIONS).unwrap().starts_with("Comparison is made"));
+        assert!(
+            training_text(&s, &DEFAULT_SECTIONS)
+                .unwrap()
+                .starts_with("Comparison is made")
+        );
         let fallback = [
             Section::Findings,
             Section::Impression,
@@ -968,7 +978,11 @@ mod tests {
             let mut files: Vec<(String, Vec<u8>)> = Vec::new();
             for entry in archive.entries().expect("a tar archive") {
                 let mut entry = entry.expect("a tar entry");
-                let name = entry.path().expect("entry path").to_string_lossy().into_owned();
+                let name = entry
+                    .path()
+                    .expect("entry path")
+                    .to_string_lossy()
+                    .into_owned();
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).expect("read entry");
                 files.push((name, bytes));

@@ -29,12 +29,12 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FileDigest, ImagePolicy, MANIFEST_FILE, Manifest,
-    REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source, Stage, col, shard_file_name, shard_schema,
+    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FileDigest, ImagePolicy, MANIFEST_FILE,
+    Manifest, REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source, Stage, col,
+    shard_file_name, shard_schema,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
 
 const PROGRESS_DIR: &str = ".progress";
 const RUN_FILE: &str = "run.json";
@@ -73,7 +73,10 @@ pub enum ShardError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
-    move |source| ShardError::Io { path: path.to_path_buf(), source }
+    move |source| ShardError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One output row, owned. Field meanings are those of `schemas::col`.
@@ -137,7 +140,12 @@ pub struct ShardOptions {
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        ShardOptions { rows_per_shard: 1024, row_group_rows: 256, zstd_level: 3, strict: false }
+        ShardOptions {
+            rows_per_shard: 1024,
+            row_group_rows: 256,
+            zstd_level: 3,
+            strict: false,
+        }
     }
 }
 
@@ -272,7 +280,10 @@ pub fn write_shards<I: Sync>(
             }
             None => {
                 let done = write_group(out, index, group, opts, &process, progress)?;
-                write_atomic(&done_path, &serde_json::to_vec(&done).expect("serialisable"))?;
+                write_atomic(
+                    &done_path,
+                    &serde_json::to_vec(&done).expect("serialisable"),
+                )?;
                 done
             }
         };
@@ -304,7 +315,10 @@ pub fn finish(out: &Path, manifest: &Manifest, rejects: &[Reject]) -> Result<(),
 
 /// The manifest of a run already finished in `out`: `Some` when its arguments
 /// are `arguments` (running again is then a no-op), an error when they differ.
-pub fn finished_run(out: &Path, arguments: &serde_json::Value) -> Result<Option<Manifest>, ShardError> {
+pub fn finished_run(
+    out: &Path,
+    arguments: &serde_json::Value,
+) -> Result<Option<Manifest>, ShardError> {
     let path = out.join(MANIFEST_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -322,17 +336,25 @@ fn check_fingerprint(path: &Path, fingerprint: &serde_json::Value) -> Result<(),
     let want = serde_json::to_vec_pretty(fingerprint).expect("serialisable");
     match fs::read(path) {
         Ok(have) if have == want => Ok(()),
-        Ok(_) => Err(ShardError::DifferentRun { path: path.to_path_buf() }),
+        Ok(_) => Err(ShardError::DifferentRun {
+            path: path.to_path_buf(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A finished run leaves no progress folder; starting over it would
             // silently mix two runs' shards.
-            let manifest = path.parent().and_then(Path::parent).map(|d| d.join(MANIFEST_FILE));
+            let manifest = path
+                .parent()
+                .and_then(Path::parent)
+                .map(|d| d.join(MANIFEST_FILE));
             if let Some(m) = manifest.filter(|m| m.exists()) {
                 return Err(ShardError::DifferentRun { path: m });
             }
             write_atomic(path, &want)
         }
-        Err(source) => Err(ShardError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -367,7 +389,10 @@ fn write_group<I: Sync>(
         })
         .collect();
 
-    let mut counts = Counts { seen: group.len() as u64, ..Default::default() };
+    let mut counts = Counts {
+        seen: group.len() as u64,
+        ..Default::default()
+    };
     let mut rows = Vec::new();
     let mut rejects = Vec::new();
     for outcome in outcomes {
@@ -395,9 +420,17 @@ fn write_group<I: Sync>(
             message,
         })?;
         write_atomic(&path, &bytes)?;
-        Some(ShardEntry { file, rows: rows.len() as u64, sha256: sha256_hex(&bytes) })
+        Some(ShardEntry {
+            file,
+            rows: rows.len() as u64,
+            sha256: sha256_hex(&bytes),
+        })
     };
-    Ok(GroupDone { shard, counts, rejects })
+    Ok(GroupDone {
+        shard,
+        counts,
+        rejects,
+    })
 }
 
 /// Parquet bytes of `rows`: zstd on every column, row groups sized for the loader.
@@ -420,7 +453,11 @@ pub fn encode_shard(rows: &[Row], opts: &ShardOptions) -> Result<Vec<u8>, String
 /// the batch matches [`shard_schema`] exactly.
 fn list_builder<B: arrow_array::builder::ArrayBuilder>(name: &str, values: B) -> ListBuilder<B> {
     let schema = shard_schema();
-    let item = match schema.field_with_name(name).expect("column in schema").data_type() {
+    let item = match schema
+        .field_with_name(name)
+        .expect("column in schema")
+        .data_type()
+    {
         DataType::List(item) => item.clone(),
         other => unreachable!("{name} is {other}, not a list"),
     };
@@ -451,7 +488,10 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
     let mut token_ids = list_builder(col::TOKEN_IDS, Int32Builder::new());
     let mut entity_mask = list_builder(col::ENTITY_MASK, BooleanBuilder::new());
     let span_fields = schemas::span_fields();
-    let mut spans = list_builder(col::ENTITY_SPANS, StructBuilder::from_fields(span_fields, 0));
+    let mut spans = list_builder(
+        col::ENTITY_SPANS,
+        StructBuilder::from_fields(span_fields, 0),
+    );
     let mut finding_labels = list_builder(col::FINDING_LABELS, StringBuilder::new());
     for r in rows {
         paired.append_value(r.paired);
@@ -466,7 +506,8 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
         }
         match &r.entity_mask {
             Some(mask) => {
-                mask.iter().for_each(|&m| entity_mask.values().append_value(m));
+                mask.iter()
+                    .for_each(|&m| entity_mask.values().append_value(m));
                 entity_mask.append(true);
             }
             None => entity_mask.append(false),
@@ -475,10 +516,18 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
             Some(list) => {
                 let s = spans.values();
                 for span in list {
-                    let to_i32 = |v: usize| i32::try_from(v).map_err(|_| format!("span offset {v} too large"));
-                    s.field_builder::<Int32Builder>(0).expect("start").append_value(to_i32(span.start)?);
-                    s.field_builder::<Int32Builder>(1).expect("end").append_value(to_i32(span.end)?);
-                    s.field_builder::<StringBuilder>(2).expect("label").append_value(&span.label);
+                    let to_i32 = |v: usize| {
+                        i32::try_from(v).map_err(|_| format!("span offset {v} too large"))
+                    };
+                    s.field_builder::<Int32Builder>(0)
+                        .expect("start")
+                        .append_value(to_i32(span.start)?);
+                    s.field_builder::<Int32Builder>(1)
+                        .expect("end")
+                        .append_value(to_i32(span.end)?);
+                    s.field_builder::<StringBuilder>(2)
+                        .expect("label")
+                        .append_value(&span.label);
                     s.append(true);
                 }
                 spans.append(true);
@@ -536,7 +585,10 @@ pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
     use arrow_array::{Array, ListArray, StructArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    let format = |message: String| ShardError::Format { path: path.to_path_buf(), message };
+    let format = |message: String| ShardError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
     let file = File::open(path).map_err(io_err(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
@@ -545,61 +597,148 @@ pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
     for batch in reader {
         let batch = batch.map_err(|e| format(e.to_string()))?;
         let column = |name: &str| {
-            batch.column_by_name(name).cloned().ok_or_else(|| format(format!("no column {name}")))
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| format(format!("no column {name}")))
         };
         let strs = |name: &str| -> Result<Vec<Option<String>>, ShardError> {
             let c = column(name)?;
-            let a = c.as_string_opt::<i32>().ok_or_else(|| format(format!("{name} is not utf8")))?;
-            Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_string())).collect())
+            let a = c
+                .as_string_opt::<i32>()
+                .ok_or_else(|| format(format!("{name} is not utf8")))?;
+            Ok((0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+                .collect())
         };
         let ints = |name: &str| -> Result<Vec<i32>, ShardError> {
             let c = column(name)?;
-            let a = c.as_primitive_opt::<Int32Type>().ok_or_else(|| format(format!("{name} is not int32")))?;
+            let a = c
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| format(format!("{name} is not int32")))?;
             Ok(a.values().to_vec())
         };
         let list = |name: &str| -> Result<ListArray, ShardError> {
-            column(name)?.as_list_opt::<i32>().cloned().ok_or_else(|| format(format!("{name} is not a list")))
+            column(name)?
+                .as_list_opt::<i32>()
+                .cloned()
+                .ok_or_else(|| format(format!("{name} is not a list")))
         };
         let n = batch.num_rows();
         let [source, subject, study, image_id, split, view, photometric] = [
-            col::SOURCE, col::SUBJECT_ID, col::STUDY_ID, col::IMAGE_ID, col::SPLIT, col::VIEW, col::PHOTOMETRIC,
+            col::SOURCE,
+            col::SUBJECT_ID,
+            col::STUDY_ID,
+            col::IMAGE_ID,
+            col::SPLIT,
+            col::VIEW,
+            col::PHOTOMETRIC,
         ]
         .map(strs);
-        let [report, findings, impression, last, comparison, indication, text, entity_source] = [
-            col::REPORT, col::FINDINGS, col::IMPRESSION, col::LAST_PARAGRAPH, col::COMPARISON,
-            col::INDICATION, col::TEXT, col::ENTITY_SOURCE,
+        let [
+            report,
+            findings,
+            impression,
+            last,
+            comparison,
+            indication,
+            text,
+            entity_source,
+        ] = [
+            col::REPORT,
+            col::FINDINGS,
+            col::IMPRESSION,
+            col::LAST_PARAGRAPH,
+            col::COMPARISON,
+            col::INDICATION,
+            col::TEXT,
+            col::ENTITY_SOURCE,
         ]
         .map(strs);
-        let [height, width, orig_rows, orig_cols, bits] =
-            [col::IMAGE_HEIGHT, col::IMAGE_WIDTH, col::ORIG_ROWS, col::ORIG_COLS, col::BITS_STORED].map(ints);
+        let [height, width, orig_rows, orig_cols, bits] = [
+            col::IMAGE_HEIGHT,
+            col::IMAGE_WIDTH,
+            col::ORIG_ROWS,
+            col::ORIG_COLS,
+            col::BITS_STORED,
+        ]
+        .map(ints);
         let paired = column(col::PAIRED)?;
-        let paired = paired.as_boolean_opt().ok_or_else(|| format("paired is not boolean".into()))?;
+        let paired = paired
+            .as_boolean_opt()
+            .ok_or_else(|| format("paired is not boolean".into()))?;
         let truncated = column(col::TRUNCATED)?;
-        let truncated = truncated.as_boolean_opt().ok_or_else(|| format("truncated is not boolean".into()))?;
+        let truncated = truncated
+            .as_boolean_opt()
+            .ok_or_else(|| format("truncated is not boolean".into()))?;
         let image = column(col::IMAGE)?;
-        let image = image.as_binary_opt::<i32>().ok_or_else(|| format("image is not binary".into()))?;
-        let (tokens, mask, spans, finding_labels) =
-            (list(col::TOKEN_IDS)?, list(col::ENTITY_MASK)?, list(col::ENTITY_SPANS)?, list(col::FINDING_LABELS)?);
+        let image = image
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| format("image is not binary".into()))?;
+        let (tokens, mask, spans, finding_labels) = (
+            list(col::TOKEN_IDS)?,
+            list(col::ENTITY_MASK)?,
+            list(col::ENTITY_SPANS)?,
+            list(col::FINDING_LABELS)?,
+        );
         let labels: Vec<_> = (0..CHEXPERT_CLASSES.len())
             .map(|i| {
                 let c = column(&schemas::label_column(i))?;
-                c.as_primitive_opt::<Int8Type>().cloned().ok_or_else(|| format("label is not int8".into()))
+                c.as_primitive_opt::<Int8Type>()
+                    .cloned()
+                    .ok_or_else(|| format("label is not int8".into()))
             })
             .collect::<Result<_, _>>()?;
-        let (source, subject, study, image_id, split, view, photometric) =
-            (source?, subject?, study?, image_id?, split?, view?, photometric?);
-        let (report, findings, impression, last, comparison, indication, text, entity_source) =
-            (report?, findings?, impression?, last?, comparison?, indication?, text?, entity_source?);
-        let (height, width, orig_rows, orig_cols, bits) = (height?, width?, orig_rows?, orig_cols?, bits?);
+        let (source, subject, study, image_id, split, view, photometric) = (
+            source?,
+            subject?,
+            study?,
+            image_id?,
+            split?,
+            view?,
+            photometric?,
+        );
+        let (report, findings, impression, last, comparison, indication, text, entity_source) = (
+            report?,
+            findings?,
+            impression?,
+            last?,
+            comparison?,
+            indication?,
+            text?,
+            entity_source?,
+        );
+        let (height, width, orig_rows, orig_cols, bits) =
+            (height?, width?, orig_rows?, orig_cols?, bits?);
         for i in 0..n {
-            let token_ids = tokens.is_valid(i).then(|| tokens.value(i).as_primitive::<Int32Type>().values().to_vec());
-            let entity_mask = mask.is_valid(i).then(|| mask.value(i).as_boolean().iter().map(|b| b == Some(true)).collect());
+            let token_ids = tokens.is_valid(i).then(|| {
+                tokens
+                    .value(i)
+                    .as_primitive::<Int32Type>()
+                    .values()
+                    .to_vec()
+            });
+            let entity_mask = mask.is_valid(i).then(|| {
+                mask.value(i)
+                    .as_boolean()
+                    .iter()
+                    .map(|b| b == Some(true))
+                    .collect()
+            });
             let entity_spans = spans.is_valid(i).then(|| {
                 let s = spans.value(i);
                 let s: &StructArray = s.as_struct();
-                let (st, en, lb) = (s.column(0).as_primitive::<Int32Type>(), s.column(1).as_primitive::<Int32Type>(), s.column(2).as_string::<i32>());
+                let (st, en, lb) = (
+                    s.column(0).as_primitive::<Int32Type>(),
+                    s.column(1).as_primitive::<Int32Type>(),
+                    s.column(2).as_string::<i32>(),
+                );
                 (0..s.len())
-                    .map(|j| EntitySpan { start: st.value(j) as usize, end: en.value(j) as usize, label: lb.value(j).to_string() })
+                    .map(|j| EntitySpan {
+                        start: st.value(j) as usize,
+                        end: en.value(j) as usize,
+                        label: lb.value(j).to_string(),
+                    })
                     .collect()
             });
             let fl = finding_labels.value(i);
@@ -697,7 +836,11 @@ mod tests {
             text: Some("no effusion".into()),
             token_ids: Some(vec![49406, 871, 49407]),
             truncated: Some(false),
-            entity_spans: Some(vec![EntitySpan { start: 3, end: 11, label: "ENTITY".into() }]),
+            entity_spans: Some(vec![EntitySpan {
+                start: 3,
+                end: 11,
+                label: "ENTITY".into(),
+            }]),
             entity_mask: Some(vec![false, true, false]),
             entity_source: Some("lexicon".into()),
             labels: [Some(1); 14],
@@ -721,7 +864,11 @@ mod tests {
     }
 
     fn opts() -> ShardOptions {
-        ShardOptions { rows_per_shard: 4, row_group_rows: 2, ..Default::default() }
+        ShardOptions {
+            rows_per_shard: 4,
+            row_group_rows: 2,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -729,16 +876,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let items: Vec<usize> = (0..10).collect();
         let fp = serde_json::json!({"a": 1});
-        let w = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        let w = write_shards(
+            dir.path(),
+            &opts(),
+            &fp,
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(w.counts.seen, 10);
         assert_eq!(w.counts.filtered, 2);
         assert_eq!(w.counts.rejected_total(), 2);
         assert_eq!(w.counts.written, 6);
         assert!(w.counts.reconciles());
         // Group 2 (items 8, 9) is all filtered or rejected: it writes no shard.
-        assert_eq!(w.shards.iter().map(|s| s.file.as_str()).collect::<Vec<_>>(), ["shard-00000.parquet", "shard-00001.parquet"]);
+        assert_eq!(
+            w.shards.iter().map(|s| s.file.as_str()).collect::<Vec<_>>(),
+            ["shard-00000.parquet", "shard-00001.parquet"]
+        );
         assert_eq!(w.shards.iter().map(|s| s.rows).sum::<u64>(), 6);
-        assert_eq!(w.rejects.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["f4", "f9"]);
+        assert_eq!(
+            w.rejects
+                .iter()
+                .map(|r| r.path.as_str())
+                .collect::<Vec<_>>(),
+            ["f4", "f9"]
+        );
         let back = read_shard(&dir.path().join(&w.shards[0].file)).unwrap();
         assert_eq!(back, vec![row(0), row(1), row(2)]);
     }
@@ -748,18 +912,45 @@ mod tests {
         let items: Vec<usize> = (0..10).collect();
         let fp = serde_json::json!({"a": 1});
         let whole = tempfile::tempdir().unwrap();
-        let w1 = write_shards(whole.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        let w1 = write_shards(
+            whole.path(),
+            &opts(),
+            &fp,
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
 
         // Simulate a run killed after its first group: only group 0 finished,
         // and a stray temporary file from the killed shard write is left behind.
         let killed = tempfile::tempdir().unwrap();
-        write_shards(killed.path(), &opts(), &fp, &items[..4], process, &ProgressBar::hidden()).unwrap();
+        write_shards(
+            killed.path(),
+            &opts(),
+            &fp,
+            &items[..4],
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         fs::write(killed.path().join("shard-00001.parquet.tmp"), b"half").unwrap();
-        let w2 = write_shards(killed.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        let w2 = write_shards(
+            killed.path(),
+            &opts(),
+            &fp,
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(w2.resumed_groups, 1);
         assert_eq!(w1.shards, w2.shards);
         for s in &w1.shards {
-            assert_eq!(fs::read(whole.path().join(&s.file)).unwrap(), fs::read(killed.path().join(&s.file)).unwrap());
+            assert_eq!(
+                fs::read(whole.path().join(&s.file)).unwrap(),
+                fs::read(killed.path().join(&s.file)).unwrap()
+            );
         }
     }
 
@@ -768,20 +959,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let items: Vec<usize> = (0..4).collect();
         let fp = serde_json::json!({});
-        let w1 = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        let w1 = write_shards(
+            dir.path(),
+            &opts(),
+            &fp,
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         fs::write(dir.path().join(&w1.shards[0].file), b"corrupted").unwrap();
-        let w2 = write_shards(dir.path(), &opts(), &fp, &items, process, &ProgressBar::hidden()).unwrap();
+        let w2 = write_shards(
+            dir.path(),
+            &opts(),
+            &fp,
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(w2.resumed_groups, 0);
-        assert_eq!(sha256_file(&dir.path().join(&w1.shards[0].file)).unwrap(), w1.shards[0].sha256);
+        assert_eq!(
+            sha256_file(&dir.path().join(&w1.shards[0].file)).unwrap(),
+            w1.shards[0].sha256
+        );
     }
 
     #[test]
     fn refuses_to_mix_runs_with_different_arguments() {
         let dir = tempfile::tempdir().unwrap();
         let items: Vec<usize> = (0..4).collect();
-        write_shards(dir.path(), &opts(), &serde_json::json!({"a": 1}), &items, process, &ProgressBar::hidden()).unwrap();
-        let err = write_shards(dir.path(), &opts(), &serde_json::json!({"a": 2}), &items, process, &ProgressBar::hidden())
-            .unwrap_err();
+        write_shards(
+            dir.path(),
+            &opts(),
+            &serde_json::json!({"a": 1}),
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        let err = write_shards(
+            dir.path(),
+            &opts(),
+            &serde_json::json!({"a": 2}),
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ShardError::DifferentRun { .. }), "{err}");
     }
 
@@ -789,9 +1014,19 @@ mod tests {
     fn strict_mode_stops_at_the_first_reject() {
         let dir = tempfile::tempdir().unwrap();
         let items: Vec<usize> = (0..10).collect();
-        let strict = ShardOptions { strict: true, ..opts() };
-        let err = write_shards(dir.path(), &strict, &serde_json::json!({}), &items, process, &ProgressBar::hidden())
-            .unwrap_err();
+        let strict = ShardOptions {
+            strict: true,
+            ..opts()
+        };
+        let err = write_shards(
+            dir.path(),
+            &strict,
+            &serde_json::json!({}),
+            &items,
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("f4"), "{err}");
     }
 }

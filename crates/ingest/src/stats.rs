@@ -385,8 +385,10 @@ pub fn write_report(shard_dirs: &[PathBuf], out: &Path) -> Result<Stats, StatsEr
     stats.charts = charts::draw_all(&stats, &detail, out)?;
 
     let json_path = out.join(STATS_JSON);
-    let json = serde_json::to_string_pretty(&stats)
-        .map_err(|source| StatsError::Json { path: json_path.clone(), source })?;
+    let json = serde_json::to_string_pretty(&stats).map_err(|source| StatsError::Json {
+        path: json_path.clone(),
+        source,
+    })?;
     std::fs::write(&json_path, json + "\n").map_err(|source| io(&json_path, source))?;
 
     let md_path = out.join(STATS_MD);
@@ -395,5 +397,8 @@ pub fn write_report(shard_dirs: &[PathBuf], out: &Path) -> Result<Stats, StatsEr
 }
 
 fn io(path: &Path, source: std::io::Error) -> StatsError {
-    StatsError::Io { path: path.to_path_buf(), source }
+    StatsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }

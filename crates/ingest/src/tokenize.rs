@@ -28,7 +28,8 @@ pub const EOT: &str = "<|endoftext|>";
 const CLIP_MERGES: usize = 49152 - 256 - 2;
 
 /// CLIP's pre-tokenizer pattern (OpenAI `simple_tokenizer.py`), applied after lowercasing.
-const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// Why a tokenizer could not be built, loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +65,26 @@ pub enum TokenizeError {
 /// the rest mapped to U+0100 onwards. The vocabulary lists them in this order.
 fn byte_alphabet() -> Vec<(u8, char)> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut table: Vec<(u8, char)> =
-        (0..=255u8).filter(|&b| printable(b)).map(|b| (b, char::from(b))).collect();
+    let mut table: Vec<(u8, char)> = (0..=255u8)
+        .filter(|&b| printable(b))
+        .map(|b| (b, char::from(b)))
+        .collect();
     let others = (0..=255u8).filter(|&b| !printable(b));
-    table.extend(others.zip(256u32..).map(|(b, c)| (b, char::from_u32(c).expect("U+0100.. are valid"))));
+    table.extend(
+        others
+            .zip(256u32..)
+            .map(|(b, c)| (b, char::from_u32(c).expect("U+0100.. are valid"))),
+    );
     table
 }
 
 /// Builds the text of a `tokenizer.json` from CLIP's gzipped BPE vocabulary.
 pub fn build_tokenizer_json(vocab_gz: &Path) -> Result<String, TokenizeError> {
     let path = vocab_gz.display().to_string();
-    let io = |source| TokenizeError::Io { path: path.clone(), source };
+    let io = |source| TokenizeError::Io {
+        path: path.clone(),
+        source,
+    };
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(vocab_gz).map_err(io)?)
         .read_to_string(&mut text)
@@ -108,8 +118,11 @@ pub fn build_tokenizer_json(vocab_gz: &Path) -> Result<String, TokenizeError> {
     vocab.push(EOT.into());
     let sot_id = vocab.len() - 2;
     let eot_id = vocab.len() - 1;
-    let vocab_map: serde_json::Map<String, Value> =
-        vocab.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+    let vocab_map: serde_json::Map<String, Value> = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, json!(i)))
+        .collect();
     let special = |id: usize, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": true, "special": true})
@@ -165,8 +178,11 @@ impl ClipTokenizer {
     /// Loads a `tokenizer.json` (ours or Hugging Face's).
     pub fn from_file(path: &Path) -> Result<Self, TokenizeError> {
         let context = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizeError::Tokenizers { context: context.clone(), message: e.to_string() })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizeError::Tokenizers {
+                context: context.clone(),
+                message: e.to_string(),
+            })?;
         Self::from_tokenizer(inner, context)
     }
 
@@ -174,25 +190,39 @@ impl ClipTokenizer {
     pub fn from_vocab(vocab_gz: &Path) -> Result<Self, TokenizeError> {
         let json = build_tokenizer_json(vocab_gz)?;
         let context = vocab_gz.display().to_string();
-        let inner = json
-            .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| TokenizeError::Tokenizers { context: context.clone(), message: e.to_string() })?;
+        let inner =
+            json.parse::<tokenizers::Tokenizer>()
+                .map_err(|e| TokenizeError::Tokenizers {
+                    context: context.clone(),
+                    message: e.to_string(),
+                })?;
         Self::from_tokenizer(inner, context)
     }
 
-    fn from_tokenizer(mut inner: tokenizers::Tokenizer, context: String) -> Result<Self, TokenizeError> {
+    fn from_tokenizer(
+        mut inner: tokenizers::Tokenizer,
+        context: String,
+    ) -> Result<Self, TokenizeError> {
         // Hugging Face's file carries its own truncation/padding settings; CLIP's
         // truncation rule is applied in `encode`, so switch theirs off.
-        inner.with_truncation(None).map_err(|e| TokenizeError::Tokenizers {
-            context: context.clone(),
-            message: e.to_string(),
-        })?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| TokenizeError::Tokenizers {
+                context: context.clone(),
+                message: e.to_string(),
+            })?;
         inner.with_padding(None);
-        let eot_id = inner.token_to_id(EOT).ok_or_else(|| TokenizeError::Tokenizers {
-            context,
-            message: format!("no {EOT} token: not a CLIP tokenizer"),
-        })? as i32;
-        Ok(ClipTokenizer { inner, eot_id, context_length: CONTEXT_LENGTH })
+        let eot_id = inner
+            .token_to_id(EOT)
+            .ok_or_else(|| TokenizeError::Tokenizers {
+                context,
+                message: format!("no {EOT} token: not a CLIP tokenizer"),
+            })? as i32;
+        Ok(ClipTokenizer {
+            inner,
+            eot_id,
+            context_length: CONTEXT_LENGTH,
+        })
     }
 
     /// The id of EOT (CLIP pools the text embedding there).
@@ -202,10 +232,13 @@ impl ClipTokenizer {
 
     /// Tokenizes `text` as CLIP does, truncating to the context length.
     pub fn encode(&self, text: &str) -> Result<Tokens, TokenizeError> {
-        let enc = self.inner.encode(text, true).map_err(|e| TokenizeError::Tokenizers {
-            context: "encode".into(),
-            message: e.to_string(),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TokenizeError::Tokenizers {
+                context: "encode".into(),
+                message: e.to_string(),
+            })?;
         let mut ids: Vec<i32> = enc.get_ids().iter().map(|&i| i as i32).collect();
         let mut offsets = enc.get_offsets().to_vec();
         let truncated = ids.len() > self.context_length;
@@ -215,7 +248,11 @@ impl ClipTokenizer {
             ids[self.context_length - 1] = self.eot_id;
             offsets[self.context_length - 1] = (0, 0);
         }
-        Ok(Tokens { ids, offsets, truncated })
+        Ok(Tokens {
+            ids,
+            offsets,
+            truncated,
+        })
     }
 }
 
@@ -231,7 +268,11 @@ mod tests {
         assert_eq!(map[&b'a'], 'a');
         assert_eq!(map[&b' '], 'Ġ'); // space → U+0120, as in GPT-2/CLIP
         assert_eq!(map[&0], 'Ā');
-        assert_eq!(a[0], (b'!', '!'), "printable bytes come first in the vocabulary");
+        assert_eq!(
+            a[0],
+            (b'!', '!'),
+            "printable bytes come first in the vocabulary"
+        );
         assert_eq!(a[188], (0, 'Ā'), "then the others, from U+0100");
         let mut chars: Vec<char> = a.iter().map(|p| p.1).collect();
         chars.sort();

@@ -11,10 +11,22 @@ use pipeline::{Loader, LoaderConfig, OpenOptions, Position, Sources};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let paired = vec![PathBuf::from(args.first().ok_or("usage: loader_bench PAIRED_DIR [UNPAIRED_DIR] [BATCHES]")?)];
+    let paired = vec![PathBuf::from(
+        args.first()
+            .ok_or("usage: loader_bench PAIRED_DIR [UNPAIRED_DIR] [BATCHES]")?,
+    )];
     let unpaired: Vec<PathBuf> = args.get(1).map(PathBuf::from).into_iter().collect();
     let batches: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(40);
-    let open = || Sources::open(&paired, &unpaired, &OpenOptions { verify_sha256: false, split: None });
+    let open = || {
+        Sources::open(
+            &paired,
+            &unpaired,
+            &OpenOptions {
+                verify_sha256: false,
+                split: None,
+            },
+        )
+    };
 
     // Floor: read every shard's bytes (warm page cache after the first pass).
     let files: Vec<PathBuf> = paired
@@ -24,15 +36,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     let s = open()?;
-    let rows = s.paired.as_ref().map_or(0, |p| p.len()) + s.unpaired.as_ref().map_or(0, |p| p.len());
+    let rows =
+        s.paired.as_ref().map_or(0, |p| p.len()) + s.unpaired.as_ref().map_or(0, |p| p.len());
     let start = Instant::now();
-    let bytes: usize = files.iter().map(|f| std::fs::read(f).map(|b| b.len()).unwrap_or(0)).sum();
+    let bytes: usize = files
+        .iter()
+        .map(|f| std::fs::read(f).map(|b| b.len()).unwrap_or(0))
+        .sum();
     let t = start.elapsed().as_secs_f64();
-    println!("floor: read {} shards, {:.1} MB, {rows} rows in {t:.3} s = {:.0} images/s", files.len(), bytes as f64 / 1e6, rows as f64 / t);
+    println!(
+        "floor: read {} shards, {:.1} MB, {rows} rows in {t:.3} s = {:.0} images/s",
+        files.len(),
+        bytes as f64 / 1e6,
+        rows as f64 / t
+    );
 
     let paired_fraction = if unpaired.is_empty() { 1.0 } else { 0.75 };
     for threads in [1, 2] {
-        let cfg = LoaderConfig { batch_size: 64, paired_fraction, threads, prefetch: 4, ..Default::default() };
+        let cfg = LoaderConfig {
+            batch_size: 64,
+            paired_fraction,
+            threads,
+            prefetch: 4,
+            ..Default::default()
+        };
         let mut loader = Loader::new(open()?, &cfg, Position::default())?;
         // Warm-up batch: thread start, first row groups.
         let first = loader.next().ok_or("no batch")??;

@@ -78,7 +78,14 @@ impl Default for AugmentConfig {
 impl AugmentConfig {
     /// Every augmentation off: training then gives the evaluation crop.
     pub fn none() -> Self {
-        AugmentConfig { random_resized_crop: false, rotate_degrees: 0.0, contrast: 0.0, brightness: 0.0, hflip: 0.0, ..Default::default() }
+        AugmentConfig {
+            random_resized_crop: false,
+            rotate_degrees: 0.0,
+            contrast: 0.0,
+            brightness: 0.0,
+            hflip: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -104,7 +111,16 @@ fn centre_crop(w: f32, h: f32) -> (f32, f32, f32, f32) {
 fn sample_transform(w: usize, h: usize, mode: Mode, cfg: &AugmentConfig, key: u64) -> Transform {
     let (w, h) = (w as f32, h as f32);
     let (cx, cy, cw, ch) = centre_crop(w, h);
-    let mut t = Transform { cx, cy, cw, ch, angle: 0.0, flip: false, contrast: 1.0, brightness: 0.0 };
+    let mut t = Transform {
+        cx,
+        cy,
+        cw,
+        ch,
+        angle: 0.0,
+        flip: false,
+        contrast: 1.0,
+        brightness: 0.0,
+    };
     if mode == Mode::Eval {
         return t;
     }
@@ -116,7 +132,11 @@ fn sample_transform(w: usize, h: usize, mode: Mode, cfg: &AugmentConfig, key: u6
         let (lr0, lr1) = (cfg.crop_ratio.0.ln(), cfg.crop_ratio.1.ln());
         for _ in 0..10 {
             let target = area * rng.random_range(cfg.crop_scale.0..=cfg.crop_scale.1);
-            let ratio = if lr1 > lr0 { rng.random_range(lr0..lr1).exp() } else { cfg.crop_ratio.0 };
+            let ratio = if lr1 > lr0 {
+                rng.random_range(lr0..lr1).exp()
+            } else {
+                cfg.crop_ratio.0
+            };
             let (cw, ch) = ((target * ratio).sqrt(), (target / ratio).sqrt());
             if cw <= w && ch <= h && cw >= 1.0 && ch >= 1.0 {
                 t.cx = rng.random_range(0.0..=(w - cw)) + cw / 2.0;
@@ -128,7 +148,9 @@ fn sample_transform(w: usize, h: usize, mode: Mode, cfg: &AugmentConfig, key: u6
         }
     }
     if cfg.rotate_degrees > 0.0 {
-        t.angle = rng.random_range(-cfg.rotate_degrees..=cfg.rotate_degrees).to_radians();
+        t.angle = rng
+            .random_range(-cfg.rotate_degrees..=cfg.rotate_degrees)
+            .to_radians();
     }
     if cfg.hflip > 0.0 {
         t.flip = rng.random::<f32>() < cfg.hflip;
@@ -144,7 +166,15 @@ fn sample_transform(w: usize, h: usize, mode: Mode, cfg: &AugmentConfig, key: u6
 
 /// Renders `pixels` (`h × w`, 8-bit, row-major) into `out`
 /// (`[3, 224, 224]`, CLIP-normalised) with the transform drawn from `key`.
-pub fn render(pixels: &[u8], w: usize, h: usize, mode: Mode, cfg: &AugmentConfig, key: u64, out: &mut [f32]) {
+pub fn render(
+    pixels: &[u8],
+    w: usize,
+    h: usize,
+    mode: Mode,
+    cfg: &AugmentConfig,
+    key: u64,
+    out: &mut [f32],
+) {
     assert_eq!(out.len(), IMAGE_FLOATS, "output holds one 3×224×224 image");
     assert_eq!(pixels.len(), w * h, "pixels hold h × w bytes");
     let t = sample_transform(w, h, mode, cfg, key);
@@ -167,7 +197,11 @@ pub fn render(pixels: &[u8], w: usize, h: usize, mode: Mode, cfg: &AugmentConfig
     let (plane1, plane2) = rest.split_at_mut(IMAGE_SIZE * IMAGE_SIZE);
     let (wi, hi) = (w as isize, h as isize);
     let px = |x: isize, y: isize| -> f32 {
-        if x < 0 || y < 0 || x >= wi || y >= hi { 0.0 } else { pixels[(y * wi + x) as usize] as f32 }
+        if x < 0 || y < 0 || x >= wi || y >= hi {
+            0.0
+        } else {
+            pixels[(y * wi + x) as usize] as f32
+        }
     };
     for v in 0..IMAGE_SIZE {
         let dy = (v as f32 + 0.5 - n / 2.0) * step_y;
@@ -206,18 +240,27 @@ mod tests {
     use super::*;
 
     fn gradient(w: usize, h: usize) -> Vec<u8> {
-        (0..w * h).map(|i| ((i % w) * 255 / (w - 1)) as u8).collect()
+        (0..w * h)
+            .map(|i| ((i % w) * 255 / (w - 1)) as u8)
+            .collect()
     }
 
     fn bounds(c: usize) -> (f32, f32) {
-        ((0.0 - CLIP_MEAN[c]) / CLIP_STD[c], (1.0 - CLIP_MEAN[c]) / CLIP_STD[c])
+        (
+            (0.0 - CLIP_MEAN[c]) / CLIP_STD[c],
+            (1.0 - CLIP_MEAN[c]) / CLIP_STD[c],
+        )
     }
 
     #[test]
     fn training_augmentation_keeps_shape_and_value_range() {
         let (w, h) = (300, 256);
         let px = gradient(w, h);
-        let cfg = AugmentConfig { hflip: 0.5, rotate_degrees: 10.0, ..Default::default() };
+        let cfg = AugmentConfig {
+            hflip: 0.5,
+            rotate_degrees: 10.0,
+            ..Default::default()
+        };
         let mut out = vec![f32::NAN; IMAGE_FLOATS];
         let mut distinct = std::collections::HashSet::new();
         for key in 0..20 {
@@ -226,11 +269,20 @@ mod tests {
             for c in 0..3 {
                 let (lo, hi) = bounds(c);
                 let plane = &out[c * IMAGE_SIZE * IMAGE_SIZE..(c + 1) * IMAGE_SIZE * IMAGE_SIZE];
-                assert!(plane.iter().all(|v| v.is_finite() && *v >= lo - 1e-5 && *v <= hi + 1e-5), "key {key} channel {c}");
+                assert!(
+                    plane
+                        .iter()
+                        .all(|v| v.is_finite() && *v >= lo - 1e-5 && *v <= hi + 1e-5),
+                    "key {key} channel {c}"
+                );
             }
             distinct.insert(out.iter().map(|v| v.to_bits() as u64).sum::<u64>());
         }
-        assert!(distinct.len() > 15, "augmentation barely varies: {} distinct of 20", distinct.len());
+        assert!(
+            distinct.len() > 15,
+            "augmentation barely varies: {} distinct of 20",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -245,7 +297,12 @@ mod tests {
         // A 224-high image: the centre crop is exact pixels 28..252 of each row.
         let norm = |p: u8| (p as f32 / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0];
         for u in [0usize, 100, 223] {
-            assert!((a[u] - norm(px[28 + u])).abs() < 1e-4, "column {u}: {} vs {}", a[u], norm(px[28 + u]));
+            assert!(
+                (a[u] - norm(px[28 + u])).abs() < 1e-4,
+                "column {u}: {} vs {}",
+                a[u],
+                norm(px[28 + u])
+            );
         }
     }
 
@@ -254,9 +311,15 @@ mod tests {
         let (w, h) = (224, 224);
         let px = gradient(w, h);
         let mut out = vec![0.0; IMAGE_FLOATS];
-        let cfg = AugmentConfig { hflip: 1.0, ..AugmentConfig::none() };
+        let cfg = AugmentConfig {
+            hflip: 1.0,
+            ..AugmentConfig::none()
+        };
         render(&px, w, h, Mode::Train, &cfg, 0, &mut out);
-        assert!(out[0] > out[IMAGE_SIZE - 1], "flip did not mirror the gradient");
+        assert!(
+            out[0] > out[IMAGE_SIZE - 1],
+            "flip did not mirror the gradient"
+        );
         assert_eq!(AugmentConfig::default().hflip, 0.0);
         render(&px, w, h, Mode::Train, &AugmentConfig::none(), 0, &mut out);
         assert!(out[0] < out[IMAGE_SIZE - 1]);

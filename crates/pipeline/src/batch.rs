@@ -71,7 +71,12 @@ pub struct Batch {
 impl Batch {
     /// Shape of [`Batch::images`].
     pub fn images_shape(&self) -> [usize; 4] {
-        [self.size, augment::CHANNELS, augment::IMAGE_SIZE, augment::IMAGE_SIZE]
+        [
+            self.size,
+            augment::CHANNELS,
+            augment::IMAGE_SIZE,
+            augment::IMAGE_SIZE,
+        ]
     }
 
     /// Shape of [`Batch::tokens`] and [`Batch::entity_mask`].
@@ -116,16 +121,24 @@ impl Maker {
     pub fn new(sources: Sources, cfg: &LoaderConfig) -> Result<Maker, PipelineError> {
         let bad = |m: String| Err(PipelineError::Config(m));
         if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
-            return bad(format!("rank {} of world size {}", cfg.rank, cfg.world_size));
+            return bad(format!(
+                "rank {} of world size {}",
+                cfg.rank, cfg.world_size
+            ));
         }
         let (p, u) = cfg.mix();
         if p % cfg.world_size != 0 || u % cfg.world_size != 0 {
-            return bad(format!("{p} paired and {u} unpaired rows per batch do not split over {} ranks", cfg.world_size));
+            return bad(format!(
+                "{p} paired and {u} unpaired rows per batch do not split over {} ranks",
+                cfg.world_size
+            ));
         }
         let pick = |s: &Option<Arc<crate::Source>>, n: usize, what: &str| match (s, n) {
             (_, 0) => Ok(None),
             (Some(s), n) => Ok(Some((s.clone(), n))),
-            (None, n) => Err(PipelineError::Config(format!("the mix asks {n} {what} rows per batch but no {what} folder was given"))),
+            (None, n) => Err(PipelineError::Config(format!(
+                "the mix asks {n} {what} rows per batch but no {what} folder was given"
+            ))),
         };
         let order = Order::new(
             cfg.seed,
@@ -177,7 +190,11 @@ impl Maker {
             .into_iter()
             .map(|sample| {
                 let (group, offset) = self.source(sample.kind).row_group(sample.loc)?;
-                Ok(RawSample { sample, group, offset })
+                Ok(RawSample {
+                    sample,
+                    group,
+                    offset,
+                })
             })
             .collect::<Result<Vec<_>, PipelineError>>()?;
         Counters::add(&self.counters.read_nanos, start.elapsed().as_nanos());
@@ -203,7 +220,9 @@ impl Maker {
                 .images
                 .par_chunks_mut(IMAGE_FLOATS)
                 .zip(samples.par_iter())
-                .map(|(out, s)| render_row(&s.group, s.offset, mode, augment, s.sample.augment_key, out))
+                .map(|(out, s)| {
+                    render_row(&s.group, s.offset, mode, augment, s.sample.augment_key, out)
+                })
                 .collect()
         });
         batch.skipped.clear();
@@ -220,11 +239,23 @@ impl Maker {
                 attempt += 1;
                 if attempt > self.max_replacements {
                     let last = batch.skipped.pop().expect("just pushed");
-                    return Err(PipelineError::TooManyBadRows { tried: attempt, last: Box::new(last) });
+                    return Err(PipelineError::TooManyBadRows {
+                        tried: attempt,
+                        last: Box::new(last),
+                    });
                 }
-                let loc = self.order.replacement(pos, &samples[i].sample, attempt as u64);
+                let loc = self
+                    .order
+                    .replacement(pos, &samples[i].sample, attempt as u64);
                 let (group, offset) = self.source(samples[i].sample.kind).row_group(loc)?;
-                samples[i] = RawSample { sample: SampleRef { loc, ..samples[i].sample }, group, offset };
+                samples[i] = RawSample {
+                    sample: SampleRef {
+                        loc,
+                        ..samples[i].sample
+                    },
+                    group,
+                    offset,
+                };
                 let s = &samples[i];
                 let out = &mut batch.images[i * IMAGE_FLOATS..(i + 1) * IMAGE_FLOATS];
                 match render_row(&s.group, s.offset, mode, augment, s.sample.augment_key, out) {
@@ -236,7 +267,10 @@ impl Maker {
         fill_rows(&mut batch, &samples);
         batch.position = pos;
         batch.size = n;
-        batch.paired_rows = samples.iter().filter(|s| s.sample.kind == SourceKind::Paired).count();
+        batch.paired_rows = samples
+            .iter()
+            .filter(|s| s.sample.kind == SourceKind::Paired)
+            .count();
         batch.progress = self.order.cycles_done(pos);
         self.counters.samples.fetch_add(n as u64, Relaxed);
         Counters::add(&self.counters.decode_nanos, start.elapsed().as_nanos());
@@ -267,18 +301,34 @@ fn pixels(g: &RowGroup, i: usize) -> Result<(Cow<'_, [u8]>, usize, usize), Strin
     let px: Cow<'_, [u8]> = match g.encoding {
         ImageEncoding::Raw => Cow::Borrowed(bytes),
         ImageEncoding::Png | ImageEncoding::Jpeg { .. } => {
-            let format = if g.encoding == ImageEncoding::Png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
-            let img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("image codec: {e}"))?;
+            let format = if g.encoding == ImageEncoding::Png {
+                image::ImageFormat::Png
+            } else {
+                image::ImageFormat::Jpeg
+            };
+            let img = image::load_from_memory_with_format(bytes, format)
+                .map_err(|e| format!("image codec: {e}"))?;
             Cow::Owned(img.into_luma8().into_raw())
         }
     };
     if px.len() != h * w {
-        return Err(format!("expected {w}×{h} = {} pixels, found {}", h * w, px.len()));
+        return Err(format!(
+            "expected {w}×{h} = {} pixels, found {}",
+            h * w,
+            px.len()
+        ));
     }
     Ok((px, w, h))
 }
 
-fn render_row(g: &RowGroup, i: usize, mode: Mode, cfg: &AugmentConfig, key: u64, out: &mut [f32]) -> Result<(), String> {
+fn render_row(
+    g: &RowGroup,
+    i: usize,
+    mode: Mode,
+    cfg: &AugmentConfig,
+    key: u64,
+    out: &mut [f32],
+) -> Result<(), String> {
     let (px, w, h) = pixels(g, i)?;
     augment::render(&px, w, h, mode, cfg, key, out);
     Ok(())
@@ -300,7 +350,10 @@ fn fill_rows(batch: &mut Batch, samples: &[RawSample]) {
     batch.rows.clear();
     for (r, s) in samples.iter().enumerate() {
         let (g, i) = (&s.group, s.offset);
-        batch.rows.push(RowId { source: s.sample.kind, loc: s.sample.loc });
+        batch.rows.push(RowId {
+            source: s.sample.kind,
+            loc: s.sample.loc,
+        });
         for (c, labels) in g.labels.iter().enumerate() {
             if labels.is_valid(i) {
                 batch.labels[r * NUM_LABELS + c] = labels.value(i);
@@ -314,7 +367,10 @@ fn fill_rows(batch: &mut Batch, samples: &[RawSample]) {
             let ids = tokens.value(i);
             let ids = ids.as_primitive::<Int32Type>().values();
             let len = ids.len().min(CONTEXT);
-            for (dst, &id) in batch.tokens[r * CONTEXT..r * CONTEXT + len].iter_mut().zip(ids) {
+            for (dst, &id) in batch.tokens[r * CONTEXT..r * CONTEXT + len]
+                .iter_mut()
+                .zip(ids)
+            {
                 *dst = id as i64;
             }
             batch.token_lengths[r] = len as i64;

@@ -79,12 +79,19 @@ impl Default for LoaderConfig {
 impl LoaderConfig {
     /// Evaluation preset: no shuffle, no augmentation, one epoch.
     pub fn eval() -> Self {
-        LoaderConfig { shuffle: false, mode: Mode::Eval, augment: AugmentConfig::none(), epochs: Some(1), ..Default::default() }
+        LoaderConfig {
+            shuffle: false,
+            mode: Mode::Eval,
+            augment: AugmentConfig::none(),
+            epochs: Some(1),
+            ..Default::default()
+        }
     }
 
     /// Global (paired, unpaired) rows per batch.
     pub fn mix(&self) -> (usize, usize) {
-        let paired = (self.batch_size as f64 * self.paired_fraction.clamp(0.0, 1.0)).round() as usize;
+        let paired =
+            (self.batch_size as f64 * self.paired_fraction.clamp(0.0, 1.0)).round() as usize;
         (paired, self.batch_size - paired)
     }
 }

@@ -151,5 +151,8 @@ pub enum PipelineError {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
-    move |source| PipelineError::Io { path: path.to_path_buf(), source }
+    move |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }

@@ -37,7 +37,9 @@ mod prefetch;
 mod source;
 mod stats;
 
-pub use augment::{AugmentConfig, CHANNELS, CLIP_MEAN, CLIP_STD, IMAGE_FLOATS, IMAGE_SIZE, Mode, render};
+pub use augment::{
+    AugmentConfig, CHANNELS, CLIP_MEAN, CLIP_STD, IMAGE_FLOATS, IMAGE_SIZE, Mode, render,
+};
 pub use batch::{Batch, CONTEXT, LABEL_MISSING, NUM_LABELS, RowId};
 pub use config::{BadRowPolicy, LoaderConfig};
 pub use error::{BadRow, PipelineError};

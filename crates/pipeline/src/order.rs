@@ -38,7 +38,9 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
 
 /// A stable hash of a list of words (seed first): the key of one random stream.
 pub(crate) fn key(words: &[u64]) -> u64 {
-    words.iter().fold(0x6D6D_636C_6970_u64, |h, &w| mix64(h ^ mix64(w)))
+    words
+        .iter()
+        .fold(0x6D6D_636C_6970_u64, |h, &w| mix64(h ^ mix64(w)))
 }
 
 const TAG_ORDER: u64 = 1;
@@ -46,7 +48,19 @@ const TAG_AUGMENT: u64 = 2;
 const TAG_REPLACE: u64 = 3;
 
 /// A position in training: the step (batch index) within an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Position {
     /// Epoch, from 0.
     pub epoch: u64,
@@ -103,7 +117,11 @@ impl Order {
             .into_iter()
             .flatten()
             .filter(|(_, n)| *n > 0)
-            .map(|(source, n)| Stream { source, per_batch: n as u64, cache: Mutex::new(Vec::new()) })
+            .map(|(source, n)| Stream {
+                source,
+                per_batch: n as u64,
+                cache: Mutex::new(Vec::new()),
+            })
             .collect();
         let Some(first) = streams.first() else {
             return Err("the batch takes no rows from any source".into());
@@ -173,9 +191,20 @@ impl Order {
     /// a row of the same source and cycle chosen by a hash, so the choice
     /// depends on nothing but the position and the data.
     pub fn replacement(&self, pos: Position, sample: &SampleRef, attempt: u64) -> RowLoc {
-        let i = self.streams.iter().position(|s| s.source.kind() == sample.kind).expect("sample of a stream");
+        let i = self
+            .streams
+            .iter()
+            .position(|s| s.source.kind() == sample.kind)
+            .expect("sample of a stream");
         let perm = self.permutation(i, sample.cycle);
-        let h = key(&[self.seed, TAG_REPLACE, pos.epoch, pos.step, sample.global_slot, attempt]);
+        let h = key(&[
+            self.seed,
+            TAG_REPLACE,
+            pos.epoch,
+            pos.step,
+            sample.global_slot,
+            attempt,
+        ]);
         perm[(h % perm.len() as u64) as usize]
     }
 
@@ -187,7 +216,8 @@ impl Order {
                 let consumed = if i == self.primary {
                     pos.epoch as f64 + (pos.step * s.per_batch) as f64 / s.source.len() as f64
                 } else {
-                    ((pos.epoch * self.steps_per_epoch + pos.step) * s.per_batch) as f64 / s.source.len() as f64
+                    ((pos.epoch * self.steps_per_epoch + pos.step) * s.per_batch) as f64
+                        / s.source.len() as f64
                 };
                 (s.source.kind(), consumed)
             })
@@ -212,7 +242,14 @@ impl Order {
         if let Some((_, p)) = cache.iter().find(|(c, _)| *c == cycle) {
             return p.clone();
         }
-        let p = Arc::new(permutation(&stream.source, self.seed, i as u64, cycle, self.window, self.shuffle));
+        let p = Arc::new(permutation(
+            &stream.source,
+            self.seed,
+            i as u64,
+            cycle,
+            self.window,
+            self.shuffle,
+        ));
         if cache.len() >= 2 {
             cache.remove(0);
         }
@@ -222,7 +259,14 @@ impl Order {
 }
 
 /// One pass over `source`: shards shuffled, rows shuffled within windows.
-pub(crate) fn permutation(source: &Source, seed: u64, stream: u64, cycle: u64, window: usize, shuffle: bool) -> Vec<RowLoc> {
+pub(crate) fn permutation(
+    source: &Source,
+    seed: u64,
+    stream: u64,
+    cycle: u64,
+    window: usize,
+    shuffle: bool,
+) -> Vec<RowLoc> {
     let mut rng = ChaCha8Rng::seed_from_u64(key(&[seed, TAG_ORDER, stream, cycle]));
     let mut shards: Vec<usize> = (0..source.num_shards()).collect();
     if shuffle {
@@ -230,7 +274,12 @@ pub(crate) fn permutation(source: &Source, seed: u64, stream: u64, cycle: u64, w
     }
     let mut rows: Vec<RowLoc> = shards
         .iter()
-        .flat_map(|&s| source.kept_rows(s).iter().map(move |&row| RowLoc { shard: s as u32, row }))
+        .flat_map(|&s| {
+            source.kept_rows(s).iter().map(move |&row| RowLoc {
+                shard: s as u32,
+                row,
+            })
+        })
         .collect();
     if shuffle {
         for w in rows.chunks_mut(window) {

@@ -33,7 +33,11 @@ pub enum Message<T> {
 
 enum Engine {
     /// `prefetch == 0`: batches made inside `next()`.
-    Inline { maker: Maker, next: Option<Position>, epochs: Option<u64> },
+    Inline {
+        maker: Maker,
+        next: Option<Position>,
+        epochs: Option<u64>,
+    },
     /// Background stages.
     Threaded {
         ready: Receiver<Message<Batch>>,
@@ -58,14 +62,26 @@ pub struct Loader {
 
 impl std::fmt::Debug for Loader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loader").field("steps_per_epoch", &self.steps_per_epoch).finish()
+        f.debug_struct("Loader")
+            .field("steps_per_epoch", &self.steps_per_epoch)
+            .finish()
     }
 }
 
 /// Positions from `from` to the end of the configured epochs.
 fn positions(from: Position, steps: u64, epochs: Option<u64>) -> impl Iterator<Item = Position> {
     std::iter::successors(Some(from), move |p| {
-        Some(if p.step + 1 >= steps { Position { epoch: p.epoch + 1, step: 0 } } else { Position { step: p.step + 1, ..*p } })
+        Some(if p.step + 1 >= steps {
+            Position {
+                epoch: p.epoch + 1,
+                step: 0,
+            }
+        } else {
+            Position {
+                step: p.step + 1,
+                ..*p
+            }
+        })
     })
     .take_while(move |p| epochs.is_none_or(|e| p.epoch < e) && p.step < steps)
 }
@@ -74,20 +90,38 @@ impl Loader {
     /// Starts a loader at `from` (`Position::default()` for a fresh run;
     /// a checkpoint's next position to resume: the batches are the ones an
     /// uninterrupted run would have produced from there).
-    pub fn new(sources: Sources, cfg: &LoaderConfig, from: Position) -> Result<Loader, PipelineError> {
+    pub fn new(
+        sources: Sources,
+        cfg: &LoaderConfig,
+        from: Position,
+    ) -> Result<Loader, PipelineError> {
         let maker = Maker::new(sources, cfg)?;
         let steps = maker.order.steps_per_epoch();
         let primary = maker.order.primary_kind();
         let counters = maker.counters.clone();
         if from.step >= steps {
-            return Err(PipelineError::Config(format!("start step {} is past the epoch's {steps} steps", from.step)));
+            return Err(PipelineError::Config(format!(
+                "start step {} is past the epoch's {steps} steps",
+                from.step
+            )));
         }
         let engine = if cfg.prefetch == 0 {
-            Engine::Inline { maker, next: Some(from).filter(|p| cfg.epochs.is_none_or(|e| p.epoch < e)), epochs: cfg.epochs }
+            Engine::Inline {
+                maker,
+                next: Some(from).filter(|p| cfg.epochs.is_none_or(|e| p.epoch < e)),
+                epochs: cfg.epochs,
+            }
         } else {
             spawn(maker, cfg, from)
         };
-        Ok(Loader { engine, counters, steps_per_epoch: steps, primary, first_next: None, finished: false })
+        Ok(Loader {
+            engine,
+            counters,
+            steps_per_epoch: steps,
+            primary,
+            first_next: None,
+            finished: false,
+        })
     }
 
     /// Steps per epoch (see the `order` module for the definition).
@@ -112,7 +146,9 @@ impl Loader {
         let elapsed = self.first_next.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let (raw, ready) = match &self.engine {
             Engine::Inline { .. } => (0, 0),
-            Engine::Threaded { ready, raw_depth, .. } => (raw_depth.len(), ready.len()),
+            Engine::Threaded {
+                ready, raw_depth, ..
+            } => (raw_depth.len(), ready.len()),
         };
         LoaderStats::from_counters(&self.counters, elapsed, raw, ready)
     }
@@ -129,7 +165,11 @@ impl Iterator for Loader {
         self.first_next.get_or_insert(start);
         let steps = self.steps_per_epoch;
         let message = match &mut self.engine {
-            Engine::Inline { maker, next, epochs } => match next.take() {
+            Engine::Inline {
+                maker,
+                next,
+                epochs,
+            } => match next.take() {
                 None => Message::Done,
                 Some(pos) => {
                     *next = positions(pos, steps, *epochs).nth(1);
@@ -139,9 +179,11 @@ impl Iterator for Loader {
                     }
                 }
             },
-            Engine::Threaded { ready, .. } => ready
-                .recv()
-                .unwrap_or_else(|_| Message::Error(PipelineError::Stopped("the decode thread ended without a message".into()))),
+            Engine::Threaded { ready, .. } => ready.recv().unwrap_or_else(|_| {
+                Message::Error(PipelineError::Stopped(
+                    "the decode thread ended without a message".into(),
+                ))
+            }),
         };
         Counters::add(&self.counters.wait_nanos, start.elapsed().as_nanos());
         match message {
@@ -208,10 +250,12 @@ fn spawn(maker: Maker, cfg: &LoaderConfig, from: Position) -> Engine {
                         return;
                     }
                     let out = match message {
-                        Message::Batch(raw) => match maker.decode(raw, recycle_rx.try_recv().ok()) {
-                            Ok(b) => Message::Batch(b),
-                            Err(e) => Message::Error(e),
-                        },
+                        Message::Batch(raw) => {
+                            match maker.decode(raw, recycle_rx.try_recv().ok()) {
+                                Ok(b) => Message::Batch(b),
+                                Err(e) => Message::Error(e),
+                            }
+                        }
                         Message::Done => Message::Done,
                         Message::Error(e) => Message::Error(e),
                     };
@@ -223,12 +267,25 @@ fn spawn(maker: Maker, cfg: &LoaderConfig, from: Position) -> Engine {
             })
             .expect("spawn decode thread")
     };
-    Engine::Threaded { ready: ready_rx, raw_depth: raw_rx, recycle: recycle_tx, stop, threads: vec![reader, decoder] }
+    Engine::Threaded {
+        ready: ready_rx,
+        raw_depth: raw_rx,
+        recycle: recycle_tx,
+        stop,
+        threads: vec![reader, decoder],
+    }
 }
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        if let Engine::Threaded { stop, threads, ready, raw_depth, .. } = &mut self.engine {
+        if let Engine::Threaded {
+            stop,
+            threads,
+            ready,
+            raw_depth,
+            ..
+        } = &mut self.engine
+        {
             stop.store(true, Ordering::Relaxed);
             // Empty the queues so a stage blocked in `send` wakes up, sees
             // the flag, and ends; then join.

@@ -16,9 +16,14 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int8Type, Int32Type};
 use arrow_array::{Array, BinaryArray, Int8Array, Int32Array, ListArray, RecordBatch, StringArray};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use rayon::prelude::*;
-use schemas::{CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col};
+use schemas::{
+    CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    col,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::{PipelineError, io_err};
@@ -46,7 +51,10 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { verify_sha256: true, split: Some("train".into()) }
+        OpenOptions {
+            verify_sha256: true,
+            split: Some("train".into()),
+        }
     }
 }
 
@@ -97,7 +105,10 @@ pub struct Source {
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Source").field("kind", &self.kind).field("shards", &self.shards.len()).finish()
+        f.debug_struct("Source")
+            .field("kind", &self.kind)
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 
@@ -105,7 +116,11 @@ impl Source {
     /// Opens `dirs` (each an ingest output folder) as one stream, checking
     /// every shard: present, not truncated, footer readable, schema version
     /// and row count as the manifest says, sha256 when asked.
-    pub fn open(kind: SourceKind, dirs: &[PathBuf], opts: &OpenOptions) -> Result<Source, PipelineError> {
+    pub fn open(
+        kind: SourceKind,
+        dirs: &[PathBuf],
+        opts: &OpenOptions,
+    ) -> Result<Source, PipelineError> {
         let mut jobs = Vec::new();
         for dir in dirs {
             let manifest = read_manifest(dir)?;
@@ -117,7 +132,11 @@ impl Source {
                 )));
             }
             for entry in &manifest.shards {
-                jobs.push((dir.join(&entry.file), entry.clone(), manifest.image_policy.encoding));
+                jobs.push((
+                    dir.join(&entry.file),
+                    entry.clone(),
+                    manifest.image_policy.encoding,
+                ));
             }
         }
         // Shards are independent; checking them in parallel makes the sha256
@@ -126,7 +145,11 @@ impl Source {
             .par_iter()
             .map(|(path, entry, encoding)| open_shard(path, entry, *encoding, opts))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Source { kind, shards, cache: Mutex::new(Lru::new(8)) })
+        Ok(Source {
+            kind,
+            shards,
+            cache: Mutex::new(Lru::new(8)),
+        })
     }
 
     /// Paired or unpaired.
@@ -161,7 +184,11 @@ impl Source {
 
     /// Rows per row group of the first shard (the loader's reading unit).
     pub(crate) fn row_group_rows(&self) -> usize {
-        self.shards.first().and_then(|s| s.rg_starts.get(1).copied()).unwrap_or(256).max(1) as usize
+        self.shards
+            .first()
+            .and_then(|s| s.rg_starts.get(1).copied())
+            .unwrap_or(256)
+            .max(1) as usize
     }
 
     pub(crate) fn set_cache_capacity(&self, row_groups: usize) {
@@ -182,7 +209,10 @@ impl Source {
         // cache hit. Two stages racing for the same group both read it; the
         // data is the same, and the race is rare (replacement rows only).
         let group = Arc::new(read_row_group(shard, rg, self.kind)?);
-        self.cache.lock().expect("cache lock").put(key, group.clone());
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .put(key, group.clone());
         Ok((group, offset))
     }
 }
@@ -196,8 +226,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest, PipelineError> {
         }
         Err(source) => return Err(PipelineError::Io { path, source }),
     };
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| PipelineError::BadManifest { path: path.clone(), message: e.to_string() })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| PipelineError::BadManifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     if manifest.schema_version != SCHEMA_VERSION {
         return Err(PipelineError::SchemaVersion {
             path,
@@ -217,9 +250,16 @@ fn open_shard(
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PipelineError::MissingShard { path: path.to_path_buf() });
+            return Err(PipelineError::MissingShard {
+                path: path.to_path_buf(),
+            });
         }
-        Err(source) => return Err(PipelineError::Io { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(PipelineError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     // A shard cut short loses its footer and the closing magic with it; say
     // "truncated" rather than pass on the Parquet reader's EOF message.
@@ -230,7 +270,10 @@ fn open_shard(
         || file.read_exact(&mut magic).is_err()
         || &magic != b"PAR1"
     {
-        return Err(PipelineError::Truncated { path: path.to_path_buf(), len });
+        return Err(PipelineError::Truncated {
+            path: path.to_path_buf(),
+            len,
+        });
     }
     if opts.verify_sha256 {
         file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
@@ -245,15 +288,32 @@ fn open_shard(
             });
         }
     }
-    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|e| PipelineError::BadFooter { path: path.to_path_buf(), message: e.to_string() })?;
-    let version = meta.schema().metadata().get(SCHEMA_VERSION_KEY).cloned().unwrap_or_else(|| "none".into());
+    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
+        PipelineError::BadFooter {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    let version = meta
+        .schema()
+        .metadata()
+        .get(SCHEMA_VERSION_KEY)
+        .cloned()
+        .unwrap_or_else(|| "none".into());
     if version != SCHEMA_VERSION.to_string() {
-        return Err(PipelineError::SchemaVersion { path: path.to_path_buf(), found: version, expected: SCHEMA_VERSION });
+        return Err(PipelineError::SchemaVersion {
+            path: path.to_path_buf(),
+            found: version,
+            expected: SCHEMA_VERSION,
+        });
     }
     let file_rows = meta.metadata().file_metadata().num_rows() as u64;
     if file_rows != entry.rows {
-        return Err(PipelineError::RowCountMismatch { path: path.to_path_buf(), manifest: entry.rows, file: file_rows });
+        return Err(PipelineError::RowCountMismatch {
+            path: path.to_path_buf(),
+            manifest: entry.rows,
+            file: file_rows,
+        });
     }
     let mut rg_starts = vec![0u32];
     for rg in meta.metadata().row_groups() {
@@ -266,12 +326,19 @@ fn open_shard(
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
                 .with_projection(mask)
                 .build()
-                .map_err(|e| PipelineError::Read { path: path.to_path_buf(), row_group: 0, message: e.to_string() })?;
+                .map_err(|e| PipelineError::Read {
+                    path: path.to_path_buf(),
+                    row_group: 0,
+                    message: e.to_string(),
+                })?;
             let mut kept = Vec::new();
             let mut row = 0u32;
             for batch in reader {
-                let batch = batch
-                    .map_err(|e| PipelineError::Read { path: path.to_path_buf(), row_group: 0, message: e.to_string() })?;
+                let batch = batch.map_err(|e| PipelineError::Read {
+                    path: path.to_path_buf(),
+                    row_group: 0,
+                    message: e.to_string(),
+                })?;
                 let splits = string_column(&batch, path, col::SPLIT)?;
                 for i in 0..splits.len() {
                     if splits.value(i) == split {
@@ -283,11 +350,21 @@ fn open_shard(
             kept
         }
     };
-    Ok(Shard { path: path.to_path_buf(), encoding, meta, rg_starts, kept })
+    Ok(Shard {
+        path: path.to_path_buf(),
+        encoding,
+        meta,
+        rg_starts,
+        kept,
+    })
 }
 
 /// A mask of the named top-level columns, so only their pages are read.
-fn projection(meta: &ArrowReaderMetadata, path: &Path, names: &[&str]) -> Result<ProjectionMask, PipelineError> {
+fn projection(
+    meta: &ArrowReaderMetadata,
+    path: &Path,
+    names: &[&str],
+) -> Result<ProjectionMask, PipelineError> {
     let schema = meta.schema();
     let roots = names
         .iter()
@@ -299,43 +376,82 @@ fn projection(meta: &ArrowReaderMetadata, path: &Path, names: &[&str]) -> Result
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), roots))
+    Ok(ProjectionMask::roots(
+        meta.metadata().file_metadata().schema_descr(),
+        roots,
+    ))
 }
 
-fn column<'a>(batch: &'a RecordBatch, path: &Path, name: &str) -> Result<&'a Arc<dyn Array>, PipelineError> {
-    batch.column_by_name(name).ok_or_else(|| PipelineError::Column {
-        path: path.to_path_buf(),
-        column: name.to_string(),
-        message: "missing".into(),
-    })
+fn column<'a>(
+    batch: &'a RecordBatch,
+    path: &Path,
+    name: &str,
+) -> Result<&'a Arc<dyn Array>, PipelineError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| PipelineError::Column {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            message: "missing".into(),
+        })
 }
 
 fn wrong_type(path: &Path, name: &str, want: &str) -> PipelineError {
-    PipelineError::Column { path: path.to_path_buf(), column: name.to_string(), message: format!("not {want}") }
+    PipelineError::Column {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        message: format!("not {want}"),
+    }
 }
 
-fn string_column(batch: &RecordBatch, path: &Path, name: &str) -> Result<StringArray, PipelineError> {
-    column(batch, path, name)?.as_string_opt::<i32>().cloned().ok_or_else(|| wrong_type(path, name, "utf8"))
+fn string_column(
+    batch: &RecordBatch,
+    path: &Path,
+    name: &str,
+) -> Result<StringArray, PipelineError> {
+    column(batch, path, name)?
+        .as_string_opt::<i32>()
+        .cloned()
+        .ok_or_else(|| wrong_type(path, name, "utf8"))
 }
 
 fn int32_column(batch: &RecordBatch, path: &Path, name: &str) -> Result<Int32Array, PipelineError> {
-    column(batch, path, name)?.as_primitive_opt::<Int32Type>().cloned().ok_or_else(|| wrong_type(path, name, "int32"))
+    column(batch, path, name)?
+        .as_primitive_opt::<Int32Type>()
+        .cloned()
+        .ok_or_else(|| wrong_type(path, name, "int32"))
 }
 
 fn list_column(batch: &RecordBatch, path: &Path, name: &str) -> Result<ListArray, PipelineError> {
-    column(batch, path, name)?.as_list_opt::<i32>().cloned().ok_or_else(|| wrong_type(path, name, "a list"))
+    column(batch, path, name)?
+        .as_list_opt::<i32>()
+        .cloned()
+        .ok_or_else(|| wrong_type(path, name, "a list"))
 }
 
 /// Reads one row group, only the columns the loader uses.
 fn read_row_group(shard: &Shard, rg: usize, kind: SourceKind) -> Result<RowGroup, PipelineError> {
     let path = &shard.path;
-    let labels: Vec<String> = (0..CHEXPERT_CLASSES.len()).map(schemas::label_column).collect();
-    let mut names = vec![col::IMAGE, col::IMAGE_HEIGHT, col::IMAGE_WIDTH, col::SUBJECT_ID, col::STUDY_ID, col::IMAGE_ID];
+    let labels: Vec<String> = (0..CHEXPERT_CLASSES.len())
+        .map(schemas::label_column)
+        .collect();
+    let mut names = vec![
+        col::IMAGE,
+        col::IMAGE_HEIGHT,
+        col::IMAGE_WIDTH,
+        col::SUBJECT_ID,
+        col::STUDY_ID,
+        col::IMAGE_ID,
+    ];
     if kind == SourceKind::Paired {
         names.extend([col::TOKEN_IDS, col::ENTITY_MASK]);
     }
     names.extend(labels.iter().map(String::as_str));
-    let read_err = |message: String| PipelineError::Read { path: path.clone(), row_group: rg, message };
+    let read_err = |message: String| PipelineError::Read {
+        path: path.clone(),
+        row_group: rg,
+        message,
+    };
     let mask = projection(&shard.meta, path, &names)?;
     let file = File::open(path).map_err(io_err(path))?;
     let rows = (shard.rg_starts[rg + 1] - shard.rg_starts[rg]) as usize;
@@ -345,19 +461,28 @@ fn read_row_group(shard: &Shard, rg: usize, kind: SourceKind) -> Result<RowGroup
         .with_batch_size(rows.max(1))
         .build()
         .map_err(|e| read_err(e.to_string()))?;
-    let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| read_err(e.to_string()))?;
+    let mut batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(e.to_string()))?;
     // The batch size is the group's row count, so the reader yields one batch.
     if batches.len() != 1 {
-        return Err(read_err(format!("expected one record batch, read {}", batches.len())));
+        return Err(read_err(format!(
+            "expected one record batch, read {}",
+            batches.len()
+        )));
     }
     let batch = batches.pop().expect("one batch");
     if batch.num_rows() != rows {
-        return Err(read_err(format!("read {} rows, footer says {rows}", batch.num_rows())));
+        return Err(read_err(format!(
+            "read {} rows, footer says {rows}",
+            batch.num_rows()
+        )));
     }
     let (tokens, entity_mask) = match kind {
-        SourceKind::Paired => {
-            (Some(list_column(&batch, path, col::TOKEN_IDS)?), Some(list_column(&batch, path, col::ENTITY_MASK)?))
-        }
+        SourceKind::Paired => (
+            Some(list_column(&batch, path, col::TOKEN_IDS)?),
+            Some(list_column(&batch, path, col::ENTITY_MASK)?),
+        ),
         SourceKind::Unpaired => (None, None),
     };
     Ok(RowGroup {
@@ -397,7 +522,11 @@ struct Lru {
 
 impl Lru {
     fn new(capacity: usize) -> Lru {
-        Lru { capacity, tick: 0, map: HashMap::new() }
+        Lru {
+            capacity,
+            tick: 0,
+            map: HashMap::new(),
+        }
     }
 
     fn get(&mut self, key: (u32, u32)) -> Option<Arc<RowGroup>> {
@@ -412,7 +541,12 @@ impl Lru {
     fn put(&mut self, key: (u32, u32), value: Arc<RowGroup>) {
         self.tick += 1;
         while self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            let oldest = self.map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k).expect("non-empty");
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| *k)
+                .expect("non-empty");
             self.map.remove(&oldest);
         }
         self.map.insert(key, (self.tick, value));
@@ -430,10 +564,21 @@ pub struct Sources {
 
 impl Sources {
     /// Opens the paired and unpaired folders (either list may be empty).
-    pub fn open(paired: &[PathBuf], unpaired: &[PathBuf], opts: &OpenOptions) -> Result<Sources, PipelineError> {
+    pub fn open(
+        paired: &[PathBuf],
+        unpaired: &[PathBuf],
+        opts: &OpenOptions,
+    ) -> Result<Sources, PipelineError> {
         let open = |kind, dirs: &[PathBuf]| -> Result<Option<Arc<Source>>, PipelineError> {
-            if dirs.is_empty() { Ok(None) } else { Source::open(kind, dirs, opts).map(|s| Some(Arc::new(s))) }
+            if dirs.is_empty() {
+                Ok(None)
+            } else {
+                Source::open(kind, dirs, opts).map(|s| Some(Arc::new(s)))
+            }
         };
-        Ok(Sources { paired: open(SourceKind::Paired, paired)?, unpaired: open(SourceKind::Unpaired, unpaired)? })
+        Ok(Sources {
+            paired: open(SourceKind::Paired, paired)?,
+            unpaired: open(SourceKind::Unpaired, unpaired)?,
+        })
     }
 }

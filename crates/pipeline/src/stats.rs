@@ -45,9 +45,20 @@ pub struct LoaderStats {
 }
 
 impl LoaderStats {
-    pub(crate) fn from_counters(c: &Counters, elapsed_s: f64, read_queue: usize, ready_queue: usize) -> Self {
+    pub(crate) fn from_counters(
+        c: &Counters,
+        elapsed_s: f64,
+        read_queue: usize,
+        ready_queue: usize,
+    ) -> Self {
         let samples = c.samples.load(Relaxed);
-        let per = |n: &AtomicU64| if samples == 0 { 0.0 } else { n.load(Relaxed) as f64 / 1e3 / samples as f64 };
+        let per = |n: &AtomicU64| {
+            if samples == 0 {
+                0.0
+            } else {
+                n.load(Relaxed) as f64 / 1e3 / samples as f64
+            }
+        };
         let wait = c.wait_nanos.load(Relaxed) as f64 / 1e9;
         LoaderStats {
             batches: c.batches.load(Relaxed),
@@ -55,7 +66,11 @@ impl LoaderStats {
             read_us_per_sample: per(&c.read_nanos),
             decode_us_per_sample: per(&c.decode_nanos),
             consumer_wait_s: wait,
-            consumer_wait_share: if elapsed_s > 0.0 { (wait / elapsed_s).min(1.0) } else { 0.0 },
+            consumer_wait_share: if elapsed_s > 0.0 {
+                (wait / elapsed_s).min(1.0)
+            } else {
+                0.0
+            },
             read_queue,
             ready_queue,
             bad_rows: c.bad_rows.load(Relaxed),

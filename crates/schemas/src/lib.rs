@@ -25,8 +25,8 @@ mod manifest;
 mod reject;
 
 pub use manifest::{
-    Counts, EntitySourceInfo, FileDigest, ImageEncoding, ImagePolicy, Manifest, ShardEntry,
-    Source, WindowPolicy, MANIFEST_FILE, REJECTS_FILE, shard_file_name,
+    Counts, EntitySourceInfo, FileDigest, ImageEncoding, ImagePolicy, MANIFEST_FILE, Manifest,
+    REJECTS_FILE, ShardEntry, Source, WindowPolicy, shard_file_name,
 };
 pub use reject::{Reject, Stage};
 
@@ -202,7 +202,8 @@ pub fn shard_schema() -> SchemaRef {
         List(Arc::new(Field::new("item", Utf8, false))),
         false,
     ));
-    let metadata: std::collections::HashMap<String, String> = [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into();
+    let metadata: std::collections::HashMap<String, String> =
+        [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into();
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
@@ -222,7 +223,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n, "duplicate column names");
         assert_eq!(
-            schema.metadata().get(SCHEMA_VERSION_KEY).map(String::as_str),
+            schema
+                .metadata()
+                .get(SCHEMA_VERSION_KEY)
+                .map(String::as_str),
             Some("1")
         );
     }

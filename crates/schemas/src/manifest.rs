@@ -96,7 +96,10 @@ impl Default for ImagePolicy {
             rescale: true,
             invert_monochrome1: true,
             dicom_window: WindowPolicy::MimicJpg,
-            png_window: WindowPolicy::Percentile { low: 0.5, high: 99.5 },
+            png_window: WindowPolicy::Percentile {
+                low: 0.5,
+                high: 99.5,
+            },
             encoding: ImageEncoding::Raw,
         }
     }
@@ -197,7 +200,12 @@ mod tests {
 
     #[test]
     fn counts_reconcile_only_when_every_row_is_accounted_for() {
-        let mut c = Counts { seen: 10, written: 6, filtered: 1, ..Default::default() };
+        let mut c = Counts {
+            seen: 10,
+            written: 6,
+            filtered: 1,
+            ..Default::default()
+        };
         c.rejected.insert(Stage::ImageDecode, 2);
         assert!(!c.reconciles());
         c.rejected.insert(Stage::Report, 1);
@@ -217,7 +225,11 @@ mod tests {
             tokenizer: None,
             entities: None,
             counts: Counts::default(),
-            shards: vec![ShardEntry { file: shard_file_name(3), rows: 7, sha256: "ab".into() }],
+            shards: vec![ShardEntry {
+                file: shard_file_name(3),
+                rows: 7,
+                sha256: "ab".into(),
+            }],
         };
         let text = serde_json::to_string_pretty(&m).unwrap();
         assert!(text.contains("shard-00003.parquet"));

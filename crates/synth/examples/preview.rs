@@ -4,7 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
     let img = image::open(&a[1])?;
     let g = img.to_luma16();
-    let (lo, hi) = g.pixels().fold((u16::MAX, 0u16), |(l, h), p| (l.min(p.0[0]), h.max(p.0[0])));
+    let (lo, hi) = g
+        .pixels()
+        .fold((u16::MAX, 0u16), |(l, h), p| (l.min(p.0[0]), h.max(p.0[0])));
     let out = image::ImageBuffer::from_fn(g.width(), g.height(), |x, y| {
         let v = g.get_pixel(x, y).0[0];
         image::Luma([(((v - lo) as f32 / (hi - lo).max(1) as f32) * 255.0) as u8])

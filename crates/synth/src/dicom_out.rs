@@ -97,19 +97,35 @@ pub(crate) fn encode(h: &DicomHeader, pixels: &[u16], syntax: Syntax) -> Result<
         uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE
     };
     let bits_allocated: u16 = if h.bits_stored <= 8 { 8 } else { 16 };
-    let pmi = if h.monochrome1 { "MONOCHROME1" } else { "MONOCHROME2" };
+    let pmi = if h.monochrome1 {
+        "MONOCHROME1"
+    } else {
+        "MONOCHROME2"
+    };
     let mut obj = InMemDicomObject::new_empty();
     let mut put = |tag, vr, v: PrimitiveValue| {
         obj.put(DataElement::new(tag, vr, v));
     };
     put(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100".into());
-    put(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["ORIGINAL".to_string(), "PRIMARY".to_string()].into()));
+    put(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(["ORIGINAL".to_string(), "PRIMARY".to_string()].into()),
+    );
     put(tags::SOP_CLASS_UID, VR::UI, sop_class.into());
-    put(tags::SOP_INSTANCE_UID, VR::UI, h.sop_instance_uid.clone().into());
+    put(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        h.sop_instance_uid.clone().into(),
+    );
     put(tags::STUDY_DATE, VR::DA, h.study_date.into());
     put(tags::STUDY_TIME, VR::TM, h.study_time.into());
     put(tags::ACCESSION_NUMBER, VR::SH, "".into());
-    put(tags::MODALITY, VR::CS, if h.dx { "DX" } else { "CR" }.into());
+    put(
+        tags::MODALITY,
+        VR::CS,
+        if h.dx { "DX" } else { "CR" }.into(),
+    );
     put(tags::MANUFACTURER, VR::LO, "SYNTH".into());
     put(tags::STUDY_DESCRIPTION, VR::LO, h.procedure.into());
     put(tags::PATIENT_NAME, VR::PN, "___".into());
@@ -117,21 +133,53 @@ pub(crate) fn encode(h: &DicomHeader, pixels: &[u16], syntax: Syntax) -> Result<
     put(tags::BODY_PART_EXAMINED, VR::CS, "CHEST".into());
     put(tags::VIEW_POSITION, VR::CS, h.view_position.into());
     put(tags::STUDY_INSTANCE_UID, VR::UI, h.study_uid.clone().into());
-    put(tags::SERIES_INSTANCE_UID, VR::UI, h.series_uid.clone().into());
+    put(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        h.series_uid.clone().into(),
+    );
     put(tags::STUDY_ID, VR::SH, h.study_id.into());
     put(tags::SERIES_NUMBER, VR::IS, "1".into());
     put(tags::INSTANCE_NUMBER, VR::IS, "1".into());
-    put(tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION, VR::LO, h.procedure.into());
+    put(
+        tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION,
+        VR::LO,
+        h.procedure.into(),
+    );
     put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
     put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, pmi.into());
     put(tags::ROWS, VR::US, PrimitiveValue::from(h.rows));
     put(tags::COLUMNS, VR::US, PrimitiveValue::from(h.cols));
-    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits_allocated));
-    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(h.bits_stored));
-    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(h.bits_stored - 1));
-    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16));
-    put(tags::WINDOW_CENTER, VR::DS, format!("{:.1}", h.window.0).into());
-    put(tags::WINDOW_WIDTH, VR::DS, format!("{:.1}", h.window.1).into());
+    put(
+        tags::BITS_ALLOCATED,
+        VR::US,
+        PrimitiveValue::from(bits_allocated),
+    );
+    put(
+        tags::BITS_STORED,
+        VR::US,
+        PrimitiveValue::from(h.bits_stored),
+    );
+    put(
+        tags::HIGH_BIT,
+        VR::US,
+        PrimitiveValue::from(h.bits_stored - 1),
+    );
+    put(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(0u16),
+    );
+    put(
+        tags::WINDOW_CENTER,
+        VR::DS,
+        format!("{:.1}", h.window.0).into(),
+    );
+    put(
+        tags::WINDOW_WIDTH,
+        VR::DS,
+        format!("{:.1}", h.window.1).into(),
+    );
     put(tags::RESCALE_INTERCEPT, VR::DS, "0".into());
     put(tags::RESCALE_SLOPE, VR::DS, "1".into());
     put(tags::RESCALE_TYPE, VR::LO, "US".into());
@@ -148,7 +196,11 @@ pub(crate) fn encode(h: &DicomHeader, pixels: &[u16], syntax: Syntax) -> Result<
         let bytes: Vec<u8> = pixels.iter().map(|&p| p.min(255) as u8).collect();
         put(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bytes));
     } else {
-        put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.iter().copied().collect()));
+        put(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.iter().copied().collect()),
+        );
     }
     // Build natively first; encapsulated syntaxes are reached by transcoding.
     let native_ts = match syntax {
@@ -182,7 +234,8 @@ pub(crate) fn encode(h: &DicomHeader, pixels: &[u16], syntax: Syntax) -> Result<
             }
             _ => EncodeOptions::default(),
         };
-        file.transcode_with_options(ts, options).map_err(|e| e.to_string())?;
+        file.transcode_with_options(ts, options)
+            .map_err(|e| e.to_string())?;
     }
     let mut out = Vec::with_capacity(pixels.len() * 2 + 2048);
     file.write_all(&mut out).map_err(|e| e.to_string())?;
@@ -226,7 +279,10 @@ mod tests {
             let bytes = encode(&header(bits, syntax == Syntax::ImplicitLe), &px, syntax).unwrap();
             assert_eq!(&bytes[128..132], b"DICM");
             let obj = dicom_object::from_reader(&bytes[128..]).unwrap();
-            assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), syntax.uid());
+            assert_eq!(
+                obj.meta().transfer_syntax().trim_end_matches('\0'),
+                syntax.uid()
+            );
             let dec = obj.decode_pixel_data().unwrap();
             let back: Vec<u16> = if bits == 8 {
                 dec.data().iter().map(|&b| b as u16).collect()
@@ -234,8 +290,19 @@ mod tests {
                 dec.data_ow()
             };
             assert_eq!(back.len(), px.len(), "{syntax:?}");
-            let tol = if syntax.lossless() { 0 } else if bits == 8 { 6 } else { 5 };
-            let worst = px.iter().zip(&back).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+            let tol = if syntax.lossless() {
+                0
+            } else if bits == 8 {
+                6
+            } else {
+                5
+            };
+            let worst = px
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                .max()
+                .unwrap();
             assert!(worst <= tol, "{syntax:?}: max error {worst}");
         }
     }

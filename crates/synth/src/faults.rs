@@ -15,7 +15,10 @@ use crate::padchest::PadOut;
 use crate::{Fault, SynthConfig, SynthError, files};
 
 fn ids(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SynthError> {
@@ -40,7 +43,12 @@ fn garbage(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: &PadOut) -> Result<Vec<Fault>, SynthError> {
+pub(crate) fn inject(
+    out_dir: &Path,
+    _cfg: &SynthConfig,
+    mimic: &MimicOut,
+    pad: &PadOut,
+) -> Result<Vec<Fault>, SynthError> {
     let mut faults = Vec::new();
     let mut faulted_studies = Vec::new();
     for s in &mimic.studies {
@@ -53,12 +61,25 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
                 let bytes = read(&primary)?;
                 // Keep the header, cut the pixel data short of what Rows x
                 // Columns x BitsAllocated promise.
-                let keep = if mimic.primary_is_dicom { bytes.len() * 3 / 5 } else { 200.min(bytes.len()) };
+                let keep = if mimic.primary_is_dicom {
+                    bytes.len() * 3 / 5
+                } else {
+                    200.min(bytes.len())
+                };
                 out::write(&primary, &bytes[..keep])?;
                 faults.push(Fault {
-                    kind: if mimic.primary_is_dicom { "truncated_dicom" } else { "truncated_jpeg" }.into(),
+                    kind: if mimic.primary_is_dicom {
+                        "truncated_dicom"
+                    } else {
+                        "truncated_jpeg"
+                    }
+                    .into(),
                     path: paths[0].clone(),
-                    ids: ids(&[("dicom_id", dicom_id), ("study_id", &s.study), ("subject_id", &s.subject)]),
+                    ids: ids(&[
+                        ("dicom_id", dicom_id),
+                        ("study_id", &s.study),
+                        ("subject_id", &s.subject),
+                    ]),
                 });
             }
             FaultRole::Garbage if mimic.primary_is_dicom => {
@@ -75,7 +96,11 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
                         faults.push(Fault {
                             kind: "garbage_pixel_data".into(),
                             path: paths[0].clone(),
-                            ids: ids(&[("dicom_id", dicom_id), ("study_id", &s.study), ("subject_id", &s.subject)]),
+                            ids: ids(&[
+                                ("dicom_id", dicom_id),
+                                ("study_id", &s.study),
+                                ("subject_id", &s.subject),
+                            ]),
                         });
                     }
                 }
@@ -87,7 +112,11 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
                     faults.push(Fault {
                         kind: "missing_image".into(),
                         path: p.clone(),
-                        ids: ids(&[("dicom_id", dicom_id), ("study_id", &s.study), ("subject_id", &s.subject)]),
+                        ids: ids(&[
+                            ("dicom_id", dicom_id),
+                            ("study_id", &s.study),
+                            ("subject_id", &s.subject),
+                        ]),
                     });
                 }
             }
@@ -123,7 +152,12 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
                     faults.push(Fault {
                         kind: "malformed_csv_row".into(),
                         path: rel,
-                        ids: ids(&[("dicom_id", &bad_id), ("study_id", &s.study), ("subject_id", &s.subject), ("line", &(at + 1).to_string())]),
+                        ids: ids(&[
+                            ("dicom_id", &bad_id),
+                            ("study_id", &s.study),
+                            ("subject_id", &s.subject),
+                            ("line", &(at + 1).to_string()),
+                        ]),
                     });
                 }
             }
@@ -141,7 +175,9 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
         if done == 2 {
             break;
         }
-        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let study = v["study_id"].as_str().unwrap_or_default().to_string();
         let n_ent = v["entities"].as_array().map_or(0, |a| a.len());
         if n_ent == 0 || faulted_studies.contains(&study) {
@@ -151,11 +187,19 @@ pub(crate) fn inject(out_dir: &Path, _cfg: &SynthConfig, mimic: &MimicOut, pad: 
             let t = v["text"].as_str().unwrap_or_default().to_string();
             // Spans still fit: ingest must compare the text itself.
             v["text"] = serde_json::Value::String(format!("{t} Comparison with prior study."));
-            faults.push(Fault { kind: "sidecar_text_mismatch".into(), path: rel.clone(), ids: ids(&[("study_id", &study)]) });
+            faults.push(Fault {
+                kind: "sidecar_text_mismatch".into(),
+                path: rel.clone(),
+                ids: ids(&[("study_id", &study)]),
+            });
         } else {
             let len = v["text"].as_str().map_or(0, |t| t.chars().count());
             v["entities"][0]["end"] = serde_json::json!(len + 5);
-            faults.push(Fault { kind: "sidecar_span_out_of_range".into(), path: rel.clone(), ids: ids(&[("study_id", &study)]) });
+            faults.push(Fault {
+                kind: "sidecar_span_out_of_range".into(),
+                path: rel.clone(),
+                ids: ids(&[("study_id", &study)]),
+            });
         }
         *line = v.to_string();
         faulted_studies.push(study);

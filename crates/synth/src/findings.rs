@@ -104,7 +104,11 @@ pub(crate) fn draw_findings(rng: &mut ChaCha8Rng) -> Vec<Finding> {
         let r: f64 = rng.random();
         let certainty = if normal {
             // Normal studies still mention the classic negatives.
-            if r < n * 1.3 { Some(Certainty::Negative) } else { None }
+            if r < n * 1.3 {
+                Some(Certainty::Negative)
+            } else {
+                None
+            }
         } else if r < p {
             Some(Certainty::Positive)
         } else if r < p + u {
@@ -196,7 +200,11 @@ fn zone_region(f: &Finding) -> String {
 
 /// Capitalises the first letter, looking through a leading `{` marker.
 fn cap(s: &str) -> String {
-    let (lead, rest) = if let Some(r) = s.strip_prefix('{') { ("{", r) } else { ("", s) };
+    let (lead, rest) = if let Some(r) = s.strip_prefix('{') {
+        ("{", r)
+    } else {
+        ("", s)
+    };
     let mut c = rest.chars();
     match c.next() {
         Some(f) => format!("{lead}{}{}", f.to_uppercase(), c.as_str()),
@@ -209,54 +217,149 @@ pub(crate) fn sentence(f: &Finding) -> String {
     let v = f.variant % 2;
     let pos = f.certainty == Certainty::Positive;
     let s = side(f);
-    
+
     match (f.class, pos, v) {
-        (ATELECTASIS, true, 0) if f.bilateral => format!("{} {{bibasilar atelectasis}}.", cap(sev(f, ["mild", "moderate", "extensive"]))),
+        (ATELECTASIS, true, 0) if f.bilateral => format!(
+            "{} {{bibasilar atelectasis}}.",
+            cap(sev(f, ["mild", "moderate", "extensive"]))
+        ),
         (ATELECTASIS, true, _) => format!("{{Plate-like atelectasis}} at the {{{s} lung base}}."),
-        (ATELECTASIS, false, 0) => format!("Possible {{subsegmental atelectasis}} at the {{{s} base}}."),
-        (ATELECTASIS, false, _) => format!("{{Minimal atelectasis}} at the {{{s} lung base}} is suspected."),
-        (CARDIOMEGALY, true, 0) => format!("{}.", cap(&format!("{{{} cardiomegaly}}", sev(f, ["mild", "moderate", "severe"])))),
-        (CARDIOMEGALY, true, _) => format!("The {{heart}} is {{{} enlarged}}.", sev(f, ["mildly", "moderately", "markedly"])),
+        (ATELECTASIS, false, 0) => {
+            format!("Possible {{subsegmental atelectasis}} at the {{{s} base}}.")
+        }
+        (ATELECTASIS, false, _) => {
+            format!("{{Minimal atelectasis}} at the {{{s} lung base}} is suspected.")
+        }
+        (CARDIOMEGALY, true, 0) => format!(
+            "{}.",
+            cap(&format!(
+                "{{{} cardiomegaly}}",
+                sev(f, ["mild", "moderate", "severe"])
+            ))
+        ),
+        (CARDIOMEGALY, true, _) => format!(
+            "The {{heart}} is {{{} enlarged}}.",
+            sev(f, ["mildly", "moderately", "markedly"])
+        ),
         (CARDIOMEGALY, false, 0) => "Possible {mild cardiomegaly}.".to_string(),
         (CARDIOMEGALY, false, _) => "The {heart} may be {mildly enlarged}.".to_string(),
-        (CONSOLIDATION, true, 0) => format!("{{Focal consolidation}} in the {{{}}}.", zone_place(f)),
-        (CONSOLIDATION, true, _) => format!("Dense {{consolidation}} in the {{{}}}.", zone_region(f)),
-        (CONSOLIDATION, false, 0) => format!("Possible {{early consolidation}} in the {{{}}}.", zone_place(f)),
-        (CONSOLIDATION, false, _) => format!("{{Consolidation}} in the {{{}}} cannot be excluded.", zone_region(f)),
-        (EDEMA, true, 0) => format!("{}.", cap(&format!("{{{} pulmonary edema}}", sev(f, ["mild", "moderate", "severe"])))),
-        (EDEMA, true, _) => format!("{{Perihilar haziness}} consistent with {{{} interstitial edema}}.", sev(f, ["mild", "moderate", "severe"])),
+        (CONSOLIDATION, true, 0) => {
+            format!("{{Focal consolidation}} in the {{{}}}.", zone_place(f))
+        }
+        (CONSOLIDATION, true, _) => {
+            format!("Dense {{consolidation}} in the {{{}}}.", zone_region(f))
+        }
+        (CONSOLIDATION, false, 0) => format!(
+            "Possible {{early consolidation}} in the {{{}}}.",
+            zone_place(f)
+        ),
+        (CONSOLIDATION, false, _) => format!(
+            "{{Consolidation}} in the {{{}}} cannot be excluded.",
+            zone_region(f)
+        ),
+        (EDEMA, true, 0) => format!(
+            "{}.",
+            cap(&format!(
+                "{{{} pulmonary edema}}",
+                sev(f, ["mild", "moderate", "severe"])
+            ))
+        ),
+        (EDEMA, true, _) => format!(
+            "{{Perihilar haziness}} consistent with {{{} interstitial edema}}.",
+            sev(f, ["mild", "moderate", "severe"])
+        ),
         (EDEMA, false, 0) => "Possible {mild pulmonary edema}.".to_string(),
         (EDEMA, false, _) => "{Mild interstitial edema} cannot be excluded.".to_string(),
         (ENLARGED_CM, true, 0) => "The {cardiomediastinal silhouette} is {widened}.".to_string(),
         (ENLARGED_CM, true, _) => "{Mediastinal widening} is present.".to_string(),
         (ENLARGED_CM, false, _) => "The {mediastinum} may be {slightly widened}.".to_string(),
-        (FRACTURE, true, 0) => format!("{{Acute fracture}} of the {{{s} {}th rib}}.", 5 + f.severity),
-        (FRACTURE, true, _) => format!("{{Displaced fracture}} of the {{{s} lateral {}th rib}}.", 6 + f.severity),
-        (FRACTURE, false, _) => format!("Possible {{nondisplaced fracture}} of the {{{s} {}th rib}}.", 6 + f.severity),
-        (LUNG_LESION, true, 0) => format!("A {{{}.{} cm nodule}} projects over the {{{}}}.", 1 + f.severity / 2, 2 + f.variant * 2, zone_region(f)),
+        (FRACTURE, true, 0) => format!(
+            "{{Acute fracture}} of the {{{s} {}th rib}}.",
+            5 + f.severity
+        ),
+        (FRACTURE, true, _) => format!(
+            "{{Displaced fracture}} of the {{{s} lateral {}th rib}}.",
+            6 + f.severity
+        ),
+        (FRACTURE, false, _) => format!(
+            "Possible {{nondisplaced fracture}} of the {{{s} {}th rib}}.",
+            6 + f.severity
+        ),
+        (LUNG_LESION, true, 0) => format!(
+            "A {{{}.{} cm nodule}} projects over the {{{}}}.",
+            1 + f.severity / 2,
+            2 + f.variant * 2,
+            zone_region(f)
+        ),
         (LUNG_LESION, true, _) => format!("{{Spiculated mass}} in the {{{}}}.", zone_place(f)),
-        (LUNG_LESION, false, _) => format!("Possible {{small nodule}} in the {{{}}}.", zone_region(f)),
+        (LUNG_LESION, false, _) => {
+            format!("Possible {{small nodule}} in the {{{}}}.", zone_region(f))
+        }
         (LUNG_OPACITY, true, 0) => format!("{{Patchy opacity}} in the {{{}}}.", zone_region(f)),
         (LUNG_OPACITY, true, _) => format!("Hazy {{opacities}} in the {{{}}}.", zone_region(f)),
-        (LUNG_OPACITY, false, _) => format!("Possible {{subtle opacity}} in the {{{}}}.", zone_region(f)),
-        (EFFUSION, true, _) if f.bilateral => format!("{}.", cap(&format!("{{{} bilateral pleural effusions}}", sev(f, ["small", "moderate", "large"])))),
-        (EFFUSION, true, 0) => format!("{}.", cap(&format!("{{{} {s} pleural effusion}}", sev(f, ["small", "moderate", "large"])))),
-        (EFFUSION, true, _) => format!("There is a {{{} {s} pleural effusion}}.", sev(f, ["small", "moderate", "large"])),
+        (LUNG_OPACITY, false, _) => {
+            format!("Possible {{subtle opacity}} in the {{{}}}.", zone_region(f))
+        }
+        (EFFUSION, true, _) if f.bilateral => format!(
+            "{}.",
+            cap(&format!(
+                "{{{} bilateral pleural effusions}}",
+                sev(f, ["small", "moderate", "large"])
+            ))
+        ),
+        (EFFUSION, true, 0) => format!(
+            "{}.",
+            cap(&format!(
+                "{{{} {s} pleural effusion}}",
+                sev(f, ["small", "moderate", "large"])
+            ))
+        ),
+        (EFFUSION, true, _) => format!(
+            "There is a {{{} {s} pleural effusion}}.",
+            sev(f, ["small", "moderate", "large"])
+        ),
         (EFFUSION, false, 0) => format!("Possible {{small {s} pleural effusion}}."),
-        (EFFUSION, false, _) => format!("{{Blunting}} of the {{{s} costophrenic angle}} may reflect a {{small pleural effusion}}."),
-        (PLEURAL_OTHER, true, _) => format!("{{Pleural thickening}} along the {{{s} lateral chest wall}}."),
-        (PLEURAL_OTHER, false, _) => format!("Possible {{pleural thickening}} along the {{{s} chest wall}}."),
+        (EFFUSION, false, _) => format!(
+            "{{Blunting}} of the {{{s} costophrenic angle}} may reflect a {{small pleural effusion}}."
+        ),
+        (PLEURAL_OTHER, true, _) => {
+            format!("{{Pleural thickening}} along the {{{s} lateral chest wall}}.")
+        }
+        (PLEURAL_OTHER, false, _) => {
+            format!("Possible {{pleural thickening}} along the {{{s} chest wall}}.")
+        }
         (PNEUMONIA, true, 0) => format!("{}.", cap(&format!("{{{} pneumonia}}", zone_place(f)))),
-        (PNEUMONIA, true, _) => format!("Findings consistent with {{pneumonia}} in the {{{}}}.", zone_place(f)),
-        (PNEUMONIA, false, 0) => format!("Possible {{early pneumonia}} in the {{{}}}.", zone_place(f)),
-        (PNEUMONIA, false, _) => format!("{{Pneumonia}} in the {{{}}} cannot be excluded.", zone_region(f)),
-        (PNEUMOTHORAX, true, 0) => format!("{}.", cap(&format!("{{{} {s} apical pneumothorax}}", sev(f, ["small", "moderate", "large"])))),
-        (PNEUMOTHORAX, true, _) => format!("There is a {{{} {s} pneumothorax}}.", sev(f, ["small", "moderate", "large"])),
+        (PNEUMONIA, true, _) => format!(
+            "Findings consistent with {{pneumonia}} in the {{{}}}.",
+            zone_place(f)
+        ),
+        (PNEUMONIA, false, 0) => {
+            format!("Possible {{early pneumonia}} in the {{{}}}.", zone_place(f))
+        }
+        (PNEUMONIA, false, _) => format!(
+            "{{Pneumonia}} in the {{{}}} cannot be excluded.",
+            zone_region(f)
+        ),
+        (PNEUMOTHORAX, true, 0) => format!(
+            "{}.",
+            cap(&format!(
+                "{{{} {s} apical pneumothorax}}",
+                sev(f, ["small", "moderate", "large"])
+            ))
+        ),
+        (PNEUMOTHORAX, true, _) => format!(
+            "There is a {{{} {s} pneumothorax}}.",
+            sev(f, ["small", "moderate", "large"])
+        ),
         (PNEUMOTHORAX, false, _) => format!("Possible {{tiny {s} apical pneumothorax}}."),
         (SUPPORT_DEVICES, _, _) => match f.variant {
-            0 => format!("{{Endotracheal tube}} terminates {} cm above the {{carina}}.", 3 + f.severity),
+            0 => format!(
+                "{{Endotracheal tube}} terminates {} cm above the {{carina}}.",
+                3 + f.severity
+            ),
             1 => "{Right internal jugular catheter} terminates in the {mid SVC}.".to_string(),
-            2 => "{Enteric tube} courses below the {diaphragm} with its tip in the {stomach}.".to_string(),
+            2 => "{Enteric tube} courses below the {diaphragm} with its tip in the {stomach}."
+                .to_string(),
             _ => "{Left PICC} terminates in the {low SVC}.".to_string(),
         },
         _ => String::new(),
@@ -295,7 +398,12 @@ pub(crate) fn negation(f: &Finding) -> Negation {
 
 /// Builds the drawable lesions of a study's findings for one view. Uncertain
 /// findings are drawn faint; negated ones not at all.
-pub(crate) fn lesions_for(findings: &[Finding], anat: &Anatomy, view: View, rng: &mut ChaCha8Rng) -> Vec<Lesion> {
+pub(crate) fn lesions_for(
+    findings: &[Finding],
+    anat: &Anatomy,
+    view: View,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Lesion> {
     let mut out = Vec::new();
     for f in findings {
         let amp = match f.certainty {
@@ -313,54 +421,104 @@ pub(crate) fn lesions_for(findings: &[Finding], anat: &Anatomy, view: View, rng:
                     let dy = [-0.5, 0.05, 0.5][f.zone as usize];
                     // Lateral half of the lung, away from the heart.
                     let s = if f.left { 1.0 } else { -1.0 };
-                    (lg.cx + s * lg.rx * 0.25 + j(rng, 0.02), lg.cy + dy * lg.ry + j(rng, 0.02))
+                    (
+                        lg.cx + s * lg.rx * 0.25 + j(rng, 0.02),
+                        lg.cy + dy * lg.ry + j(rng, 0.02),
+                    )
                 }
                 View::Lateral => {
                     let lg = &anat.lateral;
                     let dy = [-0.5, 0.0, 0.45][f.zone as usize];
-                    (1.0 - lg.cx + 0.1 + j(rng, 0.03), lg.cy + dy * lg.ry + j(rng, 0.02))
+                    (
+                        1.0 - lg.cx + 0.1 + j(rng, 0.03),
+                        lg.cy + dy * lg.ry + j(rng, 0.02),
+                    )
                 }
             }
         };
-        let mut push = |shape: Shape| out.push(Lesion { class: f.class, shape, amp });
+        let mut push = |shape: Shape| {
+            out.push(Lesion {
+                class: f.class,
+                shape,
+                amp,
+            })
+        };
         match f.class {
             EFFUSION => {
                 let level = 0.2 + 0.12 * f.severity as f32 + j(rng, 0.03);
                 if f.bilateral && view == View::Frontal {
                     push(Shape::Effusion { left: true, level });
-                    push(Shape::Effusion { left: false, level: level * 0.9 });
+                    push(Shape::Effusion {
+                        left: false,
+                        level: level * 0.9,
+                    });
                 } else {
-                    push(Shape::Effusion { left: f.left, level });
+                    push(Shape::Effusion {
+                        left: f.left,
+                        level,
+                    });
                 }
             }
-            CARDIOMEGALY => push(Shape::Cardiomegaly { scale: 1.25 + 0.1 * f.severity as f32 }),
+            CARDIOMEGALY => push(Shape::Cardiomegaly {
+                scale: 1.25 + 0.1 * f.severity as f32,
+            }),
             ENLARGED_CM if view == View::Frontal => push(Shape::Mediastinum { scale: 1.7 }),
-            PNEUMOTHORAX if view == View::Frontal => {
-                push(Shape::Pneumothorax { left: f.left, depth: 0.15 + 0.07 * f.severity as f32 })
-            }
+            PNEUMOTHORAX if view == View::Frontal => push(Shape::Pneumothorax {
+                left: f.left,
+                depth: 0.15 + 0.07 * f.severity as f32,
+            }),
             CONSOLIDATION | PNEUMONIA => {
                 let (cx, cy) = zone_centre(rng);
                 let r = 0.055 * sevk;
-                push(Shape::Blob { cx, cy, rx: r, ry: r * 1.2, peak: 0.3, sharp: 0.3, patchy: 0.6 });
+                push(Shape::Blob {
+                    cx,
+                    cy,
+                    rx: r,
+                    ry: r * 1.2,
+                    peak: 0.3,
+                    sharp: 0.3,
+                    patchy: 0.6,
+                });
             }
             LUNG_OPACITY => {
                 let (cx, cy) = zone_centre(rng);
                 let r = 0.06 * sevk;
-                push(Shape::Blob { cx, cy, rx: r * 1.1, ry: r, peak: 0.2, sharp: 0.1, patchy: 1.0 });
+                push(Shape::Blob {
+                    cx,
+                    cy,
+                    rx: r * 1.1,
+                    ry: r,
+                    peak: 0.2,
+                    sharp: 0.1,
+                    patchy: 1.0,
+                });
             }
             LUNG_LESION => {
                 let (cx, cy) = zone_centre(rng);
                 let r = if f.variant % 2 == 0 { 0.022 } else { 0.04 };
-                push(Shape::Blob { cx, cy, rx: r, ry: r, peak: 0.35, sharp: 0.8, patchy: 0.15 });
+                push(Shape::Blob {
+                    cx,
+                    cy,
+                    rx: r,
+                    ry: r,
+                    peak: 0.35,
+                    sharp: 0.8,
+                    patchy: 0.15,
+                });
             }
-            EDEMA => push(Shape::Edema { spread: 0.09 + 0.02 * f.severity as f32 }),
+            EDEMA => push(Shape::Edema {
+                spread: 0.09 + 0.02 * f.severity as f32,
+            }),
             ATELECTASIS => {
                 let (cx, cy) = match view {
                     View::Frontal => {
                         let lg = if f.left { &anat.left } else { &anat.right };
                         (lg.cx, lg.cy + 0.55 * lg.ry)
                     }
-                    View::Lateral => (1.0 - anat.lateral.cx, anat.lateral.cy + 0.5 * anat.lateral.ry),
+                    View::Lateral => (
+                        1.0 - anat.lateral.cx,
+                        anat.lateral.cy + 0.5 * anat.lateral.ry,
+                    ),
                 };
                 let half = 0.05 + j(rng, 0.01);
                 push(Shape::Band {
@@ -375,21 +533,36 @@ pub(crate) fn lesions_for(findings: &[Finding], anat: &Anatomy, view: View, rng:
                 let lg = if f.left { &anat.left } else { &anat.right };
                 let s = if f.left { 1.0 } else { -1.0 };
                 let (cx, cy) = (lg.cx + s * lg.rx * 0.8, lg.cy + j(rng, 0.1));
-                push(Shape::Band { a: (cx - 0.015, cy - 0.008), b: (cx + 0.015, cy + 0.008), half: 0.01, peak: 0.3 });
+                push(Shape::Band {
+                    a: (cx - 0.015, cy - 0.008),
+                    b: (cx + 0.015, cy + 0.008),
+                    half: 0.01,
+                    peak: 0.3,
+                });
             }
-            PLEURAL_OTHER if view == View::Frontal => push(Shape::Thickening { left: f.left, thick: 0.08 }),
+            PLEURAL_OTHER if view == View::Frontal => push(Shape::Thickening {
+                left: f.left,
+                thick: 0.08,
+            }),
             SUPPORT_DEVICES => {
                 let w = 0.006;
                 let pts: Vec<(f32, f32)> = match (f.variant, view) {
                     (0, View::Frontal) => vec![(0.5, 0.0), (0.5, 0.27 + 0.01 * f.severity as f32)],
-                    (1, View::Frontal) => vec![(0.3, 0.08), (0.42, 0.18), (0.47, 0.24), (0.475, 0.34)],
+                    (1, View::Frontal) => {
+                        vec![(0.3, 0.08), (0.42, 0.18), (0.47, 0.24), (0.475, 0.34)]
+                    }
                     (2, View::Frontal) => vec![(0.5, 0.0), (0.51, 0.45), (0.58, 0.74), (0.66, 0.8)],
-                    (_, View::Frontal) => vec![(0.98, 0.26), (0.75, 0.19), (0.55, 0.21), (0.48, 0.34)],
+                    (_, View::Frontal) => {
+                        vec![(0.98, 0.26), (0.75, 0.19), (0.55, 0.21), (0.48, 0.34)]
+                    }
                     (0, View::Lateral) => vec![(0.47, 0.0), (0.5, 0.28)],
                     (2, View::Lateral) => vec![(0.52, 0.0), (0.6, 0.5), (0.5, 0.8)],
                     (_, View::Lateral) => vec![(0.45, 0.12), (0.45, 0.35)],
                 };
-                push(Shape::Tube { points: pts, width: w });
+                push(Shape::Tube {
+                    points: pts,
+                    width: w,
+                });
             }
             _ => {}
         }

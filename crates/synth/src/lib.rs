@@ -120,7 +120,10 @@ pub enum SynthError {
 
 impl SynthError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> SynthError {
-        SynthError::Io { path: path.to_path_buf(), source }
+        SynthError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -242,7 +245,10 @@ pub mod files {
 /// smaller world never inherits stale files.
 pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
     if cfg.size < 64 || cfg.size > 8192 {
-        return Err(SynthError::Config(format!("size {} outside 64..=8192", cfg.size)));
+        return Err(SynthError::Config(format!(
+            "size {} outside 64..=8192",
+            cfg.size
+        )));
     }
     if cfg.studies == 0 && cfg.padchest_images == 0 {
         return Err(SynthError::Config("nothing to generate".into()));
@@ -270,7 +276,8 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
     let mut faults = Vec::new();
     if cfg.faults {
         faults = faults::inject(out, cfg, &mimic, &pad)?;
-        let json = serde_json::to_string_pretty(&faults).map_err(|e| SynthError::io(out, e.into()))?;
+        let json =
+            serde_json::to_string_pretty(&faults).map_err(|e| SynthError::io(out, e.into()))?;
         out::write(&out.join(files::FAULTS), json.as_bytes())?;
     }
 

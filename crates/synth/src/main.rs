@@ -47,7 +47,8 @@ fn main() -> anyhow::Result<()> {
         faults: a.faults,
     };
     let t0 = Instant::now();
-    let s = synth::generate(&a.out, &cfg).with_context(|| format!("generating a world in {}", a.out.display()))?;
+    let s = synth::generate(&a.out, &cfg)
+        .with_context(|| format!("generating a world in {}", a.out.display()))?;
     println!(
         "wrote {}: MIMIC {} subjects / {} studies / {} images ({} sidecar lines), PadChest {} patients / {} images, {} faults, {:.1} s",
         a.out.display(),

@@ -103,7 +103,9 @@ fn subject_dir(subject: u32) -> String {
 }
 
 fn dicom_id(rng: &mut ChaCha8Rng) -> String {
-    let g: Vec<String> = (0..5).map(|_| format!("{:08x}", rng.random::<u32>())).collect();
+    let g: Vec<String> = (0..5)
+        .map(|_| format!("{:08x}", rng.random::<u32>()))
+        .collect();
     g.join("-")
 }
 
@@ -136,7 +138,9 @@ fn plan(cfg: &SynthConfig) -> Vec<StudyPlan> {
                 break s;
             }
         };
-        let n = master.random_range(1..=3usize).min(cfg.studies - plans.len());
+        let n = master
+            .random_range(1..=3usize)
+            .min(cfg.studies - plans.len());
         let mut year = 2110 + master.random_range(0..90u32);
         let mut day_of_year = master.random_range(0..300u32);
         for _ in 0..n {
@@ -239,13 +243,24 @@ fn assign_splits(plans: &mut [StudyPlan], rng: &mut ChaCha8Rng) {
     let mut split: BTreeMap<u32, &'static str> = BTreeMap::new();
     for &s in &subjects {
         let r: f64 = rng.random();
-        split.insert(s, if r < 0.8 { "train" } else if r < 0.9 { "validate" } else { "test" });
+        split.insert(
+            s,
+            if r < 0.8 {
+                "train"
+            } else if r < 0.9 {
+                "validate"
+            } else {
+                "test"
+            },
+        );
     }
     let positive = |p: &StudyPlan, c: usize| findings::chexpert_row(&p.findings)[c] == "1.0";
     for c in 0..CHEXPERT_CLASSES.len() {
         for target in ["validate", "test"] {
             let has = |split: &BTreeMap<u32, &str>, name: &str| {
-                plans.iter().any(|p| split[&p.subject] == name && positive(p, c))
+                plans
+                    .iter()
+                    .any(|p| split[&p.subject] == name && positive(p, c))
             };
             if has(&split, target) {
                 continue;
@@ -306,19 +321,43 @@ fn draw_image(p: &StudyPlan, anat: &Anatomy, img: &ImagePlan, with_lesions: bool
     if !with_lesions {
         lesions.clear();
     }
-    let r = render::render(anat, img.view, &lesions, img.cols as usize, img.rows as usize, img.seed);
+    let r = render::render(
+        anat,
+        img.view,
+        &lesions,
+        img.cols as usize,
+        img.rows as usize,
+        img.seed,
+    );
     let bits: u16 = if img.syntax.eight_bit() { 8 } else { 12 };
     let (offset, span) = if bits == 8 {
-        (irng.random_range(4.0..14.0f32), irng.random_range(215.0..238.0f32))
+        (
+            irng.random_range(4.0..14.0f32),
+            irng.random_range(215.0..238.0f32),
+        )
     } else {
-        (irng.random_range(80.0..400.0f32), irng.random_range(2900.0..3600.0f32))
+        (
+            irng.random_range(80.0..400.0f32),
+            irng.random_range(2900.0..3600.0f32),
+        )
     };
     let mono2 = out::to_stored(&r.density, offset, span, bits);
     let window = ((offset + 0.45 * span) as f64, (0.8 * span) as f64);
-    Drawn { mono2, bits, window, lesions, boxes: r.boxes, rng: irng }
+    Drawn {
+        mono2,
+        bits,
+        window,
+        lesions,
+        boxes: r.boxes,
+        rng: irng,
+    }
 }
 
-fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Result<StudyOut, SynthError> {
+fn write_study(
+    out: &Path,
+    roots: &[(&'static str, bool)],
+    p: &StudyPlan,
+) -> Result<StudyOut, SynthError> {
     let (report, anat, mut rng) = study_prelude(p);
     let subject = p.subject.to_string();
     let study = p.study.to_string();
@@ -329,7 +368,11 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
         out::write(&out.join(&rel), report.text.as_bytes())?;
         reports.push(rel);
     }
-    let procedure = if p.portable { "CHEST (PORTABLE AP)" } else { "CHEST (PA AND LAT)" };
+    let procedure = if p.portable {
+        "CHEST (PORTABLE AP)"
+    } else {
+        "CHEST (PA AND LAT)"
+    };
     let study_uid = uid(&mut rng);
     let mut lesion_lines = Vec::new();
     let mut meta_rows = Vec::new();
@@ -337,14 +380,29 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
     let mut syntaxes = Vec::new();
     let mut images = Vec::new();
     for img in &p.images {
-        let Drawn { mono2, bits, window, lesions, boxes, rng: mut irng } = draw_image(p, &anat, img, true);
+        let Drawn {
+            mono2,
+            bits,
+            window,
+            lesions,
+            boxes,
+            rng: mut irng,
+        } = draw_image(p, &anat, img, true);
         let mut paths = Vec::new();
         for (root, dicom) in roots {
-            let rel = format!("{root}/{sdir}/s{study}/{}.{}", img.dicom_id, if *dicom { "dcm" } else { "jpg" });
+            let rel = format!(
+                "{root}/{sdir}/s{study}/{}.{}",
+                img.dicom_id,
+                if *dicom { "dcm" } else { "jpg" }
+            );
             let path = out.join(&rel);
             let bytes = if *dicom {
                 let max = (1u32 << bits) as u16 - 1;
-                let stored: Vec<u16> = if img.mono1 { mono2.iter().map(|&v| max - v).collect() } else { mono2.clone() };
+                let stored: Vec<u16> = if img.mono1 {
+                    mono2.iter().map(|&v| max - v).collect()
+                } else {
+                    mono2.clone()
+                };
                 let h = DicomHeader {
                     subject_id: &subject,
                     study_id: &study,
@@ -367,15 +425,28 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
                     },
                 };
                 syntaxes.push((img.syntax, img.mono1));
-                dicom_out::encode(&h, &stored, img.syntax)
-                    .map_err(|message| SynthError::Encode { path: path.clone(), message })?
+                dicom_out::encode(&h, &stored, img.syntax).map_err(|message| {
+                    SynthError::Encode {
+                        path: path.clone(),
+                        message,
+                    }
+                })?
             } else {
                 // MIMIC-CXR-JPG: min-max to 8 bits (no histogram equalisation here).
                 let px = out::minmax_u8(&mono2);
                 let mut buf = Vec::new();
                 let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95);
-                image::ImageEncoder::write_image(enc, &px, img.cols, img.rows, image::ExtendedColorType::L8)
-                    .map_err(|e| SynthError::Encode { path: path.clone(), message: e.to_string() })?;
+                image::ImageEncoder::write_image(
+                    enc,
+                    &px,
+                    img.cols,
+                    img.rows,
+                    image::ExtendedColorType::L8,
+                )
+                .map_err(|e| SynthError::Encode {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 buf
             };
             out::write(&path, &bytes)?;
@@ -390,7 +461,11 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
                 study_id: study.clone(),
                 class: CHEXPERT_CLASSES[l.class].0.to_string(),
                 bbox: *bbox,
-                certainty: if l.amp >= 1.0 { Certainty::Positive.name() } else { Certainty::Uncertain.name() },
+                certainty: if l.amp >= 1.0 {
+                    Certainty::Positive.name()
+                } else {
+                    Certainty::Uncertain.name()
+                },
             });
         }
         lesion_lines.push(LesionLine {
@@ -423,7 +498,12 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
             view_meaning.to_string(),
             img.orientation.to_string(),
         ]);
-        split_rows.push(vec![img.dicom_id.clone(), study.clone(), subject.clone(), p.split.to_string()]);
+        split_rows.push(vec![
+            img.dicom_id.clone(),
+            study.clone(),
+            subject.clone(),
+            p.split.to_string(),
+        ]);
         images.push((img.dicom_id.clone(), paths));
     }
     Ok(StudyOut {
@@ -434,7 +514,13 @@ fn write_study(out: &Path, roots: &[(&'static str, bool)], p: &StudyPlan) -> Res
         meta_rows,
         split_rows,
         syntaxes,
-        record: StudyRecord { subject, study, fault: p.fault, reports, images },
+        record: StudyRecord {
+            subject,
+            study,
+            fault: p.fault,
+            reports,
+            images,
+        },
     })
 }
 
@@ -481,14 +567,21 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
             }
         }
     }
-    let results: Vec<Result<StudyOut, SynthError>> = plans.par_iter().map(|p| write_study(out, &roots, p)).collect();
+    let results: Vec<Result<StudyOut, SynthError>> = plans
+        .par_iter()
+        .map(|p| write_study(out, &roots, p))
+        .collect();
     let mut studies = Vec::with_capacity(results.len());
     for r in results {
         studies.push(r?);
     }
 
     let mut counts = MimicCounts {
-        subjects: plans.iter().map(|p| p.subject).collect::<HashSet<_>>().len(),
+        subjects: plans
+            .iter()
+            .map(|p| p.subject)
+            .collect::<HashSet<_>>()
+            .len(),
         studies: plans.len(),
         ..Default::default()
     };
@@ -502,12 +595,21 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
         split_rows.extend(s.split_rows.iter().cloned());
         *counts.studies_per_split.entry(p.split.into()).or_insert(0) += 1;
         *counts.images_per_split.entry(p.split.into()).or_insert(0) += p.images.len();
-        *counts.reports_per_layout.entry(s.layout.into()).or_insert(0) += 1;
+        *counts
+            .reports_per_layout
+            .entry(s.layout.into())
+            .or_insert(0) += 1;
         for img in &p.images {
-            *counts.images_per_view.entry(img.view_position.into()).or_insert(0) += 1;
+            *counts
+                .images_per_view
+                .entry(img.view_position.into())
+                .or_insert(0) += 1;
         }
         for (syn, mono1) in &s.syntaxes {
-            *counts.dicom_per_transfer_syntax.entry(syn.uid().into()).or_insert(0) += 1;
+            *counts
+                .dicom_per_transfer_syntax
+                .entry(syn.uid().into())
+                .or_insert(0) += 1;
             let pmi = if *mono1 { "MONOCHROME1" } else { "MONOCHROME2" };
             *counts.dicom_per_photometric.entry(pmi.into()).or_insert(0) += 1;
         }
@@ -521,7 +623,10 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
             if *v == "-1.0" && (p.study as usize + c).is_multiple_of(4) {
                 neg[c + 2] = String::new();
             }
-            let lc = counts.labels.entry(CHEXPERT_CLASSES[c].0.into()).or_default();
+            let lc = counts
+                .labels
+                .entry(CHEXPERT_CLASSES[c].0.into())
+                .or_default();
             match *v {
                 "1.0" => {
                     lc.positive += 1;
@@ -541,9 +646,11 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
         negbio_rows.push(neg);
         // The sidecar's text is exactly what ingest will train on.
         let sections = ingest::report::parse_report(&s.report);
-        if let Some(t) = ingest::report::training_text(&sections, &ingest::report::DEFAULT_SECTIONS) {
+        if let Some(t) = ingest::report::training_text(&sections, &ingest::report::DEFAULT_SECTIONS)
+        {
             let ents = locate_entities(&t, &s.entities);
-            let line = serde_json::json!({"study_id": p.study.to_string(), "text": t, "entities": ents});
+            let line =
+                serde_json::json!({"study_id": p.study.to_string(), "text": t, "entities": ents});
             sidecar.push_str(&line.to_string());
             sidecar.push('\n');
             counts.sidecar_lines += 1;
@@ -553,7 +660,8 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
         lc.prevalence = lc.positive as f64 / plans.len().max(1) as f64;
     }
     // The real CSVs are sorted by subject then study; the metadata by the same.
-    let order = |a: &Vec<String>, b: &Vec<String>, i: usize, j: usize| (&a[i], &a[j]).cmp(&(&b[i], &b[j]));
+    let order =
+        |a: &Vec<String>, b: &Vec<String>, i: usize, j: usize| (&a[i], &a[j]).cmp(&(&b[i], &b[j]));
     meta_rows.sort_by(|a, b| order(a, b, 1, 2).then(a[0].cmp(&b[0])));
     split_rows.sort_by(|a, b| order(a, b, 2, 1).then(a[0].cmp(&b[0])));
     chex_rows.sort_by(|a, b| order(a, b, 0, 1));
@@ -593,7 +701,14 @@ mod tests {
     use dicom_pixeldata::PixelDecoder;
 
     fn small(faults: bool) -> SynthConfig {
-        SynthConfig { studies: 24, padchest_images: 0, seed: 5, size: 96, mimic_format: MimicFormat::Dicom, faults }
+        SynthConfig {
+            studies: 24,
+            padchest_images: 0,
+            seed: 5,
+            size: 96,
+            mimic_format: MimicFormat::Dicom,
+            faults,
+        }
     }
 
     #[test]
@@ -607,14 +722,32 @@ mod tests {
             let (_, anat, _) = study_prelude(&p);
             for img in &p.images {
                 let d = draw_image(&p, &anat, img, true);
-                let rel = format!("mimic-cxr/{}/s{}/{}.dcm", subject_dir(p.subject), p.study, img.dicom_id);
+                let rel = format!(
+                    "mimic-cxr/{}/s{}/{}.dcm",
+                    subject_dir(p.subject),
+                    p.study,
+                    img.dicom_id
+                );
                 let obj = dicom_object::open_file(dir.path().join(&rel)).unwrap();
                 let dec = obj.decode_pixel_data().unwrap();
                 assert_eq!((dec.rows(), dec.columns()), (img.rows, img.cols));
-                let back: Vec<u16> = if d.bits == 8 { dec.data().iter().map(|&b| b as u16).collect() } else { dec.data_ow() };
+                let back: Vec<u16> = if d.bits == 8 {
+                    dec.data().iter().map(|&b| b as u16).collect()
+                } else {
+                    dec.data_ow()
+                };
                 let max = (1u32 << d.bits) as u16 - 1;
-                let want: Vec<u16> = if img.mono1 { d.mono2.iter().map(|&v| max - v).collect() } else { d.mono2.clone() };
-                let worst = want.iter().zip(&back).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+                let want: Vec<u16> = if img.mono1 {
+                    d.mono2.iter().map(|&v| max - v).collect()
+                } else {
+                    d.mono2.clone()
+                };
+                let worst = want
+                    .iter()
+                    .zip(&back)
+                    .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                    .max()
+                    .unwrap();
                 // Near-lossless JPEG-LS: near = 5; baseline JPEG: a few 8-bit levels
                 // except at the saturated marker's edges.
                 let tol = match img.syntax {
@@ -624,7 +757,12 @@ mod tests {
                 };
                 assert!(worst <= tol, "{rel} {:?}: max error {worst}", img.syntax);
                 if img.syntax == Syntax::JpegBaseline {
-                    let mean = want.iter().zip(&back).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / want.len() as f64;
+                    let mean = want
+                        .iter()
+                        .zip(&back)
+                        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                        .sum::<f64>()
+                        / want.len() as f64;
                     assert!(mean < 2.0, "{rel}: mean error {mean}");
                 }
                 seen.insert(img.syntax);
@@ -635,7 +773,11 @@ mod tests {
 
     #[test]
     fn lesion_boxes_differ_from_lesion_free_rendering() {
-        let cfg = SynthConfig { studies: 40, size: 96, ..small(false) };
+        let cfg = SynthConfig {
+            studies: 40,
+            size: 96,
+            ..small(false)
+        };
         let mut checked = 0;
         for p in plan(&cfg) {
             let (_, anat, _) = study_prelude(&p);
@@ -655,7 +797,12 @@ mod tests {
                     }
                     let full = ((1u32 << with.bits) - 1) as f64;
                     // At least 1% of the range on average over the box.
-                    assert!(diff / n > 0.01 * full * l.amp as f64, "class {} box {b:?}: {}", l.class, diff / n);
+                    assert!(
+                        diff / n > 0.01 * full * l.amp as f64,
+                        "class {} box {b:?}: {}",
+                        l.class,
+                        diff / n
+                    );
                     checked += 1;
                 }
             }
@@ -666,7 +813,10 @@ mod tests {
     #[test]
     #[allow(clippy::needless_range_loop)] // `c` indexes each plan's label row too
     fn validate_and_test_hold_every_positive_class_of_a_300_study_world() {
-        let cfg = SynthConfig { studies: 300, ..small(false) };
+        let cfg = SynthConfig {
+            studies: 300,
+            ..small(false)
+        };
         let plans = plan(&cfg);
         for c in 0..CHEXPERT_CLASSES.len() {
             let subjects: HashSet<u32> = plans
@@ -679,7 +829,9 @@ mod tests {
             }
             for split in ["validate", "test", "train"] {
                 assert!(
-                    plans.iter().any(|p| p.split == split && findings::chexpert_row(&p.findings)[c] == "1.0"),
+                    plans.iter().any(
+                        |p| p.split == split && findings::chexpert_row(&p.findings)[c] == "1.0"
+                    ),
                     "{} has no positive in {split}",
                     CHEXPERT_CLASSES[c].0
                 );
@@ -695,13 +847,26 @@ mod tests {
     #[test]
     fn entities_are_found_in_order_as_char_offsets() {
         let t = "Ünd small right pleural effusion. No pneumothorax or pleural effusion.";
-        let e = locate_entities(t, &["pleural effusion".into(), "pneumothorax".into(), "pleural effusion".into()]);
+        let e = locate_entities(
+            t,
+            &[
+                "pleural effusion".into(),
+                "pneumothorax".into(),
+                "pleural effusion".into(),
+            ],
+        );
         assert_eq!(e.len(), 3);
         assert_eq!(e[0]["start"], 16);
         let chars: Vec<char> = t.chars().collect();
         for x in &e {
-            let (s, n) = (x["start"].as_u64().unwrap() as usize, x["end"].as_u64().unwrap() as usize);
-            assert_eq!(chars[s..n].iter().collect::<String>(), x["text"].as_str().unwrap());
+            let (s, n) = (
+                x["start"].as_u64().unwrap() as usize,
+                x["end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                chars[s..n].iter().collect::<String>(),
+                x["text"].as_str().unwrap()
+            );
         }
     }
 }

@@ -20,13 +20,18 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
 
 /// A CSV as text, quoted only where needed (as pandas writes it).
 pub(crate) fn csv_text(header: &[&str], rows: &[Vec<String>]) -> Result<String, SynthError> {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
-    let err = |e: csv::Error| SynthError::io(Path::new("<csv>"), std::io::Error::other(e.to_string()));
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let err =
+        |e: csv::Error| SynthError::io(Path::new("<csv>"), std::io::Error::other(e.to_string()));
     w.write_record(header).map_err(err)?;
     for r in rows {
         w.write_record(r).map_err(err)?;
     }
-    let bytes = w.into_inner().map_err(|e| SynthError::io(Path::new("<csv>"), std::io::Error::other(e.to_string())))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| SynthError::io(Path::new("<csv>"), std::io::Error::other(e.to_string())))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -67,7 +72,10 @@ pub(crate) struct LesionLine {
 /// clamped to `bits`.
 pub(crate) fn to_stored(density: &[f32], offset: f32, span: f32, bits: u16) -> Vec<u16> {
     let max = ((1u32 << bits) - 1) as f32;
-    density.iter().map(|&d| (offset + d * span).round().clamp(0.0, max) as u16).collect()
+    density
+        .iter()
+        .map(|&d| (offset + d * span).round().clamp(0.0, max) as u16)
+        .collect()
 }
 
 /// Min-max scaling to 8 bits.
@@ -78,7 +86,9 @@ pub(crate) fn minmax_u8(v: &[u16]) -> Vec<u8> {
         hi = hi.max(x);
     }
     let span = (hi.saturating_sub(lo)).max(1) as f32;
-    v.iter().map(|&x| (((x - lo) as f32 / span) * 255.0).round() as u8).collect()
+    v.iter()
+        .map(|&x| (((x - lo) as f32 / span) * 255.0).round() as u8)
+        .collect()
 }
 
 /// Character offset of a byte offset in `s` (Python string indices).

@@ -71,24 +71,132 @@ struct Label {
 }
 
 const LABELS: &[Label] = &[
-    Label { name: "pleural effusion", cui: Some("C2073625"), spanish: "derrame pleural", class: Some(class::EFFUSION), rate: 0.2 },
-    Label { name: "cardiomegaly", cui: Some("C0018800"), spanish: "cardiomegalia", class: Some(class::CARDIOMEGALY), rate: 0.25 },
-    Label { name: "pneumonia", cui: Some("C0032285"), spanish: "neumonia", class: Some(class::PNEUMONIA), rate: 0.1 },
-    Label { name: "consolidation", cui: Some("C0521530"), spanish: "consolidacion", class: Some(class::CONSOLIDATION), rate: 0.06 },
-    Label { name: "atelectasis", cui: Some("C0004144"), spanish: "atelectasia laminar", class: Some(class::ATELECTASIS), rate: 0.12 },
-    Label { name: "nodule", cui: Some("C0028259"), spanish: "nodulo pulmonar", class: Some(class::LUNG_LESION), rate: 0.08 },
-    Label { name: "pneumothorax", cui: Some("C0032326"), spanish: "neumotorax", class: Some(class::PNEUMOTHORAX), rate: 0.04 },
-    Label { name: "pulmonary edema", cui: Some("C0034063"), spanish: "edema pulmonar", class: Some(class::EDEMA), rate: 0.06 },
-    Label { name: "infiltrates", cui: Some("C0277877"), spanish: "infiltrado", class: Some(class::LUNG_OPACITY), rate: 0.15 },
-    Label { name: "central venous catheter", cui: Some("C0179774"), spanish: "cateter venoso central", class: Some(class::SUPPORT_DEVICES), rate: 0.08 },
-    Label { name: "rib fracture", cui: Some("C0035522"), spanish: "fractura costal", class: Some(class::FRACTURE), rate: 0.04 },
-    Label { name: "pleural thickening", cui: Some("C0264545"), spanish: "engrosamiento pleural", class: Some(class::PLEURAL_OTHER), rate: 0.06 },
-    Label { name: "mediastinal enlargement", cui: Some("C0521529"), spanish: "ensanchamiento mediastinico", class: Some(class::ENLARGED_CM), rate: 0.04 },
-    Label { name: "aortic elongation", cui: Some("C0741173"), spanish: "elongacion aortica", class: None, rate: 0.15 },
-    Label { name: "COPD signs", cui: Some("C0024117"), spanish: "signos de epoc", class: None, rate: 0.08 },
-    Label { name: "scoliosis", cui: Some("C0036439"), spanish: "escoliosis", class: None, rate: 0.06 },
-    Label { name: "chronic changes", cui: Some("C0742362"), spanish: "cambios cronicos", class: None, rate: 0.1 },
-    Label { name: "unchanged", cui: None, spanish: "sin cambios respecto a estudio previo", class: None, rate: 0.1 },
+    Label {
+        name: "pleural effusion",
+        cui: Some("C2073625"),
+        spanish: "derrame pleural",
+        class: Some(class::EFFUSION),
+        rate: 0.2,
+    },
+    Label {
+        name: "cardiomegaly",
+        cui: Some("C0018800"),
+        spanish: "cardiomegalia",
+        class: Some(class::CARDIOMEGALY),
+        rate: 0.25,
+    },
+    Label {
+        name: "pneumonia",
+        cui: Some("C0032285"),
+        spanish: "neumonia",
+        class: Some(class::PNEUMONIA),
+        rate: 0.1,
+    },
+    Label {
+        name: "consolidation",
+        cui: Some("C0521530"),
+        spanish: "consolidacion",
+        class: Some(class::CONSOLIDATION),
+        rate: 0.06,
+    },
+    Label {
+        name: "atelectasis",
+        cui: Some("C0004144"),
+        spanish: "atelectasia laminar",
+        class: Some(class::ATELECTASIS),
+        rate: 0.12,
+    },
+    Label {
+        name: "nodule",
+        cui: Some("C0028259"),
+        spanish: "nodulo pulmonar",
+        class: Some(class::LUNG_LESION),
+        rate: 0.08,
+    },
+    Label {
+        name: "pneumothorax",
+        cui: Some("C0032326"),
+        spanish: "neumotorax",
+        class: Some(class::PNEUMOTHORAX),
+        rate: 0.04,
+    },
+    Label {
+        name: "pulmonary edema",
+        cui: Some("C0034063"),
+        spanish: "edema pulmonar",
+        class: Some(class::EDEMA),
+        rate: 0.06,
+    },
+    Label {
+        name: "infiltrates",
+        cui: Some("C0277877"),
+        spanish: "infiltrado",
+        class: Some(class::LUNG_OPACITY),
+        rate: 0.15,
+    },
+    Label {
+        name: "central venous catheter",
+        cui: Some("C0179774"),
+        spanish: "cateter venoso central",
+        class: Some(class::SUPPORT_DEVICES),
+        rate: 0.08,
+    },
+    Label {
+        name: "rib fracture",
+        cui: Some("C0035522"),
+        spanish: "fractura costal",
+        class: Some(class::FRACTURE),
+        rate: 0.04,
+    },
+    Label {
+        name: "pleural thickening",
+        cui: Some("C0264545"),
+        spanish: "engrosamiento pleural",
+        class: Some(class::PLEURAL_OTHER),
+        rate: 0.06,
+    },
+    Label {
+        name: "mediastinal enlargement",
+        cui: Some("C0521529"),
+        spanish: "ensanchamiento mediastinico",
+        class: Some(class::ENLARGED_CM),
+        rate: 0.04,
+    },
+    Label {
+        name: "aortic elongation",
+        cui: Some("C0741173"),
+        spanish: "elongacion aortica",
+        class: None,
+        rate: 0.15,
+    },
+    Label {
+        name: "COPD signs",
+        cui: Some("C0024117"),
+        spanish: "signos de epoc",
+        class: None,
+        rate: 0.08,
+    },
+    Label {
+        name: "scoliosis",
+        cui: Some("C0036439"),
+        spanish: "escoliosis",
+        class: None,
+        rate: 0.06,
+    },
+    Label {
+        name: "chronic changes",
+        cui: Some("C0742362"),
+        spanish: "cambios cronicos",
+        class: None,
+        rate: 0.1,
+    },
+    Label {
+        name: "unchanged",
+        cui: None,
+        spanish: "sin cambios respecto a estudio previo",
+        class: None,
+        rate: 0.1,
+    },
 ];
 
 struct ImagePlan {
@@ -170,14 +278,26 @@ fn plan(cfg: &SynthConfig) -> Vec<StudyPlan> {
                 }
             }
             let normal = normal || labels.is_empty();
-            let n_img = if rng.random_bool(0.55) { 2 } else { 1 }.min(cfg.padchest_images - n_images);
+            let n_img =
+                if rng.random_bool(0.55) { 2 } else { 1 }.min(cfg.padchest_images - n_images);
             let mut images = Vec::new();
-            let date = format!("{year}{:02}{:02}", rng.random_range(1..13u32), rng.random_range(1..29u32));
+            let date = format!(
+                "{year}{:02}{:02}",
+                rng.random_range(1..13u32),
+                rng.random_range(1..29u32)
+            );
             year += rng.random_range(0..2u32);
             let portable = rng.random_bool(0.15);
             for k in 0..n_img {
                 let (projection, view) = match k {
-                    0 if portable => (if rng.random_bool(0.5) { "AP" } else { "AP_horizontal" }, View::Frontal),
+                    0 if portable => (
+                        if rng.random_bool(0.5) {
+                            "AP"
+                        } else {
+                            "AP_horizontal"
+                        },
+                        View::Frontal,
+                    ),
                     0 => ("PA", View::Frontal),
                     _ => ("L", View::Lateral),
                 };
@@ -275,12 +395,31 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
         }
         let mut sent_locs = Vec::new();
         let mut es = l.spanish.to_string();
-        if l.class.is_some() && l.class != Some(class::CARDIOMEGALY) && l.class != Some(class::ENLARGED_CM) {
-            let (loc, es_side) = if left { ("loc left", "izquierdo") } else { ("loc right", "derecho") };
+        if l.class.is_some()
+            && l.class != Some(class::CARDIOMEGALY)
+            && l.class != Some(class::ENLARGED_CM)
+        {
+            let (loc, es_side) = if left {
+                ("loc left", "izquierdo")
+            } else {
+                ("loc right", "derecho")
+            };
             sent_locs.push(loc.to_string());
             es = format!("{es} {es_side}");
-            let (zl, zs) = [("loc upper lobe", "en lobulo superior"), ("loc middle lobe", "en campo medio"), ("loc basal", "basal")][zone as usize];
-            if matches!(l.class, Some(class::PNEUMONIA | class::CONSOLIDATION | class::LUNG_LESION | class::LUNG_OPACITY)) {
+            let (zl, zs) = [
+                ("loc upper lobe", "en lobulo superior"),
+                ("loc middle lobe", "en campo medio"),
+                ("loc basal", "basal"),
+            ][zone as usize];
+            if matches!(
+                l.class,
+                Some(
+                    class::PNEUMONIA
+                        | class::CONSOLIDATION
+                        | class::LUNG_LESION
+                        | class::LUNG_OPACITY
+                )
+            ) {
                 sent_locs.push(zl.to_string());
                 es = format!("{es} {zs}");
             }
@@ -316,7 +455,14 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
     for (k, img) in p.images.iter().enumerate() {
         let mut irng = ChaCha8Rng::seed_from_u64(img.seed);
         let lesions = crate::findings::lesions_for(&fnds, &anat, img.view, &mut irng);
-        let r = render::render(&anat, img.view, &lesions, img.cols as usize, img.rows as usize, img.seed);
+        let r = render::render(
+            &anat,
+            img.view,
+            &lesions,
+            img.cols as usize,
+            img.rows as usize,
+            img.seed,
+        );
         let max = ((1u32 << img.bits) - 1) as f32;
         // Use most of the bit depth, but leave head-room: a 16-bit image
         // whose useful range is a fifth of it needs its window.
@@ -335,8 +481,17 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
             image::codecs::png::CompressionType::Fast,
             image::codecs::png::FilterType::Adaptive,
         );
-        image::ImageEncoder::write_image(enc, &bytes, img.cols, img.rows, image::ExtendedColorType::L16)
-            .map_err(|e| SynthError::Encode { path: path.clone(), message: e.to_string() })?;
+        image::ImageEncoder::write_image(
+            enc,
+            &bytes,
+            img.cols,
+            img.rows,
+            image::ExtendedColorType::L16,
+        )
+        .map_err(|e| SynthError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         out::write(&path, &buf)?;
         let (wc, ww) = (offset + 0.45 * span, 0.8 * span);
         let view_dicom = match img.projection {
@@ -360,7 +515,12 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
             "Manual review of DICOM fields".to_string(),
             "No".to_string(),
             modality.to_string(),
-            if modality == "CR" { "PhilipsMedicalSystems" } else { "Imaging Dynamics Company Ltd." }.to_string(),
+            if modality == "CR" {
+                "PhilipsMedicalSystems"
+            } else {
+                "Imaging Dynamics Company Ltd."
+            }
+            .to_string(),
             "MONOCHROME2".to_string(),
             "0".to_string(),
             String::new(),
@@ -377,7 +537,12 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
             String::new(),
             p.report_id.to_string(),
             report.clone(),
-            if irng.random_bool(0.27) { "Physician" } else { "RNN_model" }.to_string(),
+            if irng.random_bool(0.27) {
+                "Physician"
+            } else {
+                "RNN_model"
+            }
+            .to_string(),
             py_list(&names),
             py_list(&locs),
             format!("[{}]", by_sentence.join(", ")),
@@ -407,9 +572,17 @@ fn write_study(out: &Path, p: &StudyPlan, index0: usize) -> Result<StudyOut, Syn
             height: img.rows,
             lesions: recs,
         });
-        records.push(ImageRecord { image_id: img.image_id.clone(), study_id: p.study.clone(), path: rel });
+        records.push(ImageRecord {
+            image_id: img.image_id.clone(),
+            study_id: p.study.clone(),
+            path: rel,
+        });
     }
-    Ok(StudyOut { rows, lesion_lines, records })
+    Ok(StudyOut {
+        rows,
+        lesion_lines,
+        records,
+    })
 }
 
 pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<PadOut, SynthError> {
@@ -420,10 +593,17 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<PadOut, SynthErr
         starts.push(acc);
         acc += p.images.len();
     }
-    let results: Vec<Result<StudyOut, SynthError>> =
-        plans.par_iter().zip(starts.par_iter()).map(|(p, &s)| write_study(out, p, s)).collect();
+    let results: Vec<Result<StudyOut, SynthError>> = plans
+        .par_iter()
+        .zip(starts.par_iter())
+        .map(|(p, &s)| write_study(out, p, s))
+        .collect();
     let mut counts = PadchestCounts {
-        patients: plans.iter().map(|p| &p.patient).collect::<HashSet<_>>().len(),
+        patients: plans
+            .iter()
+            .map(|p| &p.patient)
+            .collect::<HashSet<_>>()
+            .len(),
         studies: plans.len(),
         ..Default::default()
     };
@@ -433,8 +613,14 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<PadOut, SynthErr
     for (p, r) in plans.iter().zip(results) {
         let r = r?;
         for img in &p.images {
-            *counts.images_per_projection.entry(img.projection.into()).or_insert(0) += 1;
-            *counts.images_per_bits_stored.entry(img.bits.to_string()).or_insert(0) += 1;
+            *counts
+                .images_per_projection
+                .entry(img.projection.into())
+                .or_insert(0) += 1;
+            *counts
+                .images_per_bits_stored
+                .entry(img.bits.to_string())
+                .or_insert(0) += 1;
             let mut ls: BTreeMap<&str, ()> = BTreeMap::new();
             if p.normal {
                 ls.insert("normal", ());
@@ -453,7 +639,14 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<PadOut, SynthErr
     counts.images = rows.len();
     if cfg.padchest_images > 0 {
         let text = out::csv_text(&COLUMNS, &rows)?;
-        out::write(&out.join(files::PADCHEST).join(files::PADCHEST_CSV), &out::gzip(text.as_bytes()))?;
+        out::write(
+            &out.join(files::PADCHEST).join(files::PADCHEST_CSV),
+            &out::gzip(text.as_bytes()),
+        )?;
     }
-    Ok(PadOut { counts, lesion_lines, images })
+    Ok(PadOut {
+        counts,
+        lesion_lines,
+        images,
+    })
 }

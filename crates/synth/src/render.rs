@@ -65,11 +65,36 @@ impl Anatomy {
         let ry = 0.3 + j(rng, 0.02);
         let cy = 0.47 + j(rng, 0.02);
         Anatomy {
-            right: Lung { cx: 0.3 + j(rng, 0.015), cy, rx: 0.16 + j(rng, 0.01), ry },
-            left: Lung { cx: 0.7 + j(rng, 0.015), cy: cy + 0.01, rx: 0.155 + j(rng, 0.01), ry: ry - 0.01 },
-            lateral: Lung { cx: 0.52 + j(rng, 0.02), cy: cy + 0.01, rx: 0.29 + j(rng, 0.02), ry: ry + 0.02 },
-            heart: (0.555 + j(rng, 0.01), 0.6 + j(rng, 0.015), 0.13 + j(rng, 0.01), 0.1 + j(rng, 0.01)),
-            heart_lat: (0.37 + j(rng, 0.02), 0.62 + j(rng, 0.015), 0.15 + j(rng, 0.01), 0.13 + j(rng, 0.01)),
+            right: Lung {
+                cx: 0.3 + j(rng, 0.015),
+                cy,
+                rx: 0.16 + j(rng, 0.01),
+                ry,
+            },
+            left: Lung {
+                cx: 0.7 + j(rng, 0.015),
+                cy: cy + 0.01,
+                rx: 0.155 + j(rng, 0.01),
+                ry: ry - 0.01,
+            },
+            lateral: Lung {
+                cx: 0.52 + j(rng, 0.02),
+                cy: cy + 0.01,
+                rx: 0.29 + j(rng, 0.02),
+                ry: ry + 0.02,
+            },
+            heart: (
+                0.555 + j(rng, 0.01),
+                0.6 + j(rng, 0.015),
+                0.13 + j(rng, 0.01),
+                0.1 + j(rng, 0.01),
+            ),
+            heart_lat: (
+                0.37 + j(rng, 0.02),
+                0.62 + j(rng, 0.015),
+                0.15 + j(rng, 0.01),
+                0.13 + j(rng, 0.01),
+            ),
             med_half_width: 0.055 + j(rng, 0.008),
             rib_period: 0.075 + j(rng, 0.006),
             rib_phase: rng.random_range(0.0..1.0),
@@ -94,13 +119,26 @@ pub(crate) enum Shape {
     Pneumothorax { left: bool, depth: f32 },
     /// A soft blob: consolidation, opacity, nodule. `sharp` near 1 gives a
     /// well-defined edge (nodule), near 0 a hazy one; `patchy` mixes in noise.
-    Blob { cx: f32, cy: f32, rx: f32, ry: f32, peak: f32, sharp: f32, patchy: f32 },
+    Blob {
+        cx: f32,
+        cy: f32,
+        rx: f32,
+        ry: f32,
+        peak: f32,
+        sharp: f32,
+        patchy: f32,
+    },
     /// A bright thin polyline: tubes and catheters (`width` in normalised units).
     Tube { points: Vec<(f32, f32)>, width: f32 },
     /// Bilateral perihilar haze centred on the hila.
     Edema { spread: f32 },
     /// A band (plate-like atelectasis) between two points.
-    Band { a: (f32, f32), b: (f32, f32), half: f32, peak: f32 },
+    Band {
+        a: (f32, f32),
+        b: (f32, f32),
+        half: f32,
+        peak: f32,
+    },
     /// Thickened pleura along the lateral wall of one lung.
     Thickening { left: bool, thick: f32 },
 }
@@ -149,7 +187,9 @@ struct ValueNoise {
 
 impl ValueNoise {
     fn new(seed: u64, n: usize) -> ValueNoise {
-        let grid = (0..(n + 1) * (n + 1)).map(|i| hash_unit(seed, i as u64)).collect();
+        let grid = (0..(n + 1) * (n + 1))
+            .map(|i| hash_unit(seed, i as u64))
+            .collect();
         ValueNoise { n, grid }
     }
     #[inline]
@@ -181,7 +221,11 @@ fn seg_dist(p: (f32, f32), a: (f32, f32), b: (f32, f32), aspect: f32) -> f32 {
     let (bx, by) = (b.0 * aspect, b.1);
     let (dx, dy) = (bx - ax, by - ay);
     let len2 = dx * dx + dy * dy;
-    let t = if len2 > 0.0 { (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
+    let t = if len2 > 0.0 {
+        (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let (qx, qy) = (ax + t * dx - px, ay + t * dy - py);
     (qx * qx + qy * qy).sqrt()
 }
@@ -193,7 +237,10 @@ struct BoxAcc {
 
 impl BoxAcc {
     fn new() -> BoxAcc {
-        BoxAcc { b: [u32::MAX, u32::MAX, 0, 0], any: false }
+        BoxAcc {
+            b: [u32::MAX, u32::MAX, 0, 0],
+            any: false,
+        }
     }
     #[inline]
     fn add(&mut self, x: usize, y: usize) {
@@ -244,8 +291,12 @@ pub(crate) fn render(
             _ => {}
         }
     }
-    let cardio_idx = lesions.iter().position(|l| matches!(l.shape, Shape::Cardiomegaly { .. }));
-    let med_idx = lesions.iter().position(|l| matches!(l.shape, Shape::Mediastinum { .. }));
+    let cardio_idx = lesions
+        .iter()
+        .position(|l| matches!(l.shape, Shape::Cardiomegaly { .. }));
+    let med_idx = lesions
+        .iter()
+        .position(|l| matches!(l.shape, Shape::Mediastinum { .. }));
 
     let (hw, hh) = (width as f32, height as f32);
     for y in 0..height {
@@ -291,7 +342,9 @@ pub(crate) fn render(
                     // Mediastinum: a central band, wider with med_scale above the heart.
                     let top_w = anat.med_half_width * (0.75 + 0.25 * v / 0.5);
                     let mw = |s: f32| if v < 0.56 { top_w * s } else { top_w };
-                    let med_edge = |s: f32| smoothstep(mw(s), mw(s) * 0.8, (u - 0.5).abs()) * smoothstep(0.05, 0.12, v);
+                    let med_edge = |s: f32| {
+                        smoothstep(mw(s), mw(s) * 0.8, (u - 0.5).abs()) * smoothstep(0.05, 0.12, v)
+                    };
                     let med = med_edge(med_scale);
                     if med_scale != 1.0
                         && let Some(mi) = med_idx
@@ -319,13 +372,19 @@ pub(crate) fn render(
                     d += sp * (0.05 + 0.02 * (v * 40.0).sin());
                     // Posterior ribs: curved bands, faint, over the thorax.
                     let lat = (u - 0.5).abs();
-                    let rv = (v - 0.1 - 0.6 * lat * lat + 0.25 * lat - anat.rib_phase * anat.rib_period) / anat.rib_period;
+                    let rv = (v - 0.1 - 0.6 * lat * lat + 0.25 * lat
+                        - anat.rib_phase * anat.rib_period)
+                        / anat.rib_period;
                     let rib = smoothstep(0.55, 0.8, (rv * std::f32::consts::TAU).cos() * 0.5 + 0.5);
                     let thorax = smoothstep(1.15, 0.95, qr.min(ql));
                     d += 0.035 * rib * thorax * (0.4 + 0.6 * lung);
                     // Clavicles.
-                    let cl = seg_dist((u, v), (0.45, 0.17), (0.18, 0.1), aspect)
-                        .min(seg_dist((u, v), (0.55, 0.17), (0.82, 0.1), aspect));
+                    let cl = seg_dist((u, v), (0.45, 0.17), (0.18, 0.1), aspect).min(seg_dist(
+                        (u, v),
+                        (0.55, 0.17),
+                        (0.82, 0.1),
+                        aspect,
+                    ));
                     d += 0.1 * smoothstep(0.018, 0.01, cl);
                 }
                 View::Lateral => {
@@ -357,7 +416,17 @@ pub(crate) fn render(
     }
 
     for (i, l) in lesions.iter().enumerate() {
-        draw_additive(l, anat, view, &mut density, width, height, aspect, &fine, &mut boxes[i]);
+        draw_additive(
+            l,
+            anat,
+            view,
+            &mut density,
+            width,
+            height,
+            aspect,
+            &fine,
+            &mut boxes[i],
+        );
     }
 
     // A lead marker: saturated, so min-max scaling is not a good window.
@@ -369,7 +438,10 @@ pub(crate) fn render(
         }
     }
 
-    Rendered { density, boxes: boxes.iter().map(BoxAcc::get).collect() }
+    Rendered {
+        density,
+        boxes: boxes.iter().map(BoxAcc::get).collect(),
+    }
 }
 
 /// Draws a density-adding lesion over the pixels of its analytic extent.
@@ -391,10 +463,16 @@ fn draw_additive(
     let ext = match &l.shape {
         Shape::Effusion { left, .. } => {
             let lg = lung_of(anat, view, *left);
-            let (c, rx) = if view == View::Lateral { (1.0 - lg.cx, lg.rx) } else { (lg.cx, lg.rx) };
+            let (c, rx) = if view == View::Lateral {
+                (1.0 - lg.cx, lg.rx)
+            } else {
+                (lg.cx, lg.rx)
+            };
             (c - rx * 1.1, lg.cy, c + rx * 1.1, lg.cy + lg.ry * 1.1)
         }
-        Shape::Blob { cx, cy, rx, ry, .. } => (cx - rx * 1.2, cy - ry * 1.2, cx + rx * 1.2, cy + ry * 1.2),
+        Shape::Blob { cx, cy, rx, ry, .. } => {
+            (cx - rx * 1.2, cy - ry * 1.2, cx + rx * 1.2, cy + ry * 1.2)
+        }
         Shape::Tube { points, width: w } => {
             let (mut a, mut b, mut c, mut d) = (1f32, 1f32, 0f32, 0f32);
             for p in points {
@@ -409,14 +487,24 @@ fn draw_additive(
             View::Frontal => (0.15, 0.25, 0.85, 0.3 + spread * 2.2),
             View::Lateral => (0.25, 0.25, 0.75, 0.3 + spread * 2.2),
         },
-        Shape::Band { a, b, half, .. } => {
-            (a.0.min(b.0) - half * 3.0, a.1.min(b.1) - half * 3.0, a.0.max(b.0) + half * 3.0, a.1.max(b.1) + half * 3.0)
-        }
+        Shape::Band { a, b, half, .. } => (
+            a.0.min(b.0) - half * 3.0,
+            a.1.min(b.1) - half * 3.0,
+            a.0.max(b.0) + half * 3.0,
+            a.1.max(b.1) + half * 3.0,
+        ),
         Shape::Thickening { left, .. } => {
             let lg = lung_of(anat, view, *left);
-            (lg.cx - lg.rx * 1.05, lg.cy - lg.ry * 1.05, lg.cx + lg.rx * 1.05, lg.cy + lg.ry * 0.6)
+            (
+                lg.cx - lg.rx * 1.05,
+                lg.cy - lg.ry * 1.05,
+                lg.cx + lg.rx * 1.05,
+                lg.cy + lg.ry * 0.6,
+            )
         }
-        Shape::Cardiomegaly { .. } | Shape::Mediastinum { .. } | Shape::Pneumothorax { .. } => return,
+        Shape::Cardiomegaly { .. } | Shape::Mediastinum { .. } | Shape::Pneumothorax { .. } => {
+            return;
+        }
     };
     let x0 = ((ext.0.max(0.0)) * hw) as usize;
     let x1 = (((ext.2.min(1.0)) * hw).ceil() as usize).min(width);
@@ -435,13 +523,26 @@ fn draw_additive(
                             (lg.q(u, v), ((u - lg.cx) / lg.rx * s).clamp(0.0, 1.0))
                         }
                         // On a lateral the fluid collects posteriorly (image right).
-                        View::Lateral => (lg.q(1.0 - u, v), ((u - (1.0 - lg.cx)) / lg.rx).clamp(0.0, 1.0)),
+                        View::Lateral => (
+                            lg.q(1.0 - u, v),
+                            ((u - (1.0 - lg.cx)) / lg.rx).clamp(0.0, 1.0),
+                        ),
                     };
-                    let surface = lg.cy + lg.ry * (1.0 - 2.0 * level) - 0.35 * lg.ry * lateral * lateral;
-                    let fluid = smoothstep(surface - 0.01, surface + 0.025, v) * smoothstep(1.0, 0.86, q);
+                    let surface =
+                        lg.cy + lg.ry * (1.0 - 2.0 * level) - 0.35 * lg.ry * lateral * lateral;
+                    let fluid =
+                        smoothstep(surface - 0.01, surface + 0.025, v) * smoothstep(1.0, 0.86, q);
                     0.4 * fluid
                 }
-                Shape::Blob { cx, cy, rx, ry, peak, sharp, patchy } => {
+                Shape::Blob {
+                    cx,
+                    cy,
+                    rx,
+                    ry,
+                    peak,
+                    sharp,
+                    patchy,
+                } => {
                     let r2 = ((u - cx) / rx).powi(2) + ((v - cy) / ry).powi(2);
                     let r = r2.sqrt() + 0.25 * patchy * tex.at(u * 1.7, v * 1.7);
                     let inner = 1.0 - 0.9 * sharp;
@@ -465,11 +566,14 @@ fn draw_additive(
                     };
                     let mut h = 0.0f32;
                     for &(hx, hy) in hila {
-                        let r2 = ((u - hx) / (spread * 0.9)).powi(2) + ((v - hy) / (spread * 1.3)).powi(2);
+                        let r2 = ((u - hx) / (spread * 0.9)).powi(2)
+                            + ((v - hy) / (spread * 1.3)).powi(2);
                         h = h.max((-r2).exp());
                     }
                     let in_lung = match view {
-                        View::Frontal => smoothstep(1.0, 0.8, anat.right.q(u, v).min(anat.left.q(u, v))),
+                        View::Frontal => {
+                            smoothstep(1.0, 0.8, anat.right.q(u, v).min(anat.left.q(u, v)))
+                        }
                         View::Lateral => smoothstep(1.0, 0.8, anat.lateral.q(1.0 - u, v)),
                     };
                     0.24 * h * in_lung * (1.0 + 0.4 * tex.at(u * 2.3, v * 2.3))
@@ -483,7 +587,11 @@ fn draw_additive(
                     let q = lg.q(u, v);
                     let s = if *left { 1.0 } else { -1.0 };
                     let lateral = ((u - lg.cx) / lg.rx * s).max(-0.2);
-                    let rim = smoothstep((1.0 - thick).powi(2) - 0.02, (1.0 - thick).powi(2) + 0.02, q) * smoothstep(1.08, 0.98, q);
+                    let rim = smoothstep(
+                        (1.0 - thick).powi(2) - 0.02,
+                        (1.0 - thick).powi(2) + 0.02,
+                        q,
+                    ) * smoothstep(1.08, 0.98, q);
                     0.3 * rim * smoothstep(-0.2, 0.3, lateral.max((lg.cy - v) / lg.ry))
                 }
                 _ => 0.0,
@@ -517,7 +625,10 @@ mod tests {
         let anat = Anatomy::random(&mut rng);
         let les = vec![Lesion {
             class: 9,
-            shape: Shape::Effusion { left: false, level: 0.35 },
+            shape: Shape::Effusion {
+                left: false,
+                level: 0.35,
+            },
             amp: 1.0,
         }];
         let a = render(&anat, View::Frontal, &les, 128, 128, 7);

@@ -141,14 +141,23 @@ pub(crate) fn build_report(findings: &[Finding], portable: bool, rng: &mut ChaCh
     let mut findings_text: Vec<String> = pos_sentences.clone();
     findings_text.extend(negs.iter().cloned());
     if rng.random_bool(0.5) {
-        findings_text.push(fillers.choose(rng).map(|s| s.to_string()).unwrap_or_default());
+        findings_text.push(
+            fillers
+                .choose(rng)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
     }
     let impression: Vec<String> = if !abnormal {
         let mut v = vec!["No acute cardiopulmonary process.".to_string()];
         v.extend(pos_sentences.iter().cloned());
         v
     } else if pos_sentences.len() > 1 {
-        pos_sentences.iter().enumerate().map(|(i, s)| format!("{}. {s}", i + 1)).collect()
+        pos_sentences
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{}. {s}", i + 1))
+            .collect()
     } else {
         pos_sentences.clone()
     };
@@ -183,22 +192,30 @@ pub(crate) fn build_report(findings: &[Finding], portable: bool, rng: &mut ChaCh
     let comparison = ["___", "None.", "Chest radiograph from ___."][rng.random_range(0..3)];
     let indication = INDICATIONS[rng.random_range(0..INDICATIONS.len())];
     let mut entities = Vec::new();
-    let section = |lines: &mut Vec<String>, header: &str, body: &[String], entities: &mut Vec<String>| {
-        lines.push(format!(" {header}: "));
-        lines.push(" ".into());
-        // Numbered impressions put each item on its own line, as radiologists do.
-        if body.first().is_some_and(|s| s.starts_with("1. ")) {
-            for item in body {
-                lines.extend(wrap(&strip_marks(item, entities)));
+    let section =
+        |lines: &mut Vec<String>, header: &str, body: &[String], entities: &mut Vec<String>| {
+            lines.push(format!(" {header}: "));
+            lines.push(" ".into());
+            // Numbered impressions put each item on its own line, as radiologists do.
+            if body.first().is_some_and(|s| s.starts_with("1. ")) {
+                for item in body {
+                    lines.extend(wrap(&strip_marks(item, entities)));
+                }
+            } else {
+                lines.extend(wrap(&strip_marks(&body.join("  "), entities)));
             }
-        } else {
-            lines.extend(wrap(&strip_marks(&body.join("  "), entities)));
-        }
-        lines.push(" ".into());
-    };
+            lines.push(" ".into());
+        };
     match layout {
         "free-text" => {
-            lines.push(format!(" {} OF ___", if portable { "PORTABLE CHEST" } else { "CHEST RADIOGRAPHS" }));
+            lines.push(format!(
+                " {} OF ___",
+                if portable {
+                    "PORTABLE CHEST"
+                } else {
+                    "CHEST RADIOGRAPHS"
+                }
+            ));
             lines.push(" ".into());
             lines.extend(wrap(&format!("COMPARISON:  {comparison}")));
             lines.push(" ".into());
@@ -249,7 +266,11 @@ pub(crate) fn build_report(findings: &[Finding], portable: bool, rng: &mut ChaCh
     }
     let mut text = lines.join("\n");
     text.push('\n');
-    Report { text, entities, layout }
+    Report {
+        text,
+        entities,
+        layout,
+    }
 }
 
 #[cfg(test)]

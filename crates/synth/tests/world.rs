@@ -9,7 +9,14 @@ use dicom_pixeldata::PixelDecoder;
 use synth::{MimicFormat, SynthConfig, generate};
 
 fn cfg(seed: u64) -> SynthConfig {
-    SynthConfig { studies: 30, padchest_images: 12, seed, size: 96, mimic_format: MimicFormat::Both, faults: false }
+    SynthConfig {
+        studies: 30,
+        padchest_images: 12,
+        seed,
+        size: 96,
+        mimic_format: MimicFormat::Both,
+        faults: false,
+    }
 }
 
 fn all_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -21,7 +28,10 @@ fn all_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -30,25 +40,40 @@ fn all_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 fn gz_text(p: &Path) -> String {
     let mut s = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()).read_to_string(&mut s).unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap())
+        .read_to_string(&mut s)
+        .unwrap();
     s
 }
 
 fn csv_rows(p: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = gz_text(p);
-    let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let header = r.headers().unwrap().iter().map(String::from).collect();
-    let rows = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
     (header, rows)
 }
 
 #[test]
 fn same_seed_gives_identical_bytes_and_another_seed_differs() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     generate(a.path(), &cfg(1)).unwrap();
     generate(b.path(), &cfg(1)).unwrap();
     generate(c.path(), &cfg(2)).unwrap();
-    let (fa, fb, fc) = (all_files(a.path()), all_files(b.path()), all_files(c.path()));
+    let (fa, fb, fc) = (
+        all_files(a.path()),
+        all_files(b.path()),
+        all_files(c.path()),
+    );
     assert!(fa.len() > 50);
     assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
     for (k, v) in &fa {
@@ -57,12 +82,20 @@ fn same_seed_gives_identical_bytes_and_another_seed_differs() {
     assert_ne!(fa.keys().collect::<Vec<_>>(), fc.keys().collect::<Vec<_>>());
     // Regenerating into a previous world replaces it.
     generate(a.path(), &cfg(2)).unwrap();
-    assert_eq!(all_files(a.path()).keys().collect::<Vec<_>>(), fc.keys().collect::<Vec<_>>());
+    assert_eq!(
+        all_files(a.path()).keys().collect::<Vec<_>>(),
+        fc.keys().collect::<Vec<_>>()
+    );
 }
 
 fn is_hex_id(s: &str) -> bool {
     let g: Vec<&str> = s.split('-').collect();
-    g.len() == 5 && g.iter().all(|x| x.len() == 8 && x.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    g.len() == 5
+        && g.iter().all(|x| {
+            x.len() == 8
+                && x.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
 }
 
 fn is_id(s: &str, first: char) -> bool {
@@ -91,7 +124,10 @@ fn formats_match_the_real_releases() {
             assert_eq!(h[2..], classes[..]);
             for r in rows {
                 for v in &r[2..] {
-                    assert!(["", "1.0", "0.0", "-1.0"].contains(&v.as_str()), "label {v}");
+                    assert!(
+                        ["", "1.0", "0.0", "-1.0"].contains(&v.as_str()),
+                        "label {v}"
+                    );
                 }
             }
         }
@@ -100,7 +136,13 @@ fn formats_match_the_real_releases() {
             assert!(is_id(&r[1], '1') && is_id(&r[2], '5'));
             assert!(["PA", "AP", "LATERAL", "LL", ""].contains(&r[4].as_str()));
             let ext = if m == "mimic-cxr" { "dcm" } else { "jpg" };
-            let p = mroot.join(format!("files/p{}/p{}/s{}/{}.{ext}", &r[1][..2], r[1], r[2], r[0]));
+            let p = mroot.join(format!(
+                "files/p{}/p{}/s{}/{}.{ext}",
+                &r[1][..2],
+                r[1],
+                r[2],
+                r[0]
+            ));
             let (rows, cols): (u32, u32) = (r[5].parse().unwrap(), r[6].parse().unwrap());
             if ext == "dcm" {
                 let obj = dicom_object::open_file(&p).unwrap();
@@ -121,7 +163,10 @@ fn formats_match_the_real_releases() {
         // Split is per subject.
         let mut by_subject: HashMap<String, String> = HashMap::new();
         for r in &split {
-            assert_eq!(by_subject.entry(r[2].clone()).or_insert(r[3].clone()), &r[3]);
+            assert_eq!(
+                by_subject.entry(r[2].clone()).or_insert(r[3].clone()),
+                &r[3]
+            );
         }
     }
     let (h, rows) = csv_rows(&root.join("padchest").join(synth::files::PADCHEST_CSV));
@@ -132,7 +177,11 @@ fn formats_match_the_real_releases() {
     for r in rows {
         assert_eq!(r.len(), 36);
         assert!(r[1].ends_with(".png"));
-        assert!(r[31].starts_with("['") && r[31].ends_with("']"), "Labels {}", r[31]);
+        assert!(
+            r[31].starts_with("['") && r[31].ends_with("']"),
+            "Labels {}",
+            r[31]
+        );
         assert!(!r[34].contains(','), "labelCUIS {}", r[34]);
         let img = image::open(root.join("padchest").join(&r[2]).join(&r[1])).unwrap();
         assert_eq!(img.color(), image::ColorType::L16);
@@ -175,16 +224,32 @@ fn labels_agree_with_report_sentences_and_lesions() {
     let mroot = root.join("mimic-cxr");
     let (h, rows) = csv_rows(&mroot.join("mimic-cxr-2.0.0-chexpert.csv.gz"));
     let mut lesions: HashMap<String, Vec<String>> = HashMap::new();
-    for l in std::fs::read_to_string(root.join("lesions.jsonl")).unwrap().lines() {
+    for l in std::fs::read_to_string(root.join("lesions.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         for x in v["lesions"].as_array().unwrap() {
-            lesions.entry(v["study_id"].as_str().unwrap().into()).or_default().push(x["class"].as_str().unwrap().into());
+            lesions
+                .entry(v["study_id"].as_str().unwrap().into())
+                .or_default()
+                .push(x["class"].as_str().unwrap().into());
         }
     }
     let mut checked = 0;
     for r in rows {
-        let text = std::fs::read_to_string(mroot.join(format!("files/p{}/p{}/s{}.txt", &r[0][..2], r[0], r[1]))).unwrap();
-        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let text = std::fs::read_to_string(mroot.join(format!(
+            "files/p{}/p{}/s{}.txt",
+            &r[0][..2],
+            r[0],
+            r[1]
+        )))
+        .unwrap();
+        let flat = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         let sentences: Vec<&str> = flat.split(". ").collect();
         let study_lesions = lesions.get(&r[1]).cloned().unwrap_or_default();
         for (i, class) in h.iter().enumerate().skip(2) {
@@ -192,22 +257,41 @@ fn labels_agree_with_report_sentences_and_lesions() {
             if kw.is_empty() {
                 continue;
             }
-            let mentions: Vec<&&str> = sentences.iter().filter(|s| kw.iter().any(|k| s.contains(k))).collect();
+            let mentions: Vec<&&str> = sentences
+                .iter()
+                .filter(|s| kw.iter().any(|k| s.contains(k)))
+                .collect();
             let neg = |s: &&&str| NEG.iter().any(|c| s.contains(c));
             let unc = |s: &&&str| UNC.iter().any(|c| s.contains(c));
             let has_lesion = study_lesions.iter().any(|x| x == class);
             match r[i].as_str() {
                 "1.0" => {
-                    assert!(mentions.iter().any(|s| !neg(s) && !unc(s)), "{} {class}=1 but no positive sentence in {flat}", r[1]);
+                    assert!(
+                        mentions.iter().any(|s| !neg(s) && !unc(s)),
+                        "{} {class}=1 but no positive sentence in {flat}",
+                        r[1]
+                    );
                     assert!(has_lesion, "{} {class}=1 but no lesion", r[1]);
                 }
                 "0.0" => {
-                    assert!(mentions.iter().all(neg) && !mentions.is_empty(), "{} {class}=0: {mentions:?}", r[1]);
+                    assert!(
+                        mentions.iter().all(neg) && !mentions.is_empty(),
+                        "{} {class}=0: {mentions:?}",
+                        r[1]
+                    );
                     assert!(!has_lesion);
                 }
-                "-1.0" => assert!(!mentions.is_empty() && mentions.iter().all(unc), "{} {class}=-1: {mentions:?}", r[1]),
+                "-1.0" => assert!(
+                    !mentions.is_empty() && mentions.iter().all(unc),
+                    "{} {class}=-1: {mentions:?}",
+                    r[1]
+                ),
                 _ => {
-                    assert!(mentions.is_empty(), "{} {class} empty but mentioned: {mentions:?}", r[1]);
+                    assert!(
+                        mentions.is_empty(),
+                        "{} {class} empty but mentioned: {mentions:?}",
+                        r[1]
+                    );
                     assert!(!has_lesion);
                 }
             }
@@ -221,22 +305,48 @@ fn labels_agree_with_report_sentences_and_lesions() {
 fn sidecar_text_is_the_ingest_training_text_and_spans_fit() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    generate(root, &SynthConfig { mimic_format: MimicFormat::Dicom, ..cfg(6) }).unwrap();
+    generate(
+        root,
+        &SynthConfig {
+            mimic_format: MimicFormat::Dicom,
+            ..cfg(6)
+        },
+    )
+    .unwrap();
     let mroot = root.join("mimic-cxr");
     let (_, meta) = csv_rows(&mroot.join("mimic-cxr-2.0.0-metadata.csv.gz"));
-    let subject_of: HashMap<&str, &str> = meta.iter().map(|r| (r[2].as_str(), r[1].as_str())).collect();
+    let subject_of: HashMap<&str, &str> = meta
+        .iter()
+        .map(|r| (r[2].as_str(), r[1].as_str()))
+        .collect();
     let mut n = 0;
-    for l in std::fs::read_to_string(mroot.join("ner_sidecar.jsonl")).unwrap().lines() {
+    for l in std::fs::read_to_string(mroot.join("ner_sidecar.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         let study = v["study_id"].as_str().unwrap();
         let subj = subject_of[study];
-        let report = std::fs::read_to_string(mroot.join(format!("files/p{}/p{subj}/s{study}.txt", &subj[..2]))).unwrap();
-        let t = ingest::report::training_text(&ingest::report::parse_report(&report), &ingest::report::DEFAULT_SECTIONS).unwrap();
+        let report = std::fs::read_to_string(
+            mroot.join(format!("files/p{}/p{subj}/s{study}.txt", &subj[..2])),
+        )
+        .unwrap();
+        let t = ingest::report::training_text(
+            &ingest::report::parse_report(&report),
+            &ingest::report::DEFAULT_SECTIONS,
+        )
+        .unwrap();
         assert_eq!(v["text"].as_str().unwrap(), t);
         let chars: Vec<char> = t.chars().collect();
         for e in v["entities"].as_array().unwrap() {
-            let (s, e2) = (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize);
-            assert_eq!(chars[s..e2].iter().collect::<String>(), e["text"].as_str().unwrap());
+            let (s, e2) = (
+                e["start"].as_u64().unwrap() as usize,
+                e["end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                chars[s..e2].iter().collect::<String>(),
+                e["text"].as_str().unwrap()
+            );
             assert_eq!(e["label"], "ENTITY");
             n += 1;
         }
@@ -248,8 +358,17 @@ fn sidecar_text_is_the_ingest_training_text_and_spans_fit() {
 fn faults_are_injected_and_listed_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let s = generate(root, &SynthConfig { faults: true, mimic_format: MimicFormat::Dicom, ..cfg(8) }).unwrap();
-    let listed: Vec<synth::Fault> = serde_json::from_str(&std::fs::read_to_string(root.join("faults.json")).unwrap()).unwrap();
+    let s = generate(
+        root,
+        &SynthConfig {
+            faults: true,
+            mimic_format: MimicFormat::Dicom,
+            ..cfg(8)
+        },
+    )
+    .unwrap();
+    let listed: Vec<synth::Fault> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("faults.json")).unwrap()).unwrap();
     assert_eq!(listed, s.faults);
     let kinds: Vec<&str> = listed.iter().map(|f| f.kind.as_str()).collect();
     for k in [
@@ -270,7 +389,9 @@ fn faults_are_injected_and_listed_when_asked() {
         match f.kind.as_str() {
             "missing_image" | "missing_report" | "missing_png" => assert!(!p.exists()),
             "truncated_dicom" | "garbage_pixel_data" => {
-                let ok = dicom_object::open_file(&p).ok().is_some_and(|o| o.decode_pixel_data().is_ok());
+                let ok = dicom_object::open_file(&p)
+                    .ok()
+                    .is_some_and(|o| o.decode_pixel_data().is_ok());
                 assert!(!ok, "{} still decodes", f.path);
             }
             "unreadable_png" => assert!(image::open(&p).is_err()),

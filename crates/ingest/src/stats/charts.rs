@@ -69,7 +69,10 @@ pub(super) fn draw_all(
         Ok::<_, StatsError>(())
     };
     for (source, counts) in &stats.labels {
-        if counts.iter().any(|c| c.positive + c.negative + c.uncertain + c.other > 0) {
+        if counts
+            .iter()
+            .any(|c| c.positive + c.negative + c.uncertain + c.other > 0)
+        {
             let title = format!("CheXpert labels, {source} rows");
             save(label_chart(source), &|p| stacked_labels(p, &title, counts))?;
         }
@@ -88,13 +91,32 @@ pub(super) fn draw_all(
     if text.reports > 0 {
         let h = &text.chars_histogram;
         save(REPORT_CHARS.into(), &|p| {
-            vertical_bars(p, "Report length", "characters", h.start, h.width, &h.counts, None)
+            vertical_bars(
+                p,
+                "Report length",
+                "characters",
+                h.start,
+                h.width,
+                &h.counts,
+                None,
+            )
         })?;
     }
     if text.tokens.count > 0 {
-        let mark = (text.context_length as usize, "fills the context (77 tokens)");
+        let mark = (
+            text.context_length as usize,
+            "fills the context (77 tokens)",
+        );
         save(REPORT_TOKENS.into(), &|p| {
-            vertical_bars(p, "Report length", "tokens", 0, 1, &text.tokens_per_length, Some(mark))
+            vertical_bars(
+                p,
+                "Report length",
+                "tokens",
+                0,
+                1,
+                &text.tokens_per_length,
+                Some(mark),
+            )
         })?;
     }
     if stats.entities.reports > 0 {
@@ -135,7 +157,10 @@ fn render(
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
         draw(&root)
             .and_then(|()| root.present().map_err(Into::into))
-            .map_err(|e| StatsError::Chart { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| StatsError::Chart {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
     }
     image::save_buffer_with_format(
         path,
@@ -145,7 +170,10 @@ fn render(
         image::ExtendedColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .map_err(|source| StatsError::Png { path: path.to_path_buf(), source })
+    .map_err(|source| StatsError::Png {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn style(size: u32) -> TextStyle<'static> {
@@ -187,7 +215,11 @@ fn horizontal_bars(
     const MAX_LABEL: usize = 40;
     let n = items.len();
     let max = items.iter().map(|f| f.count).max().unwrap_or(0).max(1);
-    let longest = items.iter().map(|f| f.value.chars().count().min(MAX_LABEL)).max().unwrap_or(0);
+    let longest = items
+        .iter()
+        .map(|f| f.value.chars().count().min(MAX_LABEL))
+        .max()
+        .unwrap_or(0);
     let label_area = (longest as u32 * 8 + 24).clamp(60, 360);
     let height = 110 + 24 * n as u32;
     render(path, (900, height), |root| {
@@ -218,7 +250,10 @@ fn horizontal_bars(
         chart.draw_series(items.iter().enumerate().map(|(i, f)| {
             let y = n - 1 - i;
             let mut bar = Rectangle::new(
-                [(0, SegmentValue::Exact(y)), (f.count, SegmentValue::Exact(y + 1))],
+                [
+                    (0, SegmentValue::Exact(y)),
+                    (f.count, SegmentValue::Exact(y + 1)),
+                ],
                 BAR.filled(),
             );
             bar.set_margin(3, 3, 0, 0);
@@ -248,7 +283,10 @@ fn stacked_labels(path: &Path, title: &str, counts: &[LabelCounts]) -> Result<()
     let n = counts.len();
     render(path, (1000, 150 + 30 * n as u32), |root| {
         let (top, body) = root.split_vertically(40);
-        legend(&top, &parts.map(|(name, colour, _)| (name.to_string(), colour)))?;
+        legend(
+            &top,
+            &parts.map(|(name, colour, _)| (name.to_string(), colour)),
+        )?;
         let mut chart = ChartBuilder::on(&body)
             .caption(title, style(22))
             .margin(14)
@@ -277,11 +315,16 @@ fn stacked_labels(path: &Path, title: &str, counts: &[LabelCounts]) -> Result<()
             chart.draw_series(counts.iter().enumerate().map(|(i, c)| {
                 let total = parts.iter().map(|p| p.2(c)).sum::<u64>().max(1) as f64;
                 let before: u64 = parts[..k].iter().map(|p| p.2(c)).sum();
-                let (x0, x1) =
-                    (100.0 * before as f64 / total, 100.0 * (before + value(c)) as f64 / total);
+                let (x0, x1) = (
+                    100.0 * before as f64 / total,
+                    100.0 * (before + value(c)) as f64 / total,
+                );
                 let y = n - 1 - i;
                 let mut bar = Rectangle::new(
-                    [(x0, SegmentValue::Exact(y)), (x1, SegmentValue::Exact(y + 1))],
+                    [
+                        (x0, SegmentValue::Exact(y)),
+                        (x1, SegmentValue::Exact(y + 1)),
+                    ],
                     colour.filled(),
                 );
                 bar.set_margin(4, 4, 0, 0);
@@ -330,13 +373,23 @@ fn vertical_bars(
             .label_style(style(14))
             .axis_desc_style(style(15))
             .draw()?;
-        chart.draw_series(counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, &n)| {
-            let x0 = start + width * i as i64;
-            let colour = if mark.is_some_and(|(bin, _)| bin == i) { HIGHLIGHT } else { BAR };
-            let mut bar = Rectangle::new([(x0, 0), (x0 + width, n)], colour.filled());
-            bar.set_margin(0, 0, 1, 1);
-            bar
-        }))?;
+        chart.draw_series(
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, &n)| {
+                    let x0 = start + width * i as i64;
+                    let colour = if mark.is_some_and(|(bin, _)| bin == i) {
+                        HIGHLIGHT
+                    } else {
+                        BAR
+                    };
+                    let mut bar = Rectangle::new([(x0, 0), (x0 + width, n)], colour.filled());
+                    bar.set_margin(0, 0, 1, 1);
+                    bar
+                }),
+        )?;
         Ok(())
     })
 }
@@ -364,8 +417,22 @@ fn image_sizes(path: &Path, detail: &Detail) -> Result<(), StatsError> {
         let (top, body) = root.split_vertically(40);
         legend(&top, &colours)?;
         let (left, right) = body.split_horizontally(550);
-        scatter(&left, "Original size", "columns", "rows", &detail.orig_sizes, &colours)?;
-        scatter(&right, "Stored size", "width", "height", &detail.stored_sizes, &colours)
+        scatter(
+            &left,
+            "Original size",
+            "columns",
+            "rows",
+            &detail.orig_sizes,
+            &colours,
+        )?;
+        scatter(
+            &right,
+            "Stored size",
+            "width",
+            "height",
+            &detail.stored_sizes,
+            &colours,
+        )
     })
 }
 
@@ -394,7 +461,10 @@ fn scatter(
         .axis_desc_style(style(14))
         .draw()?;
     for (source, points) in sizes {
-        let colour = colours.iter().find(|(name, _)| name == source).map_or(BAR, |c| c.1);
+        let colour = colours
+            .iter()
+            .find(|(name, _)| name == source)
+            .map_or(BAR, |c| c.1);
         chart.draw_series(points.iter().map(|(&(w, h), &n)| {
             let radius = (2.0 + 1.5 * (n as f64).ln()).min(12.0) as u32;
             Circle::new((w, h), radius, colour.mix(0.6).filled())
@@ -413,7 +483,12 @@ fn intensity(path: &Path, histograms: &BTreeMap<String, Vec<u64>>) -> Result<(),
             h.iter().map(|&n| 100.0 * n as f64 / total).collect()
         })
         .collect();
-    let max = shares.iter().flatten().copied().fold(0.0, f64::max).max(1e-3);
+    let max = shares
+        .iter()
+        .flatten()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-3);
     render(path, (900, 480), |root| {
         let (top, body) = root.split_vertically(40);
         legend(&top, &colours)?;

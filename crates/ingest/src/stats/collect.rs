@@ -169,16 +169,31 @@ fn column_error(path: &Path, column: &str, reason: impl Into<String>) -> StatsEr
 impl<'a> Columns<'a> {
     fn new(batch: &'a RecordBatch, path: &Path) -> Result<Self, StatsError> {
         let get = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| column_error(path, name, "missing"))
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| column_error(path, name, "missing"))
         };
         let wrong = |name: &str, ty: &str| column_error(path, name, format!("expected type {ty}"));
-        let strings =
-            |name: &str| get(name)?.as_string_opt::<i32>().ok_or_else(|| wrong(name, "Utf8"));
-        let bools = |name: &str| get(name)?.as_boolean_opt().ok_or_else(|| wrong(name, "Boolean"));
-        let ints = |name: &str| {
-            get(name)?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong(name, "Int32"))
+        let strings = |name: &str| {
+            get(name)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong(name, "Utf8"))
         };
-        let lists = |name: &str| get(name)?.as_list_opt::<i32>().ok_or_else(|| wrong(name, "List"));
+        let bools = |name: &str| {
+            get(name)?
+                .as_boolean_opt()
+                .ok_or_else(|| wrong(name, "Boolean"))
+        };
+        let ints = |name: &str| {
+            get(name)?
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| wrong(name, "Int32"))
+        };
+        let lists = |name: &str| {
+            get(name)?
+                .as_list_opt::<i32>()
+                .ok_or_else(|| wrong(name, "List"))
+        };
         Ok(Columns {
             source: strings(col::SOURCE)?,
             image_id: strings(col::IMAGE_ID)?,
@@ -201,7 +216,9 @@ impl<'a> Columns<'a> {
             labels: (0..CHEXPERT_CLASSES.len())
                 .map(|i| {
                     let name = schemas::label_column(i);
-                    get(&name)?.as_primitive_opt::<Int8Type>().ok_or_else(|| wrong(&name, "Int8"))
+                    get(&name)?
+                        .as_primitive_opt::<Int8Type>()
+                        .ok_or_else(|| wrong(&name, "Int8"))
                 })
                 .collect::<Result<_, _>>()?,
         })
@@ -320,7 +337,10 @@ impl Accumulator {
             },
             _ => io(path, source),
         })?;
-        let parquet = |source| StatsError::Parquet { path: path.to_path_buf(), source };
+        let parquet = |source| StatsError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
         // Root indices of the Arrow schema are the root indices of the Parquet
         // schema it was derived from, so the mask selects whole columns,
@@ -328,18 +348,28 @@ impl Accumulator {
         let roots = projected_columns()
             .iter()
             .map(|name| {
-                builder.schema().index_of(name).map_err(|_| column_error(path, name, "missing"))
+                builder
+                    .schema()
+                    .index_of(name)
+                    .map_err(|_| column_error(path, name, "missing"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader =
-            builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet)?;
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(parquet)?;
         let mut rows = 0;
         let mut foreign = 0;
         for batch in reader {
             let batch = batch.map_err(|e| parquet(e.into()))?;
             let cols = Columns::new(&batch, path)?;
-            foreign += cols.source.iter().filter(|s| *s != Some(expected_source)).count() as u64;
+            foreign += cols
+                .source
+                .iter()
+                .filter(|s| *s != Some(expected_source))
+                .count() as u64;
             self.add_batch(&cols, path, encoding);
             rows += batch.num_rows() as u64;
         }
@@ -363,7 +393,10 @@ impl Accumulator {
         self.labels.push(
             CHEXPERT_CLASSES
                 .iter()
-                .map(|(class, _)| LabelCounts { class: class.to_string(), ..Default::default() })
+                .map(|(class, _)| LabelCounts {
+                    class: class.to_string(),
+                    ..Default::default()
+                })
                 .collect(),
         );
         self.orig_sizes.push(BTreeMap::new());
@@ -381,12 +414,24 @@ impl Accumulator {
         row_source.clear();
         for row in 0..n {
             // `source` is non-nullable in the schema; a null reads as "".
-            let source = if c.source.is_null(row) { "" } else { c.source.value(row) };
+            let source = if c.source.is_null(row) {
+                ""
+            } else {
+                c.source.value(row)
+            };
             let s = self.source_index(source);
             row_source.push(s);
             self.rows_per_source[s] += 1;
-            let split = if c.split.is_null(row) { "" } else { c.split.value(row) };
-            let view = if c.view.is_null(row) { "" } else { c.view.value(row) };
+            let split = if c.split.is_null(row) {
+                ""
+            } else {
+                c.split.value(row)
+            };
+            let view = if c.view.is_null(row) {
+                ""
+            } else {
+                c.view.value(row)
+            };
             self.by_split.bump(split);
             self.by_view.bump(view);
             self.by_source_split[s].bump(split);
@@ -419,7 +464,9 @@ impl Accumulator {
 
     fn add_finding_labels(&mut self, c: &Columns<'_>) {
         let list = c.finding_labels;
-        let Some(values) = list.values().as_string_opt::<i32>() else { return };
+        let Some(values) = list.values().as_string_opt::<i32>() else {
+            return;
+        };
         let offsets = list.value_offsets();
         for row in 0..list.len() {
             if list.is_null(row) {
@@ -441,10 +488,16 @@ impl Accumulator {
         for row in 0..c.text.len() {
             if c.text.is_valid(row) {
                 self.reports += 1;
-                *self.chars.entry(c.text.value(row).chars().count() as i64).or_default() += 1;
+                *self
+                    .chars
+                    .entry(c.text.value(row).chars().count() as i64)
+                    .or_default() += 1;
             }
             if c.token_ids.is_valid(row) {
-                *self.tokens.entry(c.token_ids.value_length(row) as i64).or_default() += 1;
+                *self
+                    .tokens
+                    .entry(c.token_ids.value_length(row) as i64)
+                    .or_default() += 1;
             }
         }
         self.truncated += c.truncated.true_count() as u64;
@@ -453,8 +506,12 @@ impl Accumulator {
     fn add_entities(&mut self, c: &Columns<'_>) {
         let spans = c.entity_spans;
         let fields = spans.values().as_struct_opt().and_then(|s| {
-            let start = s.column_by_name(col::SPAN_START)?.as_primitive_opt::<Int32Type>()?;
-            let end = s.column_by_name(col::SPAN_END)?.as_primitive_opt::<Int32Type>()?;
+            let start = s
+                .column_by_name(col::SPAN_START)?
+                .as_primitive_opt::<Int32Type>()?;
+            let end = s
+                .column_by_name(col::SPAN_END)?
+                .as_primitive_opt::<Int32Type>()?;
             let label = s.column_by_name(col::SPAN_LABEL)?.as_string_opt::<i32>()?;
             Some((start, end, label))
         });
@@ -463,15 +520,21 @@ impl Accumulator {
             if c.text.is_null(row) {
                 continue;
             }
-            let source =
-                if c.entity_source.is_null(row) { "none" } else { c.entity_source.value(row) };
+            let source = if c.entity_source.is_null(row) {
+                "none"
+            } else {
+                c.entity_source.value(row)
+            };
             self.entity_sources.bump(source);
             let (first, last) = if spans.is_valid(row) {
                 (offsets[row] as usize, offsets[row + 1] as usize)
             } else {
                 (0, 0)
             };
-            *self.spans_per_report.entry((last - first) as i64).or_default() += 1;
+            *self
+                .spans_per_report
+                .entry((last - first) as i64)
+                .or_default() += 1;
             let Some((starts, ends, labels)) = fields else {
                 self.invalid_spans += (last - first) as u64;
                 continue;
@@ -497,7 +560,8 @@ impl Accumulator {
                     &text[self.char_starts[start as usize]..self.char_starts[end as usize]];
                 // Count "Effusion" and "effusion " as one entity.
                 self.entity_buf.clear();
-                self.entity_buf.extend(entity.trim().chars().flat_map(char::to_lowercase));
+                self.entity_buf
+                    .extend(entity.trim().chars().flat_map(char::to_lowercase));
                 self.entity_strings.bump(&self.entity_buf);
             }
         }
@@ -573,8 +637,13 @@ impl Accumulator {
             if self.undecodable_examples.len() >= MAX_EXAMPLES {
                 break;
             }
-            let id = if c.image_id.is_null(row) { "?" } else { c.image_id.value(row) };
-            self.undecodable_examples.push(format!("{id} in {}: {reason}", path.display()));
+            let id = if c.image_id.is_null(row) {
+                "?"
+            } else {
+                c.image_id.value(row)
+            };
+            self.undecodable_examples
+                .push(format!("{id} in {}: {reason}", path.display()));
         }
     }
 
@@ -604,8 +673,12 @@ impl Accumulator {
             if line.trim().is_empty() {
                 continue;
             }
-            let reject: Reject = serde_json::from_str(&line)
-                .map_err(|source| StatsError::Reject { path: path.clone(), line: i + 1, source })?;
+            let reject: Reject =
+                serde_json::from_str(&line).map_err(|source| StatsError::Reject {
+                    path: path.clone(),
+                    line: i + 1,
+                    source,
+                })?;
             *by_stage.entry(reject.stage).or_default() += 1;
             self.reject_records += 1;
             *self.reject_stages.entry(reject.stage).or_default() += 1;
@@ -620,14 +693,21 @@ impl Accumulator {
 
     fn finish(mut self) -> (Stats, Detail) {
         if self.undecodable > 0 {
-            self.problems.push(format!("{} images could not be decoded", self.undecodable));
+            self.problems
+                .push(format!("{} images could not be decoded", self.undecodable));
         }
         if self.invalid_spans > 0 {
-            self.problems
-                .push(format!("{} entity spans do not fit their text", self.invalid_spans));
+            self.problems.push(format!(
+                "{} entity spans do not fit their text",
+                self.invalid_spans
+            ));
         }
-        let by_source =
-            self.sources.iter().cloned().zip(self.rows_per_source.iter().copied()).collect();
+        let by_source = self
+            .sources
+            .iter()
+            .cloned()
+            .zip(self.rows_per_source.iter().copied())
+            .collect();
         let mut reasons: Vec<ReasonCount> = self
             .reject_reasons
             .into_iter()
@@ -640,7 +720,10 @@ impl Accumulator {
             .collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.stage.cmp(&b.stage)));
         let per_length = |counts: &ValueCounts| {
-            let len = counts.keys().next_back().map_or(0, |&k| k.max(0) as usize + 1);
+            let len = counts
+                .keys()
+                .next_back()
+                .map_or(0, |&k| k.max(0) as usize + 1);
             let mut v = vec![0; len];
             for (&k, &n) in counts {
                 v[k.max(0) as usize] += n;
@@ -676,7 +759,11 @@ impl Accumulator {
             },
             entities: EntityStats {
                 reports: self.reports,
-                spans: self.spans_per_report.iter().map(|(&k, &n)| k as u64 * n).sum(),
+                spans: self
+                    .spans_per_report
+                    .iter()
+                    .map(|(&k, &n)| k as u64 * n)
+                    .sum(),
                 per_report: summary(&self.spans_per_report),
                 per_report_counts: per_length(&self.spans_per_report),
                 by_source: self.entity_sources,
@@ -726,11 +813,16 @@ fn named<T>(sources: &[String], values: Vec<T>) -> BTreeMap<String, T> {
 
 fn read_manifest(dir: &Path, path: &Path) -> Result<Manifest, StatsError> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => StatsError::MissingManifest { dir: dir.to_path_buf() },
+        std::io::ErrorKind::NotFound => StatsError::MissingManifest {
+            dir: dir.to_path_buf(),
+        },
         _ => io(path, source),
     })?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|source| StatsError::Manifest { path: path.to_path_buf(), source })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|source| StatsError::Manifest {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if manifest.schema_version != schemas::SCHEMA_VERSION {
         return Err(StatsError::SchemaVersion {
             path: path.to_path_buf(),
@@ -765,7 +857,12 @@ struct Pixels {
 
 impl Pixels {
     fn new(sources: usize) -> Self {
-        Pixels { hist: vec![[0; 256]; sources], decoded: 0, pixels: 0, failures: Vec::new() }
+        Pixels {
+            hist: vec![[0; 256]; sources],
+            decoded: 0,
+            pixels: 0,
+            failures: Vec::new(),
+        }
     }
 
     fn merge(mut self, other: Pixels) -> Pixels {
@@ -857,13 +954,19 @@ fn histogram(counts: &ValueCounts, max_bins: i64) -> Histogram {
     for (&v, &n) in counts {
         out[((v - start) / width) as usize] += n;
     }
-    Histogram { start, width, counts: out }
+    Histogram {
+        start,
+        width,
+        counts: out,
+    }
 }
 
 /// The `n` most frequent values, ties broken by value so the list is stable.
 fn top(counts: HashMap<String, u64>, n: usize) -> Vec<Frequency> {
-    let mut all: Vec<Frequency> =
-        counts.into_iter().map(|(value, count)| Frequency { value, count }).collect();
+    let mut all: Vec<Frequency> = counts
+        .into_iter()
+        .map(|(value, count)| Frequency { value, count })
+        .collect();
     all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
     all.truncate(n);
     all
@@ -881,6 +984,9 @@ fn common_sizes(per_source: &[BTreeMap<(i32, i32), u64>]) -> Vec<Frequency> {
     sizes
         .into_iter()
         .take(TOP_SIZES)
-        .map(|((w, h), count)| Frequency { value: format!("{w}×{h}"), count })
+        .map(|((w, h), count)| Frequency {
+            value: format!("{w}×{h}"),
+            count,
+        })
         .collect()
 }

@@ -19,7 +19,10 @@ const REASON_ROWS: usize = 20;
 
 /// The whole report.
 pub(super) fn render(stats: &Stats) -> String {
-    let mut md = Md { out: String::new(), charts: &stats.charts };
+    let mut md = Md {
+        out: String::new(),
+        charts: &stats.charts,
+    };
     md.line("# Shard statistics");
     md.line("");
     problems(&mut md, stats);
@@ -58,7 +61,13 @@ impl Md<'_> {
         rows: impl IntoIterator<Item = [String; N]>,
     ) {
         let _ = writeln!(self.out, "| {} |", head.map(cell).join(" | "));
-        let align = head.map(|h| if h.is_empty() || is_text_column(h) { "---" } else { "---:" });
+        let align = head.map(|h| {
+            if h.is_empty() || is_text_column(h) {
+                "---"
+            } else {
+                "---:"
+            }
+        });
         let _ = writeln!(self.out, "|{}|", align.join("|"));
         for row in rows {
             let _ = writeln!(self.out, "| {} |", row.map(|c| cell(&c)).join(" | "));
@@ -95,7 +104,11 @@ fn cell(s: &str) -> String {
 }
 
 fn pct(part: u64, whole: u64) -> String {
-    if whole == 0 { "–".into() } else { format!("{:.1}%", 100.0 * part as f64 / whole as f64) }
+    if whole == 0 {
+        "–".into()
+    } else {
+        format!("{:.1}%", 100.0 * part as f64 / whole as f64)
+    }
 }
 
 /// Thousands separated by a thin space, so large counts read at a glance.
@@ -162,7 +175,11 @@ fn folders(md: &mut Md<'_>, stats: &Stats) {
             num(f.counts.written),
             num(f.counts.filtered),
             num(f.counts.rejected_total()),
-            if f.reconciles { "yes".into() } else { "**NO**".into() },
+            if f.reconciles {
+                "yes".into()
+            } else {
+                "**NO**".into()
+            },
         ]
     });
     let footer = (stats.folders.len() > 1).then(|| {
@@ -170,12 +187,21 @@ fn folders(md: &mut Md<'_>, stats: &Stats) {
             "**all**".into(),
             String::new(),
             String::new(),
-            stats.folders.iter().map(|f| f.shards).sum::<usize>().to_string(),
+            stats
+                .folders
+                .iter()
+                .map(|f| f.shards)
+                .sum::<usize>()
+                .to_string(),
             num(total.seen),
             num(total.written),
             num(total.filtered),
             num(total.rejected_total()),
-            if stats.folders.iter().all(|f| f.reconciles) { "yes".into() } else { "**NO**".into() },
+            if stats.folders.iter().all(|f| f.reconciles) {
+                "yes".into()
+            } else {
+                "**NO**".into()
+            },
         ]
     });
     md.table(
@@ -223,15 +249,30 @@ fn crosstab(
     );
     let _ = writeln!(md.out, "|---|{}---:|", "---:|".repeat(keys.len()));
     for (source, counts) in by {
-        let cells: Vec<String> =
-            keys.iter().map(|k| num(counts.get(*k).copied().unwrap_or(0))).collect();
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| num(counts.get(*k).copied().unwrap_or(0)))
+            .collect();
         let total: u64 = counts.values().sum();
-        let _ = writeln!(md.out, "| {} | {} | {} |", cell(source), cells.join(" | "), num(total));
+        let _ = writeln!(
+            md.out,
+            "| {} | {} | {} |",
+            cell(source),
+            cells.join(" | "),
+            num(total)
+        );
     }
     if by.len() > 1 {
-        let cells: Vec<String> =
-            keys.iter().map(|k| num(all.get(*k).copied().unwrap_or(0))).collect();
-        let _ = writeln!(md.out, "| **all** | {} | {} |", cells.join(" | "), num(rows));
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| num(all.get(*k).copied().unwrap_or(0)))
+            .collect();
+        let _ = writeln!(
+            md.out,
+            "| **all** | {} | {} |",
+            cells.join(" | "),
+            num(rows)
+        );
     }
     md.out.push('\n');
 }
@@ -263,10 +304,21 @@ fn labels(md: &mut Md<'_>, stats: &Stats) {
             continue;
         }
         let rows = stats.by_source.get(source).copied().unwrap_or(0);
-        let _ = writeln!(md.out, "## CheXpert labels: {source} ({} rows)\n", num(rows));
+        let _ = writeln!(
+            md.out,
+            "## CheXpert labels: {source} ({} rows)\n",
+            num(rows)
+        );
         md.chart(&name);
         md.table(
-            ["class", "positive", "negative", "uncertain", "blank", "% positive"],
+            [
+                "class",
+                "positive",
+                "negative",
+                "uncertain",
+                "blank",
+                "% positive",
+            ],
             counts.iter().map(|c| {
                 [
                     c.class.clone(),
@@ -299,7 +351,13 @@ fn labels(md: &mut Md<'_>, stats: &Stats) {
             num(f.distinct)
         );
         md.chart(FINDING_LABELS);
-        top_table(md, "label", &f.top, f.rows_with_labels, "% of labelled rows");
+        top_table(
+            md,
+            "label",
+            &f.top,
+            f.rows_with_labels,
+            "% of labelled rows",
+        );
     }
 }
 
@@ -307,7 +365,12 @@ fn top_table(md: &mut Md<'_>, what: &str, top: &[Frequency], whole: u64, share: 
     md.table(
         ["#", what, "count", share],
         top.iter().take(TABLE_ROWS).enumerate().map(|(i, f)| {
-            [(i + 1).to_string(), f.value.clone(), num(f.count), pct(f.count, whole)]
+            [
+                (i + 1).to_string(),
+                f.value.clone(),
+                num(f.count),
+                pct(f.count, whole),
+            ]
         }),
     );
 }
@@ -330,7 +393,10 @@ fn text(md: &mut Md<'_>, stats: &Stats) {
     );
     md.table(
         ["measure", "min", "median", "mean", "max"],
-        [summary_row("characters", &t.chars), summary_row("tokens", &t.tokens)],
+        [
+            summary_row("characters", &t.chars),
+            summary_row("tokens", &t.tokens),
+        ],
     );
     md.chart(REPORT_CHARS);
     md.chart(REPORT_TOKENS);
@@ -360,12 +426,16 @@ fn entities(md: &mut Md<'_>, stats: &Stats) {
     }
     md.table(
         ["source", "reports", "share"],
-        e.by_source.iter().map(|(s, &n)| [s.clone(), num(n), pct(n, e.reports)]),
+        e.by_source
+            .iter()
+            .map(|(s, &n)| [s.clone(), num(n), pct(n, e.reports)]),
     );
     if !e.by_label.is_empty() {
         md.table(
             ["label", "spans", "share"],
-            e.by_label.iter().map(|(l, &n)| [l.clone(), num(n), pct(n, e.spans)]),
+            e.by_label
+                .iter()
+                .map(|(l, &n)| [l.clone(), num(n), pct(n, e.spans)]),
         );
     }
     md.chart(ENTITIES_PER_REPORT);
@@ -407,7 +477,12 @@ fn images(md: &mut Md<'_>, stats: &Stats) {
 
     md.line("### Intensities");
     md.line("");
-    let _ = writeln!(md.out, "{} images decoded, {} pixels.\n", num(im.decoded), num(im.pixels));
+    let _ = writeln!(
+        md.out,
+        "{} images decoded, {} pixels.\n",
+        num(im.decoded),
+        num(im.pixels)
+    );
     if im.undecodable > 0 {
         let _ = writeln!(
             md.out,
@@ -424,9 +499,18 @@ fn images(md: &mut Md<'_>, stats: &Stats) {
         im.intensity.iter().map(|(source, h)| {
             let total: u64 = h.iter().sum();
             let sum: u64 = h.iter().enumerate().map(|(v, &n)| v as u64 * n).sum();
-            let mean =
-                if total == 0 { "–".into() } else { format!("{:.1}", sum as f64 / total as f64) };
-            [source.clone(), num(total), mean, pct(h[0], total), pct(h[255], total)]
+            let mean = if total == 0 {
+                "–".into()
+            } else {
+                format!("{:.1}", sum as f64 / total as f64)
+            };
+            [
+                source.clone(),
+                num(total),
+                mean,
+                pct(h[0], total),
+                pct(h[255], total),
+            ]
         }),
     );
     md.chart(INTENSITY);
@@ -449,7 +533,11 @@ fn rejects(md: &mut Md<'_>, stats: &Stats) {
                     stage.name().into(),
                     num(logged),
                     num(counted),
-                    if logged == counted { "yes".into() } else { "**NO**".into() },
+                    if logged == counted {
+                        "yes".into()
+                    } else {
+                        "**NO**".into()
+                    },
                 ]
             })
         }),

@@ -66,7 +66,9 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
     for row in rows {
         match row.tokens {
             Some(n) => {
-                tokens.values().append_slice(&(0..n as i32).collect::<Vec<_>>());
+                tokens
+                    .values()
+                    .append_slice(&(0..n as i32).collect::<Vec<_>>());
                 tokens.append(true);
                 mask.values().append_n(n, false);
                 mask.append(true);
@@ -78,9 +80,15 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
         }
         for &(start, end, label) in row.spans.iter().flatten() {
             let s = spans.values();
-            s.field_builder::<Int32Builder>(0).unwrap().append_value(start);
-            s.field_builder::<Int32Builder>(1).unwrap().append_value(end);
-            s.field_builder::<StringBuilder>(2).unwrap().append_value(label);
+            s.field_builder::<Int32Builder>(0)
+                .unwrap()
+                .append_value(start);
+            s.field_builder::<Int32Builder>(1)
+                .unwrap()
+                .append_value(end);
+            s.field_builder::<StringBuilder>(2)
+                .unwrap()
+                .append_value(label);
             s.append(true);
         }
         spans.append(row.spans.is_some());
@@ -104,9 +112,21 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
     put(col::VIEW, strings(&|r| Some(r.view)));
     put(
         col::PAIRED,
-        Arc::new(rows.iter().map(|r| Some(r.text.is_some())).collect::<BooleanArray>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.text.is_some()))
+                .collect::<BooleanArray>(),
+        ),
     );
-    put(col::IMAGE, Arc::new(images.iter().map(|b| Some(b.as_slice())).collect::<BinaryArray>()));
+    put(
+        col::IMAGE,
+        Arc::new(
+            images
+                .iter()
+                .map(|b| Some(b.as_slice()))
+                .collect::<BinaryArray>(),
+        ),
+    );
     put(col::IMAGE_HEIGHT, ints(&|r| r.image.1 as i32));
     put(col::IMAGE_WIDTH, ints(&|r| r.image.0 as i32));
     // Originals ten times the stored size.
@@ -121,13 +141,18 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
         put(name, strings(&|_| None));
     }
     put(col::TOKEN_IDS, Arc::new(tokens.finish()));
-    put(col::TRUNCATED, Arc::new(rows.iter().map(|r| r.truncated).collect::<BooleanArray>()));
+    put(
+        col::TRUNCATED,
+        Arc::new(rows.iter().map(|r| r.truncated).collect::<BooleanArray>()),
+    );
     put(col::ENTITY_SPANS, Arc::new(spans.finish()));
     put(col::ENTITY_MASK, Arc::new(mask.finish()));
     put(col::ENTITY_SOURCE, strings(&|r| r.entity_source));
     for (i, (_, class)) in CHEXPERT_CLASSES.iter().enumerate() {
-        let values: Int8Array =
-            rows.iter().map(|r| r.labels.iter().find(|(c, _)| c == class).map(|l| l.1)).collect();
+        let values: Int8Array = rows
+            .iter()
+            .map(|r| r.labels.iter().find(|(c, _)| c == class).map(|l| l.1))
+            .collect();
         put(&schemas::label_column(i), Arc::new(values));
     }
     put(col::FINDING_LABELS, Arc::new(findings.finish()));
@@ -135,7 +160,11 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
     let ordered: Vec<ArrayRef> = schema
         .fields()
         .iter()
-        .map(|f| columns.remove(f.name()).unwrap_or_else(|| panic!("fixture lacks {}", f.name())))
+        .map(|f| {
+            columns
+                .remove(f.name())
+                .unwrap_or_else(|| panic!("fixture lacks {}", f.name()))
+        })
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), ordered).unwrap();
     let mut writer =
@@ -162,18 +191,28 @@ fn write_folder(
         tool_version: "test".into(),
         source,
         arguments: serde_json::json!({}),
-        image_policy: ImagePolicy { encoding, ..ImagePolicy::default() },
+        image_policy: ImagePolicy {
+            encoding,
+            ..ImagePolicy::default()
+        },
         tokenizer: None,
         entities: None,
         counts,
-        shards: vec![ShardEntry { file, rows: rows.len() as u64, sha256: String::new() }],
+        shards: vec![ShardEntry {
+            file,
+            rows: rows.len() as u64,
+            sha256: String::new(),
+        }],
     };
     std::fs::write(
         dir.join(schemas::MANIFEST_FILE),
         serde_json::to_string_pretty(&manifest).unwrap(),
     )
     .unwrap();
-    let log: String = rejects.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    let log: String = rejects
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
     std::fs::write(dir.join(REJECTS_FILE), log).unwrap();
 }
 
@@ -252,7 +291,12 @@ fn padchest_rows() -> Vec<Row> {
 }
 
 fn counts(seen: u64, written: u64, filtered: u64, rejected: &[(Stage, u64)]) -> Counts {
-    Counts { seen, written, filtered, rejected: rejected.iter().copied().collect() }
+    Counts {
+        seen,
+        written,
+        filtered,
+        rejected: rejected.iter().copied().collect(),
+    }
 }
 
 fn decode_reject(id: &str, bytes: u32) -> Reject {
@@ -310,7 +354,12 @@ fn report_counts_rows_labels_tokens_entities_and_pixels() {
     };
     let effusion = class("mimic", "pleural_effusion");
     assert_eq!(
-        (effusion.positive, effusion.negative, effusion.uncertain, effusion.blank),
+        (
+            effusion.positive,
+            effusion.negative,
+            effusion.uncertain,
+            effusion.blank
+        ),
         (1, 0, 1, 1)
     );
     let pneumothorax = class("mimic", "pneumothorax");
@@ -322,15 +371,27 @@ fn report_counts_rows_labels_tokens_entities_and_pixels() {
 
     let text = &stats.text;
     assert_eq!(text.reports, 3);
-    assert_eq!((text.chars.min, text.chars.max), (8, TEXT_1.chars().count() as i64));
-    assert_eq!((text.tokens.min, text.tokens.median, text.tokens.max), (6, 12, 77));
+    assert_eq!(
+        (text.chars.min, text.chars.max),
+        (8, TEXT_1.chars().count() as i64)
+    );
+    assert_eq!(
+        (text.tokens.min, text.tokens.median, text.tokens.max),
+        (6, 12, 77)
+    );
     assert_eq!((text.truncated, text.at_context), (1, 1));
     assert_eq!(text.chars_histogram.counts.iter().sum::<u64>(), 3);
 
     let e = &stats.entities;
     assert_eq!((e.spans, e.invalid_spans), (3, 0));
     assert_eq!(e.per_report_counts, vec![1, 1, 1]);
-    assert_eq!(e.top[0], Frequency { value: "effusion".into(), count: 2 });
+    assert_eq!(
+        e.top[0],
+        Frequency {
+            value: "effusion".into(),
+            count: 2
+        }
+    );
     assert_eq!(e.top[1].value, "pneumothorax");
     assert_eq!((e.by_source["sidecar"], e.by_source["lexicon"]), (1, 2));
 
@@ -341,15 +402,26 @@ fn report_counts_rows_labels_tokens_entities_and_pixels() {
     assert_eq!(im.intensity["mimic"].iter().sum::<u64>(), mimic_px);
     assert_eq!(im.intensity["padchest"].iter().sum::<u64>(), padchest_px);
     assert_eq!(
-        (im.intensity["mimic"][10], im.intensity["mimic"][200], im.intensity["mimic"][0]),
+        (
+            im.intensity["mimic"][10],
+            im.intensity["mimic"][200],
+            im.intensity["mimic"][0]
+        ),
         (12, 12, 4)
     );
     assert_eq!(im.intensity["padchest"][255], 9);
-    assert_eq!((im.pixels, im.decoded, im.undecodable), (mimic_px + padchest_px, 5, 0));
+    assert_eq!(
+        (im.pixels, im.decoded, im.undecodable),
+        (mimic_px + padchest_px, 5, 0)
+    );
 
     assert_eq!(stats.rejects.records, 2);
     assert_eq!(stats.rejects.by_stage[&Stage::ImageDecode], 2);
-    assert_eq!(stats.rejects.reasons.len(), 1, "both reasons fall in one group");
+    assert_eq!(
+        stats.rejects.reasons.len(),
+        1,
+        "both reasons fall in one group"
+    );
     assert_eq!(stats.rejects.reasons[0].reason, "pixel data truncated");
 
     let json = std::fs::read_to_string(tmp.path().join("out").join(STATS_JSON)).unwrap();
@@ -372,13 +444,18 @@ fn markdown_embeds_every_chart_and_charts_are_pngs() {
     let mut listed = stats.charts.clone();
     listed.sort();
     assert_eq!(pngs, listed);
-    for name in
-        [charts::label_chart("mimic"), charts::INTENSITY.into(), charts::REPORT_TOKENS.into()]
-    {
+    for name in [
+        charts::label_chart("mimic"),
+        charts::INTENSITY.into(),
+        charts::REPORT_TOKENS.into(),
+    ] {
         assert!(pngs.contains(&name), "{name} not drawn");
     }
     for name in &pngs {
-        assert!(md.contains(&format!("![]({name})")), "stats.md does not show {name}");
+        assert!(
+            md.contains(&format!("![]({name})")),
+            "stats.md does not show {name}"
+        );
         let png = image::open(out.join(name)).unwrap();
         assert!(
             png.width() >= 800 && png.height() >= 150,
@@ -409,9 +486,16 @@ fn counts_that_do_not_reconcile_are_reported_loudly() {
     let out = tmp.path().join("out");
     let stats = write_report(&[dir], &out).unwrap();
     assert!(!stats.folders[0].reconciles);
-    assert!(stats.problems.iter().any(|p| p.contains("seen 9")), "{:?}", stats.problems);
     assert!(
-        stats.problems.iter().any(|p| p.contains("`report` rejects logged")),
+        stats.problems.iter().any(|p| p.contains("seen 9")),
+        "{:?}",
+        stats.problems
+    );
+    assert!(
+        stats
+            .problems
+            .iter()
+            .any(|p| p.contains("`report` rejects logged")),
         "{:?}",
         stats.problems
     );
@@ -426,7 +510,10 @@ fn missing_shard_is_an_error_naming_the_file() {
     let shard = dirs[1].join(schemas::shard_file_name(0));
     std::fs::remove_file(&shard).unwrap();
     let err = write_report(&dirs, &tmp.path().join("out")).unwrap_err();
-    assert!(matches!(&err, StatsError::MissingShard { path, .. } if *path == shard), "{err}");
+    assert!(
+        matches!(&err, StatsError::MissingShard { path, .. } if *path == shard),
+        "{err}"
+    );
     assert!(err.to_string().contains("shard-00000.parquet"), "{err}");
 }
 
@@ -434,14 +521,20 @@ fn missing_shard_is_an_error_naming_the_file() {
 fn folder_without_manifest_is_an_error_naming_the_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let err = write_report(&[tmp.path().to_path_buf()], &tmp.path().join("out")).unwrap_err();
-    assert!(matches!(&err, StatsError::MissingManifest { dir } if dir == tmp.path()), "{err}");
+    assert!(
+        matches!(&err, StatsError::MissingManifest { dir } if dir == tmp.path()),
+        "{err}"
+    );
     assert!(err.to_string().contains("manifest.json"), "{err}");
 }
 
 #[test]
 fn reject_reasons_group_before_the_colon_with_digits_hidden() {
     use super::collect::reason_group;
-    assert_eq!(reason_group("expected 512 pixels, found 3: x"), "expected # pixels, found #");
+    assert_eq!(
+        reason_group("expected 512 pixels, found 3: x"),
+        "expected # pixels, found #"
+    );
     assert_eq!(reason_group("no report file"), "no report file");
     let long = "a".repeat(100);
     assert_eq!(reason_group(&long).chars().count(), 61);
