@@ -71,7 +71,9 @@ for c in sorted(z["classes"], key=lambda c: -(c["auc"] or 0))[:5]:
 p = json.load(open(f"{out}/eval-padchest/zero_shot.json"))["mean_auc"]
 print(f"PadChest zero-shot mean AUC {p['value']:.3f} over {p['classes']} findings")
 shares = dict((s, v) for s, v in m["shares"])
-print(f"lesion patches masked: attmim {shares['att-mim']:.3f} vs random {shares['random']:.3f}")
+cands = dict((s, v) for s, v in m["candidate_shares"])
+print(f"lesion patches masked: attmim {shares['att-mim']:.3f} vs random {shares['random']:.3f} "
+      f"(AttMIM's candidate set at λ1 {m['lambda1']}: {cands['att-mim']:.1%} of the patches)")
 PY
 echo "shards:   $OUT/shards/{mimic,padchest}   stats: $OUT/stats/stats.md"
 echo "run:      $OUT/run (metrics.jsonl, plots/, checkpoints/)"

@@ -551,9 +551,9 @@ fn curves_and_mask_pictures_are_drawn() {
         );
     }
     let out = run_dir.parent().unwrap().join("masks");
-    let printed = run_ok(
-        "train",
-        &[
+    let lesions = f.world.join("lesions.jsonl");
+    let viz = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
             "viz-masks",
             "--checkpoint",
             run_dir.to_str().unwrap(),
@@ -566,13 +566,20 @@ fn curves_and_mask_pictures_are_drawn() {
             "--measure",
             "40",
             "--lesions",
-            f.world.join("lesions.jsonl").to_str().unwrap(),
+            lesions.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
             "--device",
             "cpu",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        let printed = run_ok("train", &args);
+        let shares: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("lesion_shares.json")).unwrap())
+                .unwrap();
+        (printed, shares)
+    };
+    let (printed, shares) = viz(&out, &[]);
     let pictures: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .filter(|e| {
@@ -584,9 +591,6 @@ fn curves_and_mask_pictures_are_drawn() {
         })
         .collect();
     assert_eq!(pictures.len(), 2);
-    let shares: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("lesion_shares.json")).unwrap())
-            .unwrap();
     assert!(shares["lesion_patches"].as_u64().unwrap() > 0, "{printed}");
     let s = shares["shares"].as_array().unwrap();
     assert_eq!(s.len(), 5);
@@ -595,4 +599,49 @@ fn curves_and_mask_pictures_are_drawn() {
         let share = pair[1].as_f64().unwrap();
         assert!((0.3..=1.0).contains(&share), "{pair}");
     }
+
+    // Candidate sets: none for random; each single map marks ⌈λ1·N⌉ of
+    // the N patches (N ≥ 16 here, so within 1/16 above λ1); AttMIM's union
+    // holds at least as many as any one map. A smaller --lambda1 shrinks them.
+    let candidates = |shares: &serde_json::Value| -> Vec<f64> {
+        let c = shares["candidate_shares"].as_array().unwrap();
+        let names: Vec<&str> = c.iter().map(|p| p[0].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "random",
+                "image-report",
+                "prompt-driven",
+                "image-self",
+                "att-mim"
+            ]
+        );
+        c.iter().map(|p| p[1].as_f64().unwrap()).collect()
+    };
+    let check = |shares: &serde_json::Value, lambda1: f64| -> Vec<f64> {
+        assert_eq!(shares["lambda1"].as_f64(), Some(lambda1), "{shares}");
+        let c = candidates(shares);
+        assert_eq!(c[0], 0.0, "random has no candidates: {c:?}");
+        for &single in &c[1..4] {
+            assert!(
+                single >= lambda1 && single < lambda1 + 1.0 / 16.0,
+                "a single map at λ1 {lambda1}: {c:?}"
+            );
+        }
+        assert!(
+            c[4] >= c[1].max(c[2]).max(c[3]) && c[4] <= 1.0,
+            "union: {c:?}"
+        );
+        c
+    };
+    let at_default = check(&shares, 0.7);
+    let (_, narrow) = viz(
+        &run_dir.parent().unwrap().join("masks-0.3"),
+        &["--lambda1", "0.3"],
+    );
+    let at_narrow = check(&narrow, 0.3);
+    assert!(
+        at_narrow[4] < at_default[4],
+        "AttMIM's candidates at λ1 0.3 {at_narrow:?} vs 0.7 {at_default:?}"
+    );
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection, MaskStrategy};
+use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection};
 use crate::clip::{Clip, Encoded};
 use crate::config::ClipConfig;
 use crate::ent_mlm::{self, MlmStrategy, TextDecoder, TextDecoderConfig};
@@ -281,16 +281,21 @@ impl Mmclip {
         }
     }
 
+    /// The AttMIM settings the model trains with.
+    pub fn att_mim_config(&self) -> &AttMimConfig {
+        &self.cfg.att_mim
+    }
+
     /// AttMIM for one batch from its full-image and report encodings:
-    /// candidate set M_b and final mask. `strategy` overrides the
-    /// configured one (for mask pictures). Runs without gradient.
+    /// candidate set M_b and final mask. `settings` replaces the configured
+    /// ones (mask pictures compare strategies and λ1). Runs without gradient.
     pub fn select_mask(
         &self,
         image: &Encoded,
         report: Option<&Encoded>,
         input_ids: &Tensor,
         seed: u64,
-        strategy: Option<MaskStrategy>,
+        settings: Option<&AttMimConfig>,
     ) -> (Tensor, MaskSelection) {
         let _guard = tch::no_grad_guard();
         let (b, n, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
@@ -310,17 +315,14 @@ impl Mmclip {
             )
         });
         let e_prompt = self.prompt_features();
-        let cfg = AttMimConfig {
-            strategy: strategy.unwrap_or(self.cfg.att_mim.strategy),
-            ..self.cfg.att_mim.clone()
-        };
+        let cfg = settings.unwrap_or(&self.cfg.att_mim);
         let inputs = MaskInputs {
             e_img: &image.tokens,
             e_report: report_full.as_ref().map(|(e, v)| (e, v)),
             e_prompt: Some(&e_prompt),
             paired: &paired,
         };
-        let candidates = att_mim::candidate_mask(&inputs, &cfg);
+        let candidates = att_mim::candidate_mask(&inputs, cfg);
         let noise = att_mim::mask_noise(b, n, seed, device);
         let mask = att_mim::select_mask(&candidates, &noise, cfg.lambda2);
         (candidates, mask)

@@ -88,6 +88,9 @@ enum Command {
         lesions: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// AttMIM's λ1 for the masks, instead of the checkpoint's.
+        #[arg(long)]
+        lambda1: Option<f64>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -265,6 +268,7 @@ fn main() -> Result<()> {
             measure,
             lesions,
             seed,
+            lambda1,
             out,
             device: d,
         }) => {
@@ -276,19 +280,26 @@ fn main() -> Result<()> {
                 measure,
                 lesions,
                 seed,
+                lambda1,
                 out: out.clone(),
                 device: device(d.as_deref())?,
             })?;
             if let Some(s) = shares {
                 println!(
-                    "lesion patches masked over {} images ({} lesion patches):",
-                    s.images, s.lesion_patches
+                    "lesion patches masked over {} images ({} lesion patches), λ1 {} λ2 {}:",
+                    s.images, s.lesion_patches, s.lambda1, s.lambda2
                 );
-                for (strategy, share) in s.shares {
+                println!(
+                    "  {:<14} {:>13} {:>15}",
+                    "strategy", "lesion share", "candidate share"
+                );
+                for ((strategy, share), (_, candidates)) in s.shares.iter().zip(&s.candidate_shares)
+                {
                     println!(
-                        "  {:<14} {:.3}",
+                        "  {:<14} {:>13.3} {:>15.3}",
                         serde_json::to_value(strategy)?.as_str().unwrap_or("?"),
-                        share
+                        share,
+                        candidates
                     );
                 }
             }

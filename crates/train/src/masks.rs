@@ -2,7 +2,10 @@
 //! draws, per image, the picture next to the mask of each strategy (random,
 //! image-report, prompt-driven, image-self, attmim), masked patches tinted;
 //! with the synthetic world's `lesions.jsonl` it also measures the share of
-//! lesion patches each strategy masks (lesion boxes outlined in the pictures).
+//! lesion patches each strategy masks (lesion boxes outlined in the pictures)
+//! and the share of patches in each strategy's candidate set M_b: when the
+//! maps' union holds nearly every patch, AttMIM's mask is close to random.
+//! `lambda1` replaces the checkpoint's λ1, to see how it shapes both.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
 use ingest::shard::{Row, read_shard};
-use model::att_mim::MaskStrategy;
+use model::att_mim::{AttMimConfig, MaskStrategy};
 use pipeline::{AugmentConfig, IMAGE_FLOATS, IMAGE_SIZE, Mode};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::data::read_manifest;
 use crate::fit::{fit_to, write_atomic};
@@ -45,6 +48,8 @@ pub struct MaskOptions {
     pub lesions: Option<PathBuf>,
     /// Mask seed.
     pub seed: u64,
+    /// λ1 instead of the checkpoint's.
+    pub lambda1: Option<f64>,
     /// Output folder.
     pub out: PathBuf,
     /// Device.
@@ -58,8 +63,14 @@ pub struct LesionShares {
     pub images: usize,
     /// Lesion patches over those images.
     pub lesion_patches: usize,
+    /// The λ1 the masks were drawn with.
+    pub lambda1: f64,
+    /// The λ2 the masks were drawn with.
+    pub lambda2: f64,
     /// (strategy, masked lesion patches / lesion patches).
     pub shares: Vec<(MaskStrategy, f64)>,
+    /// (strategy, patches in M_b / all patches, over every image drawn or measured).
+    pub candidate_shares: Vec<(MaskStrategy, f64)>,
 }
 
 /// One line of `lesions.jsonl`.
@@ -80,6 +91,13 @@ struct LesionBox {
 /// lesions were given.
 pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
     let session = Session::from_checkpoint(&opts.checkpoint, opts.device)?;
+    let mut settings = session.model.att_mim_config().clone();
+    if let Some(l1) = opts.lambda1 {
+        if !(l1 > 0.0 && l1 <= 1.0) {
+            bail!("--lambda1 {l1}: λ1 is a share of the patches, in (0, 1]");
+        }
+        settings.lambda1 = l1;
+    }
     let lesions = match &opts.lesions {
         Some(path) => read_lesions(path)?,
         None => HashMap::new(),
@@ -97,7 +115,8 @@ pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
     }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
-    let masks = strategy_masks(&session, &rows, opts.seed)?; // per strategy [n, N]
+    // Per strategy: candidate set and final mask, [n, N] each.
+    let (candidates, masks) = strategy_masks(&session, &rows, opts.seed, &settings)?;
     let n_side = (session.run.mmclip.clip.vision.image_size
         / session.run.mmclip.clip.vision.patch_size) as usize;
     let boxes: Vec<Vec<[f64; 4]>> = rows
@@ -120,7 +139,25 @@ pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
     if lesions.is_empty() {
         return Ok(None);
     }
-    let shares = lesion_shares(&masks, &boxes, n_side);
+    let candidate_shares = STRATEGIES
+        .iter()
+        .zip(&candidates)
+        .map(|(s, c)| {
+            (
+                *s,
+                c.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]),
+            )
+        })
+        .collect();
+    let (images, lesion_patches, shares) = lesion_shares(&masks, &boxes, n_side);
+    let shares = LesionShares {
+        images,
+        lesion_patches,
+        lambda1: settings.lambda1,
+        lambda2: settings.lambda2,
+        shares,
+        candidate_shares,
+    };
     write_atomic(
         &opts.out.join("lesion_shares.json"),
         &serde_json::to_vec_pretty(&shares)?,
@@ -198,8 +235,14 @@ fn sample_rows(
     Ok(with)
 }
 
-/// Each strategy's final mask `[n, N]` (1 = masked) for the rows.
-fn strategy_masks(session: &Session, rows: &[(Row, Vec<f32>)], seed: u64) -> Result<Vec<Tensor>> {
+/// Each strategy's candidate set `[n, N]` (bool) and final mask `[n, N]`
+/// (1 = masked) for the rows, with `settings` but for the strategy.
+fn strategy_masks(
+    session: &Session,
+    rows: &[(Row, Vec<f32>)],
+    seed: u64,
+    settings: &AttMimConfig,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let _guard = tch::no_grad_guard();
     let device = session.vs.device();
     let n = rows.len() as i64;
@@ -231,15 +274,21 @@ fn strategy_masks(session: &Session, rows: &[(Row, Vec<f32>)], seed: u64) -> Res
     let report = session.model.clip.encode_text(&ids);
     Ok(STRATEGIES
         .iter()
-        .map(|s| {
-            session
-                .model
-                .select_mask(&image, Some(&report), &ids, seed, Some(*s))
-                .1
-                .mask
-                .to_device(Device::Cpu)
+        .map(|&strategy| {
+            let settings = AttMimConfig {
+                strategy,
+                ..settings.clone()
+            };
+            let (candidates, selection) =
+                session
+                    .model
+                    .select_mask(&image, Some(&report), &ids, seed, Some(&settings));
+            (
+                candidates.to_device(Device::Cpu),
+                selection.mask.to_device(Device::Cpu),
+            )
         })
-        .collect())
+        .unzip())
 }
 
 /// Lesion boxes of a written image mapped into the 224-px centre crop.
@@ -277,7 +326,13 @@ fn lesion_patches(boxes: &[[f64; 4]], n_side: usize) -> Vec<usize> {
     out
 }
 
-fn lesion_shares(masks: &[Tensor], boxes: &[Vec<[f64; 4]>], n_side: usize) -> LesionShares {
+/// Images with lesion patches, their lesion patches, and the share of them
+/// each strategy's mask covers.
+fn lesion_shares(
+    masks: &[Tensor],
+    boxes: &[Vec<[f64; 4]>],
+    n_side: usize,
+) -> (usize, usize, Vec<(MaskStrategy, f64)>) {
     let patches: Vec<Vec<usize>> = boxes.iter().map(|b| lesion_patches(b, n_side)).collect();
     let total: usize = patches.iter().map(Vec::len).sum();
     let shares = STRATEGIES
@@ -303,11 +358,8 @@ fn lesion_shares(masks: &[Tensor], boxes: &[Vec<[f64; 4]>], n_side: usize) -> Le
             )
         })
         .collect();
-    LesionShares {
-        images: patches.iter().filter(|p| !p.is_empty()).count(),
-        lesion_patches: total,
-        shares,
-    }
+    let images = patches.iter().filter(|p| !p.is_empty()).count();
+    (images, total, shares)
 }
 
 /// One picture row: the image (lesions outlined) and each strategy's mask.
