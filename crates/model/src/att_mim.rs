@@ -61,6 +61,21 @@ impl Default for AttMimConfig {
     }
 }
 
+impl AttMimConfig {
+    /// The first setting out of range, named as in a config's `att_mim`
+    /// table: λ1 in [0, 1] (0: no candidates), λ2 in [0, 1) (some patch
+    /// must stay visible).
+    pub fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.lambda1) {
+            return Err(format!("att_mim.lambda1 {} is not in [0, 1]", self.lambda1));
+        }
+        if !(0.0..1.0).contains(&self.lambda2) {
+            return Err(format!("att_mim.lambda2 {} is not in [0, 1)", self.lambda2));
+        }
+        Ok(())
+    }
+}
+
 /// A mask in MAE's layout. N patches, `N_keep = N − round(λ2·N)` visible.
 #[derive(Debug)]
 pub struct MaskSelection {

@@ -370,7 +370,10 @@ impl TrainConfig {
 
     fn check(&self) -> Result<(), String> {
         let t = &self.train;
-        let a = &self.model.att_mim;
+        self.model
+            .att_mim
+            .check()
+            .map_err(|problem| format!("model.{problem}"))?;
         let problems = [
             (
                 t.batch_size == 0,
@@ -382,14 +385,6 @@ impl TrainConfig {
                     "train.paired_fraction {} is not in [0, 1]",
                     t.paired_fraction
                 ),
-            ),
-            (
-                !(0.0..=1.0).contains(&a.lambda1),
-                format!("model.att_mim.lambda1 {} is not in [0, 1]", a.lambda1),
-            ),
-            (
-                !(0.0..1.0).contains(&a.lambda2),
-                format!("model.att_mim.lambda2 {} is not in [0, 1)", a.lambda2),
             ),
             (
                 self.optim.lr <= 0.0,
@@ -479,5 +474,19 @@ mod tests {
             e.to_string().contains("b.toml") && e.to_string().contains("learning_rate"),
             "{e}"
         );
+        for (key, value) in [("lambda1", "1.5"), ("lambda1", "-0.1"), ("lambda2", "1.0")] {
+            let text = format!("[model.att_mim]\n{key} = {value}\n");
+            let e = TrainConfig::parse(&text, Path::new("c.toml")).unwrap_err();
+            assert!(
+                e.to_string().contains("c.toml")
+                    && e.to_string().contains(&format!(
+                        "model.att_mim.{key} {}",
+                        value.parse::<f64>().unwrap()
+                    )),
+                "{e}"
+            );
+        }
+        let edges = "[model.att_mim]\nlambda1 = 0.0\nlambda2 = 0.0\n";
+        TrainConfig::parse(edges, Path::new("d.toml")).unwrap();
     }
 }

@@ -93,10 +93,10 @@ pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
     let session = Session::from_checkpoint(&opts.checkpoint, opts.device)?;
     let mut settings = session.model.att_mim_config().clone();
     if let Some(l1) = opts.lambda1 {
-        if !(l1 > 0.0 && l1 <= 1.0) {
-            bail!("--lambda1 {l1}: λ1 is a share of the patches, in (0, 1]");
-        }
         settings.lambda1 = l1;
+        settings
+            .check()
+            .map_err(|problem| anyhow::anyhow!("--lambda1: {problem}"))?;
     }
     let lesions = match &opts.lesions {
         Some(path) => read_lesions(path)?,
