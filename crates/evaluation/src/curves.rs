@@ -1,23 +1,15 @@
 //! Training curves: one PNG per numeric field of a run's `metrics.jsonl`
-//! (losses, learning rate, throughput), each a line against `step`. Drawn
-//! with plotters into an RGB buffer and saved with the `image` crate, as
-//! `ingest`'s charts are (the workspace builds plotters without its PNG
-//! encoder).
+//! (losses, learning rate, throughput), each a line against `step`, drawn
+//! with the workspace's `charts`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use plotters::prelude::*;
+use charts::plotters::prelude::*;
+use charts::{ChartError, style};
 
-/// DejaVu Sans, embedded so the charts look the same on every machine and
-/// need no system font; the same file `ingest` embeds (licence in
-/// `crates/ingest/assets/DejaVuSans-LICENSE.txt`).
-static FONT: &[u8] = include_bytes!("../../ingest/assets/DejaVuSans.ttf");
-/// The family every text style below asks for.
-const FAMILY: &str = "sans-serif";
 /// The field every line must carry: the x axis.
 pub const STEP: &str = "step";
 const SIZE: (u32, u32) = (900, 540);
@@ -44,25 +36,9 @@ pub enum CurveError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The embedded font could not be registered with plotters.
-    #[error("cannot register the embedded chart font")]
-    Font,
-    /// plotters failed to draw a chart.
-    #[error("cannot draw {path}: {reason}")]
-    Chart {
-        /// The chart being drawn.
-        path: PathBuf,
-        /// plotters' message.
-        reason: String,
-    },
-    /// The PNG could not be written.
-    #[error("cannot write {path}: {source}")]
-    Png {
-        /// The chart file.
-        path: PathBuf,
-        /// The encoder's error.
-        source: image::ImageError,
-    },
+    /// A chart could not be drawn or saved.
+    #[error(transparent)]
+    Chart(#[from] ChartError),
 }
 
 /// Each numeric field's `(step, value)` points, sorted by step, by field
@@ -122,7 +98,6 @@ pub fn plot_metrics(jsonl: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, CurveE
         path: out_dir.to_path_buf(),
         source,
     })?;
-    register_font()?;
     curves
         .iter()
         .map(|(field, points)| {
@@ -141,70 +116,35 @@ fn file_stem(field: &str) -> String {
         .collect()
 }
 
-fn register_font() -> Result<(), CurveError> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
-    if ok { Ok(()) } else { Err(CurveError::Font) }
-}
-
-fn style(size: u32) -> TextStyle<'static> {
-    TextStyle::from((FAMILY, size).into_font())
-}
-
 /// One line chart of `points` against step, titled and labelled `field`.
 fn draw_curve(path: &Path, field: &str, points: &[(f64, f64)]) -> Result<(), CurveError> {
-    let (width, height) = SIZE;
-    let mut buf = vec![255u8; width as usize * height as usize * 3];
-    {
-        let chart_err = |e: &dyn std::fmt::Display| CurveError::Chart {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+    charts::render(path, SIZE, |root| {
         let (x0, x1) = padded_range(points.iter().map(|p| p.0), 0.0);
         let (y0, y1) = padded_range(points.iter().map(|p| p.1), 0.05);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(field, style(24))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(80)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| chart_err(&e))?;
+            .build_cartesian_2d(x0..x1, y0..y1)?;
         chart
             .configure_mesh()
             .x_desc(STEP)
             .y_desc(field)
             .label_style(style(14))
             .axis_desc_style(style(16))
-            .draw()
-            .map_err(|e| chart_err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                LINE.stroke_width(2),
-            ))
-            .map_err(|e| chart_err(&e))?;
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            LINE.stroke_width(2),
+        ))?;
         if points.len() == 1 {
             // A single point draws no line; mark it.
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 4, LINE.filled())))
-                .map_err(|e| chart_err(&e))?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, LINE.filled())))?;
         }
-        root.present().map_err(|e| chart_err(&e))?;
-    }
-    image::save_buffer_with_format(
-        path,
-        &buf,
-        width,
-        height,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .map_err(|source| CurveError::Png {
-        path: path.to_path_buf(),
-        source,
-    })
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// The values' range widened by `pad` of its span on each side; a single

@@ -120,25 +120,9 @@ pub enum StatsError {
         /// The JSON error.
         source: serde_json::Error,
     },
-    /// The embedded chart font could not be loaded.
-    #[error("the embedded chart font (DejaVu Sans) could not be loaded")]
-    Font,
-    /// A chart could not be drawn.
-    #[error("{}: cannot draw chart: {reason}", path.display())]
-    Chart {
-        /// The PNG file.
-        path: PathBuf,
-        /// The plotting error.
-        reason: String,
-    },
-    /// A chart could not be saved.
-    #[error("{}: cannot write PNG: {source}", path.display())]
-    Png {
-        /// The PNG file.
-        path: PathBuf,
-        /// The image error.
-        source: image::ImageError,
-    },
+    /// A chart could not be drawn or saved.
+    #[error(transparent)]
+    Chart(#[from] ::charts::ChartError),
     /// `stats.json` could not be serialised.
     #[error("{}: cannot serialise statistics: {source}", path.display())]
     Json {

@@ -1,22 +1,14 @@
-//! The PNG charts of the report, drawn with plotters into an RGB buffer and
-//! saved with the `image` crate (plotters' own PNG encoder is not built).
+//! The PNG charts of the report, drawn with the workspace's `charts`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
 
-use plotters::coord::Shift;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use charts::plotters::prelude::*;
+use charts::plotters::style::text_anchor::{HPos, Pos, VPos};
+use charts::{Area, ChartError, DrawResult, render, style};
 
 use super::collect::Detail;
 use super::{Frequency, LabelCounts, Stats, StatsError};
-
-/// DejaVu Sans, embedded so the charts look the same on every machine and
-/// need no system font (licence in `assets/DejaVuSans-LICENSE.txt`).
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-/// The family every text style below asks for.
-const FAMILY: &str = "sans-serif";
 
 /// `label_prevalence_<source>.png`, one per source with labels.
 pub(super) fn label_chart(source: &str) -> String {
@@ -51,9 +43,6 @@ const SOURCE_COLOURS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-
 /// Draws every chart that has data into `out`; returns their file names in
 /// the order `stats.md` shows them.
 pub(super) fn draw_all(
@@ -61,9 +50,8 @@ pub(super) fn draw_all(
     detail: &Detail,
     out: &Path,
 ) -> Result<Vec<String>, StatsError> {
-    register_font()?;
     let mut written = Vec::new();
-    let mut save = |name: String, draw: &dyn Fn(&Path) -> Result<(), StatsError>| {
+    let mut save = |name: String, draw: &dyn Fn(&Path) -> Result<(), ChartError>| {
         draw(&out.join(&name))?;
         written.push(name);
         Ok::<_, StatsError>(())
@@ -139,47 +127,6 @@ pub(super) fn draw_all(
     Ok(written)
 }
 
-fn register_font() -> Result<(), StatsError> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
-    if ok { Ok(()) } else { Err(StatsError::Font) }
-}
-
-/// Draws into a white `width × height` RGB buffer and saves it as PNG.
-fn render(
-    path: &Path,
-    (width, height): (u32, u32),
-    draw: impl FnOnce(&Area<'_>) -> DrawResult,
-) -> Result<(), StatsError> {
-    let mut buf = vec![255u8; width as usize * height as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-        draw(&root)
-            .and_then(|()| root.present().map_err(Into::into))
-            .map_err(|e| StatsError::Chart {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-    }
-    image::save_buffer_with_format(
-        path,
-        &buf,
-        width,
-        height,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .map_err(|source| StatsError::Png {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn style(size: u32) -> TextStyle<'static> {
-    TextStyle::from((FAMILY, size).into_font())
-}
-
 /// Cuts a label to `max` characters so long strings do not eat the chart.
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -211,7 +158,7 @@ fn horizontal_bars(
     title: &str,
     x_desc: &str,
     items: &[Frequency],
-) -> Result<(), StatsError> {
+) -> Result<(), ChartError> {
     const MAX_LABEL: usize = 40;
     let n = items.len();
     let max = items.iter().map(|f| f.count).max().unwrap_or(0).max(1);
@@ -272,7 +219,7 @@ fn horizontal_bars(
 
 /// The 14 classes, each a bar split into positive, negative, uncertain and
 /// blank, as a share of the source's rows.
-fn stacked_labels(path: &Path, title: &str, counts: &[LabelCounts]) -> Result<(), StatsError> {
+fn stacked_labels(path: &Path, title: &str, counts: &[LabelCounts]) -> Result<(), ChartError> {
     type Part = (&'static str, RGBColor, fn(&LabelCounts) -> u64);
     let parts: [Part; 4] = [
         ("positive", POSITIVE, |c| c.positive),
@@ -345,7 +292,7 @@ fn vertical_bars(
     width: i64,
     counts: &[u64],
     mark: Option<(usize, &str)>,
-) -> Result<(), StatsError> {
+) -> Result<(), ChartError> {
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
     let end = start + width * counts.len().max(1) as i64;
     // Widen the axis so the marked bin shows even when no row reaches it.
@@ -398,7 +345,9 @@ fn vertical_bars(
 /// so `0..n` would leave an empty slot above the last bar.
 fn rows(
     n: usize,
-) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+) -> charts::plotters::coord::ranged1d::SegmentedCoord<
+    charts::plotters::coord::types::RangedCoordusize,
+> {
     (0..n.max(1) - 1).into_segmented()
 }
 
@@ -411,7 +360,7 @@ fn source_colours<'a>(names: impl Iterator<Item = &'a String>) -> Vec<(String, R
 
 /// Two scatter plots, original and stored sizes; one dot per distinct size,
 /// its area growing with the number of images of that size.
-fn image_sizes(path: &Path, detail: &Detail) -> Result<(), StatsError> {
+fn image_sizes(path: &Path, detail: &Detail) -> Result<(), ChartError> {
     let colours = source_colours(detail.orig_sizes.keys());
     render(path, (1100, 520), |root| {
         let (top, body) = root.split_vertically(40);
@@ -474,7 +423,7 @@ fn scatter(
 }
 
 /// The share of pixels at each intensity, one line per source.
-fn intensity(path: &Path, histograms: &BTreeMap<String, Vec<u64>>) -> Result<(), StatsError> {
+fn intensity(path: &Path, histograms: &BTreeMap<String, Vec<u64>>) -> Result<(), ChartError> {
     let colours = source_colours(histograms.keys());
     let shares: Vec<Vec<f64>> = histograms
         .values()
