@@ -148,6 +148,7 @@ impl Maker {
             cfg.rank,
             pick(&sources.paired, p, "paired")?,
             pick(&sources.unpaired, u, "unpaired")?,
+            cfg.keep_last_partial,
         )
         .map_err(PipelineError::Config)?;
         for (source, _) in order.streams() {

@@ -52,6 +52,12 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Row groups cached per source; `None` sizes it from the shuffle window.
     pub cache_row_groups: Option<usize>,
+    /// End each epoch with a short batch of the rows left over, instead of
+    /// leaving them for the next epoch's order: every row is seen once per
+    /// epoch, as evaluation needs. Only for a batch from one source
+    /// (`paired_fraction` 0 or 1) on one rank, where a short batch keeps
+    /// its meaning.
+    pub keep_last_partial: bool,
 }
 
 impl Default for LoaderConfig {
@@ -72,12 +78,14 @@ impl Default for LoaderConfig {
             threads: 2,
             prefetch: 4,
             cache_row_groups: None,
+            keep_last_partial: false,
         }
     }
 }
 
 impl LoaderConfig {
-    /// Evaluation preset: no shuffle, no augmentation, one epoch.
+    /// Evaluation preset: no shuffle, no augmentation, one epoch. Set
+    /// `paired_fraction` to 0 or 1 and `keep_last_partial` to see every row.
     pub fn eval() -> Self {
         LoaderConfig {
             shuffle: false,

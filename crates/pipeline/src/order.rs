@@ -10,7 +10,9 @@
 //! **Epoch.** The *primary* source defines the epoch: the paired source when
 //! the mix takes paired rows, otherwise the unpaired one. An epoch is
 //! `floor(primary rows / primary rows per batch)` steps; the remainder of the
-//! primary's order is not seen that epoch (it differs next epoch). The other
+//! primary's order is not seen that epoch (it differs next epoch), unless
+//! the order *keeps the last partial batch*: then a mix of one source on one
+//! rank ends each epoch with a short batch of the rows left over. The other
 //! source *cycles*: its rows are one endless stream of passes, each with its
 //! own order, consumed `per batch` rows a step across epoch boundaries, so it
 //! is neither cut short nor repeated within a pass. Batches report both.
@@ -99,6 +101,8 @@ pub(crate) struct Order {
     streams: Vec<Stream>, // [paired, unpaired]; a stream with per_batch 0 is absent
     primary: usize,
     steps_per_epoch: u64,
+    /// The epoch's last step is a short batch of the primary's leftover rows.
+    keep_last_partial: bool,
 }
 
 impl Order {
@@ -112,6 +116,7 @@ impl Order {
         rank: usize,
         paired: Option<(Arc<Source>, usize)>,
         unpaired: Option<(Arc<Source>, usize)>,
+        keep_last_partial: bool,
     ) -> Result<Order, String> {
         let streams: Vec<Stream> = [paired, unpaired]
             .into_iter()
@@ -126,8 +131,20 @@ impl Order {
         let Some(first) = streams.first() else {
             return Err("the batch takes no rows from any source".into());
         };
+        if keep_last_partial {
+            if streams.len() != 1 || world_size != 1 {
+                return Err(format!(
+                    "a partial last batch needs a batch from one source on one rank, \
+                     not {} sources on {world_size} ranks",
+                    streams.len()
+                ));
+            }
+            if first.source.is_empty() {
+                return Err(format!("the {:?} source has no rows", first.source.kind()));
+            }
+        }
         for s in &streams {
-            if s.source.len() < s.per_batch {
+            if !keep_last_partial && s.source.len() < s.per_batch {
                 return Err(format!(
                     "the {:?} source has {} rows, fewer than the {} it must give each batch",
                     s.source.kind(),
@@ -136,7 +153,11 @@ impl Order {
                 ));
             }
         }
-        let steps_per_epoch = first.source.len() / first.per_batch;
+        let steps_per_epoch = if keep_last_partial {
+            first.source.len().div_ceil(first.per_batch)
+        } else {
+            first.source.len() / first.per_batch
+        };
         Ok(Order {
             seed,
             shuffle,
@@ -146,6 +167,7 @@ impl Order {
             streams,
             primary: 0,
             steps_per_epoch,
+            keep_last_partial,
         })
     }
 
@@ -170,7 +192,14 @@ impl Order {
         let mut slot_base = 0u64;
         for (i, stream) in self.streams.iter().enumerate() {
             let per_rank = stream.per_batch / self.world_size;
-            for j in self.rank * per_rank..(self.rank + 1) * per_rank {
+            let mut slots = self.rank * per_rank..(self.rank + 1) * per_rank;
+            if self.keep_last_partial {
+                // One stream on one rank (checked in `new`): the last step
+                // takes only the rows left.
+                let left = stream.source.len() - pos.step * stream.per_batch;
+                slots.end = slots.end.min(left);
+            }
+            for j in slots {
                 let (cycle, index) = self.stream_index(i, pos, j);
                 let perm = self.permutation(i, cycle);
                 let global_slot = slot_base + j;

@@ -621,3 +621,114 @@ fn train_mode_with_augmentation_off_equals_eval() {
     );
     assert!(train == eval);
 }
+
+/// Row ids of each batch, per epoch.
+fn rows_by_epoch(batches: &[Batch]) -> Vec<Vec<pipeline::RowId>> {
+    let epochs = batches.iter().map(|b| b.position.epoch).max().unwrap() + 1;
+    (0..epochs)
+        .map(|e| {
+            batches
+                .iter()
+                .filter(|b| b.position.epoch == e)
+                .flat_map(|b| b.rows.iter().copied())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_kept_partial_batch_shows_every_row_once_per_epoch() {
+    let w = world();
+    // 60 paired rows in batches of 8: 7 full batches and one of 4.
+    for (paired_fraction, rows, last) in [(1.0, 60usize, 4), (0.0, 15, 7)] {
+        let keep = LoaderConfig {
+            paired_fraction,
+            keep_last_partial: true,
+            ..cfg()
+        };
+        let batches = run(&w, &keep, Position::default());
+        assert_eq!(batches.len(), 2 * rows.div_ceil(8));
+        let sizes: Vec<usize> = batches.iter().map(|b| b.size).collect();
+        let per_epoch = rows.div_ceil(8);
+        assert_eq!(sizes[per_epoch - 1], last, "{sizes:?}");
+        assert!(sizes.iter().enumerate().all(|(i, &s)| {
+            let tail = (i + 1) % per_epoch == 0;
+            s == if tail { last } else { 8 }
+        }));
+        for b in &batches {
+            assert_eq!(b.images.len(), b.size * pipeline::IMAGE_FLOATS);
+            assert_eq!(b.rows.len(), b.size);
+            assert_eq!(
+                b.paired_rows,
+                if paired_fraction == 1.0 { b.size } else { 0 }
+            );
+        }
+        let epochs = rows_by_epoch(&batches);
+        for seen in &epochs {
+            let distinct: HashSet<_> = seen.iter().collect();
+            assert_eq!((seen.len(), distinct.len()), (rows, rows));
+        }
+        assert_ne!(epochs[0], epochs[1], "the order reshuffles each epoch");
+
+        // Resuming at the short batch gives it, then the next epoch.
+        let from = Position {
+            epoch: 0,
+            step: per_epoch as u64 - 1,
+        };
+        let resumed = run(&w, &keep, from);
+        assert!(resumed[..] == batches[per_epoch - 1..]);
+    }
+
+    // Without it the leftover rows wait: 56 of 60 rows, 7 batches an epoch.
+    let dropped = run(
+        &w,
+        &LoaderConfig {
+            paired_fraction: 1.0,
+            ..cfg()
+        },
+        Position::default(),
+    );
+    assert_eq!(dropped.len(), 14);
+    assert!(dropped.iter().all(|b| b.size == 8));
+
+    // In stored order, evaluation reads the rows in their shards' order.
+    let eval = run(
+        &w,
+        &LoaderConfig {
+            batch_size: 8,
+            paired_fraction: 1.0,
+            keep_last_partial: true,
+            ..LoaderConfig::eval()
+        },
+        Position::default(),
+    );
+    let rows: Vec<(u32, u32)> = eval
+        .iter()
+        .flat_map(|b| b.rows.iter().map(|r| (r.loc.shard, r.loc.row)))
+        .collect();
+    let stored: Vec<(u32, u32)> = (0..5).flat_map(|s| (0..12).map(move |r| (s, r))).collect();
+    assert_eq!(rows, stored);
+}
+
+#[test]
+fn a_partial_batch_of_a_mix_or_over_ranks_is_a_config_error() {
+    let w = world();
+    for cfg in [
+        LoaderConfig {
+            keep_last_partial: true,
+            ..cfg()
+        },
+        LoaderConfig {
+            keep_last_partial: true,
+            paired_fraction: 1.0,
+            world_size: 2,
+            ..cfg()
+        },
+    ] {
+        let e = Loader::new(sources(&w), &cfg, Position::default()).unwrap_err();
+        assert!(
+            matches!(&e, PipelineError::Config(m) if m.contains("partial last batch")),
+            "{e}"
+        );
+    }
+}

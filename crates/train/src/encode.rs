@@ -105,30 +105,19 @@ pub fn embed_split(
         if total == 0 {
             continue;
         }
-        // Batches of one row: the loader drops a partial last batch, and
-        // evaluation must see every row.
+        // One forward pass per batch; the short last batch is kept, so
+        // evaluation sees every row, and each batch decodes in parallel.
         let cfg = LoaderConfig {
-            batch_size: 1,
+            batch_size: CHUNK,
             paired_fraction,
-            shuffle: false,
-            mode: Mode::Eval,
-            augment: AugmentConfig::none(),
-            epochs: Some(1),
+            keep_last_partial: true,
             threads,
-            prefetch: 64,
-            ..Default::default()
+            prefetch: 2,
+            ..LoaderConfig::eval()
         };
         let loader = Loader::new(sources.clone(), &cfg, Position::default())?;
-        let mut pending: Vec<Batch> = Vec::with_capacity(CHUNK);
         for batch in loader {
-            pending.push(batch?);
-            if pending.len() == CHUNK {
-                parts.push(embed_batches(session, &sources, &pending, &mut out));
-                pending.clear();
-            }
-        }
-        if !pending.is_empty() {
-            parts.push(embed_batches(session, &sources, &pending, &mut out));
+            parts.push(embed_batch(session, &sources, &batch?, &mut out));
         }
     }
     if parts.is_empty() {
@@ -146,21 +135,16 @@ fn sources_len(sources: &pipeline::Sources) -> u64 {
         .sum()
 }
 
-fn embed_batches(
+/// Embeds one loader batch and records each row's labels, key and place.
+fn embed_batch(
     session: &Session,
     sources: &pipeline::Sources,
-    batches: &[Batch],
+    batch: &Batch,
     out: &mut Embedded,
 ) -> Tensor {
-    let mut pixels = Vec::with_capacity(batches.len() * IMAGE_FLOATS);
-    for b in batches {
-        pixels.extend_from_slice(&b.images);
-        out.labels.push(
-            b.labels[..NUM_LABELS]
-                .try_into()
-                .expect("14 labels per row"),
-        );
-        let r = b.rows[0];
+    for (r, labels) in batch.rows.iter().zip(batch.labels.chunks_exact(NUM_LABELS)) {
+        out.labels
+            .push(labels.try_into().expect("chunks of NUM_LABELS"));
         out.keys
             .push(format!("{:?}/{}/{}", r.source, r.loc.shard, r.loc.row).to_lowercase());
         let source = match r.source {
@@ -175,7 +159,8 @@ fn embed_batches(
             row: r.loc.row,
         });
     }
-    let t = Tensor::from_slice(&pixels).view([batches.len() as i64, 3, 224, 224]);
+    let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
+    let t = Tensor::from_slice(&batch.images).view([b, c, h, w]);
     embed_pixels(session, &t)
 }
 
