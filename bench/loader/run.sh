@@ -42,11 +42,14 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 .venv/bin/python - "$WORK/ours.txt" "$WORK/ref.jsonl" "$BATCHES" "$LOAD_BEFORE" "$LOAD_AFTER" > "$OUT" <<'PY'
 import json, os, re, subprocess, sys, datetime
 ours_txt, ref_jsonl, batches, load_before, load_after = sys.argv[1:]
-ours, floor = {}, None
+ours, floor, evals = {}, None, []
 for line in open(ours_txt):
     m = re.match(r"floor: read (\d+) shards, ([\d.]+) MB, (\d+) rows in ([\d.]+) s = (\d+) images/s", line)
     if m:
         floor = m.groups()
+    m = re.match(r"eval pass, batch (\d+): (\d+) of (\d+) rows in [\d.]+ s = (\d+) images/s", line)
+    if m:
+        evals.append(tuple(int(g) for g in m.groups()))
     m = re.match(r"threads (\d+): .* = (\d+) images/s", line)
     if m:
         ours[int(m.group(1))] = float(m.group(2))
@@ -74,5 +77,14 @@ for t in threads:
         if t in d:
             ratio = f"{ours[t] / d[t]:.1f}×" if t in ours else ""
             print(f"| PyTorch DataLoader, num_workers={t}, v2 on {'Pillow images' if backend == 'pil' else 'uint8 tensors'} | {d[t]:,.0f} | {ratio} |")
+if evals:
+    print("\nEvaluation pass over the paired rows (resize + centre crop, 2 decode threads):\n")
+    print("| batch | rows seen | images/s | ÷ batch 1 |")
+    print("| --- | ---: | ---: | ---: |")
+    base = next((e[3] for e in evals if e[0] == 1), None)
+    for b, n, total, ips in evals:
+        what = "1 row (evaluation before the short last batch)" if b == 1 else f"{b} rows, short last batch kept"
+        ratio = f"{ips / base:.2f}×" if base else ""
+        print(f"| {what} | {n} of {total} | {ips:,} | {ratio} |")
 PY
 cat "$OUT"

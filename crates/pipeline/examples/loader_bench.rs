@@ -1,5 +1,7 @@
 //! Loader throughput: images/s into ready 64×3×224×224 augmented batches at
-//! 1 and 2 decode threads, next to the floor of reading the shard bytes.
+//! 1 and 2 decode threads, next to the floor of reading the shard bytes;
+//! then one evaluation pass over the paired rows at 2 threads, in batches of
+//! one row against batches of 32 with the short last batch kept.
 //!
 //! `cargo run --release -p pipeline --example loader_bench -- PAIRED_DIR [UNPAIRED_DIR] [BATCHES]`
 //! (see `bench/loader/README.md`).
@@ -79,6 +81,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             st.read_us_per_sample,
             st.decode_us_per_sample,
             100.0 * st.consumer_wait_share
+        );
+    }
+
+    // Evaluation pass: every paired row once, resize + centre crop.
+    let total = open()?.paired.as_ref().map_or(0, |p| p.len());
+    for (batch_size, keep_last_partial) in [(1, false), (32, true)] {
+        let cfg = LoaderConfig {
+            batch_size,
+            paired_fraction: 1.0,
+            keep_last_partial,
+            threads: 2,
+            prefetch: if batch_size == 1 { 64 } else { 2 },
+            ..LoaderConfig::eval()
+        };
+        let start = Instant::now();
+        let mut n = 0;
+        for b in Loader::new(open()?, &cfg, Position::default())? {
+            n += b?.size;
+        }
+        let t = start.elapsed().as_secs_f64();
+        println!(
+            "eval pass, batch {batch_size}: {n} of {total} rows in {t:.2} s = {:.0} images/s",
+            n as f64 / t
         );
     }
     Ok(())
