@@ -211,16 +211,22 @@ pub fn render(
         let (ix, iy) = (cos * step_x, sin * step_x);
         let row = v * IMAGE_SIZE;
         for u in 0..IMAGE_SIZE {
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (ax, ay) = (sx - x0, sy - y0);
-            let (x, y) = (x0 as isize, y0 as isize);
-            let p = if x >= 0 && y >= 0 && x + 1 < wi && y + 1 < hi {
-                let i = (y * wi + x) as usize;
-                let (a, b) = (pixels[i] as f32, pixels[i + 1] as f32);
-                let (c, d) = (pixels[i + w] as f32, pixels[i + w + 1] as f32);
+            // Truncation is the floor for the non-negative coordinates of
+            // the interior; `floor` (a libm call on the baseline x86-64
+            // target) is left to the border.
+            let (x, y) = (sx as isize, sy as isize);
+            let p = if sx >= 0.0 && sy >= 0.0 && x + 1 < wi && y + 1 < hi {
+                let (ax, ay) = (sx - x as f32, sy - y as f32);
+                let i = y as usize * w + x as usize;
+                let (top, bottom) = (&pixels[i..i + 2], &pixels[i + w..i + w + 2]);
+                let (a, b) = (top[0] as f32, top[1] as f32);
+                let (c, d) = (bottom[0] as f32, bottom[1] as f32);
                 let top = a + (b - a) * ax;
                 top + (c + (d - c) * ax - top) * ay
             } else {
+                let (x0, y0) = (sx.floor(), sy.floor());
+                let (ax, ay) = (sx - x0, sy - y0);
+                let (x, y) = (x0 as isize, y0 as isize);
                 let top = px(x, y) + (px(x + 1, y) - px(x, y)) * ax;
                 let bottom = px(x, y + 1) + (px(x + 1, y + 1) - px(x, y + 1)) * ax;
                 top + (bottom - top) * ay
@@ -323,5 +329,70 @@ mod tests {
         assert_eq!(AugmentConfig::default().hflip, 0.0);
         render(&px, w, h, Mode::Train, &AugmentConfig::none(), 0, &mut out);
         assert!(out[0] < out[IMAGE_SIZE - 1]);
+    }
+
+    /// Bilinear sample of `pixels` at `(sx, sy)` in pixel-centre coordinates
+    /// minus one half, zero outside: the textbook formula, with `floor`.
+    fn reference_sample(pixels: &[u8], w: usize, h: usize, sx: f32, sy: f32) -> f32 {
+        let px = |x: f32, y: f32| -> f32 {
+            if x < 0.0 || y < 0.0 || x >= w as f32 || y >= h as f32 {
+                0.0
+            } else {
+                pixels[y as usize * w + x as usize] as f32
+            }
+        };
+        let (x0, y0) = (sx.floor(), sy.floor());
+        let (ax, ay) = (sx - x0, sy - y0);
+        let top = px(x0, y0) * (1.0 - ax) + px(x0 + 1.0, y0) * ax;
+        let bottom = px(x0, y0 + 1.0) * (1.0 - ax) + px(x0 + 1.0, y0 + 1.0) * ax;
+        top * (1.0 - ay) + bottom * ay
+    }
+
+    #[test]
+    fn sampling_matches_a_floor_based_bilinear_inside_and_across_the_border() {
+        // Noise, so a sample off by a pixel differs by much more than the
+        // rounding of the incremental coordinates.
+        let (w, h) = (257, 230);
+        let px: Vec<u8> = (0..w * h)
+            .map(|i| (crate::order::mix64(i as u64) % 256) as u8)
+            .collect();
+        // Crops larger than the image reach past its top and left edges,
+        // where truncation and floor differ.
+        let cfg = AugmentConfig {
+            crop_scale: (0.9, 1.0),
+            crop_ratio: (0.5, 2.0),
+            rotate_degrees: 20.0,
+            contrast: 0.0,
+            brightness: 0.0,
+            ..Default::default()
+        };
+        let mut out = vec![0.0; IMAGE_FLOATS];
+        let mut border = 0;
+        for key in 0..8 {
+            render(&px, w, h, Mode::Train, &cfg, key, &mut out);
+            let t = sample_transform(w, h, Mode::Train, &cfg, key);
+            let n = IMAGE_SIZE as f32;
+            let (sin, cos) = t.angle.sin_cos();
+            for v in 0..IMAGE_SIZE {
+                for u in 0..IMAGE_SIZE {
+                    let dx = (u as f32 + 0.5 - n / 2.0) * t.cw / n;
+                    let dy = (v as f32 + 0.5 - n / 2.0) * t.ch / n;
+                    let sx = t.cx + cos * dx - sin * dy - 0.5;
+                    let sy = t.cy + sin * dx + cos * dy - 0.5;
+                    border += usize::from(sx < 1.0 || sy < 1.0);
+                    let want =
+                        (reference_sample(&px, w, h, sx, sy) / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0];
+                    let got = out[v * IMAGE_SIZE + u];
+                    assert!(
+                        (got - want).abs() < 2e-2,
+                        "key {key} pixel ({u}, {v}) at ({sx}, {sy}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        assert!(
+            border > 1000,
+            "only {border} samples near the top or left edge"
+        );
     }
 }
