@@ -5,9 +5,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use evaluation::probe::{ProbeConfig, fit_logistic, subsample};
 use evaluation::zero_shot::{ClassInput, Summary, evaluate};
+use rayon::prelude::*;
 use schemas::CHEXPERT_CLASSES;
 use tch::Device;
 
@@ -28,7 +29,7 @@ pub struct ProbeOptions {
     pub resamples: usize,
     /// Seed of the subsets and the bootstrap.
     pub seed: u64,
-    /// Loader threads.
+    /// Loader threads, and threads fitting the classes' probes.
     pub threads: usize,
     /// Device for the encoder.
     pub device: Device,
@@ -45,6 +46,11 @@ pub fn run(opts: &ProbeOptions) -> Result<Vec<(f64, Summary)>> {
     let flat =
         |e: &Embedded| Vec::<f32>::try_from(&e.images.reshape([-1])).expect("float embeddings");
     let (train_x, val_x, test_x) = (flat(&train), flat(&val), flat(&test));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .thread_name(|i| format!("probe-{i}"))
+        .build()
+        .context("starting the probe threads")?;
     let mut out = Vec::new();
     for &fraction in &opts.fractions {
         let rows = subsample(train.labels.len(), fraction, opts.seed);
@@ -52,24 +58,29 @@ pub fn run(opts: &ProbeOptions) -> Result<Vec<(f64, Summary)>> {
             .iter()
             .flat_map(|&r| train_x[r * dim..(r + 1) * dim].iter().copied())
             .collect();
-        let mut inputs = Vec::new();
-        for (c, (name, _)) in CHEXPERT_CLASSES.iter().enumerate() {
-            let y: Vec<i8> = rows.iter().map(|&r| train.labels[r][c]).collect();
-            // A class without both label values in the subset has no probe.
-            let Ok(probe) = fit_logistic(&x, dim, &y, &ProbeConfig::default()) else {
-                continue;
-            };
-            if !(y.contains(&0) && y.contains(&1)) {
-                continue;
-            }
-            inputs.push(ClassInput {
-                name: name.to_string(),
-                val_scores: probe.predict(&val_x),
-                val_labels: val.labels.iter().map(|l| l[c]).collect(),
-                test_scores: probe.predict(&test_x),
-                test_labels: test.labels.iter().map(|l| l[c]).collect(),
-            });
-        }
+        // Classes are fitted side by side: each fit is sequential and at
+        // MIMIC-CXR scale takes minutes.
+        let inputs: Vec<ClassInput> = pool.install(|| {
+            CHEXPERT_CLASSES
+                .par_iter()
+                .enumerate()
+                .filter_map(|(c, (name, _))| {
+                    let y: Vec<i8> = rows.iter().map(|&r| train.labels[r][c]).collect();
+                    // A class without both label values in the subset has no probe.
+                    if !(y.contains(&0) && y.contains(&1)) {
+                        return None;
+                    }
+                    let probe = fit_logistic(&x, dim, &y, &ProbeConfig::default()).ok()?;
+                    Some(ClassInput {
+                        name: name.to_string(),
+                        val_scores: probe.predict(&val_x),
+                        val_labels: val.labels.iter().map(|l| l[c]).collect(),
+                        test_scores: probe.predict(&test_x),
+                        test_labels: test.labels.iter().map(|l| l[c]).collect(),
+                    })
+                })
+                .collect()
+        });
         out.push((fraction, evaluate(&inputs, opts.resamples, opts.seed)));
     }
     Ok(out)
