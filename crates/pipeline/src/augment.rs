@@ -356,7 +356,7 @@ mod tests {
         let px: Vec<u8> = (0..w * h)
             .map(|i| (crate::order::mix64(i as u64) % 256) as u8)
             .collect();
-        // Crops larger than the image reach past its top and left edges,
+        // Large crops rotated by up to 20° reach past the image's edges,
         // where truncation and floor differ.
         let cfg = AugmentConfig {
             crop_scale: (0.9, 1.0),
