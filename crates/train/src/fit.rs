@@ -184,12 +184,12 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
             let (losses, _) = model::autocast::autocast(opts.device, reduced, || {
                 session.model.step(&step_batch, phase, seed)
             });
-            let total = losses.total.double_value(&[]);
-            if !total.is_finite() {
+            let values = StepSums::read(&losses);
+            if !values.total.is_finite() {
                 finite = false;
                 break;
             }
-            sums.add(&losses);
+            sums.add(&values);
             (losses.total / cfg.optim.accumulate as f64).backward();
         }
         let grad_norm = if finite { opt.grad_norm() } else { f64::NAN };
@@ -303,15 +303,38 @@ struct StepSums {
 }
 
 impl StepSums {
-    fn add(&mut self, l: &model::Losses) {
-        let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
-        self.total += v(&l.total);
-        self.mim += v(&l.mim);
-        if let Some(a) = &l.align {
-            *self.align.get_or_insert(0.0) += v(a);
+    /// One micro-batch's losses, read back to the host in one transfer (on
+    /// CUDA each read waits for the device).
+    fn read(l: &model::Losses) -> StepSums {
+        let parts: Vec<Tensor> = [
+            Some(&l.total),
+            Some(&l.mim),
+            l.align.as_ref(),
+            l.mlm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| t.detach().to_kind(Kind::Double).reshape([1]))
+        .collect();
+        let host = Tensor::cat(&parts, 0).to_device(tch::Device::Cpu);
+        let v = Vec::<f64>::try_from(&host).expect("double losses on the host");
+        let mut rest = v[2..].iter().copied();
+        StepSums {
+            total: v[0],
+            mim: v[1],
+            align: l.align.as_ref().and_then(|_| rest.next()),
+            mlm: l.mlm.as_ref().and_then(|_| rest.next()),
         }
-        if let Some(m) = &l.mlm {
-            *self.mlm.get_or_insert(0.0) += v(m);
+    }
+
+    fn add(&mut self, l: &StepSums) {
+        self.total += l.total;
+        self.mim += l.mim;
+        if let Some(a) = l.align {
+            *self.align.get_or_insert(0.0) += a;
+        }
+        if let Some(m) = l.mlm {
+            *self.mlm.get_or_insert(0.0) += m;
         }
     }
 }
@@ -382,4 +405,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_loss_is_read_back_into_its_own_field() {
+        let t = |v: f64| Tensor::from(v as f32);
+        for (align, mlm) in [
+            (None, None),
+            (Some(0.25), None),
+            (None, Some(0.5)),
+            (Some(0.25), Some(0.5)),
+        ] {
+            let losses = model::Losses {
+                align: align.map(t),
+                mim: t(1.5),
+                mlm: mlm.map(t),
+                total: t(3.0),
+            };
+            let read = StepSums::read(&losses);
+            assert_eq!(
+                (read.total, read.mim, read.align, read.mlm),
+                (3.0, 1.5, align, mlm)
+            );
+        }
+    }
 }
