@@ -89,6 +89,10 @@ pub enum DicomError {
         /// The panic message.
         reason: String,
     },
+    /// The declared size is refused by the caller's check (read from Rows
+    /// and Columns before any pixel is decoded).
+    #[error("{0}")]
+    Size(String),
     /// The decoded sample count does not match the image size.
     #[error("decoded {actual} samples, expected {expected} for the image size")]
     SampleCount {
@@ -304,7 +308,7 @@ pub fn decode_dicom_file_reduced(
 /// [`decode_dicom_file`] on the bytes of a DICOM file (with or without the
 /// 128-byte preamble).
 pub fn decode_dicom_bytes(bytes: &[u8]) -> Result<(StoredImage, DicomInfo), DicomError> {
-    decode(bytes, None)
+    decode(bytes, None, &|_, _| None)
 }
 
 /// [`decode_dicom_file_reduced`] on the bytes of a DICOM file.
@@ -312,15 +316,30 @@ pub fn decode_dicom_bytes_reduced(
     bytes: &[u8],
     min_short_side: u32,
 ) -> Result<(StoredImage, DicomInfo), DicomError> {
-    decode(bytes, Some(min_short_side))
+    decode(bytes, Some(min_short_side), &|_, _| None)
+}
+
+/// [`decode_dicom_bytes_reduced`], after `refuse(columns, rows)` has seen the
+/// size the header declares: a reason from it is [`DicomError::Size`], and
+/// no pixel is decoded (nor any buffer of that size allocated).
+pub fn decode_dicom_bytes_checked(
+    bytes: &[u8],
+    min_short_side: u32,
+    refuse: &dyn Fn(u32, u32) -> Option<String>,
+) -> Result<(StoredImage, DicomInfo), DicomError> {
+    decode(bytes, Some(min_short_side), refuse)
 }
 
 fn decode(
     bytes: &[u8],
     min_short_side: Option<u32>,
+    refuse: &dyn Fn(u32, u32) -> Option<String>,
 ) -> Result<(StoredImage, DicomInfo), DicomError> {
     let mut obj = open(bytes, None).map_err(|e| diagnose_unreadable(bytes, e))?;
     let mut info = read_info(&obj)?;
+    if let Some(reason) = refuse(info.cols, info.rows) {
+        return Err(DicomError::Size(reason));
+    }
     let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").unwrap_or(1);
     if samples != 1 {
         return Err(DicomError::Unsupported(format!(

@@ -137,6 +137,28 @@ struct Common {
 
 impl Common {
     fn window(&self, w: Window) -> WindowPolicy {
+    /// Reject input images whose short side is below this many pixels
+    /// (rather than scaling them up to a flat image).
+    #[arg(long, default_value_t = ImagePolicy::default().min_side,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    min_side: u32,
+    /// Reject input images whose long side exceeds this many times the
+    /// short side (a finite number, at least 1).
+    #[arg(long, default_value_t = ImagePolicy::default().max_aspect, value_parser = parse_max_aspect)]
+    max_aspect: f32,
+    /// An index CSV that ends early (truncated gzip, read error) rejects the
+    /// rows it no longer covers instead of stopping the run.
+    #[arg(long)]
+    allow_truncated_csv: bool,
+}
+
+/// `--max-aspect`: finite and at least 1, so that it can refuse something
+/// and can be written to the manifest (JSON has no infinity).
+fn parse_max_aspect(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 1.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a finite ratio of at least 1")),
+    }
         match w {
             Window::MimicJpg => WindowPolicy::MimicJpg,
             Window::Voi => WindowPolicy::Voi,
@@ -165,6 +187,8 @@ impl Common {
     }
 
     fn shards(&self) -> ShardOptions {
+            min_side: self.min_side,
+            max_aspect: self.max_aspect,
         ShardOptions {
             rows_per_shard: self.rows_per_shard,
             row_group_rows: self.row_group_rows,
@@ -329,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Tokenize {
+                allow_truncated_csv: a.common.allow_truncated_csv,
             tokenizer,
             texts,
             out,
@@ -348,6 +373,7 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("{}:{}: no \"text\" string", texts.display(), i + 1);
                 };
                 let text = ingest::report::clean_section(raw);
+                allow_truncated_csv: a.common.allow_truncated_csv,
                 let t = tok.encode(&text)?;
                 let rec = serde_json::json!({"text": text, "ids": t.ids, "truncated": t.truncated});
                 lines.push(rec.to_string());

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
 use crate::entities::{Lexicon, Sidecar};
-use crate::report::{Section, parse_report, training_text};
+use crate::report::{Section, decode_report_file, parse_report, training_text};
 use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions};
 use crate::tokenize::{ClipTokenizer, TokenizeError};
 use crate::{entities, prepare};
@@ -67,6 +67,11 @@ pub struct MimicOptions {
     pub image: ImagePolicy,
     /// Shard sizes and strictness.
     pub shards: ShardOptions,
+    /// An index CSV that ends early (truncated gzip) rejects the images it no
+    /// longer covers instead of stopping the run. Recorded only when set, so
+    /// the arguments of ordinary runs stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_truncated_csv: bool,
 }
 
 /// Why a MIMIC run could not start or finish (bad rows are rejects, not errors).
@@ -174,73 +179,144 @@ fn parse_label(cell: &str) -> Result<Option<i8>, String> {
     }
 }
 
-/// Reads the label CSV: (subject, study) → labels. Unparseable label rows are
-/// logged and leave the study's labels blank (labels are optional; images are
-/// not lost for them).
-/// CheXpert labels of each (subject, study).
-type LabelTable = HashMap<(String, String), [Option<i8>; 14]>;
-
-fn read_labels(path: &Path) -> Result<LabelTable, CsvError> {
-    let mut table = Table::open(path)?;
-    let subject = table.column("subject_id")?;
-    let study = table.column("study_id")?;
-    let cols: Vec<usize> = CHEXPERT_CLASSES
-        .iter()
-        .map(|(name, _)| table.column(name))
-        .collect::<Result<_, _>>()?;
-    let mut labels = HashMap::new();
-    for row in table.rows() {
-        let row = match row {
-            Ok(r) => r,
-            Err(bad) => {
-                tracing::warn!(
-                    "{}:{}: {}; its study keeps blank labels",
-                    path.display(),
-                    bad.line,
-                    bad.reason
-                );
-                continue;
-            }
-        };
-        let mut values = [None; 14];
-        let mut problem = None;
-        for (i, &c) in cols.iter().enumerate() {
-            match parse_label(row.get(c)) {
-                Ok(v) => values[i] = v,
-                Err(e) => problem = Some(e),
-            }
-        }
-        if let Some(e) = problem {
-            tracing::warn!(
-                "{}:{}: {e}; the study keeps blank labels",
-                path.display(),
-                row.line
-            );
-            continue;
-        }
-        labels.insert(
-            (row.get(subject).to_string(), row.get(study).to_string()),
-            values,
-        );
-    }
-    Ok(labels)
+/// A row of an index CSV that did not parse: where it is and why, kept to
+/// reject the images it would have described.
+#[derive(Debug, Clone)]
+struct BadIndexRow {
+    path: PathBuf,
+    line: u64,
+    reason: String,
 }
 
-fn read_splits(path: &Path) -> Result<HashMap<String, String>, CsvError> {
-    let mut table = Table::open(path)?;
-    let dicom = table.column("dicom_id")?;
-    let split = table.column("split")?;
-    let mut splits = HashMap::new();
-    for row in table.rows().flatten() {
-        splits.insert(row.get(dicom).to_string(), row.get(split).to_string());
+impl BadIndexRow {
+    fn reject(&self, ids: [Option<&str>; 3], what: &str) -> Reject {
+        csv_reject(
+            &self.path,
+            self.line,
+            ids,
+            format!("{what} does not parse: {}", self.reason),
+        )
     }
-    Ok(splits)
+}
+
+/// One index CSV read as a lookup: the good rows by key, the keys of rows that
+/// did not parse, bad rows that name no key (rejects of their own), and where
+/// the file ended early when that was allowed.
+struct Index<K, V> {
+    good: HashMap<K, V>,
+    bad: HashMap<K, BadIndexRow>,
+    orphans: Vec<Reject>,
+    truncated: Option<csvio::Truncation>,
+}
+
+/// Reads an index CSV keyed by `key` with values from `value`; a row whose
+/// value does not parse, or that the CSV layer could not split, is bad under
+/// its key (or an orphan reject when even the key is empty).
+fn read_index<K: std::hash::Hash + Eq, V>(
+    path: &Path,
+    allow_truncated: bool,
+    key_columns: &[&str],
+    key: impl Fn(&[&str]) -> K,
+    value_columns: &[&str],
+    value: impl Fn(&[&str]) -> Result<V, String>,
+) -> Result<Index<K, V>, CsvError> {
+    let mut table = Table::open(path)?;
+    let keys: Vec<usize> = key_columns
+        .iter()
+        .map(|c| table.column(c))
+        .collect::<Result<_, _>>()?;
+    let values: Vec<usize> = value_columns
+        .iter()
+        .map(|c| table.column(c))
+        .collect::<Result<_, _>>()?;
+    let mut index = Index {
+        good: HashMap::new(),
+        bad: HashMap::new(),
+        orphans: Vec::new(),
+        truncated: None,
+    };
+    index.truncated = csvio::read_all(&mut table, allow_truncated, |row| {
+        let (line, key_cells, parsed) = match &row {
+            Ok(r) => {
+                let cells: Vec<&str> = values.iter().map(|&c| r.get(c)).collect();
+                let k: Vec<&str> = keys.iter().map(|&c| r.get(c)).collect();
+                (r.line, k, value(&cells))
+            }
+            Err(bad) => {
+                let k: Vec<&str> = keys.iter().map(|&c| bad.get(c)).collect();
+                (bad.line, k, Err(bad.reason.clone()))
+            }
+        };
+        match parsed {
+            Ok(v) => {
+                index.good.insert(key(&key_cells), v);
+            }
+            Err(reason) if key_cells.iter().any(|c| c.is_empty()) => {
+                index
+                    .orphans
+                    .push(csv_reject(path, line, [None; 3], reason));
+            }
+            Err(reason) => {
+                let bad = BadIndexRow {
+                    path: path.to_path_buf(),
+                    line,
+                    reason,
+                };
+                index.bad.insert(key(&key_cells), bad);
+            }
+        }
+    })?;
+    Ok(index)
+}
+
+/// CheXpert (or NegBio) labels of each (subject, study).
+type LabelIndex = Index<(String, String), [Option<i8>; 14]>;
+
+/// Reads the label CSV: (subject, study) → labels. A row that does not parse
+/// is kept as bad, so that its study's images are rejected rather than
+/// written with blank labels.
+fn read_labels(path: &Path, allow_truncated: bool) -> Result<LabelIndex, CsvError> {
+    let names: Vec<&str> = CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect();
+    read_index(
+        path,
+        allow_truncated,
+        &["subject_id", "study_id"],
+        |k| (k[0].to_string(), k[1].to_string()),
+        &names,
+        |cells| {
+            let mut values = [None; 14];
+            for (v, cell) in values.iter_mut().zip(cells) {
+                *v = parse_label(cell)?;
+            }
+            Ok(values)
+        },
+    )
+}
+
+/// Reads the split CSV: dicom_id → split.
+fn read_splits(path: &Path, allow_truncated: bool) -> Result<Index<String, String>, CsvError> {
+    read_index(
+        path,
+        allow_truncated,
+        &["dicom_id"],
+        |k| k[0].to_string(),
+        &["split"],
+        |cells| match cells[0] {
+            "" => Err("empty split".to_string()),
+            s => Ok(s.to_string()),
+        },
+    )
 }
 
 /// Lists the rows to write, from the metadata, split and label CSVs.
-fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
-    let splits = read_splits(&csvio::find(root, SPLIT_CSV)?)?;
-    let labels = read_labels(&csvio::find(root, labeler.csv_stem())?)?;
+///
+/// Every row of the metadata CSV is seen once and becomes an item or a
+/// reject; so does every split or label row that did not parse and names no
+/// image. With `allow_truncated`, an index CSV that ends early rejects the
+/// images it no longer covers instead of stopping the run.
+fn plan(root: &Path, labeler: Labeler, allow_truncated: bool) -> Result<Planned<Item>, CsvError> {
+    let splits = read_splits(&csvio::find(root, SPLIT_CSV)?, allow_truncated)?;
+    let labels = read_labels(&csvio::find(root, labeler.csv_stem())?, allow_truncated)?;
     let meta_path = csvio::find(root, METADATA_CSV)?;
     let mut table = Table::open(&meta_path)?;
     let [dicom, subject, study, view] =
@@ -252,17 +328,30 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
         rejects: Vec::new(),
         seen: 0,
     };
-    for row in table.rows() {
+    for orphan in splits.orphans.iter().chain(&labels.orphans) {
+        plan.seen += 1;
+        plan.rejects.push(orphan.clone());
+    }
+    let mut listed = std::collections::HashSet::new();
+    let meta_truncated = csvio::read_all(&mut table, allow_truncated, |row| {
         plan.seen += 1;
         let row = match row {
             Ok(r) => r,
             Err(bad) => {
-                plan.rejects
-                    .push(csv_reject(&meta_path, bad.line, [None; 3], bad.reason));
-                continue;
+                let ids = [bad.get(subject), bad.get(study), bad.get(dicom)];
+                let opt_ids = ids.map(|s| (!s.is_empty()).then_some(s));
+                listed.insert(ids[2].to_string());
+                plan.rejects.push(csv_reject(
+                    &meta_path,
+                    bad.line,
+                    opt_ids,
+                    bad.reason.clone(),
+                ));
+                return;
             }
         };
         let ids = [row.get(subject), row.get(study), row.get(dicom)];
+        listed.insert(ids[2].to_string());
         let opt_ids = ids.map(|s| (!s.is_empty()).then_some(s));
         let well_formed = ids[0].len() >= 2
             && ids[0].bytes().all(|b| b.is_ascii_digit())
@@ -277,23 +366,83 @@ fn plan(root: &Path, labeler: Labeler) -> Result<Planned<Item>, CsvError> {
             );
             plan.rejects
                 .push(csv_reject(&meta_path, row.line, opt_ids, reason));
-            continue;
+            return;
         }
-        let Some(split) = splits.get(ids[2]) else {
-            let reason = format!("dicom_id {} has no row in {SPLIT_CSV}", ids[2]);
-            plan.rejects
-                .push(csv_reject(&meta_path, row.line, opt_ids, reason));
-            continue;
+        let split = match (splits.good.get(ids[2]), splits.bad.get(ids[2])) {
+            (_, Some(bad)) => {
+                plan.rejects.push(bad.reject(opt_ids, "its split row"));
+                return;
+            }
+            (Some(split), None) => split,
+            (None, None) => {
+                let mut reason = format!("dicom_id {} has no row in {SPLIT_CSV}", ids[2]);
+                if let Some(t) = &splits.truncated {
+                    reason.push_str(&format!(" ({t})"));
+                }
+                plan.rejects
+                    .push(csv_reject(&meta_path, row.line, opt_ids, reason));
+                return;
+            }
         };
         let key = (ids[0].to_string(), ids[1].to_string());
+        let item_labels = match (
+            labels.good.get(&key),
+            labels.bad.get(&key),
+            &labels.truncated,
+        ) {
+            (_, Some(bad), _) => {
+                plan.rejects.push(bad.reject(opt_ids, "its label row"));
+                return;
+            }
+            (Some(values), None, _) => *values,
+            // A study the label file would have listed after its break: its
+            // labels are unknown, not blank.
+            (None, None, Some(t)) => {
+                let reason = format!("no label row for its study: {t}");
+                plan.rejects
+                    .push(csv_reject(&t.path, t.line, opt_ids, reason));
+                return;
+            }
+            // Not every study of the release has a label row; those images
+            // keep blank labels, as the release has them.
+            (None, None, None) => [None; 14],
+        };
         plan.items.push(Item {
             subject: ids[0].to_string(),
             study: ids[1].to_string(),
             dicom: ids[2].to_string(),
             view: row.get(view).to_string(),
             split: split.clone(),
-            labels: labels.get(&key).copied().unwrap_or([None; 14]),
+            labels: item_labels,
         });
+    })?;
+    if let Some(t) = meta_truncated {
+        // The split CSV lists every image: those the metadata CSV no longer
+        // reaches are rejects, in the split CSV's (sorted) order.
+        let mut lost: Vec<&String> = splits
+            .good
+            .keys()
+            .chain(splits.bad.keys())
+            .filter(|d| !listed.contains(d.as_str()))
+            .collect();
+        lost.sort();
+        lost.dedup();
+        for d in &lost {
+            plan.seen += 1;
+            let reason = format!("image listed in {SPLIT_CSV} but not reached: {t}");
+            plan.rejects.push(csv_reject(
+                &t.path,
+                t.line,
+                [None, None, Some(d.as_str())],
+                reason,
+            ));
+        }
+        if lost.is_empty() {
+            plan.seen += 1;
+            let reason = format!("{t}; the rows after it are unknown");
+            plan.rejects
+                .push(csv_reject(&t.path, t.line, [None; 3], reason));
+        }
     }
     plan.items
         .sort_by(|a, b| (&a.subject, &a.study, &a.dicom).cmp(&(&b.subject, &b.study, &b.dicom)));
@@ -317,7 +466,7 @@ impl Job<'_> {
         // Text first: it is cheap, and a row rejected for its report is not decoded.
         let report_path = it.report_path(root);
         let report = match std::fs::read(&report_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(bytes) => decode_report_file(&report_path, &bytes),
             Err(e) => {
                 return it.reject(
                     &report_path,
@@ -413,7 +562,7 @@ pub fn run(
     out: &Path,
     progress: &ProgressBar,
 ) -> Result<Manifest, MimicError> {
-    let planned = plan(&opts.root, opts.labeler)?;
+    let planned = plan(&opts.root, opts.labeler, opts.allow_truncated_csv)?;
     let tokenizer = ClipTokenizer::from_file(&opts.tokenizer)?;
     let tokenizer_digest = digest(&opts.tokenizer)?;
     let (sidecar, sidecar_digest) = match &opts.ner {
@@ -466,7 +615,7 @@ pub fn export_sections(
     sections: &[Section],
     out: &Path,
 ) -> Result<(usize, usize), MimicError> {
-    let plan = plan(root, Labeler::Chexpert)?;
+    let plan = plan(root, Labeler::Chexpert, false)?;
     let mut seen = std::collections::BTreeSet::new();
     let mut lines = Vec::new();
     let mut missing = 0;
@@ -474,9 +623,10 @@ pub fn export_sections(
         if !seen.insert((it.subject.clone(), it.study.clone())) {
             continue;
         }
-        let text = std::fs::read(it.report_path(root))
+        let path = it.report_path(root);
+        let text = std::fs::read(&path)
             .ok()
-            .and_then(|b| training_text(&parse_report(&String::from_utf8_lossy(&b)), sections));
+            .and_then(|b| training_text(&parse_report(&decode_report_file(&path, &b)), sections));
         match text {
             Some(text) => {
                 serde_json::to_writer(

@@ -36,6 +36,10 @@ pub struct PadchestOptions {
     pub image: schemas::ImagePolicy,
     /// Shard sizes and strictness.
     pub shards: ShardOptions,
+    /// A CSV that ends early (truncated gzip) is recorded as one reject at
+    /// its break instead of stopping the run. Recorded only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_truncated_csv: bool,
 }
 
 /// Why a PadChest run could not start or finish.
@@ -122,7 +126,10 @@ struct Item {
 }
 
 /// Lists the rows to write from the index CSV, ordered by (patient, study, image).
-fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
+///
+/// A CSV that ends early is an error; with `allow_truncated` it is one reject
+/// at the break (the release has no other listing of the rows it lost).
+fn plan(root: &Path, allow_truncated: bool) -> Result<Planned<Item>, CsvError> {
     let csv_path = csvio::find(root, PADCHEST_CSV)?;
     let mut table = Table::open(&csv_path)?;
     let [image_id, image_dir, study, patient, projection, labels] = [
@@ -148,21 +155,23 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
         rejects: Vec::new(),
         seen: 0,
     };
-    for row in table.rows() {
+    let reject = |line: u64, ids: [Option<&str>; 3], reason: String| Reject {
+        path: format!("{}:{line}", csv_path.display()),
+        subject_id: ids[0].map(str::to_string),
+        study_id: ids[1].map(str::to_string),
+        image_id: ids[2].map(str::to_string),
+        stage: Stage::Csv,
+        reason,
+    };
+    let truncated = csvio::read_all(&mut table, allow_truncated, |row| {
         plan.seen += 1;
-        let reject = |line: u64, ids: [Option<&str>; 3], reason: String| Reject {
-            path: format!("{}:{line}", csv_path.display()),
-            subject_id: ids[0].map(str::to_string),
-            study_id: ids[1].map(str::to_string),
-            image_id: ids[2].map(str::to_string),
-            stage: Stage::Csv,
-            reason,
-        };
         let row = match row {
             Ok(r) => r,
             Err(bad) => {
-                plan.rejects.push(reject(bad.line, [None; 3], bad.reason));
-                continue;
+                let ids = [bad.get(patient), bad.get(study), bad.get(image_id)];
+                let opt = ids.map(|s| (!s.is_empty()).then_some(s));
+                plan.rejects.push(reject(bad.line, opt, bad.reason.clone()));
+                return;
             }
         };
         let ids = [row.get(patient), row.get(study), row.get(image_id)];
@@ -177,13 +186,13 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
                 opt,
                 format!("missing or malformed ids {ids:?} / ImageDir {dir:?}"),
             ));
-            continue;
+            return;
         }
         let parsed = match parse_label_list(row.get(labels)) {
             Ok(l) => l,
             Err(e) => {
                 plan.rejects.push(reject(row.line, opt, e));
-                continue;
+                return;
             }
         };
         // The release's ImageID carries `.png`; accept it without, too.
@@ -200,6 +209,11 @@ fn plan(root: &Path) -> Result<Planned<Item>, CsvError> {
             projection: row.get(projection).to_string(),
             labels: parsed,
         });
+    })?;
+    if let Some(t) = truncated {
+        plan.seen += 1;
+        let reason = format!("{t}; the rows after it are unknown");
+        plan.rejects.push(reject(t.line, [None; 3], reason));
     }
     plan.items.sort_by(|a, b| {
         (&a.patient, &a.study, &a.image_id).cmp(&(&b.patient, &b.study, &b.image_id))
@@ -213,7 +227,7 @@ pub fn run(
     out: &Path,
     progress: &ProgressBar,
 ) -> Result<Manifest, PadchestError> {
-    let planned = plan(&opts.root)?;
+    let planned = plan(&opts.root, opts.allow_truncated_csv)?;
     let info = RunInfo {
         source: Source::Padchest,
         arguments: serde_json::to_value(opts).expect("serialisable"),

@@ -1,6 +1,11 @@
 //! From an image file on disk to the stored 8-bit image: decode, window,
 //! resize once, encode. One function per input kind, all returning the same
 //! [`Prepared`] or a reject reason.
+//!
+//! Each checks the size its file declares against the policy's limits
+//! ([`ImagePolicy::refuses_size`]) before decoding the pixels: the resize keeps
+//! the aspect ratio, so a 2 × 65535 strip would otherwise become a
+//! 256 × 8,388,480 image, and a 1 × 1 image a flat 256 × 256 one.
 
 use std::path::Path;
 
@@ -75,6 +80,29 @@ fn finish(
     })
 }
 
+/// The size check of the policy, as a reject at stage `image_size`.
+fn check_size(width: u32, height: u32, policy: &ImagePolicy) -> Result<(), Failure> {
+    match policy.refuses_size(width, height) {
+        Some(reason) => Err((Stage::ImageSize, reason)),
+        None => Ok(()),
+    }
+}
+
+/// The size an encoded PNG or JPEG declares in its header, read without
+/// decoding the pixels.
+fn declared_size(bytes: &[u8], format: image::ImageFormat) -> Result<(u32, u32), Failure> {
+    image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| {
+            let name = if format == image::ImageFormat::Png {
+                "PNG"
+            } else {
+                "JPEG"
+            };
+            (Stage::ImageDecode, format!("{name} decode failed: {e}"))
+        })
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| (Stage::ImageRead, format!("image unreadable: {e}")))
 }
@@ -83,8 +111,14 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
 pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let bytes = read(path)?;
     // A reduced-resolution decode (JPEG 2000) still records the size the file declares.
-    let (stored, info) = dicom_image::decode_dicom_bytes_reduced(&bytes, policy.short_side)
-        .map_err(|e| (Stage::ImageDecode, e.to_string()))?;
+    let refuse = |cols, rows| policy.refuses_size(cols, rows);
+    let (stored, info) =
+        dicom_image::decode_dicom_bytes_checked(&bytes, policy.short_side, &refuse).map_err(
+            |e| match e {
+                dicom_image::DicomError::Size(reason) => (Stage::ImageSize, reason),
+                e => (Stage::ImageDecode, e.to_string()),
+            },
+        )?;
     let gray = window::render(
         &stored,
         policy.dicom_window,
@@ -103,6 +137,8 @@ pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
 /// An 8-bit JPEG (MIMIC-CXR-JPG): already windowed by the release, so only resized.
 pub fn jpeg8(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let bytes = read(path)?;
+    let (w, h) = declared_size(&bytes, image::ImageFormat::Jpeg)?;
+    check_size(w, h, policy)?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
         .map_err(|e| (Stage::ImageDecode, format!("JPEG decode failed: {e}")))?
         .into_luma8();
@@ -118,6 +154,8 @@ pub fn jpeg8(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
 /// A grayscale PNG of 8 or 16 bits (PadChest): windowed by `policy.png_window`.
 pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let bytes = read(path)?;
+    let (w, h) = declared_size(&bytes, image::ImageFormat::Png)?;
+    check_size(w, h, policy)?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
         .map_err(|e| (Stage::ImageDecode, format!("PNG decode failed: {e}")))?;
     let (w, h) = (img.width(), img.height());

@@ -576,10 +576,71 @@ fn section_text(text: &str) -> Vec<(String, &str)> {
         .any(|(n, _)| n == "impression" || n == "findings");
     if !has_main
         && let Some((_, last)) = sections.last_mut()
+/// Where a report's bytes were not UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidUtf8 {
+    /// Byte offset of the first invalid sequence.
+    pub first_offset: usize,
+    /// Invalid sequences, each replaced by one U+FFFD.
+    pub sequences: usize,
+}
+
+/// Decodes a report's bytes as UTF-8, replacing each invalid sequence by
+/// U+FFFD as `String::from_utf8_lossy` does, and says where that happened:
+/// a report is data worth keeping with a damaged character, but not silently.
+pub fn decode_report(bytes: &[u8]) -> (String, Option<InvalidUtf8>) {
+    let mut invalid: Option<InvalidUtf8> = None;
+    let mut offset = 0;
+    for chunk in bytes.utf8_chunks() {
+        offset += chunk.valid().len();
+        if !chunk.invalid().is_empty() {
+            let seen = invalid.get_or_insert(InvalidUtf8 {
+                first_offset: offset,
+                sequences: 0,
+            });
+            seen.sequences += 1;
+        }
+        offset += chunk.invalid().len();
+    }
+    (String::from_utf8_lossy(bytes).into_owned(), invalid)
+}
+
+/// [`decode_report`] for the report at `path`, with a WARN line naming the
+/// file and the byte offset when it was not valid UTF-8.
+pub fn decode_report_file(path: &std::path::Path, bytes: &[u8]) -> String {
+    let (text, invalid) = decode_report(bytes);
+    if let Some(bad) = invalid {
+        tracing::warn!(
+            "{}: invalid UTF-8 at byte {} ({} sequence(s) replaced by U+FFFD); the report is kept",
+            path.display(),
+            bad.first_offset,
+            bad.sequences
+        );
+    }
+    text
+}
+
         && let Some(at) = last.find("\n \n")
     {
         let whole: &str = last;
         *last = &whole[..at];
+    #[test]
+    fn invalid_utf8_in_a_report_is_replaced_and_located() {
+        assert_eq!(
+            decode_report(b"FINDINGS: clear."),
+            ("FINDINGS: clear.".into(), None)
+        );
+        let (text, bad) = decode_report(b"FINDINGS: \xffclear\xc3 lungs\xe2\x82.");
+        assert_eq!(text, "FINDINGS: \u{FFFD}clear\u{FFFD} lungs\u{FFFD}.");
+        assert_eq!(
+            bad,
+            Some(InvalidUtf8 {
+                first_offset: 10,
+                sequences: 3
+            })
+        );
+    }
+
         let rest = &whole[at + 3..];
         sections.push(("last_paragraph".to_string(), rest));
     }

@@ -92,6 +92,26 @@ pub struct ImagePolicy {
 impl Default for ImagePolicy {
     fn default() -> Self {
         ImagePolicy {
+    /// Smallest side, in pixels, of an input image that is written; a smaller
+    /// one is rejected rather than scaled up to a flat image. Absent in
+    /// manifests written before it existed, which used no limit (read as 1).
+    #[serde(default = "no_min_side")]
+    pub min_side: u32,
+    /// Largest ratio of long to short side of an input image that is written.
+    /// Resizing keeps the aspect ratio, so this bounds the stored image (and
+    /// its memory) at `short_side² × max_aspect`. Absent in manifests written
+    /// before it existed, which used no limit (read as `f32::MAX`: JSON has
+    /// no infinity).
+    #[serde(default = "no_max_aspect")]
+    pub max_aspect: f32,
+}
+
+fn no_min_side() -> u32 {
+    1
+}
+
+fn no_max_aspect() -> f32 {
+    f32::MAX
             short_side: 256,
             rescale: true,
             invert_monochrome1: true,
@@ -106,10 +126,39 @@ impl Default for ImagePolicy {
 }
 
 /// A file whose content decided the output, by sha256.
+            // Real chest radiographs are hundreds of pixels a side or more
+            // (the smallest in the shared test data is 237) with aspect
+            // ratios up to about 1.6 (1024 x 638); these limits keep every
+            // one of them and refuse only thumbnails, strips and damage.
+            min_side: 32,
+            max_aspect: 4.0,
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {
     /// Path as given.
     pub path: String,
+impl ImagePolicy {
+    /// Why an input image of `width` × `height` pixels is refused, or `None`
+    /// when its size is within [`ImagePolicy::min_side`] and
+    /// [`ImagePolicy::max_aspect`].
+    pub fn refuses_size(&self, width: u32, height: u32) -> Option<String> {
+        let (short, long) = (width.min(height), width.max(height));
+        if short < self.min_side.max(1) {
+            return Some(format!(
+                "image is {width}x{height}: its short side is below the minimum of {} px",
+                self.min_side.max(1)
+            ));
+        }
+        let aspect = f64::from(long) / f64::from(short);
+        if aspect > f64::from(self.max_aspect) {
+            return Some(format!(
+                "image is {width}x{height}: aspect ratio {aspect:.2} exceeds the maximum of {}",
+                self.max_aspect
+            ));
+        }
+        None
+    }
+}
+
     /// Hex sha256 of its bytes.
     pub sha256: String,
 }
@@ -220,6 +269,34 @@ mod tests {
             schema_version: crate::SCHEMA_VERSION,
             tool_version: "0.1.0".into(),
             source: Source::Padchest,
+    #[test]
+    fn size_limits_refuse_thin_strips_and_tiny_images_only() {
+        let p = ImagePolicy::default();
+        assert_eq!(p.refuses_size(2544, 3056), None);
+        assert_eq!(p.refuses_size(1024, 638), None);
+        assert_eq!(p.refuses_size(32, 128), None);
+        let tiny = p.refuses_size(1, 1).unwrap();
+        assert!(tiny.contains("1x1") && tiny.contains("minimum"), "{tiny}");
+        let strip = p.refuses_size(2, 65535).unwrap();
+        assert!(strip.contains("2x65535"), "{strip}");
+        let wide = p.refuses_size(4000, 900).unwrap();
+        assert!(wide.contains("aspect ratio 4.44"), "{wide}");
+    }
+
+    #[test]
+    fn an_image_policy_without_size_limits_reads_as_unlimited() {
+        let mut json = serde_json::to_value(ImagePolicy::default()).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("min_side");
+        obj.remove("max_aspect");
+        let old: ImagePolicy = serde_json::from_value(json).unwrap();
+        assert_eq!((old.min_side, old.max_aspect), (1, f32::MAX));
+        assert_eq!(old.refuses_size(1, 1), None);
+        assert_eq!(old.refuses_size(2, 65535), None);
+        let again = serde_json::to_string(&old).unwrap();
+        assert_eq!(serde_json::from_str::<ImagePolicy>(&again).unwrap(), old);
+    }
+
             arguments: serde_json::json!({"root": "x"}),
             image_policy: ImagePolicy::default(),
             tokenizer: None,

@@ -11,6 +11,11 @@ pub enum Stage {
     Csv,
     /// The image file is missing or unreadable.
     ImageRead,
+    /// The image declares a size the policy refuses (a side below
+    /// [`crate::ImagePolicy::min_side`], or an aspect ratio beyond
+    /// [`crate::ImagePolicy::max_aspect`]); checked from the header, before
+    /// the pixels are decoded.
+    ImageSize,
     /// The image bytes could not be decoded (corrupt, truncated, unsupported syntax).
     ImageDecode,
     /// The report file is missing or unreadable.
@@ -21,9 +26,10 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Csv,
         Stage::ImageRead,
+        Stage::ImageSize,
         Stage::ImageDecode,
         Stage::Report,
         Stage::Entities,
@@ -34,6 +40,7 @@ impl Stage {
         match self {
             Stage::Csv => "csv",
             Stage::ImageRead => "image_read",
+            Stage::ImageSize => "image_size",
             Stage::ImageDecode => "image_decode",
             Stage::Report => "report",
             Stage::Entities => "entities",
