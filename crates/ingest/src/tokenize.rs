@@ -31,6 +31,98 @@ const CLIP_MERGES: usize = 49152 - 256 - 2;
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
+/// CLIP's text cleaning, the one place it is written: every text that is
+/// tokenized (report sections at ingest, prompts, `train embed --texts`) is
+/// cleaned by this function first, as OpenAI's `basic_clean` +
+/// `whitespace_clean` do before their BPE.
+///
+/// - the parts of `ftfy.fix_text` (its default settings) that change text
+///   which is already valid Unicode: curly quotes to straight ones, Latin
+///   ligatures spelled out (`ﬁ` → `fi`), full-width ASCII and the ideographic
+///   space to their plain forms, control and invisible format characters
+///   removed (tab, line feed and carriage return are kept as whitespace);
+/// - HTML entities decoded twice (`&amp;gt;` → `>`), as `basic_clean` does;
+/// - runs of whitespace collapsed to one space, ends trimmed.
+///
+/// Not done: ftfy's repair of mojibake (`cafÃ©` → `café`), of C1 control
+/// characters read as Windows-1252, and the width fixes outside full-width
+/// ASCII (half-width katakana); text with those differs from OpenAI's.
+pub fn clean_text(raw: &str) -> String {
+    let fixed: String = raw.chars().filter_map(ftfy_char).flat_map(|s| s.chars()).collect();
+    let once = html_escape::decode_html_entities(&fixed);
+    let decoded = html_escape::decode_html_entities(&once);
+    let mut out = String::with_capacity(decoded.len());
+    for word in decoded.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// One character after ftfy's `uncurl_quotes`, `fix_latin_ligatures`,
+/// `fix_character_width` and `remove_control_chars` (ftfy 6.3's tables),
+/// or `None` where the character is removed.
+fn ftfy_char(c: char) -> Option<CharFix> {
+    let fix = match c {
+        '\u{2bc}' | '\u{2018}'..='\u{201b}' => CharFix::One('\''),
+        '\u{201c}'..='\u{201f}' => CharFix::One('"'),
+        '\u{132}' => CharFix::Str("IJ"),
+        '\u{133}' => CharFix::Str("ij"),
+        '\u{149}' => CharFix::Str("\u{2bc}n"),
+        '\u{1c4}' => CharFix::Str("D\u{17d}"),
+        '\u{1c5}' => CharFix::Str("D\u{17e}"),
+        '\u{1c6}' => CharFix::Str("d\u{17e}"),
+        '\u{1c7}' => CharFix::Str("LJ"),
+        '\u{1c8}' => CharFix::Str("Lj"),
+        '\u{1c9}' => CharFix::Str("lj"),
+        '\u{1ca}' => CharFix::Str("NJ"),
+        '\u{1cb}' => CharFix::Str("Nj"),
+        '\u{1cc}' => CharFix::Str("nj"),
+        '\u{1f1}' => CharFix::Str("DZ"),
+        '\u{1f2}' => CharFix::Str("Dz"),
+        '\u{1f3}' => CharFix::Str("dz"),
+        '\u{fb00}' => CharFix::Str("ff"),
+        '\u{fb01}' => CharFix::Str("fi"),
+        '\u{fb02}' => CharFix::Str("fl"),
+        '\u{fb03}' => CharFix::Str("ffi"),
+        '\u{fb04}' => CharFix::Str("ffl"),
+        '\u{fb05}' => CharFix::Str("\u{17f}t"),
+        '\u{fb06}' => CharFix::Str("st"),
+        // Full-width ASCII sits 0xFEE0 above the ASCII it stands for.
+        '\u{ff01}'..='\u{ff5e}' => {
+            CharFix::One(char::from_u32(c as u32 - 0xfee0).expect("ASCII range"))
+        }
+        '\u{3000}' => CharFix::One(' '),
+        '\u{0}'..='\u{8}'
+        | '\u{b}'
+        | '\u{e}'..='\u{1f}'
+        | '\u{7f}'
+        | '\u{206a}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffc}' => return None,
+        other => CharFix::One(other),
+    };
+    Some(fix)
+}
+
+/// What one character becomes: itself or another character, or a few.
+enum CharFix {
+    One(char),
+    Str(&'static str),
+}
+
+impl CharFix {
+    fn chars(self) -> impl Iterator<Item = char> {
+        let (one, many) = match self {
+            CharFix::One(c) => (Some(c), ""),
+            CharFix::Str(s) => (None, s),
+        };
+        one.into_iter().chain(many.chars())
+    }
+}
+
 /// Why a tokenizer could not be built, loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
@@ -230,7 +322,14 @@ impl ClipTokenizer {
         self.eot_id
     }
 
-    /// Tokenizes `text` as CLIP does, truncating to the context length.
+    /// Cleans raw text with [`clean_text`] and tokenizes it: the call for any
+    /// text that has not been cleaned yet (prompts, user text files).
+    pub fn encode_text(&self, raw: &str) -> Result<Tokens, TokenizeError> {
+        self.encode(&clean_text(raw))
+    }
+
+    /// Tokenizes `text`, already cleaned by [`clean_text`], as CLIP does,
+    /// truncating to the context length. Offsets refer to `text`.
     pub fn encode(&self, text: &str) -> Result<Tokens, TokenizeError> {
         let enc = self
             .inner
@@ -278,6 +377,21 @@ mod tests {
         chars.sort();
         chars.dedup();
         assert_eq!(chars.len(), 256, "alphabet must be a bijection");
+    }
+
+    #[test]
+    fn cleaning_applies_ftfy_fixes_html_twice_and_collapses_whitespace() {
+        assert_eq!(
+            clean_text("  Tube tip &amp;gt; 2 cm\n  above the carina &amp;\tstable. "),
+            "Tube tip > 2 cm above the carina & stable."
+        );
+        assert_eq!(
+            clean_text("\u{201c}small\u{201d} \u{2018}left\u{2019} e\u{301}"),
+            "\"small\" 'left' e\u{301}"
+        );
+        assert_eq!(clean_text("\u{fb01}brosis \u{ff23}\u{ff34}\u{3000}scan"), "fibrosis CT scan");
+        assert_eq!(clean_text("a\u{0}b\u{feff}c\u{7f}d\u{b}e"), "abcde");
+        assert_eq!(clean_text("caf\u{e9} ___ left"), "caf\u{e9} ___ left");
     }
 
     #[test]
