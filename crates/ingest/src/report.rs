@@ -195,22 +195,12 @@ pub fn training_text(s: &Sections, which: &[Section]) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// One section as training text: HTML entities decoded twice (`&amp;gt;` → `>`), runs
-/// of whitespace (line breaks included) collapsed to one space, trimmed.
-/// PHI placeholders (`___`) are kept.
+/// One section as training text: CLIP's cleaning
+/// ([`crate::tokenize::clean_text`]: HTML entities decoded twice, `&amp;gt;`
+/// → `>`, ftfy's character fixes, whitespace collapsed). PHI placeholders
+/// (`___`) are kept.
 pub fn clean_section(raw: &str) -> String {
-    // Twice, as CLIP's `basic_clean` does: reports hold doubly escaped
-    // entities (`&amp;gt;`), and the ids must match OpenAI's tokenizer.
-    let once = html_escape::decode_html_entities(raw);
-    let decoded = html_escape::decode_html_entities(&once);
-    let mut out = String::with_capacity(decoded.len());
-    for word in decoded.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
+    crate::tokenize::clean_text(raw)
 }
 
 /// Splits a report into sections by the MIMIC-CXR rules (see the module docs).
@@ -576,6 +566,16 @@ fn section_text(text: &str) -> Vec<(String, &str)> {
         .any(|(n, _)| n == "impression" || n == "findings");
     if !has_main
         && let Some((_, last)) = sections.last_mut()
+        && let Some(at) = last.find("\n \n")
+    {
+        let whole: &str = last;
+        *last = &whole[..at];
+        let rest = &whole[at + 3..];
+        sections.push(("last_paragraph".to_string(), rest));
+    }
+    sections
+}
+
 /// Where a report's bytes were not UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidUtf8 {
@@ -620,10 +620,10 @@ pub fn decode_report_file(path: &std::path::Path, bytes: &[u8]) -> String {
     text
 }
 
-        && let Some(at) = last.find("\n \n")
-    {
-        let whole: &str = last;
-        *last = &whole[..at];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     #[test]
     fn invalid_utf8_in_a_report_is_replaced_and_located() {
         assert_eq!(
@@ -640,16 +640,6 @@ pub fn decode_report_file(path: &std::path::Path, bytes: &[u8]) -> String {
             })
         );
     }
-
-        let rest = &whole[at + 3..];
-        sections.push(("last_paragraph".to_string(), rest));
-    }
-    sections
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     /// A MIMIC-style report: indented title, headers after one space, wrapped
     /// lines starting with a space, `___` PHI.
