@@ -12,3 +12,4 @@ mod mimic;
 mod padchest;
 mod resume;
 mod train;
+mod train_reliability;

@@ -11,14 +11,14 @@ use std::sync::OnceLock;
 use crate::util::{ingest_mimic, run, run_ok, workspace, world};
 
 /// The world and its shards, made once for every test here.
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    world: PathBuf,
-    mimic: PathBuf,
-    padchest: PathBuf,
+    pub(crate) world: PathBuf,
+    pub(crate) mimic: PathBuf,
+    pub(crate) padchest: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -55,7 +55,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-const TINY: &str = r#"
+pub(crate) const TINY: &str = r#"
 [model]
 preset = "tiny"
 [optim]
@@ -73,7 +73,7 @@ checkpoint_every = 3
 keep_last = 2
 "#;
 
-fn train(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn train(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let f = fixture();
     let mut args = vec![
         "--shards",
@@ -91,7 +91,7 @@ fn train(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     run("train", &args)
 }
 
-fn ok(out: std::process::Output) {
+pub(crate) fn ok(out: std::process::Output) {
     assert!(
         out.status.success(),
         "train failed:\n{}",
@@ -125,7 +125,7 @@ fn final_weights(run: &Path) -> Vec<u8> {
 }
 
 /// A trained tiny run shared by the evaluation tests.
-fn trained() -> &'static PathBuf {
+pub(crate) fn trained() -> &'static PathBuf {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();

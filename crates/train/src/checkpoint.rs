@@ -12,6 +12,7 @@ use pipeline::Position;
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn::VarStore};
 
+use crate::data::ShardRecord;
 use crate::optim::Optimizer;
 
 /// Weights file inside a checkpoint folder.
@@ -37,6 +38,10 @@ pub struct TrainState {
     pub nonfinite_in_a_row: u64,
     /// sha256 of the config the run was started with.
     pub config_sha256: String,
+    /// The shard folders the weights were trained on, in the loader's
+    /// order (empty in checkpoints written before they were recorded).
+    #[serde(default)]
+    pub shards: Vec<ShardRecord>,
 }
 
 /// The checkpoint folder of `step`.

@@ -368,45 +368,127 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("the config serialises")
     }
 
+    /// The first impossible value, named by its key. Every number must be
+    /// finite: TOML reads `nan` and `inf`, and a NaN learning rate turns the
+    /// weights into NaN without any step failing.
     fn check(&self) -> Result<(), String> {
         let t = &self.train;
+        let o = &self.optim;
         self.model
             .att_mim
             .check()
             .map_err(|problem| format!("model.{problem}"))?;
+        let w = &self.model.loss_weights;
+        for (key, value) in [
+            ("model.loss_weights.align", w.align),
+            ("model.loss_weights.mim", w.mim),
+            ("model.loss_weights.mlm", w.mlm),
+        ] {
+            at_least(key, value, 0.0)?;
+        }
+        if let MlmStrategy::Random(p) | MlmStrategy::Entity(p) = self.model.mlm {
+            within("model.mlm.p", p, 0.0, 1.0)?;
+        }
+        positive("optim.lr", o.lr)?;
+        // SGD diverges for momentum >= 1; AdamW's betas likewise.
+        within_open("optim.momentum", o.momentum, 0.0, 1.0)?;
+        within_open("optim.betas[0]", o.betas.0, 0.0, 1.0)?;
+        within_open("optim.betas[1]", o.betas.1, 0.0, 1.0)?;
+        positive("optim.eps", o.eps)?;
+        at_least("optim.weight_decay", o.weight_decay, 0.0)?;
+        if let Some(clip) = o.grad_clip {
+            positive("optim.grad_clip", clip)?;
+        }
+        within("train.paired_fraction", t.paired_fraction, 0.0, 1.0)?;
+        let a = &t.augment;
+        for (key, value) in [
+            ("train.augment.crop_scale[0]", a.crop_scale.0),
+            ("train.augment.crop_scale[1]", a.crop_scale.1),
+            ("train.augment.crop_ratio[0]", a.crop_ratio.0),
+            ("train.augment.crop_ratio[1]", a.crop_ratio.1),
+        ] {
+            positive(key, value as f64)?;
+        }
+        for (key, value) in [
+            ("train.augment.rotate_degrees", a.rotate_degrees),
+            ("train.augment.contrast", a.contrast),
+            ("train.augment.brightness", a.brightness),
+        ] {
+            at_least(key, value as f64, 0.0)?;
+        }
+        within("train.augment.hflip", a.hflip as f64, 0.0, 1.0)?;
         let problems = [
+            (t.steps == 0, "train.steps must be at least 1"),
+            (t.batch_size == 0, "train.batch_size must be at least 1"),
             (
-                t.batch_size == 0,
-                "train.batch_size must be at least 1".to_string(),
+                t.loader_threads == 0,
+                "train.loader_threads must be at least 1",
             ),
-            (
-                !(0.0..=1.0).contains(&t.paired_fraction),
-                format!(
-                    "train.paired_fraction {} is not in [0, 1]",
-                    t.paired_fraction
-                ),
-            ),
-            (
-                self.optim.lr <= 0.0,
-                format!("optim.lr {} must be positive", self.optim.lr),
-            ),
-            (
-                self.optim.accumulate == 0,
-                "optim.accumulate must be at least 1".to_string(),
-            ),
+            (o.accumulate == 0, "optim.accumulate must be at least 1"),
             (
                 self.prompts.is_empty(),
-                "prompts must not be empty (AttMIM's prompt map needs them)".to_string(),
+                "prompts must not be empty (AttMIM's prompt map needs them)",
             ),
             (
-                t.checkpoint_every == 0 || t.log_every == 0,
-                "train.checkpoint_every and train.log_every must be at least 1".to_string(),
+                t.checkpoint_every == 0,
+                "train.checkpoint_every must be at least 1",
             ),
+            (t.log_every == 0, "train.log_every must be at least 1"),
+            (t.keep_last == 0, "train.keep_last must be at least 1"),
         ];
         match problems.into_iter().find(|(bad, _)| *bad) {
-            Some((_, message)) => Err(message),
+            Some((_, message)) => Err(message.to_string()),
             None => Ok(()),
         }
+    }
+}
+
+/// `value` is a finite number (`nan` and `inf` are valid TOML).
+fn finite(key: &str, value: f64) -> Result<(), String> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{key} {value} is not a finite number"))
+    }
+}
+
+/// `value` is finite and above zero.
+fn positive(key: &str, value: f64) -> Result<(), String> {
+    finite(key, value)?;
+    if value > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{key} {value} must be positive"))
+    }
+}
+
+/// `value` is finite and at least `min`.
+fn at_least(key: &str, value: f64, min: f64) -> Result<(), String> {
+    finite(key, value)?;
+    if value >= min {
+        Ok(())
+    } else {
+        Err(format!("{key} {value} must be at least {min}"))
+    }
+}
+
+/// `value` is finite and in `[lo, hi]`.
+fn within(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), String> {
+    finite(key, value)?;
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} {value} is not in [{lo}, {hi}]"))
+    }
+}
+
+/// `value` is finite and in `[lo, hi)`.
+fn within_open(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), String> {
+    finite(key, value)?;
+    if (lo..hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} {value} is not in [{lo}, {hi})"))
     }
 }
 
@@ -488,5 +570,56 @@ mod tests {
         }
         let edges = "[model.att_mim]\nlambda1 = 0.0\nlambda2 = 0.0\n";
         TrainConfig::parse(edges, Path::new("d.toml")).unwrap();
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_numbers_name_their_key() {
+        for (section, key, value, named) in [
+            ("optim", "lr", "nan", "optim.lr NaN is not a finite number"),
+            ("optim", "lr", "inf", "optim.lr inf is not a finite number"),
+            ("optim", "lr", "-1e-3", "optim.lr -0.001 must be positive"),
+            ("optim", "lr", "0.0", "optim.lr 0 must be positive"),
+            ("optim", "weight_decay", "-0.1", "optim.weight_decay -0.1"),
+            ("optim", "weight_decay", "nan", "optim.weight_decay NaN"),
+            ("optim", "momentum", "1.0", "optim.momentum 1"),
+            ("optim", "eps", "-inf", "optim.eps -inf"),
+            ("optim", "grad_clip", "nan", "optim.grad_clip NaN"),
+            ("optim", "betas", "[0.9, nan]", "optim.betas[1] NaN"),
+            ("train", "batch_size", "0", "train.batch_size"),
+            ("train", "steps", "0", "train.steps"),
+            (
+                "train",
+                "paired_fraction",
+                "nan",
+                "train.paired_fraction NaN",
+            ),
+            (
+                "model.loss_weights",
+                "mim",
+                "-1.0",
+                "model.loss_weights.mim -1",
+            ),
+            (
+                "model.att_mim",
+                "lambda1",
+                "nan",
+                "model.att_mim.lambda1 NaN",
+            ),
+            ("train.augment", "hflip", "inf", "train.augment.hflip inf"),
+        ] {
+            let text = format!("[{section}]\n{key} = {value}\n");
+            let e = TrainConfig::parse(&text, Path::new("n.toml"))
+                .expect_err(&format!("{section}.{key} = {value} was accepted"));
+            assert!(
+                e.to_string().contains("n.toml") && e.to_string().contains(named),
+                "{section}.{key} = {value}: {e}"
+            );
+        }
+        let e = TrainConfig::parse(
+            "[model]\nmlm = { kind = \"random\", p = nan }\n",
+            Path::new("m.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("model.mlm.p NaN"), "{e}");
     }
 }

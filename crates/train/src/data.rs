@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use model::StepBatch;
 use pipeline::{Batch, CONTEXT, OpenOptions, Sources};
 use schemas::{MANIFEST_FILE, Manifest, Source};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 /// Shard folders sorted by what they hold.
@@ -61,6 +63,92 @@ impl ShardSet {
         };
         Sources::open(&self.paired, &self.unpaired, &opts).context("opening the shards")
     }
+
+    /// Hashes every shard of every folder (all splits) and compares it with
+    /// its manifest's sha256, so that later opens of single splits need not
+    /// hash again. A damaged shard is an error naming it.
+    pub fn verify(&self) -> Result<()> {
+        self.open(None, true)
+            .map(drop)
+            .context("checking the shards' sha256 against their manifests (--no-verify skips this)")
+    }
+}
+
+/// A shard folder as a run records it: where it was and the sha256 of its
+/// `manifest.json`, which lists every shard's own sha256, so equal manifest
+/// hashes mean the same rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// The folder, made absolute when possible.
+    pub dir: PathBuf,
+    /// sha256 of its `manifest.json`.
+    pub manifest_sha256: String,
+}
+
+impl ShardRecord {
+    /// Records each folder, in the order given (the loader's order).
+    pub fn of_dirs(dirs: &[PathBuf]) -> Result<Vec<ShardRecord>> {
+        dirs.iter()
+            .map(|dir| {
+                let path = dir.join(MANIFEST_FILE);
+                let bytes = std::fs::read(&path).with_context(|| {
+                    format!(
+                        "{}: not a shard folder (no readable {MANIFEST_FILE})",
+                        dir.display()
+                    )
+                })?;
+                Ok(ShardRecord {
+                    dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()),
+                    manifest_sha256: hex::encode(Sha256::digest(&bytes)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why `now` are not the shards `recorded` (the first difference, naming
+/// the folder), or `None` when their manifests are the same, in the same
+/// order. A folder that moved with an unchanged manifest holds the same
+/// rows, so only the hashes are compared.
+pub fn shards_differ(recorded: &[ShardRecord], now: &[ShardRecord]) -> Option<String> {
+    for i in 0..recorded.len().max(now.len()) {
+        match (recorded.get(i), now.get(i)) {
+            (Some(r), Some(n)) if r.manifest_sha256 != n.manifest_sha256 => {
+                return Some(if r.dir == n.dir {
+                    format!(
+                        "--shards {}: its manifest.json changed (sha256 {}, the run recorded {})",
+                        n.dir.display(),
+                        n.manifest_sha256,
+                        r.manifest_sha256
+                    )
+                } else {
+                    format!(
+                        "--shards {} (manifest sha256 {}) is not the folder the run was trained on \
+                         in that place: {} (manifest sha256 {})",
+                        n.dir.display(),
+                        n.manifest_sha256,
+                        r.dir.display(),
+                        r.manifest_sha256
+                    )
+                });
+            }
+            (Some(r), None) => {
+                return Some(format!(
+                    "the run was also trained on {} (manifest sha256 {}), which is not among --shards",
+                    r.dir.display(),
+                    r.manifest_sha256
+                ));
+            }
+            (None, Some(n)) => {
+                return Some(format!(
+                    "--shards {} was not among the shards the run was trained on",
+                    n.dir.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The `manifest.json` of a shard folder.
@@ -158,5 +246,43 @@ mod tests {
         assert_eq!(staged.step.input_ids.int64_value(&[0, 2]), 49407);
         assert_eq!(staged.step.entity.int64_value(&[0, 1]), 1);
         assert_eq!(staged.step.entity.int64_value(&[0, 2]), 0);
+    }
+
+    fn record(dir: &str, sha: &str) -> ShardRecord {
+        ShardRecord {
+            dir: PathBuf::from(dir),
+            manifest_sha256: sha.into(),
+        }
+    }
+
+    #[test]
+    fn other_shards_are_named_and_moved_ones_are_the_same() {
+        let run = [record("/a", "1"), record("/b", "2")];
+        assert_eq!(shards_differ(&run, &run), None);
+        // Moved, same manifest: the same rows.
+        assert_eq!(
+            shards_differ(&run, &[record("/x/a", "1"), record("/b", "2")]),
+            None
+        );
+        let changed = shards_differ(&run, &[record("/a", "1"), record("/b", "3")]).unwrap();
+        assert!(
+            changed.contains("/b") && changed.contains("changed"),
+            "{changed}"
+        );
+        let other = shards_differ(&run, &[record("/a2", "9"), record("/b", "2")]).unwrap();
+        assert!(other.contains("/a2") && other.contains("/a "), "{other}");
+        let fewer = shards_differ(&run, &run[..1]).unwrap();
+        assert!(
+            fewer.contains("/b") && fewer.contains("not among"),
+            "{fewer}"
+        );
+        let more = shards_differ(&run[..1], &run).unwrap();
+        assert!(
+            more.contains("/b") && more.contains("was not among"),
+            "{more}"
+        );
+        // The loader's order is part of the run.
+        let swapped = [run[1].clone(), run[0].clone()];
+        assert!(shards_differ(&run, &swapped).is_some());
     }
 }

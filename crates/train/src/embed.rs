@@ -13,8 +13,9 @@ use model::{Clip, ClipConfig};
 use tch::{Device, Tensor, nn::VarStore};
 
 use crate::encode::{image_files, load_image, normalise};
-use crate::fit::{fit_to, write_atomic};
-use crate::session::{Session, locate, tokenize};
+use crate::fit::{fit_to, partial_path, write_atomic};
+use crate::session::{Session, locate};
+use pipeline::CONTEXT;
 
 /// What to embed.
 #[derive(Debug, Clone)]
@@ -98,10 +99,17 @@ impl Weights {
 
 /// Writes the embeddings file.
 pub fn run(opts: &EmbedOptions) -> Result<()> {
+    // A run killed while writing leaves its temporary file; it is never
+    // renamed into place, so it goes before anything else can fail.
+    let stale = partial_path(&opts.out);
+    if stale.is_file() {
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("removing the unfinished {}", stale.display()))?;
+    }
     let weights = Weights::open(opts)?;
     let (clip, cfg, tokenizer) = weights.clip();
     let _guard = tch::no_grad_guard();
-    let (keys, embeddings) = match (&opts.images, &opts.texts) {
+    let (keys, embeddings): (Vec<String>, Vec<Tensor>) = match (&opts.images, &opts.texts) {
         (Some(dir), _) => {
             let files = image_files(dir)?;
             let mut parts = Vec::new();
@@ -129,19 +137,13 @@ pub fn run(opts: &EmbedOptions) -> Result<()> {
             (keys, parts)
         }
         (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-                .collect();
+            let lines = read_texts(file)?;
             let mut parts = Vec::new();
             for chunk in lines.chunks(64) {
-                let ids = tokenize(tokenizer, chunk)?.to_device(opts.device);
+                let ids = text_ids(tokenizer, file, chunk)?.to_device(opts.device);
                 parts.push(normalise(&clip.encode_text(&ids).pooled).to_device(Device::Cpu));
             }
-            (lines, parts)
+            (lines.into_iter().map(|(_, text)| text).collect(), parts)
         }
         (None, None) => bail!("pass --images DIR or --texts FILE"),
     };
@@ -157,6 +159,46 @@ pub fn run(opts: &EmbedOptions) -> Result<()> {
         opts.out.display()
     );
     Ok(())
+}
+
+/// The non-blank lines of a text file with their 1-based line numbers. A
+/// line that is not UTF-8 is an error naming the file and the line.
+fn read_texts(file: &Path) -> Result<Vec<(usize, String)>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut lines = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: not UTF-8 text (bad byte at column {})",
+                file.display(),
+                i + 1,
+                e.valid_up_to() + 1
+            )
+        })?;
+        if !text.trim().is_empty() {
+            lines.push((i + 1, text.to_owned()));
+        }
+    }
+    if lines.is_empty() {
+        bail!("{}: no text to embed (every line is blank)", file.display());
+    }
+    Ok(lines)
+}
+
+/// Token ids `[n, 77]` of numbered lines of `file`, on the CPU; a line the
+/// tokenizer refuses is named by file and line.
+fn text_ids(tokenizer: &ClipTokenizer, file: &Path, lines: &[(usize, String)]) -> Result<Tensor> {
+    let mut ids = vec![0i64; lines.len() * CONTEXT];
+    for (row, (line, text)) in lines.iter().enumerate() {
+        let t = tokenizer
+            .encode_text(text)
+            .with_context(|| format!("{}:{line}: cannot tokenize the text", file.display()))?;
+        for (i, id) in t.ids.iter().take(CONTEXT).enumerate() {
+            ids[row * CONTEXT + i] = *id as i64;
+        }
+    }
+    Ok(Tensor::from_slice(&ids).view([lines.len() as i64, CONTEXT as i64]))
 }
 
 /// `key`, `embedding` Parquet file, written atomically.

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
-use crate::data::{ShardSet, Staged};
+use crate::data::{ShardRecord, ShardSet, Staged};
 use crate::optim::Optimizer;
 use crate::session::{RUN_FILE, RunModel, Session, TOKENIZER_FILE};
 
@@ -45,7 +45,14 @@ pub struct FitOptions {
     pub stop_after: Option<u64>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Hash every shard against its manifest before training.
+    pub verify_sha256: bool,
+    /// Resume on shards other than those the checkpoint was trained on.
+    pub allow_other_shards: bool,
 }
+
+/// The metrics file inside a run folder, one JSON line per logged step.
+pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,29 +66,47 @@ pub struct FitSummary {
 }
 
 /// Runs (or resumes) training.
+///
+/// A run folder is bound to its config and its shards once it has a
+/// checkpoint: resuming with another config is refused, and with other
+/// shards unless `allow_other_shards`. Before the first checkpoint nothing
+/// is bound, so a start that failed (a wrong path, a bad value) can be
+/// retried into the same folder with corrected arguments.
 pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let config_text = cfg.to_toml();
-    let config_sha = hex::encode(Sha256::digest(config_text.as_bytes()));
-    let config_path = out.join("config.toml");
-    match std::fs::read_to_string(&config_path) {
-        Ok(existing) if existing != config_text => bail!(
-            "{}: this run was started with another config; use a new --out folder or the same config",
-            config_path.display()
-        ),
-        Ok(_) => {}
-        Err(_) => write_atomic(&config_path, config_text.as_bytes())?,
-    }
-
+    // The inputs are checked before the run folder is touched.
     let shards = ShardSet::from_dirs(&opts.shards)?;
+    let records = ShardRecord::of_dirs(&opts.shards)?;
+    let sources = shards.open(Some("train"), opts.verify_sha256)?;
     let tokenizer_path = opts
         .tokenizer
         .clone()
         .or_else(|| shards.tokenizer.clone())
         .context("no tokenizer: the shards record none; pass --tokenizer")?;
+    let config_text = cfg.to_toml();
+    let config_sha = hex::encode(Sha256::digest(config_text.as_bytes()));
+
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: exists and is not a folder", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let latest = checkpoint::list(out)?.pop();
+    let config_path = out.join("config.toml");
     let run_tokenizer = out.join(TOKENIZER_FILE);
-    if !run_tokenizer.exists() {
+    if latest.is_some() {
+        match std::fs::read_to_string(&config_path) {
+            Ok(existing) if existing != config_text => bail!(
+                "{}: this run was started with another config; use a new --out folder or the same config",
+                config_path.display()
+            ),
+            Ok(_) => {}
+            Err(_) => write_atomic(&config_path, config_text.as_bytes())?,
+        }
+    } else {
+        // Nothing trained yet: whatever an earlier start left is replaced.
+        write_atomic(&config_path, config_text.as_bytes())?;
+    }
+    if latest.is_none() || !run_tokenizer.exists() {
         let bytes = std::fs::read(&tokenizer_path)
             .with_context(|| format!("reading the tokenizer {}", tokenizer_path.display()))?;
         write_atomic(&run_tokenizer, &bytes)?;
@@ -95,11 +120,11 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     let run_model = RunModel {
         mmclip: cfg.model.mmclip(clip),
         prompts: cfg.prompts.clone(),
+        shards: records.clone(),
     };
-    write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
 
     tch::manual_seed(cfg.train.seed as i64);
-    let mut session = Session::new(run_model, tokenizer, opts.device)?;
+    let mut session = Session::new(run_model.clone(), tokenizer, opts.device)?;
     if let Some(dir) = &cfg.model.init {
         crate::hf::load_weights(dir, &session.vs)?;
     }
@@ -113,14 +138,35 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         skipped_steps: 0,
         nonfinite_in_a_row: 0,
         config_sha256: config_sha.clone(),
+        shards: records.clone(),
     };
-    if let Some((_, dir)) = checkpoint::list(out)?.pop() {
-        state = checkpoint::load(&dir, &mut session.vs, &mut opt)?;
+    if let Some((_, dir)) = &latest {
+        state = checkpoint::load(dir, &mut session.vs, &mut opt)?;
         if state.config_sha256 != config_sha {
             bail!("{}: written with another config", dir.display());
         }
+        if state.shards.is_empty() {
+            tracing::warn!(
+                "{}: the checkpoint does not record its shards; they are not checked",
+                dir.display()
+            );
+        } else if let Some(why) = crate::data::shards_differ(&state.shards, &records) {
+            if !opts.allow_other_shards {
+                bail!(
+                    "{}: the run was trained on other shards: {why}; \
+                     use the same --shards, or pass --allow-other-shards to continue on these knowingly",
+                    out.display()
+                );
+            }
+            tracing::warn!("continuing on other shards (--allow-other-shards): {why}");
+        }
+        state.shards = records.clone();
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
     }
+    write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
+    // Lines past the resumed step were written by the interrupted run after
+    // its last checkpoint; the resumed run writes them again.
+    truncate_metrics(&out.join(METRICS_FILE), state.step)?;
     if state.step >= cfg.train.steps {
         tracing::info!("the run is already complete at step {}", state.step);
         return Ok(FitSummary {
@@ -140,16 +186,13 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         augment: t.augment.clone(),
         ..Default::default()
     };
-    let mut loader = Loader::new(
-        shards.open(Some("train"), true)?,
-        &loader_cfg,
-        state.next_position,
-    )?;
+    let mut loader = Loader::new(sources, &loader_cfg, state.next_position)?;
+    let metrics_path = out.join(METRICS_FILE);
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}", out.join("metrics.jsonl").display()))?;
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let end = opts
         .stop_after
@@ -201,6 +244,20 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 opt.scale_grads(max / (grad_norm + 1e-6));
             }
             opt.step(lr);
+            // A finite gradient can still make non-finite weights (a huge
+            // rate); every later step would be skipped and the checkpoints
+            // would hold them, so the run stops before saving anything.
+            if let Some(name) = opt.non_finite_variable() {
+                bail!(
+                    "step {}: the update made the weights non-finite ({name} holds NaN or infinity; \
+                     lr {lr}, gradient norm {grad_norm}); stopping without saving, so the last \
+                     checkpoint{} is finite; lower optim.lr or set optim.grad_clip and resume",
+                    state.step,
+                    checkpoint::list(out)?
+                        .pop()
+                        .map_or(String::new(), |(_, d)| format!(" ({})", d.display()))
+                );
+            }
             state.optimizer_steps += 1;
             state.nonfinite_in_a_row = 0;
         } else {
@@ -234,7 +291,8 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 grad_norm,
                 &loader,
             );
-            writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
+            writeln!(metrics, "{line}")
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
             bar.set_message(format!(
                 "loss {:.4}",
                 sums.total / cfg.optim.accumulate as f64
@@ -400,11 +458,51 @@ fn progress_bar(show: bool, at: u64, total: u64) -> ProgressBar {
     bar
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Keeps the lines of a metrics file up to `step` (none for 0). Lines past
+/// it, and a last line cut short by a kill, are dropped; the file is only
+/// rewritten when something is dropped.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::new();
+    for line in text.split_inclusive('\n') {
+        let logged = line
+            .strip_suffix('\n')
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["step"].as_u64());
+        if logged.is_some_and(|s| s <= step) {
+            kept.push_str(line);
+        }
+    }
+    if kept.len() != text.len() {
+        tracing::info!(
+            "{}: keeping the lines up to step {step}, where the run resumes",
+            path.display()
+        );
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file (`path` + `.partial`)
+/// and a rename; a failed write removes the temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let tmp = partial_path(path);
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+}
+
+/// The temporary file [`write_atomic`] writes `path` through.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -432,5 +530,22 @@ mod tests {
                 (3.0, 1.5, align, mlm)
             );
         }
+    }
+
+    #[test]
+    fn metrics_keep_the_lines_up_to_the_resumed_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let line = |s: u64| format!("{{\"step\":{s},\"loss\":1.0}}\n");
+        let full: String = (1..=5).map(line).collect();
+        std::fs::write(&path, format!("{full}{{\"step\":6,\"lo")).unwrap();
+        truncate_metrics(&path, 3).unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept, (1..=3).map(line).collect::<String>());
+        truncate_metrics(&path, 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+        truncate_metrics(&path, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        truncate_metrics(&dir.path().join("absent.jsonl"), 2).unwrap();
     }
 }

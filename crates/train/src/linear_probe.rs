@@ -33,12 +33,17 @@ pub struct ProbeOptions {
     pub threads: usize,
     /// Device for the encoder.
     pub device: Device,
+    /// Hash every shard against its manifest first.
+    pub verify_sha256: bool,
 }
 
 /// Summary per label fraction.
 pub fn run(opts: &ProbeOptions) -> Result<Vec<(f64, Summary)>> {
     let session = Session::from_checkpoint(&opts.checkpoint, opts.device)?;
     let shards = ShardSet::from_dirs(&opts.shards)?;
+    if opts.verify_sha256 {
+        shards.verify()?;
+    }
     let train = embed_split(&session, &shards, "train", opts.threads)?;
     let val = embed_split(&session, &shards, "validate", opts.threads)?;
     let test = embed_split(&session, &shards, "test", opts.threads)?;

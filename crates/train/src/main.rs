@@ -10,6 +10,9 @@
 //! train plot --run RUN
 //! train config            (prints the default config)
 //! ```
+//!
+//! Every command that reads shards hashes them against their manifests
+//! first; `--no-verify` skips that for speed.
 
 use std::path::PathBuf;
 
@@ -28,6 +31,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     fit: FitArgs,
+    /// Do not hash the shards against their manifests' sha256 (faster;
+    /// footers and row counts are still checked).
+    #[arg(long, global = true)]
+    no_verify: bool,
 }
 
 #[derive(Args)]
@@ -50,6 +57,10 @@ struct FitArgs {
     /// Stop after this many steps of this invocation (the run can be resumed).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Resume even though the shards differ from those the run's latest
+    /// checkpoint was trained on.
+    #[arg(long)]
+    allow_other_shards: bool,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +224,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let verify = !cli.no_verify;
     match cli.command {
         None => {
             let a = cli.fit;
@@ -227,6 +239,8 @@ fn main() -> Result<()> {
                 device: device(a.device.as_deref())?,
                 stop_after: a.stop_after,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                verify_sha256: verify,
+                allow_other_shards: a.allow_other_shards,
             };
             let summary = train::fit::fit(&cfg, &opts)?;
             eprintln!(
@@ -283,6 +297,7 @@ fn main() -> Result<()> {
                 lambda1,
                 out: out.clone(),
                 device: device(d.as_deref())?,
+                verify_sha256: verify,
             })?;
             if let Some(s) = shares {
                 println!(
@@ -339,6 +354,7 @@ fn main() -> Result<()> {
                 seed,
                 threads: threads(),
                 device: device(d.as_deref())?,
+                verify_sha256: verify,
             };
             let summary = train::zero_shot::run(&opts)?;
             write_report(
@@ -366,6 +382,7 @@ fn main() -> Result<()> {
                 seed,
                 threads: threads(),
                 device: device(d.as_deref())?,
+                verify_sha256: verify,
             })?;
             let mut md = String::new();
             for (fraction, summary) in &results {

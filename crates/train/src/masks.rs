@@ -54,6 +54,8 @@ pub struct MaskOptions {
     pub out: PathBuf,
     /// Device.
     pub device: Device,
+    /// Hash every shard against its manifest first.
+    pub verify_sha256: bool,
 }
 
 /// Share of lesion patches each strategy masked.
@@ -90,6 +92,9 @@ struct LesionBox {
 /// Draws the pictures and measures lesion shares; returns the shares when
 /// lesions were given.
 pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
+    if opts.verify_sha256 {
+        crate::data::ShardSet::from_dirs(std::slice::from_ref(&opts.shards))?.verify()?;
+    }
     let session = Session::from_checkpoint(&opts.checkpoint, opts.device)?;
     let mut settings = session.model.att_mim_config().clone();
     if let Some(l1) = opts.lambda1 {

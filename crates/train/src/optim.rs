@@ -85,6 +85,30 @@ impl Optimizer {
             .sqrt()
     }
 
+    /// The first variable (by name) holding a NaN or an infinity, if any.
+    /// Each variable is summed in float64 on its device and the sums are
+    /// read back once: any NaN or infinity makes its sum non-finite, while
+    /// finite float32 values cannot overflow a float64 sum. Only when the
+    /// total is not finite are the variables looked at one by one.
+    pub fn non_finite_variable(&self) -> Option<&str> {
+        let sums: Vec<Tensor> = tch::no_grad(|| {
+            self.vars
+                .iter()
+                .map(|(_, v)| v.sum(Kind::Double).reshape([1]))
+                .collect()
+        });
+        if sums.is_empty() {
+            return None;
+        }
+        let host = Tensor::cat(&sums, 0).to_device(tch::Device::Cpu);
+        let values = Vec::<f64>::try_from(&host).expect("double sums on the host");
+        self.vars
+            .iter()
+            .zip(values)
+            .find(|(_, sum)| !sum.is_finite())
+            .map(|((name, _), _)| name.as_str())
+    }
+
     /// Scales every gradient by `factor` (clipping, accumulation averaging).
     pub fn scale_grads(&mut self, factor: f64) {
         tch::no_grad(|| {
@@ -216,6 +240,31 @@ mod tests {
             opt.step(cfg.lr);
         }
         Vec::<f32>::try_from(&w).unwrap()
+    }
+
+    #[test]
+    fn a_nan_or_infinite_weight_is_found_by_its_variable() {
+        let vs = VarStore::new(Device::Cpu);
+        let a = vs
+            .root()
+            .var_copy("a", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let b = vs
+            .root()
+            .var_copy("b", &Tensor::from_slice(&[f32::MAX, f32::MAX, 3.0]));
+        let opt = Optimizer::new(&vs, &OptimConfig::default());
+        // Large finite values do not overflow the float64 sum.
+        assert_eq!(opt.non_finite_variable(), None);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            tch::no_grad(|| {
+                let _ = b.narrow(0, 2, 1).fill_(bad as f64);
+            });
+            assert_eq!(opt.non_finite_variable(), Some("b"), "{bad}");
+        }
+        tch::no_grad(|| {
+            let _ = b.narrow(0, 2, 1).fill_(3.0);
+            let _ = a.narrow(0, 0, 1).fill_(f64::NAN);
+        });
+        assert_eq!(opt.non_finite_variable(), Some("a"));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct RunModel {
     pub mmclip: MmclipConfig,
     /// AttMIM's prompts, in order.
     pub prompts: Vec<String>,
+    /// The shard folders of the latest start, with their manifests' sha256
+    /// (each checkpoint's `state.json` records those its weights saw).
+    #[serde(default)]
+    pub shards: Vec<crate::data::ShardRecord>,
 }
 
 /// File names inside a run folder.
@@ -101,7 +105,7 @@ pub fn tokenize(tokenizer: &ClipTokenizer, texts: &[String]) -> Result<Tensor> {
     let mut ids = vec![0i64; texts.len() * CONTEXT];
     for (row, text) in texts.iter().enumerate() {
         let t = tokenizer
-            .encode(text)
+            .encode_text(text)
             .with_context(|| format!("tokenizing {text:?}"))?;
         for (i, id) in t.ids.iter().enumerate() {
             ids[row * CONTEXT + i] = *id as i64;

@@ -52,6 +52,8 @@ pub struct ZeroShotOptions {
     pub threads: usize,
     /// Device.
     pub device: Device,
+    /// Hash every shard against its manifest first.
+    pub verify_sha256: bool,
 }
 
 /// Scores of one checkpoint: per class, (validation, test) probabilities.
@@ -85,6 +87,9 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
             );
         }
         shards.paired.clear();
+    }
+    if opts.verify_sha256 {
+        shards.verify()?;
     }
     let classes = classes(opts, &shards)?;
 
