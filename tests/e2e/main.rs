@@ -5,6 +5,7 @@
 mod util;
 
 mod covid;
+mod damaged_inputs;
 mod demo;
 mod dicom_corpus;
 mod faults;

@@ -174,3 +174,56 @@ pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let gray = window::render(&stored, policy.png_window, false, false);
     finish(gray, (w, h), bits, "MONOCHROME2", policy)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_file(dir: &Path, width: u32, height: u32) -> std::path::PathBuf {
+        let path = dir.join(format!("{width}x{height}.png"));
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(
+            width,
+            height,
+            image::Luma([700]),
+        )
+        .save_with_format(&path, image::ImageFormat::Png)
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn pngs_outside_the_size_limits_are_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = ImagePolicy {
+            short_side: 64,
+            ..ImagePolicy::default()
+        };
+        let ok = png(&png_file(dir.path(), 48, 100), &policy).unwrap();
+        assert_eq!((ok.width, ok.height), (64, 133));
+        for (w, h, why) in [
+            (1, 1, "minimum"),
+            (2, 65535, "2x65535"),
+            (40, 400, "aspect"),
+        ] {
+            let (stage, reason) = png(&png_file(dir.path(), w, h), &policy).unwrap_err();
+            assert_eq!(stage, Stage::ImageSize, "{reason}");
+            assert!(reason.contains(why), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_dicom_is_refused_from_its_declared_rows_and_columns() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/dicom/rg1_small_explicit_le.dcm");
+        let mut policy = ImagePolicy {
+            short_side: 64,
+            ..ImagePolicy::default()
+        };
+        assert!(dicom(&path, &policy).is_ok());
+        // 460 x 488 as declared: refused when the minimum is above its short side.
+        policy.min_side = 461;
+        let (stage, reason) = dicom(&path, &policy).unwrap_err();
+        assert_eq!(stage, Stage::ImageSize);
+        assert!(reason.contains("460x488"), "{reason}");
+    }
+}
