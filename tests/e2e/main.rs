@@ -12,5 +12,6 @@ mod faults;
 mod mimic;
 mod padchest;
 mod resume;
+mod run_folders;
 mod train;
 mod train_reliability;

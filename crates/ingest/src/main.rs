@@ -40,6 +40,10 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// Skip checking each shard's sha256 against its manifest (faster;
+        /// a damaged shard then gives wrong figures instead of an error).
+        #[arg(long)]
+        no_verify: bool,
     },
     /// Export each study's training text as JSON Lines, for `python/ner_sidecar.py`.
     Sections {
@@ -133,10 +137,6 @@ struct Common {
     /// Exit non-zero at the first rejected row.
     #[arg(long)]
     strict: bool,
-}
-
-impl Common {
-    fn window(&self, w: Window) -> WindowPolicy {
     /// Reject input images whose short side is below this many pixels
     /// (rather than scaling them up to a flat image).
     #[arg(long, default_value_t = ImagePolicy::default().min_side,
@@ -159,6 +159,10 @@ fn parse_max_aspect(text: &str) -> Result<f32, String> {
         Ok(v) if v.is_finite() && v >= 1.0 => Ok(v),
         _ => Err(format!("{text:?} is not a finite ratio of at least 1")),
     }
+}
+
+impl Common {
+    fn window(&self, w: Window) -> WindowPolicy {
         match w {
             Window::MimicJpg => WindowPolicy::MimicJpg,
             Window::Voi => WindowPolicy::Voi,
@@ -183,12 +187,12 @@ fn parse_max_aspect(text: &str) -> Result<f32, String> {
                     quality: self.jpeg_quality,
                 },
             },
+            min_side: self.min_side,
+            max_aspect: self.max_aspect,
         }
     }
 
     fn shards(&self) -> ShardOptions {
-            min_side: self.min_side,
-            max_aspect: self.max_aspect,
         ShardOptions {
             rows_per_shard: self.rows_per_shard,
             row_group_rows: self.row_group_rows,
@@ -293,7 +297,45 @@ fn summarise(out: &Path, m: &Manifest) {
     );
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// A path as the run records it: absolute, without `.` components or a
+/// trailing slash, so that `./world`, `world/` and `/abs/world` are one
+/// argument. Symlinks and `..` are kept: resolving them could name another
+/// folder than the user did.
+fn normalise(path: &Path) -> PathBuf {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .components()
+        .collect()
+}
+
+/// Normalises the paths that are recorded as arguments, and refuses an
+/// `--out` that is not a folder before any work (one error naming the flag).
+fn check_paths(command: &mut Command) -> Result<()> {
+    let out = match command {
+        Command::Mimic(a) => {
+            a.root = normalise(&a.root);
+            a.tokenizer = normalise(&a.tokenizer);
+            a.ner = a.ner.as_deref().map(normalise);
+            &a.common.out
+        }
+        Command::Padchest(a) => {
+            a.root = normalise(&a.root);
+            &a.common.out
+        }
+        Command::Stats { out, .. } => out,
+        _ => return Ok(()),
+    };
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {}: is a file, not a folder; give a folder (it is created if missing)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn run(mut cli: Cli) -> Result<()> {
+    check_paths(&mut cli.command)?;
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -311,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
                 ner: a.ner,
                 image: a.common.policy(a.window, Window::Percentile),
                 shards: a.common.shards(),
+                allow_truncated_csv: a.common.allow_truncated_csv,
             };
             let bar = progress_bar();
             let m = ingest::mimic::run(&opts, &a.common.out, &bar).context("ingest mimic")?;
@@ -330,14 +373,22 @@ fn run(cli: Cli) -> Result<()> {
                 split_seed: a.split_seed,
                 image: a.common.policy(Window::MimicJpg, a.window),
                 shards: a.common.shards(),
+                allow_truncated_csv: a.common.allow_truncated_csv,
             };
             let bar = progress_bar();
             let m = ingest::padchest::run(&opts, &a.common.out, &bar).context("ingest padchest")?;
             bar.finish_and_clear();
             summarise(&a.common.out, &m);
         }
-        Command::Stats { shards, out } => {
-            ingest::stats::write_report(&shards, &out).context("ingest stats")?;
+        Command::Stats {
+            shards,
+            out,
+            no_verify,
+        } => {
+            let opts = ingest::stats::ReportOptions {
+                verify_checksums: !no_verify,
+            };
+            ingest::stats::write_report_with(&shards, &out, &opts).context("ingest stats")?;
             println!("{}", out.join("stats.md").display());
         }
         Command::Sections {
@@ -353,7 +404,6 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Tokenize {
-                allow_truncated_csv: a.common.allow_truncated_csv,
             tokenizer,
             texts,
             out,
@@ -373,7 +423,6 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("{}:{}: no \"text\" string", texts.display(), i + 1);
                 };
                 let text = ingest::report::clean_section(raw);
-                allow_truncated_csv: a.common.allow_truncated_csv,
                 let t = tok.encode(&text)?;
                 let rec = serde_json::json!({"text": text, "ids": t.ids, "truncated": t.truncated});
                 lines.push(rec.to_string());
@@ -402,10 +451,28 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: an error that
+/// shows its source in its own message (`{path}: {source}`) would otherwise
+/// print that source twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Let freed image buffers be reused by the next image rather than given

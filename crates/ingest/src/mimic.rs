@@ -544,6 +544,23 @@ pub fn view_kept(views: &[String], view: &str) -> bool {
     views.is_empty() || views.iter().any(|v| v.eq_ignore_ascii_case(view.trim()))
 }
 
+/// The files whose bytes decide the rows: the index CSVs, then per row its
+/// report and both image candidates (whichever exists is the one read).
+fn input_files(opts: &MimicOptions, items: &[Item]) -> Result<Vec<PathBuf>, CsvError> {
+    let root = &opts.root;
+    let mut files = Vec::with_capacity(3 + 3 * items.len());
+    for stem in [METADATA_CSV, SPLIT_CSV, opts.labeler.csv_stem()] {
+        files.push(csvio::find(root, stem)?);
+    }
+    for it in items {
+        let image = it.study_dir(root).join(format!("s{}", it.study));
+        files.push(it.report_path(root));
+        files.push(image.join(format!("{}.dcm", it.dicom)));
+        files.push(image.join(format!("{}.jpg", it.dicom)));
+    }
+    Ok(files)
+}
+
 fn digest(path: &Path) -> Result<FileDigest, MimicError> {
     let sha256 = shard::sha256_file(path).map_err(|source| MimicError::Io {
         path: path.into(),
@@ -583,6 +600,7 @@ pub fn run(
             .into(),
             sidecar: sidecar_digest,
         }),
+        inputs: input_files(opts, &planned.items)?,
     };
     let job = Job {
         opts,

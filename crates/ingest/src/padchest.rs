@@ -234,6 +234,9 @@ pub fn run(
         image_policy: opts.image.clone(),
         tokenizer: None,
         entities: None,
+        inputs: std::iter::once(csvio::find(&opts.root, PADCHEST_CSV)?)
+            .chain(planned.items.iter().map(|it| it.image_path.clone()))
+            .collect(),
     };
     let process = |it: &Item| -> Outcome {
         if !view_kept(&opts.projections, &it.projection) {

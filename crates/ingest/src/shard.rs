@@ -11,6 +11,14 @@
 //! half-written shard is never visible. Progress lives in `.progress/` inside
 //! the output folder (one small JSON per finished group); it is removed once
 //! `manifest.json` is written, which is the last step of a run.
+//!
+//! A folder is bound to what made it by its [`Fingerprint`]
+//! (`fingerprint.json.gz`, written before the first shard): the arguments
+//! with paths made absolute, the tokenizer and sidecar hashes, the planned
+//! rows, and the size and modification time of every input file. Resuming an
+//! interrupted run and re-running a finished one both require the same
+//! fingerprint; otherwise the run stops and says what changed. Temporary
+//! files and progress left by a killed run are removed by the next run.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -29,9 +37,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FileDigest, ImagePolicy, MANIFEST_FILE,
-    Manifest, REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source, Stage, col,
-    shard_file_name, shard_schema,
+    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FINGERPRINT_FILE, FileDigest,
+    ImagePolicy, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source,
+    Stage, col, shard_file_name, shard_schema,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,6 +73,27 @@ pub enum ShardError {
     )]
     DifferentRun {
         /// The progress file that disagrees.
+        path: PathBuf,
+    },
+    /// The output folder holds a run made from other arguments or inputs;
+    /// `change` says which.
+    #[error(
+        "{}: the {} run in this folder was made from different arguments or inputs: {change}; use another --out folder or remove this one",
+        dir.display(),
+        if *finished { "finished (manifest.json)" } else { "interrupted" }
+    )]
+    Changed {
+        /// The output folder.
+        dir: PathBuf,
+        /// Whether that run had finished.
+        finished: bool,
+        /// What differs, with the old and new values.
+        change: String,
+    },
+    /// The output path exists and is not a folder.
+    #[error("{}: exists and is not a folder", path.display())]
+    NotAFolder {
+        /// The path.
         path: PathBuf,
     },
     /// `--strict` was given and a row was rejected.
@@ -195,6 +224,216 @@ pub struct RunInfo {
     pub tokenizer: Option<FileDigest>,
     /// Entity source, for paired sources.
     pub entities: Option<EntitySourceInfo>,
+    /// Files whose bytes decide the rows (index CSVs, reports, images),
+    /// in a fixed order. Those that exist are fingerprinted by size and
+    /// modification time (hashing every image would read the whole release
+    /// on each run); missing ones are left out, so a deleted file shows as
+    /// removed.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// One input file as the fingerprint records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Path as the source planned it (under the absolute root).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch (0 when the
+    /// filesystem gives none).
+    pub modified_ns: u64,
+}
+
+/// Everything that decided a run's output. Stored as `fingerprint.json.gz`
+/// in the output folder; a run resumes or reuses a folder only when the
+/// fingerprint is the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Version of the `ingest` tool.
+    pub tool_version: String,
+    /// The resolved arguments (paths absolute).
+    pub arguments: serde_json::Value,
+    /// sha256 of the tokenizer file.
+    pub tokenizer_sha256: Option<String>,
+    /// sha256 of the entity sidecar.
+    pub sidecar_sha256: Option<String>,
+    /// sha256 over the planned rows in order (ids, views, splits, labels,
+    /// paths) and the index rows rejected while planning.
+    pub plan_sha256: String,
+    /// Rows planned.
+    pub planned_rows: u64,
+    /// The input files that exist, in planning order.
+    pub inputs: Vec<InputFile>,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a run about to start: stats every input file.
+    pub fn new<I: std::fmt::Debug>(info: &RunInfo, planned: &Planned<I>) -> Fingerprint {
+        let mut plan = Sha256::new();
+        for item in &planned.items {
+            plan.update(format!("{item:?}\n").as_bytes());
+        }
+        for reject in &planned.rejects {
+            plan.update(format!("reject {reject:?}\n").as_bytes());
+        }
+        plan.update(format!("seen {}\n", planned.seen).as_bytes());
+        // A study's report is listed once per image; each file counts once.
+        let mut listed = std::collections::HashSet::new();
+        let unique: Vec<&PathBuf> = info.inputs.iter().filter(|p| listed.insert(*p)).collect();
+        // Ordered parallel map: a release has a million files, and on a
+        // network filesystem each stat waits for a round trip.
+        let inputs = unique
+            .par_iter()
+            .filter_map(|path| {
+                let meta = fs::metadata(path).ok()?;
+                let modified_ns = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                Some(InputFile {
+                    path: path.display().to_string(),
+                    size: meta.len(),
+                    modified_ns,
+                })
+            })
+            .collect();
+        Fingerprint {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            arguments: info.arguments.clone(),
+            tokenizer_sha256: info.tokenizer.as_ref().map(|d| d.sha256.clone()),
+            sidecar_sha256: info
+                .entities
+                .as_ref()
+                .and_then(|e| e.sidecar.as_ref())
+                .map(|d| d.sha256.clone()),
+            plan_sha256: hex::encode(plan.finalize()),
+            planned_rows: planned.items.len() as u64,
+            inputs,
+        }
+    }
+
+    /// What differs from `now`, in words naming each argument with its old
+    /// and new value, the hashes and the input files; `None` when nothing does.
+    pub fn changes(&self, now: &Fingerprint) -> Option<String> {
+        let mut changes = Vec::new();
+        if self.tool_version != now.tool_version {
+            changes.push(format!(
+                "made by ingest {}, this is {}",
+                self.tool_version, now.tool_version
+            ));
+        }
+        argument_changes("", &self.arguments, &now.arguments, &mut changes);
+        let hash = |name: &str, old: &Option<String>, new: &Option<String>| {
+            let show = |h: &Option<String>| h.clone().unwrap_or_else(|| "none".into());
+            (old != new).then(|| {
+                format!(
+                    "{name} sha256 changed: was {}, now {}",
+                    show(old),
+                    show(new)
+                )
+            })
+        };
+        changes.extend(hash(
+            "tokenizer",
+            &self.tokenizer_sha256,
+            &now.tokenizer_sha256,
+        ));
+        changes.extend(hash("sidecar", &self.sidecar_sha256, &now.sidecar_sha256));
+        if let Some(c) = input_changes(&self.inputs, &now.inputs) {
+            changes.push(c);
+        }
+        if self.plan_sha256 != now.plan_sha256 {
+            changes.push(format!(
+                "the index CSVs plan different rows (ids, views, splits or labels): {} rows before, {} now",
+                self.planned_rows, now.planned_rows
+            ));
+        }
+        (!changes.is_empty()).then(|| changes.join("; "))
+    }
+
+    fn to_gzip(&self) -> Vec<u8> {
+        use flate2::{Compression as Gz, write::GzEncoder};
+        let json = serde_json::to_vec(self).expect("serialisable");
+        // No name or time in the gzip header: the file depends on the inputs only.
+        let mut enc = GzEncoder::new(Vec::new(), Gz::default());
+        enc.write_all(&json).expect("writing to memory");
+        enc.finish().expect("writing to memory")
+    }
+
+    fn from_gzip(bytes: &[u8]) -> Option<Fingerprint> {
+        serde_json::from_reader(flate2::read::GzDecoder::new(bytes)).ok()
+    }
+}
+
+/// Appends one line per argument that differs: its dotted name, old and new value.
+fn argument_changes(
+    name: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let name = if name.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{name}.{key}")
+                };
+                let (o, n) = (
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                );
+                argument_changes(&name, o, n, out);
+            }
+        }
+        _ if old != new => out.push(format!("argument `{name}` was {old}, now {new}")),
+        _ => {}
+    }
+}
+
+/// Counts of input files added, removed and modified, with an example of each.
+fn input_changes(old: &[InputFile], new: &[InputFile]) -> Option<String> {
+    use std::collections::HashMap;
+    let before: HashMap<&str, &InputFile> = old.iter().map(|f| (f.path.as_str(), f)).collect();
+    let after: HashMap<&str, &InputFile> = new.iter().map(|f| (f.path.as_str(), f)).collect();
+    // Examples in planning order, so that the message is the same every time.
+    let added: Vec<&str> = new
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !before.contains_key(p))
+        .collect();
+    let removed: Vec<&str> = old
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !after.contains_key(p))
+        .collect();
+    let modified: Vec<&str> = new
+        .iter()
+        .filter(|f| before.get(f.path.as_str()).is_some_and(|o| *o != *f))
+        .map(|f| f.path.as_str())
+        .collect();
+    if added.is_empty() && removed.is_empty() && modified.is_empty() {
+        return None;
+    }
+    let examples: Vec<String> = [
+        ("added", &added),
+        ("removed", &removed),
+        ("modified", &modified),
+    ]
+    .iter()
+    .filter_map(|(what, list)| list.first().map(|p| format!("{what} {p}")))
+    .collect();
+    Some(format!(
+        "input listing changed: {} files added, {} removed, {} modified (size or modification time), e.g. {}",
+        added.len(),
+        removed.len(),
+        modified.len(),
+        examples.join(", ")
+    ))
 }
 
 /// Runs a whole ingest over planned rows: resumes or skips a run already in
@@ -208,8 +447,14 @@ pub fn run<I: Sync + std::fmt::Debug>(
     process: impl Fn(&I) -> Outcome + Sync,
     progress: &ProgressBar,
 ) -> Result<Manifest, ShardError> {
+    if out.exists() && !out.is_dir() {
+        return Err(ShardError::NotAFolder {
+            path: out.to_path_buf(),
+        });
+    }
     fs::create_dir_all(out).map_err(io_err(out))?;
-    if let Some(done) = finished_run(out, &info.arguments)? {
+    let fingerprint = Fingerprint::new(&info, &planned);
+    if let Some(done) = bind_folder(out, &fingerprint)? {
         return Ok(done);
     }
     if opts.strict
@@ -217,18 +462,10 @@ pub fn run<I: Sync + std::fmt::Debug>(
     {
         return Err(ShardError::Strict(Box::new(first.clone())));
     }
-    // Progress files are valid only for the same arguments, tokenizer,
-    // sidecar and planned input (every item's ids, paths and labels).
-    let mut listing = Sha256::new();
-    for item in &planned.items {
-        listing.update(format!("{item:?}\n").as_bytes());
-    }
+    // The progress files name the fingerprint they belong to, a second guard
+    // beside `fingerprint.json.gz`.
     let fingerprint = serde_json::json!({
-        "arguments": info.arguments,
-        "tokenizer": info.tokenizer.as_ref().map(|d| &d.sha256),
-        "sidecar": info.entities.as_ref().and_then(|e| e.sidecar.as_ref()).map(|d| &d.sha256),
-        "input": hex::encode(listing.finalize()),
-        "tool_version": env!("CARGO_PKG_VERSION"),
+        "fingerprint_sha256": sha256_hex(&fingerprint.to_gzip()),
     });
     progress.set_length(planned.items.len() as u64);
     let written = write_shards(out, opts, &fingerprint, &planned.items, process, progress)?;
@@ -313,22 +550,103 @@ pub fn finish(out: &Path, manifest: &Manifest, rejects: &[Reject]) -> Result<(),
     Ok(())
 }
 
-/// The manifest of a run already finished in `out`: `Some` when its arguments
-/// are `arguments` (running again is then a no-op), an error when they differ.
-pub fn finished_run(
-    out: &Path,
-    arguments: &serde_json::Value,
-) -> Result<Option<Manifest>, ShardError> {
-    let path = out.join(MANIFEST_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ShardError::Io { path, source }),
+/// Binds `out` to `fingerprint` before anything is written: a folder made
+/// from other inputs is refused with what changed, a new one records the
+/// fingerprint, and leftovers of a killed run are removed. Returns the
+/// manifest when the same run has already finished (running again is then a
+/// no-op).
+fn bind_folder(out: &Path, fingerprint: &Fingerprint) -> Result<Option<Manifest>, ShardError> {
+    let manifest_path = out.join(MANIFEST_FILE);
+    let manifest = match fs::read(&manifest_path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Manifest>(&bytes).map_err(|_| {
+            ShardError::DifferentRun {
+                path: manifest_path.clone(),
+            }
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ShardError::Io {
+                path: manifest_path,
+                source,
+            });
+        }
     };
-    match serde_json::from_slice::<Manifest>(&bytes) {
-        Ok(m) if &m.arguments == arguments => Ok(Some(m)),
-        _ => Err(ShardError::DifferentRun { path }),
+    let fp_path = out.join(FINGERPRINT_FILE);
+    match fs::read(&fp_path) {
+        Ok(bytes) => {
+            let Some(before) = Fingerprint::from_gzip(&bytes) else {
+                return Err(ShardError::DifferentRun { path: fp_path });
+            };
+            if let Some(change) = before.changes(fingerprint) {
+                return Err(ShardError::Changed {
+                    dir: out.to_path_buf(),
+                    finished: manifest.is_some(),
+                    change,
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if manifest.is_some() {
+                // Finished by a version that kept no fingerprint: nothing
+                // says what it was made from.
+                return Err(ShardError::DifferentRun {
+                    path: manifest_path,
+                });
+            }
+            // Progress not bound to a fingerprint cannot be trusted.
+            let progress_dir = out.join(PROGRESS_DIR);
+            if progress_dir.exists() {
+                fs::remove_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
+            }
+            write_atomic(&fp_path, &fingerprint.to_gzip())?;
+        }
+        Err(source) => {
+            return Err(ShardError::Io {
+                path: fp_path,
+                source,
+            });
+        }
     }
+    remove_stale(out, manifest.is_some())?;
+    Ok(manifest)
+}
+
+/// Removes what a killed run leaves behind: temporary files of this tool's
+/// outputs, and the progress folder of a run that had already written its
+/// manifest. Other files in the folder are the user's and are left alone.
+fn remove_stale(out: &Path, finished: bool) -> Result<(), ShardError> {
+    let progress_dir = out.join(PROGRESS_DIR);
+    if finished && progress_dir.exists() {
+        fs::remove_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
+    }
+    let ours = |name: &str| {
+        [MANIFEST_FILE, REJECTS_FILE, FINGERPRINT_FILE].contains(&name)
+            || (name.starts_with("shard-") && name.ends_with(".parquet"))
+    };
+    for (dir, all) in [(out, false), (progress_dir.as_path(), true)] {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ShardError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err(dir))?.path();
+            let stale = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .is_some_and(|n| all || ours(n));
+            if stale && path.is_file() {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to mix two different runs in one folder.
@@ -791,12 +1109,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Writes `bytes` to `path` so that readers see either the old file or the
-/// whole new one: a temporary file in the same folder, fsync, rename.
+/// whole new one: a temporary file in the same folder named after the whole
+/// file name (`x.json.tmp`, `x.md.tmp`: two outputs never share one), fsync,
+/// rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let tmp = path.with_extension(match path.extension() {
-        Some(ext) => format!("{}.tmp", ext.to_string_lossy()),
-        None => "tmp".into(),
-    });
+    let tmp = temporary_path(path);
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
@@ -810,6 +1127,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
         }
     }
     Ok(())
+}
+
+/// `path` with `.tmp` appended to its whole file name, bytes kept as they
+/// are (a lossy conversion could give two names the same temporary file).
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -1008,6 +1333,142 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ShardError::DifferentRun { .. }), "{err}");
+    }
+
+    fn info(arguments: serde_json::Value, inputs: Vec<PathBuf>) -> RunInfo {
+        RunInfo {
+            source: Source::Mimic,
+            arguments,
+            image_policy: ImagePolicy::default(),
+            tokenizer: None,
+            entities: None,
+            inputs,
+        }
+    }
+
+    fn planned(n: usize) -> Planned<usize> {
+        Planned {
+            items: (0..n).collect(),
+            rejects: Vec::new(),
+            seen: n as u64,
+        }
+    }
+
+    fn run_once(out: &Path, info: RunInfo) -> Result<Manifest, ShardError> {
+        run(
+            out,
+            &opts(),
+            info,
+            planned(10),
+            process,
+            &ProgressBar::hidden(),
+        )
+    }
+
+    #[test]
+    fn changes_name_each_argument_with_its_old_and_new_value() {
+        let a = Fingerprint::new(
+            &info(
+                serde_json::json!({"root": "/w", "image": {"short_side": 64}}),
+                vec![],
+            ),
+            &planned(3),
+        );
+        let mut b = a.clone();
+        b.arguments = serde_json::json!({"root": "/w", "image": {"short_side": 96}});
+        b.tokenizer_sha256 = Some("ab".into());
+        let change = a.changes(&b).unwrap();
+        assert!(
+            change.contains("argument `image.short_side` was 64, now 96"),
+            "{change}"
+        );
+        assert!(!change.contains("root"), "{change}");
+        assert!(
+            change.contains("tokenizer sha256 changed: was none, now ab"),
+            "{change}"
+        );
+        assert_eq!(a.changes(&a.clone()), None);
+    }
+
+    #[test]
+    fn finished_folder_is_reused_only_with_the_same_inputs_and_says_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut inputs: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("in{i}"))).collect();
+        for p in &inputs {
+            fs::write(p, b"input").unwrap();
+        }
+        // Listed twice (a report of two images), counted once.
+        inputs.push(inputs[1].clone());
+        let args = serde_json::json!({"a": 1});
+        let first = run_once(&out, info(args.clone(), inputs.clone())).unwrap();
+        assert!(out.join(FINGERPRINT_FILE).is_file());
+        assert_eq!(
+            run_once(&out, info(args.clone(), inputs.clone())).unwrap(),
+            first
+        );
+
+        fs::write(&inputs[1], b"changed input").unwrap();
+        fs::remove_file(&inputs[2]).unwrap();
+        let err = run_once(&out, info(args.clone(), inputs.clone())).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ShardError::Changed { finished: true, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("0 files added, 1 removed, 1 modified")
+                && msg.contains(&format!("removed {}", inputs[2].display()))
+                && msg.contains(&format!("modified {}", inputs[1].display())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_run_are_removed_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let args = serde_json::json!({});
+        run_once(out, info(args.clone(), vec![])).unwrap();
+        // Killed between the manifest and the clean-up, and a temporary shard
+        // from a full disk; a file of the user's that ends in .tmp stays.
+        fs::create_dir_all(out.join(PROGRESS_DIR)).unwrap();
+        fs::write(out.join(PROGRESS_DIR).join("group-00000.json"), b"{}").unwrap();
+        fs::write(out.join("shard-00001.parquet.tmp"), b"half").unwrap();
+        fs::write(out.join("manifest.json.tmp"), b"half").unwrap();
+        fs::write(out.join("notes.tmp"), b"mine").unwrap();
+        run_once(out, info(args, vec![])).unwrap();
+        assert!(!out.join(PROGRESS_DIR).exists());
+        assert!(!out.join("shard-00001.parquet.tmp").exists());
+        assert!(!out.join("manifest.json.tmp").exists());
+        assert!(out.join("notes.tmp").exists());
+    }
+
+    #[test]
+    fn an_output_path_that_is_a_file_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::write(&out, b"").unwrap();
+        let err = run_once(&out, info(serde_json::json!({}), vec![])).unwrap_err();
+        assert!(matches!(err, ShardError::NotAFolder { .. }), "{err}");
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn temporary_names_keep_the_whole_file_name() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            temporary_path(Path::new("d/x.json")),
+            Path::new("d/x.json.tmp")
+        );
+        assert_ne!(
+            temporary_path(Path::new("d/x.json")),
+            temporary_path(Path::new("d/x.md"))
+        );
+        // Names that are not UTF-8 must not collapse into one temporary file.
+        let a = Path::new(std::ffi::OsStr::from_bytes(b"x.\xff"));
+        let b = Path::new(std::ffi::OsStr::from_bytes(b"x.\xfe"));
+        assert_ne!(temporary_path(a), temporary_path(b));
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! a folder of any size can be summarised. Every image is decoded (in
 //! parallel, on rayon's pool) to build the intensity histograms.
 //!
+//! Each shard's sha256 is checked against its manifest before it is read
+//! (a damaged shard is an error, not wrong figures) unless
+//! [`ReportOptions::verify_checksums`] is off.
+//!
 //! Counts are checked against each other: the manifest's
 //! `seen = written + filtered + rejected`, the shard rows against the
 //! manifest, the reject log against the manifest's reject counts. A mismatch
@@ -91,6 +95,22 @@ pub enum StatsError {
         found: u32,
         /// [`schemas::SCHEMA_VERSION`].
         expected: u32,
+    },
+    /// A shard's bytes are not those its manifest lists.
+    #[error(
+        "{}: sha256 {found} does not match {expected} listed in {}; the shard is damaged or was changed",
+        path.display(),
+        manifest.display()
+    )]
+    Checksum {
+        /// The shard file.
+        path: PathBuf,
+        /// The manifest that lists it.
+        manifest: PathBuf,
+        /// The sha256 in the manifest.
+        expected: String,
+        /// The sha256 of the file.
+        found: String,
     },
     /// A shard is not readable Parquet.
     #[error("{}: cannot read Parquet: {source}", path.display())]
@@ -362,9 +382,35 @@ pub struct ReasonCount {
 }
 
 /// Reads the shard folders and writes `stats.json`, `stats.md` and the charts
-/// into `out` (created if missing). Returns the statistics written.
+/// into `out` (created if missing), checking each shard's sha256 against its
+/// manifest first. Returns the statistics written.
 pub fn write_report(shard_dirs: &[PathBuf], out: &Path) -> Result<Stats, StatsError> {
-    let (mut stats, detail) = collect::collect(shard_dirs)?;
+    write_report_with(shard_dirs, out, &ReportOptions::default())
+}
+
+/// How [`write_report_with`] reads the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportOptions {
+    /// Check each shard's sha256 against its manifest before reading it
+    /// (on by default; off reads each shard once instead of twice).
+    pub verify_checksums: bool,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            verify_checksums: true,
+        }
+    }
+}
+
+/// [`write_report`] with options.
+pub fn write_report_with(
+    shard_dirs: &[PathBuf],
+    out: &Path,
+    opts: &ReportOptions,
+) -> Result<Stats, StatsError> {
+    let (mut stats, detail) = collect::collect(shard_dirs, opts)?;
     std::fs::create_dir_all(out).map_err(|source| io(out, source))?;
     stats.charts = charts::draw_all(&stats, &detail, out)?;
 

@@ -25,8 +25,8 @@ mod manifest;
 mod reject;
 
 pub use manifest::{
-    Counts, EntitySourceInfo, FileDigest, ImageEncoding, ImagePolicy, MANIFEST_FILE, Manifest,
-    REJECTS_FILE, ShardEntry, Source, WindowPolicy, shard_file_name,
+    Counts, EntitySourceInfo, FINGERPRINT_FILE, FileDigest, ImageEncoding, ImagePolicy,
+    MANIFEST_FILE, Manifest, REJECTS_FILE, ShardEntry, Source, WindowPolicy, shard_file_name,
 };
 pub use reject::{Reject, Stage};
 

@@ -10,6 +10,11 @@ use crate::reject::Stage;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the reject log inside a shard folder.
 pub const REJECTS_FILE: &str = "rejects.jsonl";
+/// File name of the fingerprint inside a shard folder: gzipped JSON of what
+/// made the folder (arguments, tokenizer and sidecar hashes, planned rows,
+/// size and modification time of every input file). `ingest` compares it
+/// before resuming or reusing the folder and names what changed.
+pub const FINGERPRINT_FILE: &str = "fingerprint.json.gz";
 
 /// File name of shard `index`: `shard-00042.parquet`.
 pub fn shard_file_name(index: usize) -> String {
@@ -87,11 +92,6 @@ pub struct ImagePolicy {
     pub png_window: WindowPolicy,
     /// Storage encoding.
     pub encoding: ImageEncoding,
-}
-
-impl Default for ImagePolicy {
-    fn default() -> Self {
-        ImagePolicy {
     /// Smallest side, in pixels, of an input image that is written; a smaller
     /// one is rejected rather than scaled up to a flat image. Absent in
     /// manifests written before it existed, which used no limit (read as 1).
@@ -112,6 +112,11 @@ fn no_min_side() -> u32 {
 
 fn no_max_aspect() -> f32 {
     f32::MAX
+}
+
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        ImagePolicy {
             short_side: 256,
             rescale: true,
             invert_monochrome1: true,
@@ -121,21 +126,16 @@ fn no_max_aspect() -> f32 {
                 high: 99.5,
             },
             encoding: ImageEncoding::Raw,
-        }
-    }
-}
-
-/// A file whose content decided the output, by sha256.
             // Real chest radiographs are hundreds of pixels a side or more
             // (the smallest in the shared test data is 237) with aspect
             // ratios up to about 1.6 (1024 x 638); these limits keep every
             // one of them and refuse only thumbnails, strips and damage.
             min_side: 32,
             max_aspect: 4.0,
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    /// Path as given.
-    pub path: String,
+        }
+    }
+}
+
 impl ImagePolicy {
     /// Why an input image of `width` × `height` pixels is refused, or `None`
     /// when its size is within [`ImagePolicy::min_side`] and
@@ -159,6 +159,11 @@ impl ImagePolicy {
     }
 }
 
+/// A file whose content decided the output, by sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Path as given.
+    pub path: String,
     /// Hex sha256 of its bytes.
     pub sha256: String,
 }
@@ -229,7 +234,8 @@ pub struct Manifest {
     pub tool_version: String,
     /// The release the rows come from.
     pub source: Source,
-    /// The resolved arguments of the run (paths as given).
+    /// The resolved arguments of the run (paths made absolute, so that
+    /// `./world` and `world` are the same argument).
     pub arguments: serde_json::Value,
     /// Image policy in force.
     pub image_policy: ImagePolicy,
@@ -264,12 +270,6 @@ mod tests {
     }
 
     #[test]
-    fn manifest_round_trips_through_json() {
-        let m = Manifest {
-            schema_version: crate::SCHEMA_VERSION,
-            tool_version: "0.1.0".into(),
-            source: Source::Padchest,
-    #[test]
     fn size_limits_refuse_thin_strips_and_tiny_images_only() {
         let p = ImagePolicy::default();
         assert_eq!(p.refuses_size(2544, 3056), None);
@@ -297,6 +297,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<ImagePolicy>(&again).unwrap(), old);
     }
 
+    #[test]
+    fn manifest_round_trips_through_json() {
+        let m = Manifest {
+            schema_version: crate::SCHEMA_VERSION,
+            tool_version: "0.1.0".into(),
+            source: Source::Padchest,
             arguments: serde_json::json!({"root": "x"}),
             image_policy: ImagePolicy::default(),
             tokenizer: None,

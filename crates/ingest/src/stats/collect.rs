@@ -19,7 +19,7 @@ use schemas::{
 
 use super::{
     EntityStats, FindingLabelStats, FolderStats, Frequency, Histogram, ImageStats, LabelCounts,
-    ReasonCount, RejectStats, Stats, StatsError, Summary, TextStats, io,
+    ReasonCount, RejectStats, ReportOptions, Stats, StatsError, Summary, TextStats, io,
 };
 
 /// Rows per batch read from a shard. Bounds memory: with raw 256-pixel
@@ -46,13 +46,16 @@ pub(super) struct Detail {
 }
 
 /// Reads every folder and returns the statistics and the chart detail.
-pub(super) fn collect(shard_dirs: &[PathBuf]) -> Result<(Stats, Detail), StatsError> {
+pub(super) fn collect(
+    shard_dirs: &[PathBuf],
+    opts: &ReportOptions,
+) -> Result<(Stats, Detail), StatsError> {
     if shard_dirs.is_empty() {
         return Err(StatsError::NoInput);
     }
     let mut acc = Accumulator::default();
     for dir in shard_dirs {
-        acc.add_folder(dir)?;
+        acc.add_folder(dir, opts)?;
     }
     Ok(acc.finish())
 }
@@ -254,7 +257,7 @@ impl CountMap for HashMap<String, u64> {
 }
 
 impl Accumulator {
-    fn add_folder(&mut self, dir: &Path) -> Result<(), StatsError> {
+    fn add_folder(&mut self, dir: &Path, opts: &ReportOptions) -> Result<(), StatsError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = read_manifest(dir, &manifest_path)?;
         let encoding = manifest.image_policy.encoding;
@@ -262,6 +265,9 @@ impl Accumulator {
         let mut problems = Vec::new();
         for entry in &manifest.shards {
             let path = dir.join(&entry.file);
+            if opts.verify_checksums {
+                verify(&path, &manifest_path, &entry.sha256)?;
+            }
             let read = self.add_shard(&path, &manifest_path, encoding, manifest.source.name())?;
             if read != entry.rows {
                 problems.push(format!(
@@ -809,6 +815,26 @@ impl Accumulator {
 /// Keys per-source values by the source's name.
 fn named<T>(sources: &[String], values: Vec<T>) -> BTreeMap<String, T> {
     sources.iter().cloned().zip(values).collect()
+}
+
+/// Errs unless the shard's sha256 is `expected`, the manifest's.
+fn verify(path: &Path, manifest: &Path, expected: &str) -> Result<(), StatsError> {
+    let found = crate::shard::sha256_file(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => StatsError::MissingShard {
+            path: path.to_path_buf(),
+            manifest: manifest.to_path_buf(),
+        },
+        _ => io(path, source),
+    })?;
+    if found != expected {
+        return Err(StatsError::Checksum {
+            path: path.to_path_buf(),
+            manifest: manifest.to_path_buf(),
+            expected: expected.to_string(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 fn read_manifest(dir: &Path, path: &Path) -> Result<Manifest, StatsError> {

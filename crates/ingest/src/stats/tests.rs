@@ -186,6 +186,7 @@ fn write_folder(
     std::fs::create_dir_all(dir).unwrap();
     let file = schemas::shard_file_name(0);
     write_shard(&dir.join(&file), rows, encoding);
+    let sha256 = crate::shard::sha256_file(&dir.join(&file)).unwrap();
     let manifest = Manifest {
         schema_version: schemas::SCHEMA_VERSION,
         tool_version: "test".into(),
@@ -201,7 +202,7 @@ fn write_folder(
         shards: vec![ShardEntry {
             file,
             rows: rows.len() as u64,
-            sha256: String::new(),
+            sha256,
         }],
     };
     std::fs::write(
@@ -515,6 +516,32 @@ fn missing_shard_is_an_error_naming_the_file() {
         "{err}"
     );
     assert!(err.to_string().contains("shard-00000.parquet"), "{err}");
+}
+
+#[test]
+fn a_changed_shard_is_an_error_naming_it_unless_verification_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = fixture(tmp.path());
+    // Another valid shard in place of the listed one: readable, but not the
+    // bytes the manifest lists.
+    let shard = dirs[0].join(schemas::shard_file_name(0));
+    let mut rows = mimic_rows();
+    rows.pop();
+    write_shard(&shard, &rows, ImageEncoding::Raw);
+    let err = write_report(&dirs, &tmp.path().join("out")).unwrap_err();
+    assert!(
+        matches!(&err, StatsError::Checksum { path, .. } if *path == shard),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("shard-00000.parquet") && err.to_string().contains("sha256"),
+        "{err}"
+    );
+    let opts = ReportOptions {
+        verify_checksums: false,
+    };
+    let stats = write_report_with(&dirs, &tmp.path().join("out"), &opts).unwrap();
+    assert_eq!(stats.rows, 4);
 }
 
 #[test]
