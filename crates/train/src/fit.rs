@@ -487,15 +487,29 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file (`path` + `.partial`)
-/// and a rename; a failed write removes the temporary file.
+/// Writes `bytes` to `path` through a temporary file (`path` + `.partial`),
+/// fsync and a rename, then fsyncs the folder so that the rename survives a
+/// crash; a failed write removes the temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let tmp = partial_path(path);
-    if let Err(e) = std::fs::write(&tmp, bytes) {
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Not every filesystem lets a folder be opened; losing this weakens
+        // durability only, never atomicity.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// The temporary file [`write_atomic`] writes `path` through.
