@@ -12,7 +12,8 @@
 //!
 //! For the `model` crate itself it compiles `csrc/autocast.cpp`, the
 //! per-device autocast switches that `tch` does not bind (see
-//! `src/autocast.rs`). `train` runs this same script for the link arguments
+//! `src/autocast.rs`), and `csrc/op_count.cpp`, the operator counter of
+//! `src/op_count.rs` (against libtorch's headers). `train` runs this same script for the link arguments
 //! (they do not pass from a library to its dependents' binaries) and must
 //! not compile the shim a second time.
 
@@ -39,11 +40,29 @@ fn torch_lib_dir() -> Option<PathBuf> {
 fn main() {
     if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("model") {
         println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+        println!("cargo:rerun-if-changed=csrc/op_count.cpp");
         cc::Build::new()
             .cpp(true)
             .std("c++17")
             .file("csrc/autocast.cpp")
             .compile("mmclip_autocast");
+        let include = torch_lib_dir()
+            .and_then(|lib| Some(lib.parent()?.join("include")))
+            .filter(|dir| dir.join("ATen/record_function.h").is_file())
+            .expect(
+                "libtorch's headers not found: set LIBTORCH or LIBTORCH_USE_PYTORCH=1 \
+                 (`source scripts/env.sh` does)",
+            );
+        cc::Build::new()
+            .cpp(true)
+            .std("c++17")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            // The PyPI wheels of torch 2.x are built with the C++11 ABI.
+            .define("_GLIBCXX_USE_CXX11_ABI", "1")
+            .flag_if_supported("-Wno-unused-parameter")
+            .file("csrc/op_count.cpp")
+            .compile("mmclip_op_count");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");

@@ -37,6 +37,7 @@ pub mod load;
 pub mod losses;
 pub mod mim;
 pub mod mmclip;
+pub mod op_count;
 pub mod text;
 pub mod vision;
 

@@ -6,7 +6,7 @@
 //! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
 //!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast bf16|f16]
 //!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT] [--flops-only]
-//!            [--fit-extras]
+//!            [--fit-extras] [--count-ops]
 //! ```
 //!
 //! Prints one JSON line (and writes it to `--json`); `--flops-only` builds
@@ -18,6 +18,14 @@
 //! what those synchronisations cost on a GPU. `bench/train_step/run.sh`
 //! runs it next to `bench/train_step/reference.py`, the same step in PyTorch
 //! eager; `bench/train_step/README.md` says how to carry it to a GPU machine.
+//!
+//! `--count-ops` runs one more step after the timed ones and counts the ATen
+//! operators it dispatches ([`model::op_count`]), split into forward,
+//! backward and update: the launch count a GPU step pays, measured on any
+//! device (on CUDA the backward's operators run on the autograd engine's
+//! threads and are not counted, so count on the CPU).
+//! `crates/train/tests/op_count.rs` holds the tiny preset's count to a
+//! ceiling.
 //!
 //! `--autocast` runs the forward pass (not the backward or the update, as
 //! PyTorch's AMP recipe does) under libtorch's autocast on the chosen
@@ -86,6 +94,9 @@ struct Args {
     /// Also read the losses and the gradient norm to the host each step, as fit.rs does.
     #[arg(long)]
     fit_extras: bool,
+    /// Count the ATen operators of one more step (forward, backward, update).
+    #[arg(long)]
+    count_ops: bool,
 }
 
 fn main() -> Result<()> {
@@ -239,6 +250,21 @@ fn time_steps(
         }
         last = Some((losses, trace));
     }
+    let ops = args.count_ops.then(|| {
+        let step = step_seed(args.seed, args.warmup + args.steps);
+        opt.zero_grad();
+        let (losses, forward) = model::op_count::count(|| {
+            model::autocast::autocast(device, autocast, || model.step(batch, Phase::Joint, step).0)
+        });
+        let ((), backward) = model::op_count::count(|| losses.total.backward());
+        let ((), update) = model::op_count::count(|| opt.step(lr));
+        json!({
+            "forward": forward,
+            "backward": backward,
+            "update": update,
+            "total": forward + backward + update,
+        })
+    });
     let (losses, trace) = last.expect("at least one step ran");
     let selected = trace.mlm_selected.sum(Kind::Int64).int64_value(&[]);
     let expected = selected_tokens(model.config(), batch);
@@ -270,6 +296,7 @@ fn time_steps(
         "loss_mlm": opt_value(&losses.mlm),
         "loss_align": opt_value(&losses.align),
         "losses_finite": loss_total.is_finite(),
+        "aten_ops_per_step": ops,
     });
     let serde_json::Value::Object(fields) = fields else {
         unreachable!("json! of an object literal is an object")

@@ -1,0 +1,47 @@
+// Counts the ATen operators libtorch dispatches, for `model::op_count`.
+//
+// A step that is launch-bound on a GPU is one that dispatches too many small
+// operators; their number does not depend on the device, so counting them on
+// the CPU gives CI a measure of what the GPU step pays per launch. libtorch's
+// RecordFunction callbacks see every operator that goes through the
+// dispatcher (nested ones too: `aten::linear` and the `aten::addmm` it
+// calls count as two). Each thread counts its own: parallel tests in one
+// process do not see each other's operators, and on the CPU the autograd
+// engine runs the backward pass on the thread that called it, so a step's
+// forward and backward are both counted (on CUDA the backward runs on the
+// engine's device threads and is not).
+#include <ATen/record_function.h>
+
+#include <cstdint>
+#include <mutex>
+
+namespace {
+thread_local uint64_t ops = 0;
+std::mutex lock;
+at::CallbackHandle handle = 0;
+int users = 0;
+}  // namespace
+
+// Registration is reference-counted so that overlapping counters (parallel
+// tests in one process) share one callback; each reads differences of its
+// thread's running total.
+extern "C" void mmclip_op_count_start() {
+  std::lock_guard<std::mutex> guard(lock);
+  if (users++ > 0) return;
+  handle = at::addGlobalCallback(
+      at::RecordFunctionCallback(
+          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+            ++ops;
+            return nullptr;
+          })
+          .scopes({at::RecordScope::FUNCTION}));
+}
+
+extern "C" void mmclip_op_count_stop() {
+  std::lock_guard<std::mutex> guard(lock);
+  if (users == 0 || --users > 0) return;
+  at::removeCallback(handle);
+  handle = 0;
+}
+
+extern "C" uint64_t mmclip_op_count_total() { return ops; }

@@ -1,0 +1,88 @@
+//! The training step's operator count, the CPU-measurable proxy for its GPU
+//! kernel launches (a launch-bound step is one with too many small
+//! operators): `step_bench --count-ops` on the tiny preset, held to the
+//! counts below. A change that adds operators to the step fails here; one
+//! that removes many must lower the ceilings, so the next regression is
+//! caught from the new level.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// ATen operators of one joint step of the tiny preset (batch 4, 3 paired),
+/// as counted on the CPU; the count depends neither on the batch size nor
+/// on the thread count.
+const CEILING: [(&str, u64); 3] = [("forward", 2479), ("backward", 3849), ("update", 1848)];
+
+/// A count this far below its ceiling means the ceiling is stale.
+const STALE_BELOW: f64 = 0.95;
+
+fn step_bench() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = debug.join("examples/step_bench");
+    assert!(
+        path.is_file(),
+        "{} not built: `cargo test` builds the examples (or `cargo build -p train --examples`)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_training_step_dispatches_no_more_operators_than_recorded() {
+    let out = Command::new(step_bench())
+        .args([
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--count-ops",
+        ])
+        .output()
+        .expect("running step_bench");
+    assert!(
+        out.status.success(),
+        "step_bench failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON");
+    let ops = &line["aten_ops_per_step"];
+    let mut problems = Vec::new();
+    for (phase, ceiling) in CEILING {
+        let count = ops[phase]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {phase} count in {line}"));
+        if count > ceiling {
+            problems.push(format!(
+                "{phase}: {count} operators, more than the {ceiling} recorded"
+            ));
+        } else if (count as f64) < STALE_BELOW * ceiling as f64 {
+            problems.push(format!(
+                "{phase}: {count} operators, well below the {ceiling} recorded: lower CEILING to {count}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let phases: u64 = CEILING
+        .iter()
+        .map(|(p, _)| ops[p].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        ops["total"].as_u64(),
+        Some(phases),
+        "total is the sum of the phases"
+    );
+}
