@@ -226,6 +226,35 @@ fn non_finite_learning_rates_are_refused_naming_the_key() {
 }
 
 #[test]
+fn a_run_whose_weights_become_non_finite_stops_before_saving_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("huge.toml");
+    // AdamW moves every weight by about lr on its first step: 1e39 is a
+    // finite rate (and a finite gradient) that leaves float32 weights
+    // infinite. Skipping the following NaN steps would go on for
+    // max_nonfinite_in_a_row steps and checkpoint the broken weights.
+    std::fs::write(
+        &cfg,
+        TINY.replace("lr = 1e-3\ngrad_clip = 1.0", "lr = 1e39"),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let failed = train(&cfg, &out, &[]);
+    let err = stderr(&failed);
+    assert!(
+        !failed.status.success()
+            && err.contains("the update made the weights non-finite")
+            && err.contains("optim.lr"),
+        "the run must stop at once:\n{err}"
+    );
+    assert!(
+        !out.join("checkpoints").exists()
+            || std::fs::read_dir(out.join("checkpoints")).unwrap().count() == 0,
+        "a checkpoint of non-finite weights was written"
+    );
+}
+
+#[test]
 fn a_failed_first_start_does_not_bind_the_run_folder() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");

@@ -74,10 +74,10 @@ pub struct FitSummary {
 /// retried into the same folder with corrected arguments.
 pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     let out = &opts.out;
-    // The inputs are checked before the run folder is touched.
+    // The shard folders and their manifests are read before the run folder
+    // is touched.
     let shards = ShardSet::from_dirs(&opts.shards)?;
     let records = ShardRecord::of_dirs(&opts.shards)?;
-    let sources = shards.open(Some("train"), opts.verify_sha256)?;
     let tokenizer_path = opts
         .tokenizer
         .clone()
@@ -186,6 +186,8 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         augment: t.augment.clone(),
         ..Default::default()
     };
+    // Opened (and hashed) once the run is known to have steps left to do.
+    let sources = shards.open(Some("train"), opts.verify_sha256)?;
     let mut loader = Loader::new(sources, &loader_cfg, state.next_position)?;
     let metrics_path = out.join(METRICS_FILE);
     let mut metrics = std::fs::OpenOptions::new()
