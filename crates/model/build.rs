@@ -12,8 +12,9 @@
 //!
 //! For the `model` crate itself it compiles `csrc/autocast.cpp`, the
 //! per-device autocast switches that `tch` does not bind (see
-//! `src/autocast.rs`), and `csrc/op_count.cpp`, the operator counter of
-//! `src/op_count.rs` (against libtorch's headers). `train` runs this same script for the link arguments
+//! `src/autocast.rs`), and against libtorch's headers `csrc/op_count.cpp`
+//! (the operator counter of `src/op_count.rs`) and `csrc/fused_optim.cpp`
+//! (the fused optimiser updates of `src/fused.rs`). `train` runs this same script for the link arguments
 //! (they do not pass from a library to its dependents' binaries) and must
 //! not compile the shim a second time.
 
@@ -41,6 +42,7 @@ fn main() {
     if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("model") {
         println!("cargo:rerun-if-changed=csrc/autocast.cpp");
         println!("cargo:rerun-if-changed=csrc/op_count.cpp");
+        println!("cargo:rerun-if-changed=csrc/fused_optim.cpp");
         cc::Build::new()
             .cpp(true)
             .std("c++17")
@@ -62,7 +64,8 @@ fn main() {
             .define("_GLIBCXX_USE_CXX11_ABI", "1")
             .flag_if_supported("-Wno-unused-parameter")
             .file("csrc/op_count.cpp")
-            .compile("mmclip_op_count");
+            .file("csrc/fused_optim.cpp")
+            .compile("mmclip_aten_shim");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");

@@ -31,6 +31,7 @@ pub mod att_mim;
 pub mod attention;
 pub mod autocast;
 pub mod clip;
+pub mod fused;
 pub mod config;
 pub mod ent_mlm;
 pub mod load;
