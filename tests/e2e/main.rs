@@ -13,5 +13,6 @@ mod mimic;
 mod padchest;
 mod resume;
 mod run_folders;
+mod text;
 mod train;
 mod train_reliability;
