@@ -6,7 +6,7 @@
 //! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
 //!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast bf16|f16]
 //!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT] [--flops-only]
-//!            [--fit-extras] [--count-ops]
+//!            [--fit-extras] [--count-ops] [--fused]
 //! ```
 //!
 //! Prints one JSON line (and writes it to `--json`); `--flops-only` builds
@@ -97,6 +97,9 @@ struct Args {
     /// Count the ATen operators of one more step (forward, backward, update).
     #[arg(long)]
     count_ops: bool,
+    /// Update with libtorch's fused SGD kernel (`[optim] fused = true`).
+    #[arg(long)]
+    fused: bool,
 }
 
 fn main() -> Result<()> {
@@ -183,6 +186,7 @@ fn main() -> Result<()> {
         "params": params,
         "param_tensors": vs.trainable_variables().len(),
         "fit_extras": args.fit_extras,
+        "fused_optimizer": args.fused,
         "init_s": init_s,
         "flops_per_step": flops,
         "flops_source": "analytic",
@@ -215,8 +219,12 @@ fn time_steps(
     device: Device,
     flops: f64,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let mut opt = Optimizer::new(vs, &OptimConfig::default());
-    let lr = OptimConfig::default().lr;
+    let cfg = OptimConfig {
+        fused: args.fused,
+        ..OptimConfig::default()
+    };
+    let mut opt = Optimizer::new(vs, &cfg);
+    let lr = cfg.lr;
     let mut times = Vec::with_capacity(args.steps as usize);
     let mut last = None;
     for i in 0..args.warmup + args.steps {

@@ -192,6 +192,12 @@ pub struct OptimConfig {
     pub grad_clip: Option<f64>,
     /// Batches whose gradients are summed (averaged) per optimiser step.
     pub accumulate: u64,
+    /// Update with libtorch's fused kernels (`torch.optim.SGD(fused=True)`,
+    /// `AdamW(fused=True)`): one operator per step instead of several per
+    /// parameter tensor, the same update within float rounding (1e-6).
+    /// Off by default until its GPU speed-up is measured
+    /// (`bench/train_step/run.sh`); the plain update is the reference.
+    pub fused: bool,
 }
 
 impl Default for OptimConfig {
@@ -207,6 +213,7 @@ impl Default for OptimConfig {
             lr_warmup_steps: 0,
             grad_clip: None,
             accumulate: 1,
+            fused: false,
         }
     }
 }

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// ATen operators of one joint step of the tiny preset (batch 4, 3 paired),
-/// as counted on the CPU; the count depends neither on the batch size nor
-/// on the thread count.
+/// as counted on the CPU, with the plain SGD update and with the fused one
+/// (`[optim] fused`); the count depends neither on the batch size nor on
+/// the thread count.
 const CEILING: [(&str, u64); 3] = [("forward", 2479), ("backward", 3849), ("update", 1848)];
+const CEILING_FUSED: [(&str, u64); 3] = [("forward", 2479), ("backward", 3849), ("update", 1)];
 
 /// A count this far below its ceiling means the ceiling is stale.
 const STALE_BELOW: f64 = 0.95;
@@ -33,6 +35,15 @@ fn step_bench() -> PathBuf {
 
 #[test]
 fn the_training_step_dispatches_no_more_operators_than_recorded() {
+    check(&[], &CEILING);
+}
+
+#[test]
+fn the_fused_update_is_one_operator() {
+    check(&["--fused"], &CEILING_FUSED);
+}
+
+fn check(extra: &[&str], ceilings: &[(&str, u64)]) {
     let out = Command::new(step_bench())
         .args([
             "--device",
@@ -49,6 +60,7 @@ fn the_training_step_dispatches_no_more_operators_than_recorded() {
             "1",
             "--count-ops",
         ])
+        .args(extra)
         .output()
         .expect("running step_bench");
     assert!(
@@ -61,7 +73,7 @@ fn the_training_step_dispatches_no_more_operators_than_recorded() {
         serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON");
     let ops = &line["aten_ops_per_step"];
     let mut problems = Vec::new();
-    for (phase, ceiling) in CEILING {
+    for &(phase, ceiling) in ceilings {
         let count = ops[phase]
             .as_u64()
             .unwrap_or_else(|| panic!("no {phase} count in {line}"));
@@ -71,12 +83,12 @@ fn the_training_step_dispatches_no_more_operators_than_recorded() {
             ));
         } else if (count as f64) < STALE_BELOW * ceiling as f64 {
             problems.push(format!(
-                "{phase}: {count} operators, well below the {ceiling} recorded: lower CEILING to {count}"
+                "{phase}: {count} operators, well below the {ceiling} recorded: lower the ceiling to {count}"
             ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    let phases: u64 = CEILING
+    let phases: u64 = ceilings
         .iter()
         .map(|(p, _)| ops[p].as_u64().unwrap_or(0))
         .sum();
