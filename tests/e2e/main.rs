@@ -9,6 +9,7 @@ mod damaged_inputs;
 mod demo;
 mod dicom_corpus;
 mod faults;
+mod kill_loop;
 mod mimic;
 mod padchest;
 mod resume;
