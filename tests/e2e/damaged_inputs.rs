@@ -242,12 +242,15 @@ fn images_of_absurd_size_are_rejects_and_the_run_goes_on() {
     let csv = read_csv_gz(&root.join(PADCHEST));
     let path_of = |r: &HashMap<String, String>| root.join(&r["ImageDir"]).join(&r["ImageID"]);
     let id = |i: usize| csv[i]["ImageID"].trim_end_matches(".png").to_string();
-    let (strip, dot, long) = (id(0), id(1), id(2));
+    let (strip, dot, long, big) = (id(0), id(1), id(2), id(3));
     // The strip that a resize keeping the aspect ratio would make 256 x 8,388,480.
     write_png(&path_of(&csv[0]), 2, 65535);
     write_png(&path_of(&csv[1]), 1, 1);
     // Wide enough for the minimum side, too long for the maximum aspect ratio.
     write_png(&path_of(&csv[2]), 40, 4000);
+    // Square, so within both the side and aspect limits, but above the
+    // pixel limit given below (the generated images are about 512 a side).
+    write_png(&path_of(&csv[3]), 800, 800);
 
     let out = tmp.path().join("out");
     run_ok(
@@ -263,12 +266,14 @@ fn images_of_absurd_size_are_rejects_and_the_run_goes_on() {
             out.to_str().unwrap(),
             "--short-side",
             "64",
+            "--max-pixels",
+            "600000",
         ],
     );
     let m = manifest(&out);
     assert!(m.counts.reconciles(), "{:?}", m.counts);
     let rejects = rejects(&out);
-    assert_eq!(rejects.len(), 3, "{rejects:#?}");
+    assert_eq!(rejects.len(), 4, "{rejects:#?}");
     let by_image: HashMap<_, _> = rejects
         .iter()
         .map(|r| (r.image_id.clone().unwrap(), r))
@@ -277,17 +282,26 @@ fn images_of_absurd_size_are_rejects_and_the_run_goes_on() {
         (&strip, "2x65535", "minimum"),
         (&dot, "1x1", "minimum"),
         (&long, "40x4000", "aspect ratio 100.00"),
+        (
+            &big,
+            "800x800",
+            "640000 pixels exceed the maximum of 600000",
+        ),
     ] {
         let r = by_image[image];
         assert_eq!(r.stage, Stage::ImageSize, "{r:?}");
         assert!(r.reason.contains(size) && r.reason.contains(why), "{r:?}");
     }
-    assert_eq!(m.counts.rejected.get(&Stage::ImageSize), Some(&3));
-    assert_eq!(m.counts.written as usize, csv.len() - 3);
-    assert_eq!(rows(&out).len(), csv.len() - 3);
+    assert_eq!(m.counts.rejected.get(&Stage::ImageSize), Some(&4));
+    assert_eq!(m.counts.written as usize, csv.len() - 4);
+    assert_eq!(rows(&out).len(), csv.len() - 4);
     assert_eq!(
-        (m.image_policy.min_side, m.image_policy.max_aspect),
-        (32, 4.0)
+        (
+            m.image_policy.min_side,
+            m.image_policy.max_aspect,
+            m.image_policy.max_pixels
+        ),
+        (32, 4.0, 600_000)
     );
 }
 

@@ -146,6 +146,11 @@ struct Common {
     /// short side (a finite number, at least 1).
     #[arg(long, default_value_t = ImagePolicy::default().max_aspect, value_parser = parse_max_aspect)]
     max_aspect: f32,
+    /// Reject input images of more than this many pixels (width × height)
+    /// before decoding them: a decode's memory grows with the input's size.
+    #[arg(long, default_value_t = ImagePolicy::default().max_pixels,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
     /// An index CSV that ends early (truncated gzip, read error) rejects the
     /// rows it no longer covers instead of stopping the run.
     #[arg(long)]
@@ -189,6 +194,7 @@ impl Common {
             },
             min_side: self.min_side,
             max_aspect: self.max_aspect,
+            max_pixels: self.max_pixels,
         }
     }
 

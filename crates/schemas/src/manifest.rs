@@ -104,6 +104,13 @@ pub struct ImagePolicy {
     /// no infinity).
     #[serde(default = "no_max_aspect")]
     pub max_aspect: f32,
+    /// Most pixels (width × height) of an input image that is decoded: the
+    /// decoder's buffer grows with the input, not with the stored size, so
+    /// a square image of 65,535² (a few kilobytes of PNG) would take 8 GiB
+    /// of 16-bit samples. Absent in manifests written before it existed,
+    /// which used no limit (read as `u64::MAX`).
+    #[serde(default = "no_max_pixels")]
+    pub max_pixels: u64,
 }
 
 fn no_min_side() -> u32 {
@@ -112,6 +119,10 @@ fn no_min_side() -> u32 {
 
 fn no_max_aspect() -> f32 {
     f32::MAX
+}
+
+fn no_max_pixels() -> u64 {
+    u64::MAX
 }
 
 impl Default for ImagePolicy {
@@ -132,6 +143,10 @@ impl Default for ImagePolicy {
             // one of them and refuse only thumbnails, strips and damage.
             min_side: 32,
             max_aspect: 4.0,
+            // The largest chest radiographs are about 4,300 x 4,300 (18.5
+            // megapixels); 64 megapixels keeps every one of them and bounds
+            // one decode at 128 MiB of 16-bit samples.
+            max_pixels: 64_000_000,
         }
     }
 }
@@ -153,6 +168,13 @@ impl ImagePolicy {
             return Some(format!(
                 "image is {width}x{height}: aspect ratio {aspect:.2} exceeds the maximum of {}",
                 self.max_aspect
+            ));
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Some(format!(
+                "image is {width}x{height}: {pixels} pixels exceed the maximum of {}",
+                self.max_pixels
             ));
         }
         None
@@ -281,6 +303,9 @@ mod tests {
         assert!(strip.contains("2x65535"), "{strip}");
         let wide = p.refuses_size(4000, 900).unwrap();
         assert!(wide.contains("aspect ratio 4.44"), "{wide}");
+        assert_eq!(p.refuses_size(4280, 4280), None);
+        let huge = p.refuses_size(65535, 65535).unwrap();
+        assert!(huge.contains("4294836225 pixels exceed"), "{huge}");
     }
 
     #[test]
@@ -289,8 +314,11 @@ mod tests {
         let obj = json.as_object_mut().unwrap();
         obj.remove("min_side");
         obj.remove("max_aspect");
+        obj.remove("max_pixels");
         let old: ImagePolicy = serde_json::from_value(json).unwrap();
         assert_eq!((old.min_side, old.max_aspect), (1, f32::MAX));
+        assert_eq!(old.max_pixels, u64::MAX);
+        assert_eq!(old.refuses_size(65535, 65535), None);
         assert_eq!(old.refuses_size(1, 1), None);
         assert_eq!(old.refuses_size(2, 65535), None);
         let again = serde_json::to_string(&old).unwrap();

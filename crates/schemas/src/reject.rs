@@ -12,8 +12,9 @@ pub enum Stage {
     /// The image file is missing or unreadable.
     ImageRead,
     /// The image declares a size the policy refuses (a side below
-    /// [`crate::ImagePolicy::min_side`], or an aspect ratio beyond
-    /// [`crate::ImagePolicy::max_aspect`]); checked from the header, before
+    /// [`crate::ImagePolicy::min_side`], an aspect ratio beyond
+    /// [`crate::ImagePolicy::max_aspect`], more pixels than
+    /// [`crate::ImagePolicy::max_pixels`]); checked from the header, before
     /// the pixels are decoded.
     ImageSize,
     /// The image bytes could not be decoded (corrupt, truncated, unsupported syntax).
