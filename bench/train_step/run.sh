@@ -21,6 +21,10 @@
 #   FIT_EXTRAS       precisions at which ours runs once more with --fit-extras
 #                    (fit.rs's per-step host reads: losses, gradient norm).
 #                    Default "bf16" on cuda, none on cpu.
+#   FUSED            precisions at which ours runs once more with --fused
+#                    (libtorch's fused SGD kernel: one operator per update
+#                    instead of several per parameter tensor).
+#                    Default "bf16" on cuda, none on cpu.
 #   PEAK_TFLOPS      for the MFU (989 on cuda: H100 SXM dense bf16/fp16;
 #                    none on cpu)
 #   ATTN             the reference's attention, sdpa | eager (sdpa)
@@ -49,11 +53,13 @@ if [ "$DEVICE" = cuda ]; then
   PRECISIONS=${PRECISIONS:-"bf16 fp32"}
   PEAK_TFLOPS=${PEAK_TFLOPS:-989}
   FIT_EXTRAS=${FIT_EXTRAS-bf16}
+  FUSED=${FUSED-bf16}
 else
   PRECISIONS=${PRECISIONS:-fp32}
   PEAK_TFLOPS=${PEAK_TFLOPS:-}
   THREADS=${THREADS:-1}
   FIT_EXTRAS=${FIT_EXTRAS:-}
+  FUSED=${FUSED:-}
 fi
 OUT_MD=bench/train_step/last-run.md
 if [ -z "${PYTHON:-}" ]; then
@@ -174,6 +180,9 @@ for prec in $PRECISIONS; do
   if [[ " $FIT_EXTRAS " == *" $prec "* ]]; then
     measure "rust-${prec}_fit" "$BIN" "${common[@]}" "${rust[@]}" --fit-extras
   fi
+  if [[ " $FUSED " == *" $prec "* ]]; then
+    measure "rust-${prec}_fused" "$BIN" "${common[@]}" "${rust[@]}" --fused
+  fi
   measure "pytorch-$prec" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" --attn "$ATTN" \
     --flops-per-step "$FLOPS" "${count[@]}"
   # One count is enough: the FLOPs do not depend on the precision.
@@ -220,13 +229,15 @@ print("| run | precision | images/s | ms/step mean / median / min | TFLOP/s | MF
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
 for prec in ("fp32", "fp16", "bf16"):
-    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("pytorch", prec)):
+    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("pytorch", prec)):
         r = runs.get((side, key))
         if not r:
             continue
         label = names[side] + (f" ({r['attn']} attention)" if side == "pytorch" else "")
         if key.endswith("_fit"):
             label += ", plus fit.rs's host reads (losses, gradient norm)"
+        if key.endswith("_fused"):
+            label += ", fused SGD update (`[optim] fused`)"
         dtype = r.get("autocast_dtype") or "float32"
         ratio = ""
         if side == "pytorch":
