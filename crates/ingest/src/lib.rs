@@ -12,6 +12,8 @@
 //!   plan the rows; [`shard`] writes them as atomic, resumable shards with a
 //!   manifest and a reject log (formats in the `schemas` crate).
 //! - [`stats`] reads a shard folder back and writes a statistics report.
+//! - [`merge`] combines the part folders of a partitioned run (`--part I/N`)
+//!   into the folder of a whole run.
 //!
 //! The synthetic world that the demo and the tests ingest is made by the
 //! `synth` crate, with the same on-disk formats as the real releases.
@@ -22,6 +24,7 @@ pub mod dicom_image;
 pub mod encode;
 pub mod entities;
 pub mod jpeg12;
+pub mod merge;
 pub mod mimic;
 pub mod padchest;
 pub mod prepare;

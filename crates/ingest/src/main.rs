@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ingest::mimic::{Labeler, MimicOptions};
 use ingest::padchest::PadchestOptions;
 use ingest::report::Section;
-use ingest::shard::ShardOptions;
+use ingest::shard::{Part, ShardOptions};
 use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
 
 #[derive(Parser)]
@@ -32,6 +32,16 @@ enum Command {
     Mimic(MimicArgs),
     /// Ingest PadChest images (unpaired rows).
     Padchest(PadchestArgs),
+    /// Combine the part folders of a partitioned run (`--part I/N`) into the
+    /// folder a whole run would have written.
+    Merge {
+        /// The part folders, every part 1..N once (`--parts a b c` or repeated).
+        #[arg(long = "parts", required = true, num_args = 1..)]
+        parts: Vec<PathBuf>,
+        /// Output folder (a killed merge is completed by running it again).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a statistics report (Markdown, JSON, PNG charts) of shard folders.
     Stats {
         /// A shard folder; repeat for several.
@@ -155,6 +165,12 @@ struct Common {
     /// rows it no longer covers instead of stopping the run.
     #[arg(long)]
     allow_truncated_csv: bool,
+    /// Write only part I of N of the planned rows (1-based, e.g. `2/3`), for
+    /// one task of a job array; `ingest merge` combines the N part folders
+    /// into the folder a whole run writes. The parts must be run with the
+    /// same other arguments.
+    #[arg(long, value_name = "I/N")]
+    part: Option<Part>,
 }
 
 /// `--max-aspect`: finite and at least 1, so that it can refuse something
@@ -203,6 +219,7 @@ impl Common {
             rows_per_shard: self.rows_per_shard,
             row_group_rows: self.row_group_rows,
             strict: self.strict,
+            part: self.part,
             ..ShardOptions::default()
         }
     }
@@ -329,6 +346,7 @@ fn check_paths(command: &mut Command) -> Result<()> {
             &a.common.out
         }
         Command::Stats { out, .. } => out,
+        Command::Merge { out, .. } => out,
         _ => return Ok(()),
     };
     if out.exists() && !out.is_dir() {
@@ -385,6 +403,10 @@ fn run(mut cli: Cli) -> Result<()> {
             let m = ingest::padchest::run(&opts, &a.common.out, &bar).context("ingest padchest")?;
             bar.finish_and_clear();
             summarise(&a.common.out, &m);
+        }
+        Command::Merge { parts, out } => {
+            let m = ingest::merge::merge(&parts, &out).context("ingest merge")?;
+            summarise(&out, &m);
         }
         Command::Stats {
             shards,

@@ -38,8 +38,8 @@ use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 use schemas::{
     CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FINGERPRINT_FILE, FileDigest,
-    ImagePolicy, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source,
-    Stage, col, shard_file_name, shard_schema,
+    ImagePolicy, MANIFEST_FILE, Manifest, PartInfo, REJECTS_FILE, Reject, SCHEMA_VERSION,
+    ShardEntry, Source, Stage, col, shard_file_name, shard_schema,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -101,7 +101,7 @@ pub enum ShardError {
     Strict(Box<Reject>),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     move |source| ShardError::Io {
         path: path.to_path_buf(),
         source,
@@ -165,6 +165,11 @@ pub struct ShardOptions {
     pub zstd_level: i32,
     /// Stop at the first rejected row.
     pub strict: bool,
+    /// Write only this part of the planned rows (`--part I/N`). Not one of
+    /// the recorded arguments: every part, and their merge, records the
+    /// arguments of the whole run; the part is recorded on its own.
+    #[serde(skip)]
+    pub part: Option<Part>,
 }
 
 impl Default for ShardOptions {
@@ -174,7 +179,68 @@ impl Default for ShardOptions {
             row_group_rows: 256,
             zstd_level: 3,
             strict: false,
+            part: None,
         }
+    }
+}
+
+/// Part `index` (1-based) of `count` of a partitioned run.
+///
+/// The planned rows are cut into groups of `rows_per_shard`, as in a whole
+/// run; part `index` takes the contiguous groups
+/// `⌊(index−1)·G/count⌋ .. ⌊index·G/count⌋` of the `G` groups. Each group is
+/// one shard whose bytes depend only on its own rows, so the parts' shards
+/// are the whole run's shards under the same names, and `ingest merge` only
+/// has to place them side by side. Rows of one study are adjacent in the
+/// plan and stay together except where a group boundary falls inside a
+/// study, which changes nothing in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    index: u32,
+    count: u32,
+}
+
+impl Part {
+    /// Part `index` of `count`; `None` unless `1 <= index <= count`.
+    pub fn new(index: u32, count: u32) -> Option<Part> {
+        (index >= 1 && index <= count).then_some(Part { index, count })
+    }
+
+    /// 1-based part number.
+    pub fn index(self) -> u32 {
+        self.index
+    }
+
+    /// Number of parts.
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    /// The groups (shard indices) this part writes out of `total` groups.
+    pub fn groups(self, total: u64) -> std::ops::Range<u64> {
+        let cut = |i: u32| total * u64::from(i) / u64::from(self.count);
+        cut(self.index - 1)..cut(self.index)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+
+    /// `I/N`, for example `2/3`.
+    fn from_str(text: &str) -> Result<Part, String> {
+        let bad = || format!("{text:?} is not I/N with 1 <= I <= N (for example 2/3)");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (i, n) = (
+            i.trim().parse::<u32>().map_err(|_| bad())?,
+            n.trim().parse::<u32>().map_err(|_| bad())?,
+        );
+        Part::new(i, n).ok_or_else(bad)
     }
 }
 
@@ -264,6 +330,10 @@ pub struct Fingerprint {
     pub planned_rows: u64,
     /// The input files that exist, in planning order.
     pub inputs: Vec<InputFile>,
+    /// The part written, for a partitioned run; absent for a whole run (so
+    /// that a whole run's fingerprint is as it was before parts existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
 }
 
 impl Fingerprint {
@@ -310,6 +380,7 @@ impl Fingerprint {
             plan_sha256: hex::encode(plan.finalize()),
             planned_rows: planned.items.len() as u64,
             inputs,
+            part: None,
         }
     }
 
@@ -324,6 +395,16 @@ impl Fingerprint {
             ));
         }
         argument_changes("", &self.arguments, &now.arguments, &mut changes);
+        if self.part != now.part {
+            let show = |p: &Option<Part>| {
+                p.map_or_else(|| "a whole run".to_string(), |p| format!("part {p}"))
+            };
+            changes.push(format!(
+                "--part: was {}, now {}",
+                show(&self.part),
+                show(&now.part)
+            ));
+        }
         let hash = |name: &str, old: &Option<String>, new: &Option<String>| {
             let show = |h: &Option<String>| h.clone().unwrap_or_else(|| "none".into());
             (old != new).then(|| {
@@ -352,7 +433,7 @@ impl Fingerprint {
         (!changes.is_empty()).then(|| changes.join("; "))
     }
 
-    fn to_gzip(&self) -> Vec<u8> {
+    pub(crate) fn to_gzip(&self) -> Vec<u8> {
         use flate2::{Compression as Gz, write::GzEncoder};
         let json = serde_json::to_vec(self).expect("serialisable");
         // No name or time in the gzip header: the file depends on the inputs only.
@@ -361,13 +442,13 @@ impl Fingerprint {
         enc.finish().expect("writing to memory")
     }
 
-    fn from_gzip(bytes: &[u8]) -> Option<Fingerprint> {
+    pub(crate) fn from_gzip(bytes: &[u8]) -> Option<Fingerprint> {
         serde_json::from_reader(flate2::read::GzDecoder::new(bytes)).ok()
     }
 }
 
 /// Appends one line per argument that differs: its dotted name, old and new value.
-fn argument_changes(
+pub(crate) fn argument_changes(
     name: &str,
     old: &serde_json::Value,
     new: &serde_json::Value,
@@ -453,11 +534,33 @@ pub fn run<I: Sync + std::fmt::Debug>(
         });
     }
     fs::create_dir_all(out).map_err(io_err(out))?;
-    let fingerprint = Fingerprint::new(&info, &planned);
+    let mut fingerprint = Fingerprint::new(&info, &planned);
+    fingerprint.part = opts.part;
     if let Some(done) = bind_folder(out, &fingerprint)? {
         return Ok(done);
     }
+    // A partitioned run writes its share of the groups; the rows refused
+    // while planning (and their count) go to part 1 alone, so that the
+    // parts' counts and reject logs add up to the whole run's.
+    let rows_per_shard = opts.rows_per_shard.max(1);
+    let total_groups = planned.items.len().div_ceil(rows_per_shard) as u64;
+    let groups = opts
+        .part
+        .map_or(0..total_groups, |p| p.groups(total_groups));
+    let plan_level = opts.part.is_none_or(|p| p.index() == 1);
+    let part = opts.part.map(|p| PartInfo {
+        index: p.index(),
+        count: p.count(),
+        first_group: groups.start,
+        end_group: groups.end,
+        total_groups,
+        planned_rows: planned.items.len() as u64,
+        plan_sha256: fingerprint.plan_sha256.clone(),
+    });
+    let row_range = |g: u64| (g as usize * rows_per_shard).min(planned.items.len());
+    let items = &planned.items[row_range(groups.start)..row_range(groups.end)];
     if opts.strict
+        && plan_level
         && let Some(first) = planned.rejects.first()
     {
         return Err(ShardError::Strict(Box::new(first.clone())));
@@ -467,15 +570,26 @@ pub fn run<I: Sync + std::fmt::Debug>(
     let fingerprint = serde_json::json!({
         "fingerprint_sha256": sha256_hex(&fingerprint.to_gzip()),
     });
-    progress.set_length(planned.items.len() as u64);
-    let written = write_shards(out, opts, &fingerprint, &planned.items, process, progress)?;
+    progress.set_length(items.len() as u64);
+    let written = write_groups(
+        out,
+        opts,
+        &fingerprint,
+        items,
+        groups.start as usize,
+        process,
+        progress,
+    )?;
 
     let mut counts = written.counts;
-    counts.seen += planned.seen - planned.items.len() as u64;
-    if !planned.rejects.is_empty() {
-        *counts.rejected.entry(Stage::Csv).or_default() += planned.rejects.len() as u64;
+    let mut rejects = Vec::new();
+    if plan_level {
+        counts.seen += planned.seen - planned.items.len() as u64;
+        if !planned.rejects.is_empty() {
+            *counts.rejected.entry(Stage::Csv).or_default() += planned.rejects.len() as u64;
+        }
+        rejects = planned.rejects;
     }
-    let mut rejects = planned.rejects;
     rejects.extend(written.rejects);
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
@@ -487,6 +601,7 @@ pub fn run<I: Sync + std::fmt::Debug>(
         entities: info.entities,
         counts,
         shards: written.shards,
+        part,
     };
     finish(out, &manifest, &rejects)?;
     Ok(manifest)
@@ -502,12 +617,27 @@ pub fn write_shards<I: Sync>(
     process: impl Fn(&I) -> Outcome + Sync,
     progress: &ProgressBar,
 ) -> Result<Written, ShardError> {
+    write_groups(out, opts, fingerprint, items, 0, process, progress)
+}
+
+/// [`write_shards`] over the groups of `items`, numbered from `first_group`
+/// (a part of a partitioned run starts inside the whole plan).
+fn write_groups<I: Sync>(
+    out: &Path,
+    opts: &ShardOptions,
+    fingerprint: &serde_json::Value,
+    items: &[I],
+    first_group: usize,
+    process: impl Fn(&I) -> Outcome + Sync,
+    progress: &ProgressBar,
+) -> Result<Written, ShardError> {
     let progress_dir = out.join(PROGRESS_DIR);
     fs::create_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
     check_fingerprint(&progress_dir.join(RUN_FILE), fingerprint)?;
 
     let mut written = Written::default();
-    for (index, group) in items.chunks(opts.rows_per_shard.max(1)).enumerate() {
+    for (offset, group) in items.chunks(opts.rows_per_shard.max(1)).enumerate() {
+        let index = first_group + offset;
         let done_path = progress_dir.join(format!("group-{index:05}.json"));
         let done = match read_done(out, &done_path) {
             Some(done) => {
@@ -614,7 +744,7 @@ fn bind_folder(out: &Path, fingerprint: &Fingerprint) -> Result<Option<Manifest>
 /// Removes what a killed run leaves behind: temporary files of this tool's
 /// outputs, and the progress folder of a run that had already written its
 /// manifest. Other files in the folder are the user's and are left alone.
-fn remove_stale(out: &Path, finished: bool) -> Result<(), ShardError> {
+pub(crate) fn remove_stale(out: &Path, finished: bool) -> Result<(), ShardError> {
     let progress_dir = out.join(PROGRESS_DIR);
     if finished && progress_dir.exists() {
         fs::remove_dir_all(&progress_dir).map_err(io_err(&progress_dir))?;
@@ -1131,7 +1261,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
 
 /// `path` with `.tmp` appended to its whole file name, bytes kept as they
 /// are (a lossy conversion could give two names the same temporary file).
-fn temporary_path(path: &Path) -> PathBuf {
+pub(crate) fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
@@ -1469,6 +1599,75 @@ mod tests {
         let a = Path::new(std::ffi::OsStr::from_bytes(b"x.\xff"));
         let b = Path::new(std::ffi::OsStr::from_bytes(b"x.\xfe"));
         assert_ne!(temporary_path(a), temporary_path(b));
+    }
+
+    #[test]
+    fn parts_cut_the_groups_into_contiguous_ranges_that_cover_them_once() {
+        assert_eq!("2/3".parse::<Part>().unwrap(), Part::new(2, 3).unwrap());
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"] {
+            assert!(bad.parse::<Part>().is_err(), "{bad}");
+        }
+        for total in [0u64, 1, 2, 5, 7, 100] {
+            for count in 1..=6u32 {
+                let mut next = 0;
+                for index in 1..=count {
+                    let g = Part::new(index, count).unwrap().groups(total);
+                    assert_eq!(g.start, next, "{index}/{count} of {total}");
+                    assert!(g.end - g.start <= total.div_ceil(u64::from(count)));
+                    next = g.end;
+                }
+                assert_eq!(next, total, "{count} parts of {total}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_writes_the_whole_runs_shards_of_its_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = serde_json::json!({});
+        let whole = run_once(&dir.path().join("whole"), info(args.clone(), vec![])).unwrap();
+        // 10 rows in groups of 4: groups 0, 1, 2; part 2/2 holds group 1 and 2,
+        // and group 2 is all filtered or rejected.
+        let opts = ShardOptions {
+            part: Part::new(2, 2),
+            ..opts()
+        };
+        let out = dir.path().join("part2");
+        let m = run(
+            &out,
+            &opts,
+            info(args, vec![]),
+            planned(10),
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        let p = m.part.clone().unwrap();
+        assert_eq!((p.index, p.count, p.first_group, p.end_group), (2, 2, 1, 3));
+        assert_eq!(m.shards, whole.shards[1..]);
+        assert_eq!(m.counts.seen, 6);
+        assert_eq!(
+            fs::read(out.join(&m.shards[0].file)).unwrap(),
+            fs::read(dir.path().join("whole").join(&m.shards[0].file)).unwrap()
+        );
+        // The same folder as another part is another run.
+        let err = run(
+            &out,
+            &ShardOptions {
+                part: Part::new(1, 2),
+                ..opts
+            },
+            info(serde_json::json!({}), vec![]),
+            planned(10),
+            process,
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--part: was part 2/2, now part 1/2"),
+            "{err}"
+        );
     }
 
     #[test]

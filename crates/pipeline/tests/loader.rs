@@ -83,6 +83,7 @@ fn folder(
         entities: None,
         counts: Counts::default(),
         shards: entries,
+        part: None,
     };
     finish(dir, &manifest, &[]).unwrap();
     dir.to_path_buf()

@@ -26,7 +26,8 @@ mod reject;
 
 pub use manifest::{
     Counts, EntitySourceInfo, FINGERPRINT_FILE, FileDigest, ImageEncoding, ImagePolicy,
-    MANIFEST_FILE, Manifest, REJECTS_FILE, ShardEntry, Source, WindowPolicy, shard_file_name,
+    MANIFEST_FILE, Manifest, PartInfo, REJECTS_FILE, ShardEntry, Source, WindowPolicy,
+    shard_file_name,
 };
 pub use reject::{Reject, Stage};
 

@@ -269,6 +269,34 @@ pub struct Manifest {
     pub counts: Counts,
     /// The shards, in order.
     pub shards: Vec<ShardEntry>,
+    /// Set when the folder is one part of a partitioned run
+    /// (`ingest … --part I/N`), to be combined by `ingest merge`. Absent in
+    /// whole runs (and in manifests written before partitioned runs existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
+}
+
+/// Which share of a partitioned run a folder holds, and what plan it is a
+/// share of. The planned rows are cut into groups of `rows_per_shard` (group
+/// `g` is `shard-g.parquet` in every run); part `index` of `count` writes the
+/// contiguous groups `first_group..end_group`, so its shards are the same
+/// files, under the same names, as a whole run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// 1-based part number.
+    pub index: u32,
+    /// Number of parts.
+    pub count: u32,
+    /// First group (shard index) this part wrote.
+    pub first_group: u64,
+    /// One past the last group this part wrote.
+    pub end_group: u64,
+    /// Groups in the whole plan.
+    pub total_groups: u64,
+    /// Rows of the whole plan.
+    pub planned_rows: u64,
+    /// sha256 over the whole plan (the same in every part of one run).
+    pub plan_sha256: String,
 }
 
 #[cfg(test)]
@@ -341,6 +369,7 @@ mod tests {
                 rows: 7,
                 sha256: "ab".into(),
             }],
+            part: None,
         };
         let text = serde_json::to_string_pretty(&m).unwrap();
         assert!(text.contains("shard-00003.parquet"));

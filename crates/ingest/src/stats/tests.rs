@@ -204,6 +204,7 @@ fn write_folder(
             rows: rows.len() as u64,
             sha256,
         }],
+        part: None,
     };
     std::fs::write(
         dir.join(schemas::MANIFEST_FILE),
