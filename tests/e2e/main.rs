@@ -10,6 +10,7 @@ mod demo;
 mod dicom_corpus;
 mod faults;
 mod kill_loop;
+mod label_sets;
 mod mimic;
 mod padchest;
 mod resume;

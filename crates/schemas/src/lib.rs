@@ -43,7 +43,7 @@ pub const SCHEMA_VERSION_KEY: &str = "mmclip.schema_version";
 
 /// Column names of a shard, one constant per column.
 pub mod col {
-    /// `"mimic"` or `"padchest"`.
+    /// The release: `"mimic"`, `"padchest"`, `"covidx"`, `"nih"` or `"chexpert"`.
     pub const SOURCE: &str = "source";
     /// Patient id as text (MIMIC `subject_id`, PadChest `PatientID`).
     pub const SUBJECT_ID: &str = "subject_id";
@@ -97,7 +97,8 @@ pub mod col {
     pub const ENTITY_MASK: &str = "entity_mask";
     /// Where the entities came from: `sidecar` or `lexicon`.
     pub const ENTITY_SOURCE: &str = "entity_source";
-    /// PadChest label list (empty for MIMIC rows).
+    /// The release's own label list (PadChest, COVIDx, ChestX-ray14); empty
+    /// for MIMIC and CheXpert rows, whose labels are the CheXpert columns.
     pub const FINDING_LABELS: &str = "finding_labels";
     /// Span struct field: start character offset.
     pub const SPAN_START: &str = "start";
@@ -136,6 +137,16 @@ pub const CHEXPERT_CLASSES: [(&str, &str); 14] = [
     ("Pneumonia", "pneumonia"),
     ("Pneumothorax", "pneumothorax"),
     ("Support Devices", "support_devices"),
+];
+
+/// The five CheXpert competition classes (Irvin et al., 2019), which the
+/// paper's "CheXpert 5" rows score: names as in [`CHEXPERT_CLASSES`].
+pub const CHEXPERT_COMPETITION: [&str; 5] = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
 ];
 
 /// Shard column name of a CheXpert label, e.g. `label_pleural_effusion`.
@@ -211,6 +222,16 @@ pub fn shard_schema() -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_competition_classes_are_chexpert_classes() {
+        for name in CHEXPERT_COMPETITION {
+            assert!(
+                CHEXPERT_CLASSES.iter().any(|(c, _)| *c == name),
+                "{name} is not a CheXpert class"
+            );
+        }
+    }
 
     #[test]
     fn schema_has_one_label_column_per_class_and_unique_names() {

@@ -21,8 +21,10 @@ use schemas::col;
 /// Which classes zero-shot evaluation scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabelSet {
-    /// The 14 CheXpert classes of the MIMIC-CXR rows.
+    /// The 14 CheXpert classes of the rows' CheXpert label columns.
     Chexpert,
+    /// The 5 CheXpert competition classes (`schemas::CHEXPERT_COMPETITION`).
+    Chexpert5,
     /// PadChest findings of the PadChest rows.
     Padchest,
 }

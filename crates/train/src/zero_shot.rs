@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use evaluation::zero_shot::{ClassInput, Summary, ensemble, evaluate};
 use pipeline::LABEL_MISSING;
-use schemas::CHEXPERT_CLASSES;
+use schemas::{CHEXPERT_CLASSES, CHEXPERT_COMPETITION};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
@@ -127,7 +127,7 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
     }
     let (val, test) = reference.expect("at least one checkpoint");
     let lists = match opts.label_set {
-        LabelSet::Chexpert => None,
+        LabelSet::Chexpert | LabelSet::Chexpert5 => None,
         LabelSet::Padchest => Some((padchest_labels(&val.rows)?, padchest_labels(&test.rows)?)),
     };
     let chexpert = |rows: &[[i8; 14]], c: usize| -> Vec<i8> {
@@ -169,15 +169,18 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
 }
 
 /// The classes to score: the named ones, or the label set's default
-/// (CheXpert: all 14; PadChest: the seen findings, or with `unseen_top`
-/// the most frequent unseen findings of the test split).
+/// (CheXpert: all 14; CheXpert 5: the competition classes; PadChest: the
+/// seen findings, or with `unseen_top` the most frequent unseen findings of
+/// the test split).
 fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
     match opts.label_set {
-        LabelSet::Chexpert => {
-            let names: Vec<&str> = if opts.classes.is_empty() {
-                CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect()
-            } else {
+        LabelSet::Chexpert | LabelSet::Chexpert5 => {
+            let names: Vec<&str> = if !opts.classes.is_empty() {
                 opts.classes.iter().map(String::as_str).collect()
+            } else if opts.label_set == LabelSet::Chexpert5 {
+                CHEXPERT_COMPETITION.to_vec()
+            } else {
+                CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect()
             };
             names
                 .into_iter()
