@@ -13,6 +13,7 @@ mod kill_loop;
 mod label_sets;
 mod mimic;
 mod padchest;
+mod partition;
 mod resume;
 mod run_folders;
 mod text;
