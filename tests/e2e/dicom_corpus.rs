@@ -20,43 +20,7 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
     assert!(files.len() >= 16);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("mimic-cxr");
-    let mut meta = Vec::new();
-    let mut split = Vec::new();
-    let mut labels = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        let (subject, study) = (10_000_000 + i, 50_000_000 + i);
-        let dicom = f.file_stem().unwrap().to_string_lossy().replace('_', "-");
-        let dir = root.join(format!("files/p10/p{subject}"));
-        std::fs::create_dir_all(dir.join(format!("s{study}"))).unwrap();
-        std::os::unix::fs::symlink(f, dir.join(format!("s{study}/{dicom}.dcm"))).unwrap();
-        std::fs::write(
-            dir.join(format!("s{study}.txt")),
-            " FINDINGS: No pleural effusion.\n IMPRESSION: Normal chest.\n",
-        )
-        .unwrap();
-        meta.push(format!("{dicom},{subject},{study},,PA,0,0,,,,,"));
-        split.push(format!("{dicom},{study},{subject},train"));
-        labels.push(format!("{subject},{study}{}", ",".repeat(14)));
-    }
-    let write = |name: &str, header: String, rows: &[String]| {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        writeln!(gz, "{header}").unwrap();
-        rows.iter().for_each(|r| writeln!(gz, "{r}").unwrap());
-        std::fs::write(root.join(name), gz.finish().unwrap()).unwrap();
-    };
-    write("mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning".into(), &meta);
-    write(
-        "mimic-cxr-2.0.0-split.csv.gz",
-        "dicom_id,study_id,subject_id,split".into(),
-        &split,
-    );
-    let names: Vec<&str> = schemas::CHEXPERT_CLASSES.iter().map(|c| c.0).collect();
-    write(
-        "mimic-cxr-2.0.0-chexpert.csv.gz",
-        format!("subject_id,study_id,{}", names.join(",")),
-        &labels,
-    );
-
+    mimic_release(&root, &files);
     let out = tmp.path().join("shards");
     let res = ingest_mimic(&root, &out, &[]);
     assert!(
@@ -118,4 +82,88 @@ fn corpus_ingests_with_exactly_the_corrupt_files_rejected() {
             row.image_id
         );
     }
+}
+
+/// `files` laid out as a MIMIC-CXR release under `root`: one study per file
+/// with a short report, PA views, the train split, blank labels.
+fn mimic_release(root: &std::path::Path, files: &[std::path::PathBuf]) {
+    let mut meta = Vec::new();
+    let mut split = Vec::new();
+    let mut labels = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let (subject, study) = (10_000_000 + i, 50_000_000 + i);
+        let dicom = f.file_stem().unwrap().to_string_lossy().replace('_', "-");
+        let dir = root.join(format!("files/p10/p{subject}"));
+        std::fs::create_dir_all(dir.join(format!("s{study}"))).unwrap();
+        std::os::unix::fs::symlink(f, dir.join(format!("s{study}/{dicom}.dcm"))).unwrap();
+        std::fs::write(
+            dir.join(format!("s{study}.txt")),
+            " FINDINGS: No pleural effusion.\n IMPRESSION: Normal chest.\n",
+        )
+        .unwrap();
+        meta.push(format!("{dicom},{subject},{study},,PA,0,0,,,,,"));
+        split.push(format!("{dicom},{study},{subject},train"));
+        labels.push(format!("{subject},{study}{}", ",".repeat(14)));
+    }
+    let write = |name: &str, header: String, rows: &[String]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        writeln!(gz, "{header}").unwrap();
+        rows.iter().for_each(|r| writeln!(gz, "{r}").unwrap());
+        std::fs::write(root.join(name), gz.finish().unwrap()).unwrap();
+    };
+    write("mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning".into(), &meta);
+    write(
+        "mimic-cxr-2.0.0-split.csv.gz",
+        "dicom_id,study_id,subject_id,split".into(),
+        &split,
+    );
+    let names: Vec<&str> = schemas::CHEXPERT_CLASSES.iter().map(|c| c.0).collect();
+    write(
+        "mimic-cxr-2.0.0-chexpert.csv.gz",
+        format!("subject_id,study_id,{}", names.join(",")),
+        &labels,
+    );
+}
+
+/// OpenJPEG logs several INFO lines per JPEG 2000 image; they are shown
+/// only with `-v` (or when RUST_LOG asks for them).
+#[test]
+fn codec_log_lines_are_quiet_unless_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mimic-cxr");
+    mimic_release(
+        &root,
+        &[shared().join("data/dicom/dx_chest_j2k_lossless.dcm")],
+    );
+    let ingest = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let tok = tokenizer();
+        let mut cmd = std::process::Command::new(bin("ingest"));
+        cmd.args(["mimic", "--root"])
+            .arg(&root)
+            .arg("--out")
+            .arg(&out)
+            .arg("--tokenizer")
+            .arg(&tok)
+            .args(extra)
+            .env_remove("RUST_LOG");
+        let res = cmd.output().expect("spawn ingest");
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        assert_eq!(manifest(&out).counts.written, 1);
+        String::from_utf8_lossy(&res.stderr).into_owned()
+    };
+    let quiet = ingest("quiet", &[]);
+    assert!(
+        !quiet.contains("jpeg2k"),
+        "codec lines by default:\n{quiet}"
+    );
+    let verbose = ingest("verbose", &["-v"]);
+    assert!(
+        verbose.contains("jpeg2k"),
+        "no codec lines with -v:\n{verbose}"
+    );
 }

@@ -24,7 +24,24 @@ struct Cli {
     /// Worker threads for decoding (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Also show the codec libraries' own log lines (OpenJPEG's INFO lines
+    /// for every JPEG 2000 image); twice: debug lines too. `RUST_LOG`, when
+    /// set, decides instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
+
+/// The log filter when `RUST_LOG` is not set: this project's INFO lines,
+/// and the third-party libraries' only from WARN up unless `-v` is given
+/// (OpenJPEG logs several INFO lines per JPEG 2000 image it decodes).
+fn log_filter(verbose: u8) -> String {
+    match verbose {
+        0 => "warn,ingest=info".to_string(),
+        1 => "info".to_string(),
+        _ => "debug".to_string(),
+    }
+}
+
 
 #[derive(Subcommand)]
 enum Command {
@@ -470,13 +487,15 @@ fn run(mut cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     keep_freed_buffers();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| log_filter(cli.verbose).into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
