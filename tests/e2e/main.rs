@@ -8,6 +8,7 @@ mod covid;
 mod damaged_inputs;
 mod demo;
 mod dicom_corpus;
+mod downstream;
 mod faults;
 mod kill_loop;
 mod label_sets;

@@ -8,9 +8,11 @@
 //!   MIMIC-CXR section parser; [`tokenize`] runs the CLIP BPE tokenizer;
 //!   [`entities`] finds medical entities (ScispaCy sidecar or built-in lexicon)
 //!   and maps them onto tokens.
-//! - [`mimic`] and [`padchest`] read the two releases as laid out on disk and
-//!   plan the rows; [`shard`] writes them as atomic, resumable shards with a
-//!   manifest and a reject log (formats in the `schemas` crate).
+//! - [`mimic`] and [`padchest`] read the two pre-training releases as laid
+//!   out on disk and plan the rows; [`covidx`], [`nih`] and [`chexpert`] read
+//!   the downstream releases into image-only rows; [`shard`] writes them as
+//!   atomic, resumable shards with a manifest and a reject log (formats in
+//!   the `schemas` crate).
 //! - [`stats`] reads a shard folder back and writes a statistics report.
 //! - [`merge`] combines the part folders of a partitioned run (`--part I/N`)
 //!   into the folder of a whole run.
@@ -19,6 +21,8 @@
 //! `synth` crate, with the same on-disk formats as the real releases.
 #![deny(missing_docs)]
 
+pub mod chexpert;
+pub mod covidx;
 pub mod csvio;
 pub mod dicom_image;
 pub mod encode;
@@ -26,6 +30,7 @@ pub mod entities;
 pub mod jpeg12;
 pub mod merge;
 pub mod mimic;
+pub mod nih;
 pub mod padchest;
 pub mod prepare;
 pub mod report;

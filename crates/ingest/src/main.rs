@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use ingest::chexpert::ChexpertOptions;
+use ingest::covidx::CovidxOptions;
 use ingest::mimic::{Labeler, MimicOptions};
+use ingest::nih::{NihOptions, NihSplit};
 use ingest::padchest::PadchestOptions;
 use ingest::report::Section;
 use ingest::shard::{Part, ShardOptions};
@@ -16,7 +19,7 @@ use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
 #[command(
     name = "ingest",
     version,
-    about = "Turn MIMIC-CXR and PadChest releases into Parquet shards"
+    about = "Turn MIMIC-CXR, PadChest, COVIDx, ChestX-ray14 and CheXpert releases into Parquet shards"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,13 +45,18 @@ fn log_filter(verbose: u8) -> String {
     }
 }
 
-
 #[derive(Subcommand)]
 enum Command {
     /// Ingest a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG release.
     Mimic(MimicArgs),
     /// Ingest PadChest images (unpaired rows).
     Padchest(PadchestArgs),
+    /// Ingest a COVIDx CXR release (unpaired rows, label in `finding_labels`).
+    Covidx(CovidxArgs),
+    /// Ingest NIH ChestX-ray14 (unpaired rows, its 14 classes in `finding_labels`).
+    Nih(NihArgs),
+    /// Ingest CheXpert (unpaired rows, the 14 CheXpert label columns).
+    Chexpert(ChexpertArgs),
     /// Combine the part folders of a partitioned run (`--part I/N`) into the
     /// folder a whole run would have written.
     Merge {
@@ -300,6 +308,53 @@ struct PadchestArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct CovidxArgs {
+    /// Folder with `train.txt`/`val.txt`/`test.txt` (or versioned names such
+    /// as `train_COVIDx9A.txt`) and the `train/`, `val/`, `test/` image folders.
+    #[arg(long)]
+    root: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct NihArgs {
+    /// Folder with `Data_Entry_2017[_v2020].csv`, the split lists and
+    /// `images/` or `images_001/images/` … `images_012/images/`.
+    #[arg(long)]
+    root: PathBuf,
+    /// `official`: the release's test list, validation carved from
+    /// train_val by patient; `paper`: patient-level 70/10/20.
+    #[arg(long, value_enum, default_value = "official")]
+    split: NihSplit,
+    /// Share of train_val patients in validate (`--split official`).
+    #[arg(long, default_value_t = 0.1)]
+    validate_fraction: f64,
+    /// Seed of the patient-level split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Views kept (`View Position`), comma-separated; `all` keeps every view.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    views: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ChexpertArgs {
+    /// The folder above `CheXpert-v1.0/` or `CheXpert-v1.0-small/` (as the
+    /// CSVs' `Path` column counts from), or the dataset folder itself.
+    #[arg(long)]
+    root: PathBuf,
+    /// Views kept (`AP/PA`, else `Frontal/Lateral`), comma-separated; `all`
+    /// keeps every view.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    views: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn all_or(list: Vec<String>) -> Vec<String> {
     if list.iter().any(|v| v.eq_ignore_ascii_case("all")) {
         Vec::new()
@@ -362,6 +417,18 @@ fn check_paths(command: &mut Command) -> Result<()> {
             a.root = normalise(&a.root);
             &a.common.out
         }
+        Command::Covidx(a) => {
+            a.root = normalise(&a.root);
+            &a.common.out
+        }
+        Command::Nih(a) => {
+            a.root = normalise(&a.root);
+            &a.common.out
+        }
+        Command::Chexpert(a) => {
+            a.root = normalise(&a.root);
+            &a.common.out
+        }
         Command::Stats { out, .. } => out,
         Command::Merge { out, .. } => out,
         _ => return Ok(()),
@@ -418,6 +485,50 @@ fn run(mut cli: Cli) -> Result<()> {
             };
             let bar = progress_bar();
             let m = ingest::padchest::run(&opts, &a.common.out, &bar).context("ingest padchest")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Covidx(a) => {
+            if a.common.allow_truncated_csv {
+                bail!("--allow-truncated-csv: a COVIDx release has no index CSV");
+            }
+            let opts = CovidxOptions {
+                root: a.root,
+                image: a.common.policy(Window::MimicJpg, Window::Percentile),
+                shards: a.common.shards(),
+            };
+            let bar = progress_bar();
+            let m = ingest::covidx::run(&opts, &a.common.out, &bar).context("ingest covidx")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Nih(a) => {
+            let opts = NihOptions {
+                root: a.root,
+                views: all_or(a.views),
+                split: a.split,
+                validate_fraction: a.validate_fraction,
+                seed: a.seed,
+                image: a.common.policy(Window::MimicJpg, Window::Percentile),
+                shards: a.common.shards(),
+                allow_truncated_csv: a.common.allow_truncated_csv,
+            };
+            let bar = progress_bar();
+            let m = ingest::nih::run(&opts, &a.common.out, &bar).context("ingest nih")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Chexpert(a) => {
+            let opts = ChexpertOptions {
+                root: a.root,
+                views: all_or(a.views),
+                image: a.common.policy(Window::MimicJpg, Window::Percentile),
+                shards: a.common.shards(),
+                allow_truncated_csv: a.common.allow_truncated_csv,
+            };
+            let bar = progress_bar();
+            let m =
+                ingest::chexpert::run(&opts, &a.common.out, &bar).context("ingest chexpert")?;
             bar.finish_and_clear();
             summarise(&a.common.out, &m);
         }

@@ -158,6 +158,11 @@ pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     check_size(w, h, policy)?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
         .map_err(|e| (Stage::ImageDecode, format!("PNG decode failed: {e}")))?;
+    windowed_png(img, policy)
+}
+
+/// A decoded PNG windowed by `policy.png_window`, its samples as stored.
+fn windowed_png(img: image::DynamicImage, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let (w, h) = (img.width(), img.height());
     // The decoded samples are kept as they are; any other layout (colour,
     // alpha) is reduced to 16-bit luma.
@@ -173,6 +178,65 @@ pub fn png(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
     let stored = StoredImage::monochrome2(w, h, bits, pixels);
     let gray = window::render(&stored, policy.png_window, false, false);
     finish(gray, (w, h), bits, "MONOCHROME2", policy)
+}
+
+/// A PNG or JPEG as the downstream releases ship them (COVIDx, ChestX-ray14,
+/// CheXpert), told apart by their first bytes since a release's file names do
+/// not always match the contents.
+///
+/// Their 8-bit images are already windowed for display, so these are only
+/// reduced to luma (colour and alpha are dropped: the releases store gray
+/// images in RGB or RGBA files) and resized, as [`jpeg8`] does. A 16-bit PNG
+/// is windowed by `policy.png_window`, as [`png`] does. `photometric` records
+/// `RGB` for a colour file.
+pub fn png_or_jpeg(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
+    let bytes = read(path)?;
+    let format = match bytes.as_slice() {
+        [0x89, b'P', b'N', b'G', ..] => image::ImageFormat::Png,
+        [0xFF, 0xD8, ..] => image::ImageFormat::Jpeg,
+        other => {
+            let head: Vec<String> = other.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            return Err((
+                Stage::ImageDecode,
+                format!(
+                    "neither a PNG nor a JPEG: the file starts with [{}]",
+                    head.join(" ")
+                ),
+            ));
+        }
+    };
+    let name = if format == image::ImageFormat::Png {
+        "PNG"
+    } else {
+        "JPEG"
+    };
+    let (w, h) = declared_size(&bytes, format)?;
+    check_size(w, h, policy)?;
+    let img = image::load_from_memory_with_format(&bytes, format)
+        .map_err(|e| (Stage::ImageDecode, format!("{name} decode failed: {e}")))?;
+    use image::DynamicImage as D;
+    let photometric = if img.color().has_color() {
+        "RGB"
+    } else {
+        "MONOCHROME2"
+    };
+    match img {
+        D::ImageLuma8(_) | D::ImageLumaA8(_) | D::ImageRgb8(_) | D::ImageRgba8(_) => {
+            let img = img.into_luma8();
+            let (w, h) = img.dimensions();
+            let gray = Gray8 {
+                width: w,
+                height: h,
+                pixels: img.into_raw(),
+            };
+            finish(gray, (w, h), 8, photometric, policy)
+        }
+        other => {
+            let mut p = windowed_png(other, policy)?;
+            p.photometric = photometric.to_string();
+            Ok(p)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +273,56 @@ mod tests {
             assert_eq!(stage, Stage::ImageSize, "{reason}");
             assert!(reason.contains(why), "{reason}");
         }
+    }
+
+    #[test]
+    fn png_or_jpeg_reads_gray_rgb_and_rgba_by_content_and_refuses_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = ImagePolicy {
+            short_side: 32,
+            ..ImagePolicy::default()
+        };
+        let gray = image::GrayImage::from_fn(40, 60, |x, y| image::Luma([(x * 3 + y) as u8]));
+        // The same gray pixels as L8 PNG, RGBA PNG and RGB PNG saved under a
+        // `.jpg` name: identical stored images, the colour ones marked RGB.
+        let l8 = dir.path().join("l8.png");
+        gray.save_with_format(&l8, image::ImageFormat::Png).unwrap();
+        let rgba = dir.path().join("rgba.png");
+        image::DynamicImage::ImageLuma8(gray.clone())
+            .into_rgba8()
+            .save_with_format(&rgba, image::ImageFormat::Png)
+            .unwrap();
+        let rgb = dir.path().join("rgb.jpg");
+        image::DynamicImage::ImageLuma8(gray.clone())
+            .into_rgb8()
+            .save_with_format(&rgb, image::ImageFormat::Png)
+            .unwrap();
+        let a = png_or_jpeg(&l8, &policy).unwrap();
+        assert_eq!((a.width, a.height, a.bits_stored), (32, 48, 8));
+        assert_eq!(a.photometric, "MONOCHROME2");
+        for path in [&rgba, &rgb] {
+            let b = png_or_jpeg(path, &policy).unwrap();
+            assert_eq!(b.bytes, a.bytes, "{}", path.display());
+            assert_eq!(b.photometric, "RGB");
+        }
+        // 8-bit gray is only resized, not windowed: the jpeg8 path's pixels.
+        let jpg = dir.path().join("g.jpg");
+        gray.save_with_format(&jpg, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(
+            png_or_jpeg(&jpg, &policy).unwrap().bytes,
+            jpeg8(&jpg, &policy).unwrap().bytes
+        );
+        // A 16-bit PNG goes through the PNG window, as `png` does.
+        let p16 = png_file(dir.path(), 48, 100);
+        assert_eq!(
+            png_or_jpeg(&p16, &policy).unwrap().bytes,
+            png(&p16, &policy).unwrap().bytes
+        );
+        let junk = dir.path().join("junk.png");
+        std::fs::write(&junk, b"GIF89a not an x-ray").unwrap();
+        let (stage, reason) = png_or_jpeg(&junk, &policy).unwrap_err();
+        assert_eq!(stage, Stage::ImageDecode);
+        assert!(reason.contains("neither a PNG nor a JPEG"), "{reason}");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum Source {
     Mimic,
     /// PadChest: images only.
     Padchest,
+    /// COVIDx CXR: images only, COVID-19 / pneumonia labels in `finding_labels`.
+    Covidx,
+    /// NIH ChestX-ray14: images only, its 14 classes in `finding_labels`.
+    Nih,
+    /// CheXpert: images only, the 14 CheXpert label columns.
+    Chexpert,
 }
 
 impl Source {
@@ -37,6 +43,9 @@ impl Source {
         match self {
             Source::Mimic => "mimic",
             Source::Padchest => "padchest",
+            Source::Covidx => "covidx",
+            Source::Nih => "nih",
+            Source::Chexpert => "chexpert",
         }
     }
 }

@@ -48,7 +48,9 @@ impl ShardSet {
                     }
                     set.paired.push(dir.clone());
                 }
-                Source::Padchest => set.unpaired.push(dir.clone()),
+                Source::Padchest | Source::Covidx | Source::Nih | Source::Chexpert => {
+                    set.unpaired.push(dir.clone())
+                }
             }
         }
         Ok(set)
