@@ -72,16 +72,19 @@ fn assert_reruns_identical(args: &[&str], out: &Path, other: &Path) {
     }
 }
 
-#[test]
-fn covidx_release_of_real_images_splits_by_label_file_and_rejects_bad_lines() {
+/// Per image of a COVIDx tree: (patient, split, finding_labels).
+type Want = HashMap<String, (String, &'static str, Vec<String>)>;
+
+/// Lays the real images of `../shared/data/covid` out as a COVIDx release in
+/// `root`, with four bad lines in the train file (a missing image, a corrupt
+/// image, an unknown label, too few fields), and returns the rows expected.
+fn covidx_release(root: &Path) -> Want {
     let covid = shared().join("data/covid");
     let mut meta = csv::Reader::from_path(covid.join("metadata.csv")).unwrap();
     let headers = meta.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let (patient, finding, file) = (col("patientid"), col("finding"), col("filename"));
 
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("covidx");
     for d in ["train", "val", "test"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -91,7 +94,7 @@ fn covidx_release_of_real_images_splits_by_label_file_and_rejects_bad_lines() {
     let mut patients: Vec<String> = Vec::new();
     let mut lines: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     // image → (patient, split, finding_labels)
-    let mut want: HashMap<String, (String, &str, Vec<String>)> = HashMap::new();
+    let mut want: Want = HashMap::new();
     for rec in meta.records() {
         let rec = rec.unwrap();
         let p = match patients.iter().position(|x| x == &rec[patient]) {
@@ -147,6 +150,14 @@ fn covidx_release_of_real_images_splits_by_label_file_and_rejects_bad_lines() {
         std::fs::write(root.join(name), lines[dir].join("\n") + "\n").unwrap();
     }
 
+    want
+}
+
+#[test]
+fn covidx_release_of_real_images_splits_by_label_file_and_rejects_bad_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("covidx");
+    let want = covidx_release(&root);
     let out = tmp.path().join("shards");
     let args = ["covidx", "--root", s(&root), "--short-side", "64"];
     let mut first = args.to_vec();
@@ -228,6 +239,69 @@ fn covidx_release_of_real_images_splits_by_label_file_and_rejects_bad_lines() {
         err.contains("train.txt") && err.contains("val_*.txt"),
         "{err}"
     );
+}
+
+#[test]
+fn covidx_killed_run_resumes_to_the_uninterrupted_runs_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("covidx");
+    covidx_release(&root);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "covidx",
+            "--root",
+            s(&root),
+            "--out",
+            s(out),
+            "--short-side",
+            "64",
+            "--rows-per-shard",
+            "16",
+            "--threads",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = tmp.path().join("whole");
+    run_ok(
+        "ingest",
+        &args(&whole).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(manifest(&whole).shards.len() > 4);
+
+    let out = tmp.path().join("killed");
+    let mut child = std::process::Command::new(bin("ingest"))
+        .args(args(&out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    // Kill once two shard groups are done (the progress folder holds one
+    // file besides them).
+    while std::fs::read_dir(out.join(".progress")).map_or(0, |d| d.count().saturating_sub(1)) < 2
+        && child.try_wait().unwrap().is_none()
+        && start.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(
+        !out.join(schemas::MANIFEST_FILE).exists(),
+        "the run must be killed before it finishes for this test to test resuming"
+    );
+    run_ok(
+        "ingest",
+        &args(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let (a, b) = (folder_bytes(&whole), folder_bytes(&out));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs after the resumed run");
+    }
+    assert!(!out.join(".progress").exists());
 }
 
 /// A small gray (or RGBA) PNG whose pixels depend on `seed`.
