@@ -32,12 +32,13 @@ int fail(const std::exception& e, char* err, size_t err_len) {
 
 }  // namespace
 
+// `n_buffers` is `n`, or 0 without momentum: libtorch then takes no buffers.
 extern "C" int mmclip_fused_sgd(at::Tensor* const* params, at::Tensor* const* grads,
-                                at::Tensor* const* momentum_buffers, int n, double weight_decay,
-                                double momentum, double lr, bool is_first_step, char* err,
-                                size_t err_len) {
+                                at::Tensor* const* momentum_buffers, int n, int n_buffers,
+                                double weight_decay, double momentum, double lr,
+                                bool is_first_step, char* err, size_t err_len) {
   try {
-    at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n), weight_decay,
+    at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n_buffers), weight_decay,
                     momentum, lr, /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
                     is_first_step);
     return 0;

@@ -22,6 +22,7 @@ unsafe extern "C" {
         grads: *const Handle,
         momentum_buffers: *const Handle,
         n: c_int,
+        n_buffers: c_int,
         weight_decay: f64,
         momentum: f64,
         lr: f64,
@@ -50,7 +51,7 @@ unsafe extern "C" {
 #[derive(Debug, thiserror::Error)]
 pub enum FusedError {
     /// The lists differ in length.
-    #[error("fused {op}: {what} has {got} tensors, the parameters {want}")]
+    #[error("fused {op}: {what} has {got} tensors, {want} expected")]
     Lengths {
         /// `sgd` or `adamw`.
         op: &'static str,
@@ -58,7 +59,7 @@ pub enum FusedError {
         what: &'static str,
         /// Its length.
         got: usize,
-        /// The parameters' count.
+        /// The length expected.
         want: usize,
     },
     /// libtorch refused the update (devices, dtypes or shapes that differ).
@@ -129,34 +130,37 @@ fn call(op: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result
 
 /// One SGD update of `params` in place with their `grads`, updating the
 /// `momentum_buffers` (same shapes; on the first step their contents are
-/// ignored and replaced by the gradients), as `torch.optim.SGD(fused=True)`.
+/// ignored and replaced by the gradients; none when the momentum is 0), as
+/// `torch.optim.SGD(fused=True)`.
 pub fn sgd_(
     params: &[Tensor],
     grads: &[Tensor],
     momentum_buffers: &[Tensor],
     s: SgdSettings,
 ) -> Result<(), FusedError> {
-    let n = check(
+    // libtorch takes no buffers at all when there is no momentum.
+    let buffers = if s.momentum == 0.0 { 0 } else { params.len() };
+    let n = check("sgd", params.len(), &[("grads", grads.len())])?;
+    let n_buffers = check(
         "sgd",
-        params.len(),
-        &[
-            ("grads", grads.len()),
-            ("momentum_buffers", momentum_buffers.len()),
-        ],
+        buffers,
+        &[("momentum_buffers", momentum_buffers.len())],
     )?;
     if n == 0 {
         return Ok(());
     }
     let (p, g, m) = (handles(params), handles(grads), handles(momentum_buffers));
     call("sgd", |err, len| {
-        // SAFETY: three arrays of `n` live tensor handles, borrowed for the
-        // call; the shim catches every C++ exception.
+        // SAFETY: two arrays of `n` and one of `n_buffers` live tensor
+        // handles, borrowed for the call (the lengths checked above); the
+        // shim catches every C++ exception.
         unsafe {
             mmclip_fused_sgd(
                 p.as_ptr(),
                 g.as_ptr(),
                 m.as_ptr(),
                 n,
+                n_buffers,
                 s.weight_decay,
                 s.momentum,
                 s.lr,
@@ -334,6 +338,24 @@ mod tests {
             max_diff(&fused_p, &tensors(2, &SHAPES)) > 0.01,
             "nothing moved"
         );
+    }
+
+    #[test]
+    fn sgd_without_momentum_takes_no_buffers() {
+        let p = tensors(4, &SHAPES);
+        let before: Vec<Tensor> = p.iter().map(Tensor::copy).collect();
+        let g = tensors(5, &SHAPES);
+        let s = SgdSettings {
+            lr: 0.5,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            first_step: false,
+        };
+        sgd_(&p, &g, &[], s).unwrap();
+        let want: Vec<Tensor> = before.iter().zip(&g).map(|(b, g)| b - g * 0.5).collect();
+        assert!(max_diff(&p, &want) < 1e-6);
+        let err = sgd_(&p, &g, &g, s).unwrap_err().to_string();
+        assert!(err.contains("momentum_buffers has 3 tensors"), "{err}");
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub mod att_mim;
 pub mod attention;
 pub mod autocast;
 pub mod clip;
-pub mod fused;
 pub mod config;
 pub mod ent_mlm;
+pub mod fused;
 pub mod load;
 pub mod losses;
 pub mod mim;
@@ -45,6 +45,12 @@ pub mod vision;
 pub use clip::{Clip, Encoded};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use mmclip::{Losses, Mmclip, MmclipConfig, Phase, StepBatch};
+
+/// The `nn::Path` group (`p.set_group(NO_WEIGHT_DECAY)`) of the variables
+/// that weight decay must leave alone although they are matrices: the token
+/// and position embedding tables. Biases, norms and scalars need no group:
+/// the optimiser decays only tensors of two or more dimensions.
+pub const NO_WEIGHT_DECAY: usize = 1;
 
 /// Whether libtorch sees a CUDA device (false when `libtorch_cuda` was not
 /// linked; see `build.rs`).

@@ -32,7 +32,8 @@ impl TextTransformer {
             },
             ..Default::default()
         };
-        let e = &p / "embeddings";
+        // The tables are left out of weight decay (see NO_WEIGHT_DECAY).
+        let e = (&p / "embeddings").set_group(crate::NO_WEIGHT_DECAY);
         Self {
             token_embedding: nn::embedding(&e / "token_embedding", cfg.vocab_size, d, emb),
             position_embedding: nn::embedding(

@@ -44,8 +44,9 @@ impl VisionEmbeddings {
                 cfg.patch_size,
                 conv,
             ),
+            // Left out of weight decay (see NO_WEIGHT_DECAY).
             position_embedding: nn::embedding(
-                &p / "position_embedding",
+                (&p / "position_embedding").set_group(crate::NO_WEIGHT_DECAY),
                 cfg.num_patches() + 1,
                 d,
                 emb,

@@ -4,7 +4,7 @@
 //! no Nesterov; the first step's buffer is the gradient) and
 //! `torch.optim.AdamW` (bias-corrected, decoupled decay).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor, nn::VarStore};
 
@@ -15,6 +15,8 @@ pub struct Optimizer {
     cfg: OptimConfig,
     /// (name, variable) of every trainable variable, sorted by name.
     vars: Vec<(String, Tensor)>,
+    /// The variables weight decay applies to (see [`Optimizer::decays`]).
+    decayed: BTreeSet<String>,
     /// Per-variable state: SGD `momentum`; AdamW `exp_avg`, `exp_avg_sq`.
     state: BTreeMap<String, Tensor>,
     /// Optimiser steps taken (AdamW's bias correction counts them).
@@ -30,12 +32,39 @@ impl Optimizer {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        // The group each variable was created in (`nn::Path::set_group`),
+        // by its storage: tch keeps groups apart from names.
+        let groups: HashMap<usize, usize> = vs
+            .variables_
+            .lock()
+            .expect("the variable store's lock")
+            .trainable_variables
+            .iter()
+            .map(|v| (v.tensor.data_ptr() as usize, v.group))
+            .collect();
+        let decayed = vars
+            .iter()
+            .filter(|(_, t)| {
+                t.dim() >= 2
+                    && groups.get(&(t.data_ptr() as usize)) != Some(&model::NO_WEIGHT_DECAY)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         Optimizer {
             cfg: cfg.clone(),
             vars,
+            decayed,
             state: BTreeMap::new(),
             steps: 0,
         }
+    }
+
+    /// Whether weight decay applies to the variable `name`: to the weight
+    /// matrices and convolution kernels, not to biases, norms, scalars such
+    /// as `logit_scale`, or the token and position embedding tables (created
+    /// in [`model::NO_WEIGHT_DECAY`]), as timm and open_clip do.
+    pub fn decays(&self, name: &str) -> bool {
+        self.decayed.contains(name)
     }
 
     /// Learning rate at optimiser step `step` of `total`.
@@ -138,7 +167,7 @@ impl Optimizer {
                 }
                 match c.kind {
                     OptimKind::Sgd => {
-                        let g = if c.weight_decay != 0.0 {
+                        let g = if c.weight_decay != 0.0 && self.decayed.contains(name) {
                             &g + &*v * c.weight_decay
                         } else {
                             g
@@ -163,7 +192,9 @@ impl Optimizer {
                     }
                     OptimKind::Adamw => {
                         let (b1, b2) = c.betas;
-                        let _ = v.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                        if self.decayed.contains(name) {
+                            let _ = v.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                        }
                         let m = self
                             .state
                             .entry(format!("exp_avg.{name}"))
@@ -198,67 +229,72 @@ impl Optimizer {
             .map(|(name, v)| (name, v, v.grad()))
             .filter(|(_, _, g)| g.defined())
             .collect();
-        let result = tch::no_grad(|| match c.kind {
-            OptimKind::Sgd if c.momentum == 0.0 => {
-                // Without momentum the buffers are never read: the kernel
-                // still takes a list, so each gradient stands in for its own.
-                let (p, g): (Vec<Tensor>, Vec<Tensor>) = with_grad
-                    .iter()
-                    .map(|(_, v, g)| (v.shallow_clone(), g.shallow_clone()))
-                    .unzip();
-                let s = sgd_settings(&c, lr, false);
-                model::fused::sgd_(&p, &g, &g, s)
+        // One kernel call per group of variables that share the settings:
+        // decayed or not, and for SGD whether the momentum buffer starts now
+        // (first step, or first gradient after the warm-up) or continues.
+        let mut groups: BTreeMap<(bool, bool), [Vec<Tensor>; 4]> = BTreeMap::new();
+        for (name, v, g) in &with_grad {
+            let decays = self.decayed.contains(*name);
+            let mut state = |key: String| -> (bool, Tensor) {
+                match self.state.get(&key) {
+                    Some(t) => (false, t.shallow_clone()),
+                    None => {
+                        let t = g.zeros_like();
+                        self.state.insert(key, t.shallow_clone());
+                        (true, t)
+                    }
+                }
+            };
+            let (first, a, b) = match c.kind {
+                // Without momentum there are no buffers (libtorch takes none).
+                OptimKind::Sgd if c.momentum == 0.0 => (false, Tensor::new(), Tensor::new()),
+                OptimKind::Sgd => {
+                    let (first, buf) = state(format!("momentum.{name}"));
+                    (first, buf, Tensor::new())
+                }
+                OptimKind::Adamw => {
+                    let (_, m) = state(format!("exp_avg.{name}"));
+                    let (_, s) = state(format!("exp_avg_sq.{name}"));
+                    (false, m, s)
+                }
+            };
+            let lists = groups.entry((decays, first)).or_default();
+            lists[0].push(v.shallow_clone());
+            lists[1].push(g.shallow_clone());
+            for (list, t) in lists[2..].iter_mut().zip([a, b]) {
+                if t.defined() {
+                    list.push(t);
+                }
             }
-            OptimKind::Sgd => {
-                // Variables whose buffer exists continue it; the others (first
-                // step, or first gradient after the warm-up) start it from the
-                // gradient, as the plain update does.
-                let mut groups: [(Vec<Tensor>, Vec<Tensor>, Vec<Tensor>); 2] = Default::default();
-                for (name, v, g) in &with_grad {
-                    let key = format!("momentum.{name}");
-                    let (group, buf) = match self.state.get(&key) {
-                        Some(buf) => (0, buf.shallow_clone()),
-                        None => {
-                            let buf = g.zeros_like();
-                            self.state.insert(key, buf.shallow_clone());
-                            (1, buf)
+        }
+        let result = tch::no_grad(|| {
+            groups
+                .iter()
+                .try_for_each(|(&(decays, first), [p, g, a, b])| {
+                    let weight_decay = if decays { c.weight_decay } else { 0.0 };
+                    match c.kind {
+                        OptimKind::Sgd => model::fused::sgd_(
+                            p,
+                            g,
+                            a,
+                            model::fused::SgdSettings {
+                                lr,
+                                momentum: c.momentum,
+                                weight_decay,
+                                first_step: first,
+                            },
+                        ),
+                        OptimKind::Adamw => {
+                            let s = model::fused::AdamwSettings {
+                                lr,
+                                betas: c.betas,
+                                eps: c.eps,
+                                weight_decay,
+                            };
+                            model::fused::adamw_(p, g, a, b, self.steps, s)
                         }
-                    };
-                    groups[group].0.push(v.shallow_clone());
-                    groups[group].1.push(g.shallow_clone());
-                    groups[group].2.push(buf);
-                }
-                groups
-                    .iter()
-                    .enumerate()
-                    .try_for_each(|(first, (p, g, m))| {
-                        model::fused::sgd_(p, g, m, sgd_settings(&c, lr, first == 1))
-                    })
-            }
-            OptimKind::Adamw => {
-                let mut lists: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) =
-                    Default::default();
-                for (name, v, g) in &with_grad {
-                    let mut moment = |which: &str| {
-                        self.state
-                            .entry(format!("{which}.{name}"))
-                            .or_insert_with(|| g.zeros_like())
-                            .shallow_clone()
-                    };
-                    let (m, s) = (moment("exp_avg"), moment("exp_avg_sq"));
-                    lists.0.push(v.shallow_clone());
-                    lists.1.push(g.shallow_clone());
-                    lists.2.push(m);
-                    lists.3.push(s);
-                }
-                let s = model::fused::AdamwSettings {
-                    lr,
-                    betas: c.betas,
-                    eps: c.eps,
-                    weight_decay: c.weight_decay,
-                };
-                model::fused::adamw_(&lists.0, &lists.1, &lists.2, &lists.3, self.steps, s)
-            }
+                    }
+                })
         });
         // The lists are built from this model's own variables and gradients:
         // same devices, types and shapes, so libtorch has nothing to refuse.
@@ -298,26 +334,18 @@ impl Optimizer {
     }
 }
 
-fn sgd_settings(c: &OptimConfig, lr: f64, first_step: bool) -> model::fused::SgdSettings {
-    model::fused::SgdSettings {
-        lr,
-        momentum: c.momentum,
-        weight_decay: c.weight_decay,
-        first_step,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::{Device, nn};
 
-    /// One variable w = [1, -2]; loss = Σ w² → grad 2w.
+    /// One variable w = [[1, -2]] (a matrix, so weight decay applies);
+    /// loss = Σ w² → grad 2w.
     fn one_var() -> (VarStore, Tensor) {
         let vs = VarStore::new(Device::Cpu);
         let w = vs
             .root()
-            .var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
+            .var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]).view([1, 2]));
         (vs, w)
     }
 
@@ -329,7 +357,7 @@ mod tests {
             w.square().sum(Kind::Float).backward();
             opt.step(cfg.lr);
         }
-        Vec::<f32>::try_from(&w).unwrap()
+        Vec::<f32>::try_from(&w.flatten(0, -1)).unwrap()
     }
 
     #[test]
@@ -439,7 +467,7 @@ mod tests {
             w.square().sum(Kind::Float).backward();
             fresh.step(cfg.lr);
         }
-        assert_eq!(Vec::<f32>::try_from(&w).unwrap(), straight);
+        assert_eq!(Vec::<f32>::try_from(&w.flatten(0, -1)).unwrap(), straight);
         let bad = vec![(
             "momentum.nope".to_string(),
             Tensor::zeros([1], (Kind::Float, Device::Cpu)),
@@ -521,6 +549,101 @@ mod learning {
                 }
                 let d = (a - b).abs().max().double_value(&[]);
                 assert!(d < 1e-5, "{kind:?} {name}: fused differs by {d}");
+            }
+        }
+    }
+
+    /// Decay goes to the weight matrices and kernels only: not to biases,
+    /// norms, `logit_scale`, the class token or the embedding tables.
+    #[test]
+    fn weight_decay_skips_biases_norms_scalars_and_embedding_tables() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _clip = Clip::new(vs.root(), &ClipConfig::tiny());
+        let opt = Optimizer::new(
+            &vs,
+            &OptimConfig {
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        );
+        let layer = "text_model.encoder.layers.0";
+        for (name, decays) in [
+            (format!("{layer}.self_attn.q_proj.weight"), true),
+            (format!("{layer}.mlp.fc1.weight"), true),
+            (
+                "vision_model.embeddings.patch_embedding.weight".into(),
+                true,
+            ),
+            ("visual_projection.weight".into(), true),
+            (format!("{layer}.self_attn.q_proj.bias"), false),
+            (format!("{layer}.layer_norm1.weight"), false),
+            (format!("{layer}.layer_norm1.bias"), false),
+            ("logit_scale".into(), false),
+            ("vision_model.embeddings.class_embedding".into(), false),
+            (
+                "vision_model.embeddings.position_embedding.weight".into(),
+                false,
+            ),
+            ("text_model.embeddings.token_embedding.weight".into(), false),
+            (
+                "text_model.embeddings.position_embedding.weight".into(),
+                false,
+            ),
+        ] {
+            assert!(
+                opt.vars.iter().any(|(n, _)| *n == name),
+                "{name} is not a variable"
+            );
+            assert_eq!(opt.decays(&name), decays, "{name}");
+        }
+    }
+
+    /// With zero gradients an update is decay alone: decayed weights shrink
+    /// by (1 − lr·wd) under AdamW and by lr·wd·w under SGD, the others stay;
+    /// plain and fused alike.
+    #[test]
+    fn decay_moves_only_the_decayed_variables() {
+        for kind in [OptimKind::Sgd, OptimKind::Adamw] {
+            for fused in [false, true] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let root = vs.root();
+                let w = root.var_copy("w", &Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]));
+                let b = root.var_copy("b", &Tensor::from_slice(&[1.0f32, 2.0]));
+                let table = root
+                    .set_group(model::NO_WEIGHT_DECAY)
+                    .var_copy("table", &Tensor::from_slice(&[1.0f32, 2.0]).view([2, 1]));
+                let cfg = OptimConfig {
+                    kind,
+                    lr: 0.1,
+                    momentum: 0.0,
+                    weight_decay: 0.5,
+                    fused,
+                    ..Default::default()
+                };
+                let mut opt = Optimizer::new(&vs, &cfg);
+                opt.zero_grad();
+                ((&w.sum(Kind::Float) + b.sum(Kind::Float) + table.sum(Kind::Float)) * 0.0)
+                    .backward();
+                opt.step(cfg.lr);
+                let values = |t: &Tensor| Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+                let shrunk = [0.95f32, 1.9];
+                let close =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+                assert!(
+                    close(&values(&w), &shrunk),
+                    "{kind:?} fused {fused}: w {:?}",
+                    values(&w)
+                );
+                assert!(
+                    close(&values(&b), &[1.0, 2.0]),
+                    "{kind:?} fused {fused}: b {:?}",
+                    values(&b)
+                );
+                assert!(
+                    close(&values(&table), &[1.0, 2.0]),
+                    "{kind:?} fused {fused}: table {:?}",
+                    values(&table)
+                );
             }
         }
     }
