@@ -73,12 +73,12 @@ fn assert_reruns_identical(args: &[&str], out: &Path, other: &Path) {
 }
 
 /// Per image of a COVIDx tree: (patient, split, finding_labels).
-type Want = HashMap<String, (String, &'static str, Vec<String>)>;
+pub(crate) type Want = HashMap<String, (String, &'static str, Vec<String>)>;
 
 /// Lays the real images of `../shared/data/covid` out as a COVIDx release in
 /// `root`, with four bad lines in the train file (a missing image, a corrupt
 /// image, an unknown label, too few fields), and returns the rows expected.
-fn covidx_release(root: &Path) -> Want {
+pub(crate) fn covidx_release(root: &Path) -> Want {
     let covid = shared().join("data/covid");
     let mut meta = csv::Reader::from_path(covid.join("metadata.csv")).unwrap();
     let headers = meta.headers().unwrap().clone();
@@ -676,6 +676,54 @@ fn chexpert_release_keeps_uncertain_and_blank_labels_and_filters_laterals() {
     let m = manifest(&frontal);
     assert_eq!((m.counts.written, m.counts.filtered), (3, 1));
     assert!(rows(&frontal).iter().all(|r| r.view != "Lateral"));
+
+    // --csv: the released test labels kept beside the dataset folder (only
+    // `Path` and the classes, 0/1 cells, `Path` from the dataset folder).
+    let test_image = ds.join("test/patient64741/study1/view1_frontal.jpg");
+    std::fs::create_dir_all(test_image.parent().unwrap()).unwrap();
+    image::GrayImage::from_fn(40, 40, |x, y| image::Luma([(x ^ y) as u8]))
+        .save_with_format(&test_image, image::ImageFormat::Jpeg)
+        .unwrap();
+    let mut test_cells = ["0"; 14];
+    test_cells[3] = "1";
+    let classes: Vec<&str> = schemas::CHEXPERT_CLASSES.iter().map(|c| c.0).collect();
+    let test_csv = root.join("test_labels.csv");
+    std::fs::write(
+        &test_csv,
+        format!(
+            "Path,{}\ntest/patient64741/study1/view1_frontal.jpg,{}\n",
+            classes.join(","),
+            test_cells.join(",")
+        ),
+    )
+    .unwrap();
+    let chosen = tmp.path().join("chosen");
+    let valid_csv = ds.join("valid.csv");
+    let mut c = args.to_vec();
+    c.extend([
+        "--out",
+        s(&chosen),
+        "--csv",
+        s(&valid_csv),
+        "--csv",
+        s(&test_csv),
+    ]);
+    run_ok("ingest", &c);
+    let got = rows(&chosen);
+    let summary: Vec<_> = got
+        .iter()
+        .map(|r| (r.image_id.as_str(), r.split.as_str(), r.view.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("patient64541_study1_view1_frontal", "validate", "AP"),
+            ("patient64741_study1_view1_frontal", "test", "Frontal"),
+        ]
+    );
+    let mut want_test = [Some(0i8); 14];
+    want_test[3] = Some(1);
+    assert_eq!(got[1].labels, want_test);
 
     let res = run(
         "ingest",

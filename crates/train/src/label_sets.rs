@@ -1,11 +1,14 @@
 //! The label sets zero-shot evaluation scores: CheXpert's 14 classes (the
-//! loader's label columns) and PadChest's findings (the shards'
-//! `finding_labels` lists, read here by shard and row).
+//! loader's label columns) and the findings of the releases that keep their
+//! own label lists (PadChest, ChestX-ray14, COVIDx: the shards'
+//! `finding_labels`, read here by shard and row).
 //!
-//! A PadChest row is positive for a finding when its list names it and
-//! negative otherwise: PadChest's labels come from every finding of the
-//! report, so absence means absent (no "not mentioned" state). Rows whose
-//! list is empty or holds `exclude` carry no usable labels and are left out.
+//! A row is positive for a finding when its list names it and negative
+//! otherwise: these labels cover every finding of the image, so absence
+//! means absent (no "not mentioned" state). A PadChest row whose list is
+//! empty or holds `exclude` carries no usable labels and is left out; an
+//! empty ChestX-ray14 or COVIDx list is a labelled image with none of the
+//! findings ("No Finding", "negative").
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -27,6 +30,51 @@ pub enum LabelSet {
     Chexpert5,
     /// PadChest findings of the PadChest rows.
     Padchest,
+    /// The 14 ChestX-ray14 findings of the `ingest nih` rows.
+    Nih,
+    /// COVID-19 on the `ingest covidx` rows.
+    Covidx,
+}
+
+impl LabelSet {
+    /// The shards' `source` whose `finding_labels` this set scores, for the
+    /// sets that score label lists.
+    pub fn list_source(self) -> Option<&'static str> {
+        match self {
+            LabelSet::Chexpert | LabelSet::Chexpert5 => None,
+            LabelSet::Padchest => Some("padchest"),
+            LabelSet::Nih => Some("nih"),
+            LabelSet::Covidx => Some("covidx"),
+        }
+    }
+
+    /// Whether an empty label list is a labelled image without findings
+    /// (ChestX-ray14's "No Finding", COVIDx's negatives) rather than an image
+    /// without usable labels (PadChest).
+    pub fn empty_list_is_negative(self) -> bool {
+        matches!(self, LabelSet::Nih | LabelSet::Covidx)
+    }
+
+    /// The classes scored when none are named (PadChest's are chosen in
+    /// `zero_shot`: the seen findings or the most frequent unseen ones).
+    pub fn default_classes(self) -> Vec<String> {
+        match self {
+            LabelSet::Chexpert => schemas::CHEXPERT_CLASSES
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            LabelSet::Chexpert5 => schemas::CHEXPERT_COMPETITION
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+            LabelSet::Padchest => PADCHEST_SEEN.iter().map(|(f, _)| f.to_string()).collect(),
+            LabelSet::Nih => ingest::nih::NIH_CLASSES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            LabelSet::Covidx => vec!["COVID-19".to_string()],
+        }
+    }
 }
 
 /// PadChest findings that name a CheXpert class, so that training on
@@ -59,13 +107,19 @@ pub struct StoredRow {
 /// The `finding_labels` list of each row (lower-cased), `None` for rows
 /// that are not PadChest rows.
 pub fn padchest_labels(rows: &[StoredRow]) -> Result<Vec<Option<Vec<String>>>> {
+    finding_lists(rows, "padchest")
+}
+
+/// The `finding_labels` list of each row (lower-cased), `None` for rows
+/// whose `source` is not `source`.
+pub fn finding_lists(rows: &[StoredRow], source: &str) -> Result<Vec<Option<Vec<String>>>> {
     let mut by_shard: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         by_shard.entry(&r.shard).or_default().push(i);
     }
     let mut out = vec![None; rows.len()];
     for (shard, indices) in by_shard {
-        let lists = read_shard_labels(shard)?;
+        let lists = read_shard_labels(shard, source)?;
         for i in indices {
             let row = rows[i].row as usize;
             out[i] = lists
@@ -77,9 +131,9 @@ pub fn padchest_labels(rows: &[StoredRow]) -> Result<Vec<Option<Vec<String>>>> {
     Ok(out)
 }
 
-/// Every row's `finding_labels` of one shard (`None` where `source` is not
-/// `padchest`).
-fn read_shard_labels(path: &Path) -> Result<Vec<Option<Vec<String>>>> {
+/// Every row's `finding_labels` of one shard (`None` where the row's
+/// `source` is not `wanted`).
+fn read_shard_labels(path: &Path, wanted: &str) -> Result<Vec<Option<Vec<String>>>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{}: not a Parquet shard", path.display()))?;
@@ -115,7 +169,7 @@ fn read_shard_labels(path: &Path) -> Result<Vec<Option<Vec<String>>>> {
             );
         };
         for i in 0..batch.num_rows() {
-            if source.value(i) != "padchest" || lists.is_null(i) {
+            if source.value(i) != wanted || lists.is_null(i) {
                 out.push(None);
                 continue;
             }
@@ -141,12 +195,13 @@ fn read_shard_labels(path: &Path) -> Result<Vec<Option<Vec<String>>>> {
 
 /// Labels of `class` per row: 1 when the list names it, 0 when it does
 /// not, [`LABEL_MISSING`] for rows without usable labels (see the module
-/// doc).
-pub fn targets(lists: &[Option<Vec<String>>], class: &str) -> Vec<i8> {
+/// doc; an empty list is a negative where `empty_is_negative`).
+pub fn targets(lists: &[Option<Vec<String>>], class: &str, empty_is_negative: bool) -> Vec<i8> {
     let class = class.to_lowercase();
     lists
         .iter()
         .map(|list| match list {
+            Some(l) if l.is_empty() && empty_is_negative => 0,
             Some(l) if !l.is_empty() && !l.iter().any(|x| x == "exclude") => {
                 i8::from(l.contains(&class))
             }
@@ -193,12 +248,17 @@ mod tests {
             None,
         ];
         assert_eq!(
-            targets(&lists, "Pleural Effusion"),
+            targets(&lists, "Pleural Effusion", false),
             [1, 0, LABEL_MISSING, LABEL_MISSING, LABEL_MISSING]
         );
         assert_eq!(
-            targets(&lists, "cardiomegaly"),
+            targets(&lists, "cardiomegaly", false),
             [1, 0, LABEL_MISSING, LABEL_MISSING, LABEL_MISSING]
+        );
+        // ChestX-ray14's "No Finding" and COVIDx's negatives: empty lists.
+        assert_eq!(
+            targets(&lists, "cardiomegaly", true),
+            [1, 0, 0, LABEL_MISSING, LABEL_MISSING]
         );
     }
 

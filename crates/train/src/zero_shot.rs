@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use evaluation::zero_shot::{ClassInput, Summary, ensemble, evaluate};
 use pipeline::LABEL_MISSING;
-use schemas::{CHEXPERT_CLASSES, CHEXPERT_COMPETITION};
+use schemas::CHEXPERT_CLASSES;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
 use crate::encode::{Embedded, embed_split, embed_texts};
-use crate::label_sets::{LabelSet, PADCHEST_SEEN, StoredRow, padchest_labels, targets, unseen_top};
+use crate::label_sets::{LabelSet, StoredRow, finding_lists, targets, unseen_top};
 use crate::prompts::Templates;
 use crate::session::Session;
 
@@ -69,8 +69,8 @@ struct Class {
 enum Labels {
     /// Column of the loader's CheXpert labels.
     Chexpert(usize),
-    /// A PadChest finding, looked up in the rows' `finding_labels`.
-    Padchest(String),
+    /// A finding, looked up in the rows' `finding_labels`.
+    Finding(String),
 }
 
 /// Runs the evaluation and returns the summary.
@@ -79,11 +79,12 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
         bail!("no checkpoint to evaluate");
     }
     let mut shards = ShardSet::from_dirs(&opts.shards)?;
-    if opts.label_set == LabelSet::Padchest {
-        // PadChest rows are the image-only folders.
+    if let Some(source) = opts.label_set.list_source() {
+        // Releases with label lists are the image-only folders.
         if shards.unpaired.is_empty() {
             bail!(
-                "the PadChest label set needs PadChest shards (an `ingest padchest` folder) among --shards"
+                "the {source} label set needs `ingest {source}` shards among --shards \
+                 (found only paired folders)"
             );
         }
         shards.paired.clear();
@@ -126,10 +127,24 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
         reference.get_or_insert((val, test));
     }
     let (val, test) = reference.expect("at least one checkpoint");
-    let lists = match opts.label_set {
-        LabelSet::Chexpert | LabelSet::Chexpert5 => None,
-        LabelSet::Padchest => Some((padchest_labels(&val.rows)?, padchest_labels(&test.rows)?)),
+    let lists = match opts.label_set.list_source() {
+        None => None,
+        Some(source) => {
+            let lists = (
+                finding_lists(&val.rows, source)?,
+                finding_lists(&test.rows, source)?,
+            );
+            if lists.1.iter().all(Option::is_none) {
+                bail!(
+                    "no {source} rows in the {} split of --shards: the {source} label set \
+                     scores `ingest {source}` shards",
+                    opts.test_split
+                );
+            }
+            Some(lists)
+        }
     };
+    let empty_is_negative = opts.label_set.empty_list_is_negative();
     let chexpert = |rows: &[[i8; 14]], c: usize| -> Vec<i8> {
         rows.iter()
             .map(|r| {
@@ -149,11 +164,12 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
             let test_runs: Vec<Vec<f32>> = per_checkpoint.iter().map(|s| s[k].1.clone()).collect();
             let (val_labels, test_labels) = match (&class.labels, &lists) {
                 (Labels::Chexpert(c), _) => (chexpert(&val.labels, *c), chexpert(&test.labels, *c)),
-                (Labels::Padchest(finding), Some((v, t))) => {
-                    (targets(v, finding), targets(t, finding))
-                }
-                (Labels::Padchest(_), None) => {
-                    unreachable!("PadChest classes come with PadChest lists")
+                (Labels::Finding(finding), Some((v, t))) => (
+                    targets(v, finding, empty_is_negative),
+                    targets(t, finding, empty_is_negative),
+                ),
+                (Labels::Finding(_), None) => {
+                    unreachable!("label-list classes come with their lists")
                 }
             };
             ClassInput {
@@ -175,12 +191,10 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
 fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
     match opts.label_set {
         LabelSet::Chexpert | LabelSet::Chexpert5 => {
-            let names: Vec<&str> = if !opts.classes.is_empty() {
-                opts.classes.iter().map(String::as_str).collect()
-            } else if opts.label_set == LabelSet::Chexpert5 {
-                CHEXPERT_COMPETITION.to_vec()
+            let names: Vec<String> = if opts.classes.is_empty() {
+                opts.label_set.default_classes()
             } else {
-                CHEXPERT_CLASSES.iter().map(|(name, _)| *name).collect()
+                opts.classes.clone()
             };
             names
                 .into_iter()
@@ -195,28 +209,33 @@ fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
                             )
                         })?;
                     Ok(Class {
-                        name: c.to_string(),
-                        pair: opts.templates.pair_for(c).expect("a CheXpert class"),
+                        pair: opts.templates.pair_for(&c).expect("a CheXpert class"),
+                        name: c,
                         labels: Labels::Chexpert(index),
                     })
                 })
                 .collect()
         }
-        LabelSet::Padchest => {
+        LabelSet::Padchest | LabelSet::Nih | LabelSet::Covidx => {
             let findings: Vec<String> = if !opts.classes.is_empty() {
-                opts.classes.iter().map(|c| c.to_lowercase()).collect()
-            } else if let Some(n) = opts.unseen_top {
-                let lists = padchest_labels(&split_rows(shards, &opts.test_split)?)?;
+                opts.classes.clone()
+            } else if let (LabelSet::Padchest, Some(n)) = (opts.label_set, opts.unseen_top) {
+                let lists = finding_lists(&split_rows(shards, &opts.test_split)?, "padchest")?;
                 unseen_top(&lists, n)
             } else {
-                PADCHEST_SEEN.iter().map(|(f, _)| f.to_string()).collect()
+                opts.label_set.default_classes()
             };
             Ok(findings
                 .into_iter()
-                .map(|f| Class {
-                    name: f.clone(),
-                    pair: opts.templates.pair(&f),
-                    labels: Labels::Padchest(f),
+                .map(|f| {
+                    // The lists are compared lower-cased; the prompt reads
+                    // ChestX-ray14's `Pleural_Thickening` as words.
+                    let finding = f.to_lowercase();
+                    Class {
+                        name: f,
+                        pair: opts.templates.pair(&finding.replace('_', " ")),
+                        labels: Labels::Finding(finding),
+                    }
                 })
                 .collect())
         }
