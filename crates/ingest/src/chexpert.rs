@@ -45,6 +45,11 @@ const CSVS: [(&[&str], &str); 3] = [
 pub struct ChexpertOptions {
     /// The folder above the dataset folder, or the dataset folder itself.
     pub root: PathBuf,
+    /// Label CSVs to read instead of the ones found in the dataset folder
+    /// (e.g. a test labels file kept elsewhere); each one's split from its
+    /// name (`train*`, `valid*`/`val*`, `test*`). Empty: the ones found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub csvs: Vec<PathBuf>,
     /// Views kept (`AP`, `PA`, `Lateral`, ...); empty keeps all.
     pub views: Vec<String>,
     /// Image policy.
@@ -98,7 +103,21 @@ struct Layout {
     csvs: Vec<(PathBuf, &'static str)>,
 }
 
-fn find_layout(root: &Path) -> Result<Layout, ChexpertError> {
+/// The split of a label CSV named by the user, from its file name.
+fn split_of_csv(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    if name.starts_with("train") {
+        Some("train")
+    } else if name.starts_with("val") {
+        Some("validate")
+    } else if name.starts_with("test") {
+        Some("test")
+    } else {
+        None
+    }
+}
+
+fn find_layout(root: &Path, given: &[PathBuf]) -> Result<Layout, ChexpertError> {
     let err = |reason: String| ChexpertError::Layout {
         root: root.to_path_buf(),
         reason,
@@ -131,6 +150,22 @@ fn find_layout(root: &Path) -> Result<Layout, ChexpertError> {
             }
         }
     };
+    if !given.is_empty() {
+        let mut csvs = Vec::new();
+        for p in given {
+            if !p.is_file() {
+                return Err(err(format!("--csv {}: no such file", p.display())));
+            }
+            let Some(split) = split_of_csv(p) else {
+                return Err(err(format!(
+                    "--csv {}: the name must start with train, valid or test (it gives the split)",
+                    p.display()
+                )));
+            };
+            csvs.push((p.clone(), split));
+        }
+        return Ok(Layout { dataset, csvs });
+    }
     let csvs: Vec<(PathBuf, &str)> = CSVS
         .iter()
         .filter_map(|(names, split)| {
@@ -298,7 +333,7 @@ pub fn run(
     out: &Path,
     progress: &ProgressBar,
 ) -> Result<Manifest, ChexpertError> {
-    let layout = find_layout(&opts.root)?;
+    let layout = find_layout(&opts.root, &opts.csvs)?;
     let planned = plan(&layout, opts.allow_truncated_csv)?;
     let info = RunInfo {
         source: Source::Chexpert,
@@ -396,17 +431,27 @@ mod tests {
     #[test]
     fn an_unrecognised_layout_names_what_was_looked_for() {
         let dir = tempfile::tempdir().unwrap();
-        let err = find_layout(dir.path()).unwrap_err().to_string();
+        let err = find_layout(dir.path(), &[]).unwrap_err().to_string();
         assert!(err.contains("CheXpert-v1.0-small"), "{err}");
         std::fs::create_dir(dir.path().join("CheXpert-v1.0")).unwrap();
-        let err = find_layout(dir.path()).unwrap_err().to_string();
+        let err = find_layout(dir.path(), &[]).unwrap_err().to_string();
         assert!(err.contains("valid.csv"), "{err}");
         std::fs::write(dir.path().join("CheXpert-v1.0/valid.csv"), "Path\n").unwrap();
-        let l = find_layout(dir.path()).unwrap();
+        let l = find_layout(dir.path(), &[]).unwrap();
         assert_eq!(l.csvs.len(), 1);
         assert_eq!(l.csvs[0].1, "validate");
         std::fs::create_dir(dir.path().join("CheXpert-v1.0-small")).unwrap();
-        let err = find_layout(dir.path()).unwrap_err().to_string();
+        let err = find_layout(dir.path(), &[]).unwrap_err().to_string();
         assert!(err.contains("both"), "{err}");
+        // A labels file elsewhere, named by the user; its name gives the split.
+        let ds = dir.path().join("CheXpert-v1.0");
+        let labels = dir.path().join("test_labels.csv");
+        std::fs::write(&labels, "Path\n").unwrap();
+        let l = find_layout(&ds, std::slice::from_ref(&labels)).unwrap();
+        assert_eq!(l.csvs, [(labels, "test")]);
+        let odd = dir.path().join("labels.csv");
+        std::fs::write(&odd, "Path\n").unwrap();
+        let err = find_layout(&ds, &[odd]).unwrap_err().to_string();
+        assert!(err.contains("train, valid or test"), "{err}");
     }
 }

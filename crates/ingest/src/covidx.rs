@@ -231,6 +231,28 @@ fn plan(files: &[SplitFile]) -> Result<Planned<Item>, CovidxError> {
             });
         }
     }
+    // The split is the release's, kept as it is; a patient listed in two
+    // split files would leak between them, so it is said out loud.
+    let mut splits_of: HashMap<&str, Vec<&str>> = HashMap::new();
+    for it in &plan.items {
+        let s = splits_of.entry(&it.patient).or_default();
+        if !s.contains(&it.split) {
+            s.push(it.split);
+        }
+    }
+    let mut leaking: Vec<&str> = splits_of
+        .iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(p, _)| *p)
+        .collect();
+    if !leaking.is_empty() {
+        leaking.sort();
+        tracing::warn!(
+            "{} patients are listed in more than one split file (e.g. {}); their images stay in the splits the release gives",
+            leaking.len(),
+            leaking[0]
+        );
+    }
     // A file name may recur across splits (different folders): the split
     // breaks the tie so that the order is total.
     plan.items.sort_by(|a, b| {

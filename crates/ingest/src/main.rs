@@ -351,6 +351,11 @@ struct ChexpertArgs {
     /// keeps every view.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     views: Vec<String>,
+    /// A label CSV to read instead of those found in the dataset folder
+    /// (repeat for several); its name gives the split (`train*`, `valid*`,
+    /// `test*`).
+    #[arg(long = "csv")]
+    csvs: Vec<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -427,6 +432,7 @@ fn check_paths(command: &mut Command) -> Result<()> {
         }
         Command::Chexpert(a) => {
             a.root = normalise(&a.root);
+            a.csvs = a.csvs.iter().map(PathBuf::as_path).map(normalise).collect();
             &a.common.out
         }
         Command::Stats { out, .. } => out,
@@ -521,6 +527,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Chexpert(a) => {
             let opts = ChexpertOptions {
                 root: a.root,
+                csvs: a.csvs,
                 views: all_or(a.views),
                 image: a.common.policy(Window::MimicJpg, Window::Percentile),
                 shards: a.common.shards(),
