@@ -44,7 +44,14 @@ fn embed_texts_cleans_lines_as_ingest_cleans_reports() {
     let (a, b) = (embed(&raw, "raw"), embed(&clean, "clean"));
     assert_eq!(a.len(), 3);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "line {}: {:?} embeds unlike {:?}", i + 1, raw[i], clean[i]);
+        assert_eq!(
+            x,
+            y,
+            "line {}: {:?} embeds unlike {:?}",
+            i + 1,
+            raw[i],
+            clean[i]
+        );
     }
 }
 

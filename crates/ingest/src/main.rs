@@ -534,8 +534,7 @@ fn run(mut cli: Cli) -> Result<()> {
                 allow_truncated_csv: a.common.allow_truncated_csv,
             };
             let bar = progress_bar();
-            let m =
-                ingest::chexpert::run(&opts, &a.common.out, &bar).context("ingest chexpert")?;
+            let m = ingest::chexpert::run(&opts, &a.common.out, &bar).context("ingest chexpert")?;
             bar.finish_and_clear();
             summarise(&a.common.out, &m);
         }

@@ -307,7 +307,8 @@ mod tests {
         }
         // 8-bit gray is only resized, not windowed: the jpeg8 path's pixels.
         let jpg = dir.path().join("g.jpg");
-        gray.save_with_format(&jpg, image::ImageFormat::Jpeg).unwrap();
+        gray.save_with_format(&jpg, image::ImageFormat::Jpeg)
+            .unwrap();
         assert_eq!(
             png_or_jpeg(&jpg, &policy).unwrap().bytes,
             jpeg8(&jpg, &policy).unwrap().bytes

@@ -48,7 +48,11 @@ const CLIP_PATTERN: &str =
 /// characters read as Windows-1252, and the width fixes outside full-width
 /// ASCII (half-width katakana); text with those differs from OpenAI's.
 pub fn clean_text(raw: &str) -> String {
-    let fixed: String = raw.chars().filter_map(ftfy_char).flat_map(|s| s.chars()).collect();
+    let fixed: String = raw
+        .chars()
+        .filter_map(ftfy_char)
+        .flat_map(|s| s.chars())
+        .collect();
     let once = html_escape::decode_html_entities(&fixed);
     let decoded = html_escape::decode_html_entities(&once);
     let mut out = String::with_capacity(decoded.len());
@@ -389,7 +393,10 @@ mod tests {
             clean_text("\u{201c}small\u{201d} \u{2018}left\u{2019} e\u{301}"),
             "\"small\" 'left' e\u{301}"
         );
-        assert_eq!(clean_text("\u{fb01}brosis \u{ff23}\u{ff34}\u{3000}scan"), "fibrosis CT scan");
+        assert_eq!(
+            clean_text("\u{fb01}brosis \u{ff23}\u{ff34}\u{3000}scan"),
+            "fibrosis CT scan"
+        );
         assert_eq!(clean_text("a\u{0}b\u{feff}c\u{7f}d\u{b}e"), "abcde");
         assert_eq!(clean_text("caf\u{e9} ___ left"), "caf\u{e9} ___ left");
     }
