@@ -234,7 +234,8 @@ impl Optimizer {
         // (first step, or first gradient after the warm-up) or continues.
         let mut groups: BTreeMap<(bool, bool), [Vec<Tensor>; 4]> = BTreeMap::new();
         for (name, v, g) in &with_grad {
-            let decays = self.decayed.contains(*name);
+            // Without decay the two groups are one call.
+            let decays = c.weight_decay != 0.0 && self.decayed.contains(*name);
             let mut state = |key: String| -> (bool, Tensor) {
                 match self.state.get(&key) {
                     Some(t) => (false, t.shallow_clone()),
