@@ -55,25 +55,10 @@ fn embed_texts_cleans_lines_as_ingest_cleans_reports() {
     }
 }
 
+/// The embedding vectors of an `embed` output, in row order.
 fn vectors(path: &Path) -> Vec<Vec<f32>> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::Float32Type;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let emb = batch
-            .column_by_name("embedding")
-            .unwrap()
-            .as_fixed_size_list()
-            .clone();
-        for i in 0..batch.num_rows() {
-            out.push(emb.value(i).as_primitive::<Float32Type>().values().to_vec());
-        }
-    }
-    out
+    crate::train::embeddings(path)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
 }

@@ -503,7 +503,7 @@ fn exported_hugging_face_folder_gives_the_same_embeddings_in_transformers() {
     );
 }
 
-fn embeddings(path: &Path) -> Vec<(String, Vec<f32>)> {
+pub(crate) fn embeddings(path: &Path) -> Vec<(String, Vec<f32>)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::Float32Type;
     let file = std::fs::File::open(path).unwrap();
