@@ -584,6 +584,22 @@ fn train_killed_at_random_moments_resumes_to_identical_weights() {
     let cfg = dir.path().join("tiny.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
 
+    // A first run loads libtorch from a cold page cache (seconds in a fresh
+    // clone), which a restarted run does not: kill points timed from it
+    // fall after the killed runs have finished. The reference timing is
+    // taken from a second, warm run.
+    let cold = dir.path().join("cold");
+    let (progress, event, state) = train_probes(&cold);
+    timed_run(
+        &Target {
+            name: "train",
+            args: train_args(&cfg, &cold),
+            progress: &progress,
+            event: ("", &event),
+            state: &state,
+        },
+        &dir.path().join("cold-stderr.log"),
+    );
     let straight = dir.path().join("straight");
     let (progress, event, state) = train_probes(&straight);
     let timing = timed_run(
