@@ -3,14 +3,16 @@
 //! run ends (byte-identical shards and manifest; bitwise identical
 //! checkpoints; the same metrics).
 //!
-//! The kill moments are seeded fractions of the uninterrupted reference
-//! run's measured start-up and work, so they land at comparable moments
-//! (start-up, mid-shard, mid-step) on a fast or a slow machine: a kill "in
-//! the work" waits for the restarted run's first progress on disk and then
-//! a fraction of the reference's work, which keeps a slow start-up from
-//! eating it. One more kill waits for a moment too short to hit by chance
-//! (the end of an ingest, a checkpoint write). The seed and every kill
-//! point are printed; `KILL_LOOP_SEED=<n>` replays another sequence.
+//! The kill moments are seeded, and measured so they land at comparable
+//! moments (start-up, mid-shard, mid-step) on a fast or a slow, loaded
+//! machine: a kill in the start-up is a fraction of the uninterrupted
+//! reference run's start-up; a kill "in the work" waits for the restarted
+//! run's first progress on disk (so a slow start-up cannot eat it) and
+//! then, for ingest, a fraction of the reference's work, for train, a
+//! fraction of its own last step after one more step. One more kill waits
+//! for a moment too short to hit by chance (the end of an ingest, a
+//! checkpoint write). The seed and every kill point are printed;
+//! `KILL_LOOP_SEED=<n>` replays another sequence.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,6 +64,11 @@ enum Kill {
     InStartUp(f64),
     /// This fraction of the reference's work after the run's first progress.
     InWork(f64),
+    /// This fraction of the run's own last progress interval after its
+    /// progress has changed this many times since the first: a moment of
+    /// the run's own pace (mid-step of a training run), whatever the load
+    /// of the machine.
+    InSteps(u32, f64),
     /// As soon as the output folder shows the loop's event anew.
     OnEvent,
 }
@@ -70,12 +77,27 @@ enum Kill {
 /// work, and last one on the loop's event (last, as the event may come only
 /// at the end of the run). Each restarted run goes on from where the last
 /// one stopped, so the kills in the work together cover about half of it.
-fn kill_plan(seed: u64, salt: u64) -> Vec<Kill> {
+fn kill_plan(seed: u64, salt: u64, pace: Pace) -> Vec<Kill> {
     let mut rng = Rng(seed ^ salt.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut plan = vec![Kill::InStartUp(rng.range(0.0, 1.0))];
-    plan.extend((2..KILLS).map(|_| Kill::InWork(rng.range(0.05, 0.35))));
+    plan.extend((2..KILLS).map(|_| match pace {
+        Pace::Reference => Kill::InWork(rng.range(0.05, 0.35)),
+        Pace::OwnSteps => Kill::InSteps(1, rng.range(0.05, 0.6)),
+    }));
     plan.push(Kill::OnEvent);
     plan
+}
+
+/// What the kills in the work are timed from.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// The reference run's work: for a target whose progress on disk is
+    /// coarse (an ingest writes a few shards).
+    Reference,
+    /// The killed run's own progress (one change per step): a training
+    /// step is short, and its length under a loaded machine varies more
+    /// than a fraction of the reference's work can absorb.
+    OwnSteps,
 }
 
 /// How long the uninterrupted run took until its first progress on disk
@@ -193,6 +215,11 @@ fn run_and_kill(t: &Target, r: Reference, kill: Kill, log: &Path) -> KillPoint {
     let mut child = spawn(t.name, &t.args, log);
     let start = Instant::now();
     let mut progress_at = None;
+    // The progress summary last seen, how often it changed after the first
+    // progress, and when it last changed and the change before.
+    let mut last = before.clone();
+    let mut changes = 0u32;
+    let mut changed_at = (Duration::ZERO, Duration::ZERO);
     // Bounded, should the moment never come.
     let limit = r.total * 4 + Duration::from_secs(5);
     let ended_first = loop {
@@ -201,12 +228,22 @@ fn run_and_kill(t: &Target, r: Reference, kill: Kill, log: &Path) -> KillPoint {
             break Some(status);
         }
         let now = start.elapsed();
-        if progress_at.is_none() && (t.progress)() != before {
-            progress_at = Some(now);
+        let seen = (t.progress)();
+        if seen != last {
+            last = seen;
+            if progress_at.is_none() {
+                progress_at = Some(now);
+            } else {
+                changes += 1;
+            }
+            changed_at = (changed_at.1, now);
         }
         let due = match kill {
             Kill::InStartUp(f) => now >= r.start_up.mul_f64(f),
             Kill::InWork(f) => progress_at.is_some_and(|p| now >= p + r.work().mul_f64(f)),
+            Kill::InSteps(n, f) => {
+                changes >= n && now >= changed_at.1 + (changed_at.1 - changed_at.0).mul_f64(f)
+            }
             Kill::OnEvent => (t.event.1)().is_some_and(|e| Some(&e) != event_before.as_ref()),
         };
         if due || now >= limit {
@@ -237,8 +274,7 @@ fn run_and_kill(t: &Target, r: Reference, kill: Kill, log: &Path) -> KillPoint {
 fn kill_loop(
     t: &Target,
     r: Reference,
-    seed: u64,
-    salt: u64,
+    (seed, salt, pace): (u64, u64, Pace),
     log: &Path,
 ) -> (Vec<KillPoint>, String) {
     let mut report = format!(
@@ -248,7 +284,7 @@ fn kill_loop(
         r.start_up.as_millis()
     );
     let mut points = Vec::new();
-    for (i, kill) in kill_plan(seed, salt).into_iter().enumerate() {
+    for (i, kill) in kill_plan(seed, salt, pace).into_iter().enumerate() {
         let point = run_and_kill(t, r, kill, log);
         println!("{} kill #{i}: {point}", t.name);
         writeln!(report, "  #{i}: {point}").unwrap();
@@ -414,7 +450,7 @@ fn ingest_killed_at_random_moments_ends_as_an_uninterrupted_run() {
         state: &state,
     };
     let log = f.dir.path().join("ingest-stderr.log");
-    let (points, report) = kill_loop(&target, f.timing, seed, 1, &log);
+    let (points, report) = kill_loop(&target, f.timing, (seed, 1, Pace::Reference), &log);
     assert!(
         points.iter().all(|p| !p.state.starts_with("HALF")),
         "a killed run left a half-written shard visible\n{report}"
@@ -494,8 +530,8 @@ fn train_args(config: &Path, out: &Path) -> Vec<String> {
     .to_vec()
 }
 
-/// Progress (metrics.jsonl, which a resumed run also cuts back to its
-/// checkpoint), event (a checkpoint folder being written) and state of a
+/// Progress (the steps in metrics.jsonl, which a resumed run also cuts
+/// back to its checkpoint), event (a checkpoint folder being written) and state of a
 /// run folder.
 #[allow(clippy::type_complexity)]
 fn train_probes(
@@ -505,7 +541,9 @@ fn train_probes(
     impl Fn() -> Option<String> + '_,
     impl Fn() -> String + '_,
 ) {
-    let progress = move || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    // The steps logged: a resumed run rewriting the file to the same steps
+    // is no progress.
+    let progress = move || format!("{:?}", logged_steps(run));
     // A `.partial` folder written anew (a stale one keeps its time).
     let event = move || {
         let ckpts = run.join("checkpoints");
@@ -530,16 +568,21 @@ fn train_state(run: &Path) -> String {
             }
         }
     }
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    let steps: Vec<u64> = metrics
+    format!(
+        "checkpoints {kept:?}, metrics steps {:?}, entries {:?}",
+        logged_steps(run),
+        names(run)
+    )
+}
+
+/// The steps of the whole lines of a run's metrics.jsonl.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["step"].as_u64())
-        .collect();
-    format!(
-        "checkpoints {kept:?}, metrics steps {steps:?}, entries {:?}",
-        names(run)
-    )
+        .collect()
 }
 
 /// Each metrics line without its timing fields (throughput, loader wait).
@@ -577,7 +620,6 @@ fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-#[ignore = "timing-sensitive: under the parallel e2e load of a fresh clone its kill points fell after the killed runs had finished; run with --ignored on a quiet machine"]
 fn train_killed_at_random_moments_resumes_to_identical_weights() {
     let _one = one_at_a_time();
     let seed = seed();
@@ -624,7 +666,7 @@ fn train_killed_at_random_moments_resumes_to_identical_weights() {
         state: &state,
     };
     let log = dir.path().join("train-stderr.log");
-    let (points, report) = kill_loop(&target, timing, seed, 2, &log);
+    let (points, report) = kill_loop(&target, timing, (seed, 2, Pace::OwnSteps), &log);
     assert!(
         points.iter().all(|p| !p.state.starts_with("HALF")),
         "a killed run left a half-written checkpoint that looks whole\n{report}"
