@@ -61,6 +61,13 @@ pub struct Mean {
     pub value: Option<f64>,
     /// Classes that entered the mean.
     pub classes: usize,
+    /// Bootstrap 95% interval of the mean: the test rows are resampled
+    /// once for all classes (they are the same images), and each resample's
+    /// mean is over the same classes as `value`. `None` where the classes
+    /// were not scored on the same rows or too few resamples had the
+    /// metric for every one of them.
+    #[serde(default)]
+    pub ci: Option<Interval>,
 }
 
 impl Mean {
@@ -69,6 +76,7 @@ impl Mean {
         Mean {
             value: (classes > 0).then(|| sum / classes as f64),
             classes,
+            ci: None,
         }
     }
 }
@@ -96,16 +104,75 @@ pub struct Summary {
 ///
 /// When a class has a different number of scores and labels in a split.
 pub fn evaluate(classes: &[ClassInput], resamples: usize, seed: u64) -> Summary {
-    let classes: Vec<ClassScores> = classes
+    let scores: Vec<ClassScores> = classes
         .iter()
         .map(|c| evaluate_class(c, resamples, seed))
         .collect();
-    Summary {
-        mean_auc: Mean::of(classes.iter().map(|c| c.auc)),
-        mean_f1: Mean::of(classes.iter().map(|c| c.f1)),
-        mean_accuracy: Mean::of(classes.iter().map(|c| c.accuracy)),
-        classes,
+    let mut summary = Summary {
+        mean_auc: Mean::of(scores.iter().map(|c| c.auc)),
+        mean_f1: Mean::of(scores.iter().map(|c| c.f1)),
+        mean_accuracy: Mean::of(scores.iter().map(|c| c.accuracy)),
+        classes: scores,
+    };
+    mean_intervals(classes, &mut summary, resamples, seed);
+    summary
+}
+
+/// Fills the means' intervals (see [`Mean::ci`]).
+fn mean_intervals(inputs: &[ClassInput], summary: &mut Summary, resamples: usize, seed: u64) {
+    let Some(n) = inputs.first().map(|c| c.test_scores.len()) else {
+        return;
+    };
+    if inputs.iter().any(|c| c.test_scores.len() != n) {
+        return;
     }
+    // Per class: its test rows' (score, positive), `None` where unlabelled.
+    let rows: Vec<Vec<Option<(f32, bool)>>> = inputs
+        .iter()
+        .map(|c| {
+            c.test_scores
+                .iter()
+                .zip(&c.test_labels)
+                .map(|(&s, &l)| binary_label(l).map(|p| (s, p)))
+                .collect()
+        })
+        .collect();
+    let resampled = |k: usize, idx: &[usize]| -> (Vec<f32>, Vec<bool>) {
+        idx.iter().filter_map(|&i| rows[k][i]).unzip()
+    };
+    // The mean over the classes where the full-data metric was defined.
+    let mean_ci = |defined: &dyn Fn(&ClassScores) -> bool,
+                   metric: &dyn Fn(usize, &[f32], &[bool]) -> Option<f64>| {
+        let classes: Vec<usize> = (0..inputs.len())
+            .filter(|&k| defined(&summary.classes[k]))
+            .collect();
+        if classes.is_empty() {
+            return None;
+        }
+        bootstrap_ci(n, resamples, seed, |idx| {
+            let mut sum = 0.0;
+            for &k in &classes {
+                let (s, p) = resampled(k, idx);
+                sum += metric(k, &s, &p)?;
+            }
+            Some(sum / classes.len() as f64)
+        })
+    };
+    let thresholds: Vec<Option<f32>> = summary.classes.iter().map(|c| c.threshold).collect();
+    let at = |k: usize, s: &[f32], p: &[bool]| -> Option<Confusion> {
+        let t = thresholds[k]?;
+        let mut c = Confusion::default();
+        s.iter().zip(p).for_each(|(&s, &p)| c.record(s >= t, p));
+        (c.total() > 0).then_some(c)
+    };
+    let auc_ci = mean_ci(&|c| c.auc.is_some(), &|_, s, p| roc::auc(s, p));
+    let f1_ci = mean_ci(&|c| c.f1.is_some(), &|k, s, p| at(k, s, p).map(|c| c.f1()));
+    let accuracy_ci = mean_ci(&|c| c.accuracy.is_some(), &|k, s, p| {
+        at(k, s, p).map(|c| c.accuracy())
+    });
+    summary.mean_auc.ci = auc_ci;
+    summary.mean_f1.ci = f1_ci;
+    summary.mean_accuracy.ci = accuracy_ci;
 }
 
 fn evaluate_class(class: &ClassInput, resamples: usize, seed: u64) -> ClassScores {
@@ -212,12 +279,15 @@ impl Summary {
             );
         }
         out += &format!(
-            "| **Mean** | | | | {} | | {} | | {} | |\n\n\
+            "| **Mean** | | | | {} | {} | {} | {} | {} | {} |\n\n\
              Means are over the classes where the metric is defined: \
              AUC {}, F1 {}, accuracy {} of {} classes.\n",
             number(self.mean_auc.value),
+            interval(self.mean_auc.ci),
             number(self.mean_f1.value),
+            interval(self.mean_f1.ci),
             number(self.mean_accuracy.value),
+            interval(self.mean_accuracy.ci),
             self.mean_auc.classes,
             self.mean_f1.classes,
             self.mean_accuracy.classes,
@@ -303,7 +373,8 @@ mod tests {
             s.mean_auc,
             Mean {
                 value: None,
-                classes: 0
+                classes: 0,
+                ci: None
             }
         );
         assert!(s.to_markdown().contains("| — | — |"));
@@ -326,11 +397,8 @@ mod tests {
         let one_value = class(val, ([0.3, 0.8].as_slice(), [0, 0].as_slice()));
         let s = evaluate(&[good, inverted, one_value], 50, 1);
         assert_eq!(
-            s.mean_auc,
-            Mean {
-                value: Some(0.5),
-                classes: 2
-            }
+            (s.mean_auc.value, s.mean_auc.classes),
+            (Some(0.5), 2)
         );
         assert_eq!(s.mean_accuracy.classes, 3);
         let md = s.to_markdown();
@@ -353,6 +421,38 @@ mod tests {
             md.contains("| Edema | 4 | 2 | 0.700 | 1.000 | [0.612, 0.900] | 0.667 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn mean_intervals_resample_the_rows_once_for_all_classes() {
+        // 40 rows, two classes on the same images: one separable (AUC 1
+        // on every resample), one at chance-ish with some noise.
+        let n = 40;
+        let labels: Vec<i8> = (0..n).map(|i| i8::from(i % 2 == 0)).collect();
+        let perfect: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 0.9 } else { 0.1 }).collect();
+        let noisy: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 / 97.0).collect();
+        let input = |scores: &[f32]| ClassInput {
+            name: "c".into(),
+            val_scores: scores.to_vec(),
+            val_labels: labels.clone(),
+            test_scores: scores.to_vec(),
+            test_labels: labels.clone(),
+        };
+        let s = evaluate(&[input(&perfect), input(&noisy)], 200, 3);
+        let mean = s.mean_auc.value.unwrap();
+        let ci = s.mean_auc.ci.expect("an interval over 200 resamples");
+        assert!(ci.low <= mean && mean <= ci.high, "{ci:?} around {mean}");
+        // The separable class contributes 1 on every resample, so the mean
+        // never falls below half.
+        assert!(ci.low >= 0.5 && ci.high <= 1.0 && ci.high > ci.low, "{ci:?}");
+        assert!(s.mean_f1.ci.is_some() && s.mean_accuracy.ci.is_some());
+        assert!(s.to_markdown().contains(&format!("[{:.3}, {:.3}]", ci.low, ci.high)));
+
+        // Classes scored on different rows have no joint resample.
+        let mut short = input(&noisy);
+        short.test_scores.pop();
+        short.test_labels.pop();
+        assert_eq!(evaluate(&[input(&perfect), short], 200, 3).mean_auc.ci, None);
     }
 
     #[test]

@@ -167,6 +167,14 @@ impl Source {
         self.len() == 0
     }
 
+    /// Keeps only the kept rows for which `keep(shard, row)` holds: a
+    /// subset of a split, such as a fine-tuning label fraction.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize, u32) -> bool) {
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            shard.kept.retain(|&row| keep(i, row));
+        }
+    }
+
     /// Number of shards.
     pub fn num_shards(&self) -> usize {
         self.shards.len()
