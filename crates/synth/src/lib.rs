@@ -13,6 +13,11 @@
 //! - `mimic-cxr/` (and `mimic-cxr-jpg/` with [`MimicFormat::Both`]): images,
 //!   reports, the four index CSVs (gzip), and `ner_sidecar.jsonl`;
 //! - `padchest/`: the labels CSV (gzip) and 16-bit PNGs;
+//! - with [`SynthConfig::chexpert_images`], [`SynthConfig::nih_images`] and
+//!   [`SynthConfig::covidx_images`]: `chexpert/`, `nih/` and `covidx/`, trees
+//!   laid out as the CheXpert-v1.0-small, ChestX-ray14 and COVIDx releases,
+//!   labelled from the lesions drawn into their images (the rules are in
+//!   the `downstream` module), each with its own `lesions.jsonl`;
 //! - `lesions.jsonl` (one line per image: what was drawn where),
 //!   `faults.json` (with [`SynthConfig::faults`]) and `world.json` (the
 //!   arguments and counts, also returned as [`Summary`]).
@@ -30,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod dicom_out;
+mod downstream;
 mod faults;
 mod findings;
 mod mimic;
@@ -75,6 +81,20 @@ pub struct SynthConfig {
     pub mimic_format: MimicFormat,
     /// Inject bad inputs that ingest must reject, listed in `faults.json`.
     pub faults: bool,
+    /// Images of the CheXpert tree (`chexpert/`); 0 writes none. Left out of
+    /// world.json when 0, so worlds without the tree keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chexpert_images: usize,
+    /// Images of the ChestX-ray14 tree (`nih/`); 0 writes none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nih_images: usize,
+    /// Images of the COVIDx tree (`covidx/`); 0 writes none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub covidx_images: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for SynthConfig {
@@ -86,6 +106,9 @@ impl Default for SynthConfig {
             size: 512,
             mimic_format: MimicFormat::Dicom,
             faults: false,
+            chexpert_images: 0,
+            nih_images: 0,
+            covidx_images: 0,
         }
     }
 }
@@ -186,6 +209,53 @@ pub struct PadchestCounts {
     pub labels: BTreeMap<String, usize>,
 }
 
+/// Counts of one downstream tree (CheXpert, NIH or COVIDx).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TreeCounts {
+    /// The tree's folder, relative to the output folder: the `--root` its
+    /// `ingest` subcommand reads.
+    pub root: String,
+    /// Patients.
+    pub patients: usize,
+    /// Images (rows of its label files).
+    pub images: usize,
+    /// Images per split, in the release's names (`train`/`valid`/`test`,
+    /// `train_val`/`test`, `train`/`val`/`test`).
+    pub images_per_split: BTreeMap<String, usize>,
+    /// Images per view (`AP`, `PA`, `Lateral`, `Frontal`).
+    pub images_per_view: BTreeMap<String, usize>,
+    /// Images per label in the release's vocabulary: CheXpert cells of 1,
+    /// NIH classes and `No Finding`, COVIDx `positive` and `negative`.
+    pub labels: BTreeMap<String, usize>,
+    /// CheXpert label cells of -1.0.
+    pub uncertain_cells: usize,
+    /// CheXpert label cells left blank.
+    pub blank_cells: usize,
+    /// Lines of the tree's own lesions.jsonl (one per image).
+    pub lesion_lines: usize,
+}
+
+/// The downstream trees written; `None` for a tree not asked for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DownstreamCounts {
+    /// The CheXpert tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chexpert: Option<TreeCounts>,
+    /// The ChestX-ray14 tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nih: Option<TreeCounts>,
+    /// The COVIDx tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covidx: Option<TreeCounts>,
+}
+
+impl DownstreamCounts {
+    /// No tree was written.
+    pub fn is_empty(&self) -> bool {
+        self.chexpert.is_none() && self.nih.is_none() && self.covidx.is_none()
+    }
+}
+
 /// One injected fault, as listed in `faults.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fault {
@@ -208,7 +278,11 @@ pub struct Summary {
     pub mimic: MimicCounts,
     /// The PadChest part.
     pub padchest: PadchestCounts,
-    /// Lines in lesions.jsonl (one per image).
+    /// The downstream trees; left out of world.json when none was asked for.
+    #[serde(default, skip_serializing_if = "DownstreamCounts::is_empty")]
+    pub downstream: DownstreamCounts,
+    /// Lines in lesions.jsonl (one per image of MIMIC and PadChest; the
+    /// downstream trees keep their own).
     pub lesion_lines: usize,
     /// Lesion boxes per CheXpert class.
     pub lesions_per_class: BTreeMap<String, usize>,
@@ -234,6 +308,12 @@ pub mod files {
     pub const PADCHEST: &str = "padchest";
     /// The NER sidecar, inside each MIMIC root.
     pub const SIDECAR: &str = "ner_sidecar.jsonl";
+    /// The CheXpert tree (holding `CheXpert-v1.0-small/`).
+    pub const CHEXPERT: &str = "chexpert";
+    /// The ChestX-ray14 tree.
+    pub const NIH: &str = "nih";
+    /// The COVIDx tree.
+    pub const COVIDX: &str = "covidx";
     /// The PadChest labels CSV, inside the PadChest root.
     pub const PADCHEST_CSV: &str = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz";
 }
@@ -250,13 +330,19 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
             cfg.size
         )));
     }
-    if cfg.studies == 0 && cfg.padchest_images == 0 {
+    if cfg.studies == 0
+        && cfg.padchest_images == 0
+        && cfg.chexpert_images == 0
+        && cfg.nih_images == 0
+        && cfg.covidx_images == 0
+    {
         return Err(SynthError::Config("nothing to generate".into()));
     }
     prepare_out(out)?;
 
     let mimic = mimic::generate(out, cfg)?;
     let pad = padchest::generate(out, cfg)?;
+    let downstream = downstream::generate(out, cfg)?;
 
     let mut lesion_lines = mimic.lesion_lines.clone();
     lesion_lines.extend(pad.lesion_lines.iter().cloned());
@@ -281,22 +367,32 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
         out::write(&out.join(files::FAULTS), json.as_bytes())?;
     }
 
-    let summary = Summary {
-        config: cfg.clone(),
-        generator: "synth 1".into(),
-        mimic: mimic.counts.clone(),
-        padchest: pad.counts.clone(),
-        lesion_lines: lesion_lines.len(),
-        lesions_per_class,
-        faults,
-        notes: vec![
+    let mut notes: Vec<String> = vec![
             "MIMIC-CXR-JPG images are min-max scaled to 8 bits (after undoing MONOCHROME1); the real release also equalised histograms".into(),
             "JPEG baseline DICOMs hold 8-bit samples (BitsStored 8); all others 12 bits stored in 16 allocated".into(),
             "PadChest ImageID includes the .png extension, as in the real CSV; files lie at <ImageDir>/<ImageID>".into(),
             "PadChest PNGs store MONOCHROME2 values (bright = dense); labelCUIS codes are plausible, not checked against UMLS".into(),
             "lesions.jsonl boxes are [x0, y0, x1, y1] in pixels of the written image, x1/y1 exclusive, measured from the pixels the lesion changed".into(),
             "negbio CSV equals the chexpert CSV except that a few uncertain labels are left empty, as NegBio tends to".into(),
-        ],
+        ];
+    if !downstream.is_empty() {
+        notes.extend([
+            "chexpert/, nih/ and covidx/ each hold a lesions.jsonl whose lesions carry the label they give in that release (null: drawn, not labelled)".to_string(),
+            "CheXpert train.csv labels are the study's mentions (1.0 drawn, -1.0 drawn faint, 0.0 negated, blank unmentioned); valid.csv and test_labels.csv are 1 where drawn at all, else 0".into(),
+            "NIH Finding Labels list the classes whose lesions visibly changed pixels (Lung Lesion: Nodule when small, Mass when large); Emphysema, Fibrosis and Hernia are never drawn".into(),
+            "COVIDx labels are positive when a pneumonia or consolidation opacity is visibly drawn, else negative".into(),
+        ]);
+    }
+    let summary = Summary {
+        config: cfg.clone(),
+        generator: "synth 1".into(),
+        mimic: mimic.counts.clone(),
+        padchest: pad.counts.clone(),
+        downstream,
+        lesion_lines: lesion_lines.len(),
+        lesions_per_class,
+        faults,
+        notes,
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| SynthError::io(out, e.into()))?;
     out::write(&out.join(files::WORLD), json.as_bytes())?;
@@ -311,7 +407,14 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
             if !out.join(files::WORLD).is_file() {
                 return Err(SynthError::NotAWorld(out.to_path_buf()));
             }
-            for name in [files::MIMIC, files::MIMIC_JPG, files::PADCHEST] {
+            for name in [
+                files::MIMIC,
+                files::MIMIC_JPG,
+                files::PADCHEST,
+                files::CHEXPERT,
+                files::NIH,
+                files::COVIDX,
+            ] {
                 let p = out.join(name);
                 if p.exists() {
                     std::fs::remove_dir_all(&p).map_err(|e| SynthError::io(&p, e))?;

@@ -1,4 +1,5 @@
-//! `synth`: writes a seeded synthetic MIMIC-CXR + PadChest world.
+//! `synth`: writes a seeded synthetic MIMIC-CXR + PadChest world, and on
+//! request CheXpert, ChestX-ray14 and COVIDx trees.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,7 +10,9 @@ use synth::{MimicFormat, SynthConfig};
 
 /// Generate a synthetic chest X-ray world in the on-disk formats of
 /// MIMIC-CXR (DICOM and/or JPG, reports, index CSVs, NER sidecar) and
-/// PadChest (16-bit PNGs, labels CSV), with lesions.jsonl and world.json.
+/// PadChest (16-bit PNGs, labels CSV), with lesions.jsonl and world.json;
+/// and, when their sizes are given, CheXpert-v1.0-small, ChestX-ray14 and
+/// COVIDx trees labelled from the lesions drawn into them.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -34,6 +37,15 @@ struct Args {
     /// Inject bad inputs (listed in faults.json) that ingest must reject.
     #[arg(long)]
     faults: bool,
+    /// Images of a CheXpert-v1.0-small tree under `chexpert/` (0: none).
+    #[arg(long, default_value_t = SynthConfig::default().chexpert_images)]
+    chexpert_images: usize,
+    /// Images of a ChestX-ray14 tree under `nih/` (0: none).
+    #[arg(long, default_value_t = SynthConfig::default().nih_images)]
+    nih_images: usize,
+    /// Images of a COVIDx tree under `covidx/` (0: none).
+    #[arg(long, default_value_t = SynthConfig::default().covidx_images)]
+    covidx_images: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +57,9 @@ fn main() -> anyhow::Result<()> {
         size: a.size,
         mimic_format: a.mimic_format,
         faults: a.faults,
+        chexpert_images: a.chexpert_images,
+        nih_images: a.nih_images,
+        covidx_images: a.covidx_images,
     };
     let t0 = Instant::now();
     let s = synth::generate(&a.out, &cfg)
@@ -61,5 +76,20 @@ fn main() -> anyhow::Result<()> {
         s.faults.len(),
         t0.elapsed().as_secs_f64()
     );
+    let d = &s.downstream;
+    for (name, tree) in [
+        ("CheXpert", &d.chexpert),
+        ("NIH", &d.nih),
+        ("COVIDx", &d.covidx),
+    ] {
+        if let Some(t) = tree {
+            println!(
+                "  {name}: {} patients / {} images in {}",
+                t.patients,
+                t.images,
+                a.out.join(&t.root).display()
+            );
+        }
+    }
     Ok(())
 }

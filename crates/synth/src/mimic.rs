@@ -708,6 +708,7 @@ mod tests {
             size: 96,
             mimic_format: MimicFormat::Dicom,
             faults,
+            ..Default::default()
         }
     }
 

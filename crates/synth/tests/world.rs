@@ -16,6 +16,7 @@ fn cfg(seed: u64) -> SynthConfig {
         size: 96,
         mimic_format: MimicFormat::Both,
         faults: false,
+        ..Default::default()
     }
 }
 
