@@ -10,6 +10,7 @@ mod demo;
 mod dicom_corpus;
 mod downstream;
 mod faults;
+mod finetune;
 mod kill_loop;
 mod label_sets;
 mod mimic;

@@ -9,12 +9,11 @@ use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use ingest::tokenize::ClipTokenizer;
-use model::{Clip, ClipConfig};
-use tch::{Device, Tensor, nn::VarStore};
+use tch::{Device, Tensor};
 
 use crate::encode::{image_files, load_image, normalise};
 use crate::fit::{fit_to, partial_path, write_atomic};
-use crate::session::{Session, locate};
+use crate::session::Weights;
 use pipeline::CONTEXT;
 
 /// What to embed.
@@ -34,69 +33,6 @@ pub struct EmbedOptions {
     pub device: Device,
 }
 
-/// The encoders and tokenizer, from either kind of weights.
-// One value per command: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum Weights {
-    Run(Session),
-    Hf {
-        _vs: VarStore,
-        clip: Clip,
-        cfg: ClipConfig,
-        tokenizer: ClipTokenizer,
-    },
-}
-
-impl Weights {
-    fn open(opts: &EmbedOptions) -> Result<Weights> {
-        if locate(&opts.weights).is_ok() {
-            return Ok(Weights::Run(Session::from_checkpoint(
-                &opts.weights,
-                opts.device,
-            )?));
-        }
-        let dir = &opts.weights;
-        if !dir.join("config.json").exists() {
-            bail!(
-                "{}: neither a training run, a checkpoint, nor a Hugging Face CLIPModel folder",
-                dir.display()
-            );
-        }
-        let cfg = crate::hf::read_config(dir)?;
-        let vs = VarStore::new(opts.device);
-        let clip = Clip::new(vs.root(), &cfg);
-        model::load::load_clip_safetensors(&vs, dir.join("model.safetensors"))?;
-        let tok_path = opts
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| dir.join("tokenizer.json"));
-        let tokenizer = ClipTokenizer::from_file(&tok_path).with_context(|| {
-            format!(
-                "{}: pass --tokenizer for a folder without tokenizer.json",
-                dir.display()
-            )
-        })?;
-        Ok(Weights::Hf {
-            _vs: vs,
-            clip,
-            cfg,
-            tokenizer,
-        })
-    }
-
-    fn clip(&self) -> (&Clip, &ClipConfig, &ClipTokenizer) {
-        match self {
-            Weights::Run(s) => (&s.model.clip, &s.run.mmclip.clip, &s.tokenizer),
-            Weights::Hf {
-                clip,
-                cfg,
-                tokenizer,
-                ..
-            } => (clip, cfg, tokenizer),
-        }
-    }
-}
-
 /// Writes the embeddings file.
 pub fn run(opts: &EmbedOptions) -> Result<()> {
     // A run killed while writing leaves its temporary file; it is never
@@ -106,8 +42,8 @@ pub fn run(opts: &EmbedOptions) -> Result<()> {
         std::fs::remove_file(&stale)
             .with_context(|| format!("removing the unfinished {}", stale.display()))?;
     }
-    let weights = Weights::open(opts)?;
-    let (clip, cfg, tokenizer) = weights.clip();
+    let weights = Weights::open(&opts.weights, opts.tokenizer.as_deref(), opts.device)?;
+    let (clip, cfg) = weights.clip();
     let _guard = tch::no_grad_guard();
     let (keys, embeddings): (Vec<String>, Vec<Tensor>) = match (&opts.images, &opts.texts) {
         (Some(dir), _) => {
@@ -140,7 +76,7 @@ pub fn run(opts: &EmbedOptions) -> Result<()> {
             let lines = read_texts(file)?;
             let mut parts = Vec::new();
             for chunk in lines.chunks(64) {
-                let ids = text_ids(tokenizer, file, chunk)?.to_device(opts.device);
+                let ids = text_ids(weights.tokenizer()?, file, chunk)?.to_device(opts.device);
                 parts.push(normalise(&clip.encode_text(&ids).pooled).to_device(Device::Cpu));
             }
             (lines.into_iter().map(|(_, text)| text).collect(), parts)

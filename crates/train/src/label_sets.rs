@@ -77,6 +77,56 @@ impl LabelSet {
     }
 }
 
+/// Where one scored class's labels are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassLabels {
+    /// Column of the loader's CheXpert labels (an index of
+    /// [`schemas::CHEXPERT_CLASSES`]).
+    Chexpert(usize),
+    /// A finding, lower-cased, looked up in the rows' `finding_labels`.
+    Finding(String),
+}
+
+impl LabelSet {
+    /// The classes `names` of this set (its default classes when empty),
+    /// each with where its labels are. An unknown CheXpert class is an
+    /// error listing the known ones.
+    pub fn resolve(self, names: &[String]) -> Result<Vec<(String, ClassLabels)>> {
+        let names = if names.is_empty() {
+            self.default_classes()
+        } else {
+            names.to_vec()
+        };
+        names
+            .into_iter()
+            .map(|name| {
+                let labels = match self.list_source() {
+                    None => ClassLabels::Chexpert(
+                        schemas::CHEXPERT_CLASSES
+                            .iter()
+                            .position(|(c, _)| *c == name)
+                            .with_context(|| {
+                                format!(
+                                    "unknown class {name:?}; the CheXpert classes are {:?}",
+                                    schemas::CHEXPERT_CLASSES.map(|c| c.0)
+                                )
+                            })?,
+                    ),
+                    Some(_) => ClassLabels::Finding(name.to_lowercase()),
+                };
+                Ok((name, labels))
+            })
+            .collect()
+    }
+
+    /// Whether an image has at most one of the classes (COVIDx: COVID-19
+    /// or pneumonia or neither), so fine-tuning trains a softmax over the
+    /// classes and "none" rather than one sigmoid per class.
+    pub fn exclusive(self) -> bool {
+        matches!(self, LabelSet::Covidx)
+    }
+}
+
 /// PadChest findings that name a CheXpert class, so that training on
 /// MIMIC-CXR reports has seen them ("PadChest seen"): the default PadChest
 /// classes. Each is scored with its own PadChest wording.
@@ -119,26 +169,49 @@ pub fn finding_lists(rows: &[StoredRow], source: &str) -> Result<Vec<Option<Vec<
     }
     let mut out = vec![None; rows.len()];
     for (shard, indices) in by_shard {
-        let lists = read_shard_labels(shard, source)?;
+        let lists = read_shard_rows(shard, source)?;
         for i in indices {
             let row = rows[i].row as usize;
             out[i] = lists
                 .get(row)
                 .with_context(|| format!("{}: no row {row}", shard.display()))?
+                .1
                 .clone();
         }
     }
     Ok(out)
 }
 
-/// Every row's `finding_labels` of one shard (`None` where the row's
-/// `source` is not `wanted`).
-fn read_shard_labels(path: &Path, wanted: &str) -> Result<Vec<Option<Vec<String>>>> {
+/// The `subject_id` (patient) of each row.
+pub fn subject_ids(rows: &[StoredRow]) -> Result<Vec<String>> {
+    let mut by_shard: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        by_shard.entry(&r.shard).or_default().push(i);
+    }
+    let mut out = vec![String::new(); rows.len()];
+    for (shard, indices) in by_shard {
+        let read = read_shard_rows(shard, "")?;
+        for i in indices {
+            let row = rows[i].row as usize;
+            out[i] = read
+                .get(row)
+                .with_context(|| format!("{}: no row {row}", shard.display()))?
+                .0
+                .clone();
+        }
+    }
+    Ok(out)
+}
+
+/// Every row's `subject_id` and `finding_labels` of one shard (the list
+/// `None` where the row's `source` is not `wanted`).
+#[allow(clippy::type_complexity)]
+fn read_shard_rows(path: &Path, wanted: &str) -> Result<Vec<(String, Option<Vec<String>>)>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{}: not a Parquet shard", path.display()))?;
     let schema = builder.schema().clone();
-    let roots: Vec<usize> = [col::SOURCE, col::FINDING_LABELS]
+    let roots: Vec<usize> = [col::SOURCE, col::SUBJECT_ID, col::FINDING_LABELS]
         .iter()
         .map(|name| {
             schema
@@ -157,20 +230,25 @@ fn read_shard_labels(path: &Path, wanted: &str) -> Result<Vec<Option<Vec<String>
         let source = batch
             .column_by_name(col::SOURCE)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let subject = batch
+            .column_by_name(col::SUBJECT_ID)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
         let lists = batch
             .column_by_name(col::FINDING_LABELS)
             .and_then(|c| c.as_any().downcast_ref::<ListArray>());
-        let (Some(source), Some(lists)) = (source, lists) else {
+        let (Some(source), Some(subject), Some(lists)) = (source, subject, lists) else {
             bail!(
-                "{}: {} or {} has an unexpected type",
+                "{}: {}, {} or {} has an unexpected type",
                 path.display(),
                 col::SOURCE,
+                col::SUBJECT_ID,
                 col::FINDING_LABELS
             );
         };
         for i in 0..batch.num_rows() {
+            let subject = subject.value(i).to_string();
             if source.value(i) != wanted || lists.is_null(i) {
-                out.push(None);
+                out.push((subject, None));
                 continue;
             }
             let values = lists.value(i);
@@ -181,12 +259,15 @@ fn read_shard_labels(path: &Path, wanted: &str) -> Result<Vec<Option<Vec<String>
                     col::FINDING_LABELS
                 );
             };
-            out.push(Some(
-                values
-                    .iter()
-                    .flatten()
-                    .map(|s| s.trim().to_lowercase())
-                    .collect(),
+            out.push((
+                subject,
+                Some(
+                    values
+                        .iter()
+                        .flatten()
+                        .map(|s| s.trim().to_lowercase())
+                        .collect(),
+                ),
             ));
         }
     }
@@ -200,14 +281,19 @@ pub fn targets(lists: &[Option<Vec<String>>], class: &str, empty_is_negative: bo
     let class = class.to_lowercase();
     lists
         .iter()
-        .map(|list| match list {
-            Some(l) if l.is_empty() && empty_is_negative => 0,
-            Some(l) if !l.is_empty() && !l.iter().any(|x| x == "exclude") => {
-                i8::from(l.contains(&class))
-            }
-            _ => LABEL_MISSING,
-        })
+        .map(|list| target(list.as_deref(), &class, empty_is_negative))
         .collect()
+}
+
+/// The label of one row's list for `class` (lower-cased), as [`targets`].
+pub fn target(list: Option<&[String]>, class: &str, empty_is_negative: bool) -> i8 {
+    match list {
+        Some(l) if l.is_empty() && empty_is_negative => 0,
+        Some(l) if !l.is_empty() && !l.iter().any(|x| x == "exclude") => {
+            i8::from(l.iter().any(|x| x == class))
+        }
+        _ => LABEL_MISSING,
+    }
 }
 
 /// The `n` most frequent findings of `lists` that are not among

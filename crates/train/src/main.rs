@@ -4,6 +4,8 @@
 //! train --shards DIR [--shards DIR …] --config FILE --out RUN
 //! train eval zero-shot --checkpoint RUN_OR_CKPT --shards DIR --out DIR
 //! train eval linear-probe --checkpoint RUN_OR_CKPT --shards DIR --out DIR
+//! train finetune --checkpoint RUN_CKPT_OR_HF_DIR --shards DIR --label-set NAME --fraction F --out DIR [--freeze]
+//! train report --runs DIR [--runs DIR …] --out DIR
 //! train embed --weights RUN_CKPT_OR_HF_DIR (--images DIR | --texts FILE) --out FILE.parquet
 //! train export-hf --checkpoint RUN_OR_CKPT --out DIR
 //! train viz-masks --checkpoint RUN_OR_CKPT --shards DIR --out DIR [--lesions lesions.jsonl]
@@ -70,6 +72,19 @@ enum Command {
     Eval(EvalCommand),
     /// Embed image files or text lines into a Parquet file.
     Embed(EmbedArgs),
+    /// Fine-tune the image encoder and a linear head on a label set with a
+    /// fraction of its patients; score the best epoch on the test split.
+    Finetune(FinetuneArgs),
+    /// One Markdown + JSON table, in the paper's layout, from evaluation
+    /// folders (zero-shot, fine-tuning, linear probe).
+    Report {
+        /// Evaluation folders (or folders holding them).
+        #[arg(long, required = true)]
+        runs: Vec<PathBuf>,
+        /// Output folder: report.md and report.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a checkpoint's encoders as a Hugging Face CLIPModel folder.
     ExportHf {
         /// A checkpoint folder or a run folder (its latest checkpoint).
@@ -177,6 +192,53 @@ enum EvalCommand {
         #[arg(long)]
         device: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// A checkpoint, a run folder, or a Hugging Face CLIPModel folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Shard folders with train, validate and test splits.
+    #[arg(long, required = true)]
+    shards: Vec<PathBuf>,
+    /// The label set (`chexpert`, `chexpert5`, `nih`, `covidx`, ...).
+    #[arg(long, value_enum)]
+    label_set: train::label_sets::LabelSet,
+    /// Classes, instead of the label set's default.
+    #[arg(long)]
+    class: Vec<String>,
+    /// Share of the train split's patients used (0.01, 0.1, 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    fraction: f64,
+    /// Train the linear head only (the linear protocol).
+    #[arg(long)]
+    freeze: bool,
+    /// Epochs at most.
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Stop after this many epochs without a better validation mean AUC.
+    #[arg(long, default_value_t = 3)]
+    patience: u64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW, cosine schedule).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// CheXpert label sets: count "not mentioned" labels as negative.
+    #[arg(long)]
+    missing_as_negative: bool,
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Args)]
@@ -357,13 +419,56 @@ fn main() -> Result<()> {
                 verify_sha256: verify,
             };
             let summary = train::zero_shot::run(&opts)?;
+            let file = train::report::ZeroShotFile {
+                label_set: Some(train::finetune::label_set_name(opts.label_set)),
+                checkpoints: opts.checkpoints.clone(),
+                summary,
+            };
             write_report(
                 &out,
                 "zero_shot",
-                &serde_json::to_value(&summary)?,
-                &summary.to_markdown(),
+                &serde_json::to_value(&file)?,
+                &file.summary.to_markdown(),
             )?;
+            let summary = file.summary;
             println!("{}", summary.to_markdown());
+        }
+        Some(Command::Finetune(a)) => {
+            let device = device(a.device.as_deref())?;
+            let opts = train::finetune::FinetuneOptions {
+                checkpoint: a.checkpoint,
+                shards: a.shards,
+                label_set: a.label_set,
+                classes: a.class,
+                fraction: a.fraction,
+                freeze: a.freeze,
+                epochs: a.epochs,
+                patience: a.patience,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                weight_decay: a.weight_decay,
+                missing_as_negative: a.missing_as_negative,
+                resamples: a.bootstrap,
+                seed: a.seed,
+                threads: threads(),
+                device,
+                autocast: device
+                    .is_cuda()
+                    .then_some(model::autocast::Reduced::BFloat16),
+                verify_sha256: verify,
+            };
+            let result = train::finetune::run(&opts, &a.out)?;
+            println!("{}", train::finetune::result_markdown(&result));
+        }
+        Some(Command::Report { runs, out }) => {
+            let report = train::report::collect(&runs)?;
+            write_report(
+                &out,
+                "report",
+                &serde_json::to_value(&report)?,
+                &report.to_markdown(),
+            )?;
+            println!("{}", report.to_markdown());
         }
         Some(Command::Eval(EvalCommand::LinearProbe {
             checkpoint,

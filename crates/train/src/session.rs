@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use ingest::tokenize::ClipTokenizer;
-use model::{Mmclip, MmclipConfig};
+use model::{Clip, ClipConfig, Mmclip, MmclipConfig};
 use pipeline::CONTEXT;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn::VarStore};
@@ -112,4 +112,93 @@ pub fn tokenize(tokenizer: &ClipTokenizer, texts: &[String]) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_slice(&ids).view([texts.len() as i64, CONTEXT as i64]))
+}
+
+/// CLIP encoders from either kind of weights: a training run (or one of its
+/// checkpoints), or a Hugging Face `CLIPModel` folder (`config.json`,
+/// `model.safetensors`, and `tokenizer.json` when texts are encoded).
+// One value per command: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Weights {
+    /// A run's model.
+    Run(Session),
+    /// A Hugging Face folder's model, its variables under the HF names.
+    Hf {
+        /// The variables.
+        vs: VarStore,
+        /// The model.
+        clip: Clip,
+        /// Its configuration.
+        cfg: ClipConfig,
+        /// The tokenizer, or why there is none.
+        tokenizer: std::result::Result<ClipTokenizer, String>,
+    },
+}
+
+impl Weights {
+    /// Opens a run, a checkpoint or a Hugging Face folder; `tokenizer`
+    /// replaces a Hugging Face folder's own `tokenizer.json`.
+    pub fn open(path: &Path, tokenizer: Option<&Path>, device: Device) -> Result<Weights> {
+        if locate(path).is_ok() {
+            return Ok(Weights::Run(Session::from_checkpoint(path, device)?));
+        }
+        if !path.join("config.json").exists() {
+            bail!(
+                "{}: neither a training run, a checkpoint, nor a Hugging Face CLIPModel folder",
+                path.display()
+            );
+        }
+        let cfg = crate::hf::read_config(path)?;
+        let vs = VarStore::new(device);
+        let clip = Clip::new(vs.root(), &cfg);
+        model::load::load_clip_safetensors(&vs, path.join("model.safetensors"))?;
+        let tok_path = tokenizer
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| path.join(TOKENIZER_FILE));
+        let tokenizer = ClipTokenizer::from_file(&tok_path).map_err(|e| {
+            format!(
+                "{}: {e:#}; pass --tokenizer for a folder without tokenizer.json",
+                path.display()
+            )
+        });
+        Ok(Weights::Hf {
+            vs,
+            clip,
+            cfg,
+            tokenizer,
+        })
+    }
+
+    /// The CLIP model and its configuration.
+    pub fn clip(&self) -> (&Clip, &ClipConfig) {
+        match self {
+            Weights::Run(s) => (&s.model.clip, &s.run.mmclip.clip),
+            Weights::Hf { clip, cfg, .. } => (clip, cfg),
+        }
+    }
+
+    /// The variables.
+    pub fn vs(&self) -> &VarStore {
+        match self {
+            Weights::Run(s) => &s.vs,
+            Weights::Hf { vs, .. } => vs,
+        }
+    }
+
+    /// The tokenizer; an error for a Hugging Face folder without one.
+    pub fn tokenizer(&self) -> Result<&ClipTokenizer> {
+        match self {
+            Weights::Run(s) => Ok(&s.tokenizer),
+            Weights::Hf { tokenizer, .. } => tokenizer.as_ref().map_err(|e| anyhow::anyhow!("{e}")),
+        }
+    }
+
+    /// Variable-name prefixes of the image encoder (its transformer and
+    /// projection), under which fine-tuning trains.
+    pub fn image_prefixes(&self) -> [&'static str; 2] {
+        match self {
+            Weights::Run(_) => ["clip.vision_model.", "clip.visual_projection."],
+            Weights::Hf { .. } => ["vision_model.", "visual_projection."],
+        }
+    }
 }

@@ -11,12 +11,11 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use evaluation::zero_shot::{ClassInput, Summary, ensemble, evaluate};
 use pipeline::LABEL_MISSING;
-use schemas::CHEXPERT_CLASSES;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::ShardSet;
 use crate::encode::{Embedded, embed_split, embed_texts};
-use crate::label_sets::{LabelSet, StoredRow, finding_lists, targets, unseen_top};
+use crate::label_sets::{ClassLabels, LabelSet, StoredRow, finding_lists, targets, unseen_top};
 use crate::prompts::Templates;
 use crate::session::Session;
 
@@ -63,14 +62,7 @@ type Scores = Vec<(Vec<f32>, Vec<f32>)>;
 struct Class {
     name: String,
     pair: (String, String),
-    labels: Labels,
-}
-
-enum Labels {
-    /// Column of the loader's CheXpert labels.
-    Chexpert(usize),
-    /// A finding, looked up in the rows' `finding_labels`.
-    Finding(String),
+    labels: ClassLabels,
 }
 
 /// Runs the evaluation and returns the summary.
@@ -163,12 +155,14 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
             let val_runs: Vec<Vec<f32>> = per_checkpoint.iter().map(|s| s[k].0.clone()).collect();
             let test_runs: Vec<Vec<f32>> = per_checkpoint.iter().map(|s| s[k].1.clone()).collect();
             let (val_labels, test_labels) = match (&class.labels, &lists) {
-                (Labels::Chexpert(c), _) => (chexpert(&val.labels, *c), chexpert(&test.labels, *c)),
-                (Labels::Finding(finding), Some((v, t))) => (
+                (ClassLabels::Chexpert(c), _) => {
+                    (chexpert(&val.labels, *c), chexpert(&test.labels, *c))
+                }
+                (ClassLabels::Finding(finding), Some((v, t))) => (
                     targets(v, finding, empty_is_negative),
                     targets(t, finding, empty_is_negative),
                 ),
-                (Labels::Finding(_), None) => {
+                (ClassLabels::Finding(_), None) => {
                     unreachable!("label-list classes come with their lists")
                 }
             };
@@ -189,61 +183,32 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
 /// seen findings, or with `unseen_top` the most frequent unseen findings of
 /// the test split).
 fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
-    match opts.label_set {
-        LabelSet::Chexpert | LabelSet::Chexpert5 => {
-            let names: Vec<String> = if opts.classes.is_empty() {
-                opts.label_set.default_classes()
-            } else {
-                opts.classes.clone()
+    let names = match (opts.label_set, opts.unseen_top) {
+        (LabelSet::Padchest, Some(n)) if opts.classes.is_empty() => unseen_top(
+            &finding_lists(&split_rows(shards, &opts.test_split)?, "padchest")?,
+            n,
+        ),
+        _ => opts.classes.clone(),
+    };
+    opts.label_set
+        .resolve(&names)?
+        .into_iter()
+        .map(|(name, labels)| {
+            let pair = match &labels {
+                ClassLabels::Chexpert(_) => {
+                    opts.templates.pair_for(&name).expect("a CheXpert class")
+                }
+                // The lists are compared lower-cased; the prompt reads
+                // ChestX-ray14's `Pleural_Thickening` as words.
+                ClassLabels::Finding(finding) => opts.templates.pair(&finding.replace('_', " ")),
             };
-            names
-                .into_iter()
-                .map(|c| {
-                    let index = CHEXPERT_CLASSES
-                        .iter()
-                        .position(|(name, _)| *name == c)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "unknown class {c:?}; the CheXpert classes are {:?}",
-                                CHEXPERT_CLASSES.map(|c| c.0)
-                            )
-                        })?;
-                    Ok(Class {
-                        pair: opts.templates.pair_for(&c).expect("a CheXpert class"),
-                        name: c,
-                        labels: Labels::Chexpert(index),
-                    })
-                })
-                .collect()
-        }
-        LabelSet::Padchest | LabelSet::Nih | LabelSet::Covidx => {
-            let findings: Vec<String> = if !opts.classes.is_empty() {
-                opts.classes.clone()
-            } else if let (LabelSet::Padchest, Some(n)) = (opts.label_set, opts.unseen_top) {
-                let lists = finding_lists(&split_rows(shards, &opts.test_split)?, "padchest")?;
-                unseen_top(&lists, n)
-            } else {
-                opts.label_set.default_classes()
-            };
-            Ok(findings
-                .into_iter()
-                .map(|f| {
-                    // The lists are compared lower-cased; the prompt reads
-                    // ChestX-ray14's `Pleural_Thickening` as words.
-                    let finding = f.to_lowercase();
-                    Class {
-                        name: f,
-                        pair: opts.templates.pair(&finding.replace('_', " ")),
-                        labels: Labels::Finding(finding),
-                    }
-                })
-                .collect())
-        }
-    }
+            Ok(Class { name, pair, labels })
+        })
+        .collect()
 }
 
 /// Where every row of `split` in `shards` is stored.
-fn split_rows(shards: &ShardSet, split: &str) -> Result<Vec<StoredRow>> {
+pub fn split_rows(shards: &ShardSet, split: &str) -> Result<Vec<StoredRow>> {
     let sources = shards.open(Some(split), false)?;
     let mut rows = Vec::new();
     for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {

@@ -1,0 +1,146 @@
+//! `train finetune` and `train report` on the synthetic MIMIC-CXR shards:
+//! the labelled fraction is drawn by patient (the same seed draws the same
+//! patients, a smaller fraction's inside a larger one's), the best epoch is
+//! scored on the test split, and the report puts the rows in one table.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::train::{fixture, trained};
+use crate::util::{run, run_ok};
+
+fn finetune(out: &Path, fraction: &str, extra: &[&str]) -> serde_json::Value {
+    let f = fixture();
+    let mut args = vec![
+        "finetune",
+        "--checkpoint",
+        trained().to_str().unwrap(),
+        "--shards",
+        f.mimic.to_str().unwrap(),
+        "--label-set",
+        "chexpert5",
+        "--missing-as-negative",
+        "--fraction",
+        fraction,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--bootstrap",
+        "20",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok("train", &args);
+    json(&out.join("finetune.json"))
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn patients(dir: &Path) -> BTreeSet<String> {
+    json(&dir.join("fraction.json"))["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn finetune_draws_patients_scores_the_best_epoch_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half");
+    let result = finetune(&half, "0.5", &[]);
+
+    let fraction = json(&half.join("fraction.json"));
+    let total = fraction["patients_total"].as_u64().unwrap();
+    assert!(total >= 10, "the fixture has patients: {fraction}");
+    let drawn = patients(&half);
+    assert_eq!(drawn.len() as u64, (total as f64 * 0.5).round() as u64);
+    assert_eq!(result["patients"].as_u64().unwrap(), drawn.len() as u64);
+    let images = result["images"].as_u64().unwrap();
+    assert!(
+        images < fraction["images_total"].as_u64().unwrap() && images >= drawn.len() as u64,
+        "{fraction}"
+    );
+    let names: Vec<&str> = result["summary"]["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, schemas::CHEXPERT_COMPETITION);
+    let history = std::fs::read_to_string(half.join("history.jsonl")).unwrap();
+    assert_eq!(
+        history.lines().count() as u64,
+        result["epochs_run"].as_u64().unwrap()
+    );
+    let best = result["best_epoch"].as_u64().unwrap();
+    assert!((1..=2).contains(&best), "{result}");
+    assert!(half.join("model.safetensors").is_file());
+
+    // The same seed draws the same patients; 10% of them lie inside 50%.
+    let tenth = dir.path().join("tenth");
+    let frozen = finetune(&tenth, "0.1", &["--freeze"]);
+    assert_eq!(frozen["freeze"], true);
+    assert!(tenth.join("head.safetensors").is_file());
+    let few = patients(&tenth);
+    assert!(
+        !few.is_empty() && few.is_subset(&drawn),
+        "{few:?} ⊄ {drawn:?}"
+    );
+
+    // A finished folder is not overwritten.
+    let again = run(
+        "train",
+        &[
+            "finetune",
+            "--checkpoint",
+            trained().to_str().unwrap(),
+            "--shards",
+            fixture().mimic.to_str().unwrap(),
+            "--label-set",
+            "chexpert5",
+            "--out",
+            half.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("finetune.json"),
+        "{stderr}"
+    );
+
+    let report = dir.path().join("report");
+    run_ok(
+        "train",
+        &[
+            "report",
+            "--runs",
+            dir.path().to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+        ],
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| chexpert5"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(
+        rows[0].contains("| linear | 10% |") && rows[1].contains("| fine-tune | 50% |"),
+        "{md}"
+    );
+    let auc = result["summary"]["mean_auc"]["value"].as_f64().unwrap();
+    assert!(rows[1].contains(&format!("| {auc:.3}")), "{md}");
+}
