@@ -18,6 +18,7 @@ mod padchest;
 mod partition;
 mod resume;
 mod run_folders;
+mod synth_downstream;
 mod text;
 mod train;
 mod train_reliability;
