@@ -19,9 +19,10 @@ fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 START=$SECONDS
 
-step "synthetic world: 1000 MIMIC-CXR studies, 600 PadChest images"
+step "synthetic world: 1000 MIMIC-CXR studies, 600 PadChest images; CheXpert and ChestX-ray14 trees"
 rm -rf "$OUT" && mkdir -p "$OUT"
-$BIN/synth --out "$OUT/world" --studies 1000 --padchest-images 600 --seed 0
+$BIN/synth --out "$OUT/world" --studies 1000 --padchest-images 600 --seed 0 \
+  --chexpert-images 400 --nih-images 600
 
 step "NER sidecar: the report sections ingest will use, through spaCy"
 $BIN/ingest sections --root "$OUT/world/mimic-cxr" --out "$OUT/sections.jsonl"
@@ -36,6 +37,9 @@ $BIN/ingest mimic --root "$OUT/world/mimic-cxr" --tokenizer .cache/clip/tokenize
 step "ingest padchest"
 $BIN/ingest padchest --images-only --root "$OUT/world/padchest" --out "$OUT/shards/padchest"
 
+step "ingest chexpert, ingest nih (the downstream releases, as laid out on disk)"
+$BIN/ingest chexpert --root "$OUT/world/chexpert" --out "$OUT/shards/chexpert"
+$BIN/ingest nih --root "$OUT/world/nih" --split paper --out "$OUT/shards/nih"
 step "statistics report"
 $BIN/ingest stats --shards "$OUT/shards/mimic" --shards "$OUT/shards/padchest" --out "$OUT/stats"
 
@@ -53,6 +57,15 @@ $BIN/train eval zero-shot --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" \
 $BIN/train eval zero-shot --label-set padchest --checkpoint "$OUT/run" \
   --shards "$OUT/shards/padchest" --out "$OUT/eval-padchest" --device cpu --bootstrap 500
 
+$BIN/train eval zero-shot --label-set chexpert5 --checkpoint "$OUT/run" \
+  --shards "$OUT/shards/chexpert" --out "$OUT/eval-chexpert" --device cpu --bootstrap 500
+step "fine-tuning on 10% of the ChestX-ray14 patients (image encoder + linear head)"
+$BIN/train finetune --checkpoint "$OUT/run" --shards "$OUT/shards/nih" --label-set nih \
+  --fraction 0.1 --epochs 10 --lr 1e-3 --out "$OUT/finetune-nih-10" --device cpu --bootstrap 500
+step "the results table"
+$BIN/train report --runs "$OUT/eval" --runs "$OUT/eval-padchest" --runs "$OUT/eval-chexpert" \
+  --runs "$OUT/finetune-nih-10" --out "$OUT/report" > /dev/null
+cat "$OUT/report/report.md"
 step "AttMIM masks over test images, and how much of each lesion they cover"
 $BIN/train viz-masks --checkpoint "$OUT/run" --shards "$OUT/shards/mimic" --split test \
   --lesions "$OUT/world/lesions.jsonl" --out "$OUT/masks" --device cpu
@@ -77,4 +90,5 @@ print(f"lesion patches masked: attmim {shares['att-mim']:.3f} vs random {shares[
 PY
 echo "shards:   $OUT/shards/{mimic,padchest}   stats: $OUT/stats/stats.md"
 echo "run:      $OUT/run (metrics.jsonl, plots/, checkpoints/)"
-echo "eval:     $OUT/eval/zero_shot.md, $OUT/eval-padchest/zero_shot.md   masks: $OUT/masks/"
+echo "eval:     $OUT/eval/zero_shot.md, $OUT/eval-padchest/zero_shot.md, $OUT/eval-chexpert/zero_shot.md"
+echo "          $OUT/finetune-nih-10/finetune.md   table: $OUT/report/report.md   masks: $OUT/masks/"

@@ -63,4 +63,28 @@ fn the_demo_learns_above_chance() {
     );
     // The summary the demo ends with names the figure.
     assert!(stdout.contains("zero-shot mean AUC"), "{stdout}");
+
+    // The results table: a row per evaluation, the downstream ones
+    // included (zero-shot on the synthetic CheXpert test set, the 10%
+    // fine-tune on the synthetic ChestX-ray14 set).
+    let table = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Dataset"))
+        .collect();
+    let row = |dataset: &str, protocol: &str| {
+        rows.iter()
+            .find(|r| r.starts_with(&format!("| {dataset} | {protocol} |")))
+            .unwrap_or_else(|| panic!("no {dataset} {protocol} row:\n{table}"))
+    };
+    row("chexpert", "zero-shot");
+    row("chexpert5", "zero-shot");
+    row("padchest", "zero-shot");
+    assert!(row("nih", "fine-tune").contains("| 10% |"), "{table}");
+    assert_eq!(rows.len(), 4, "{table}");
+    let finetune: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("finetune-nih-10/finetune.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(finetune["summary"]["mean_auc"]["value"].is_number(), "{finetune}");
 }
