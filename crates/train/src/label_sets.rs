@@ -1,14 +1,14 @@
 //! The label sets zero-shot evaluation scores: CheXpert's 14 classes (the
 //! loader's label columns) and the findings of the releases that keep their
-//! own label lists (PadChest, ChestX-ray14, COVIDx: the shards'
-//! `finding_labels`, read here by shard and row).
+//! own label lists (PadChest, ChestX-ray14, COVIDx, RSNA Pneumonia: the
+//! shards' `finding_labels`, read here by shard and row).
 //!
 //! A row is positive for a finding when its list names it and negative
 //! otherwise: these labels cover every finding of the image, so absence
 //! means absent (no "not mentioned" state). A PadChest row whose list is
 //! empty or holds `exclude` carries no usable labels and is left out; an
-//! empty ChestX-ray14 or COVIDx list is a labelled image with none of the
-//! findings ("No Finding", "negative").
+//! empty ChestX-ray14, COVIDx or RSNA list is a labelled image with none of
+//! the findings ("No Finding", "negative", Target 0).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -34,6 +34,8 @@ pub enum LabelSet {
     Nih,
     /// COVID-19 on the `ingest covidx` rows.
     Covidx,
+    /// Pneumonia on the `ingest rsna` rows.
+    Rsna,
 }
 
 impl LabelSet {
@@ -45,14 +47,15 @@ impl LabelSet {
             LabelSet::Padchest => Some("padchest"),
             LabelSet::Nih => Some("nih"),
             LabelSet::Covidx => Some("covidx"),
+            LabelSet::Rsna => Some("rsna"),
         }
     }
 
     /// Whether an empty label list is a labelled image without findings
-    /// (ChestX-ray14's "No Finding", COVIDx's negatives) rather than an image
-    /// without usable labels (PadChest).
+    /// (ChestX-ray14's "No Finding", COVIDx's negatives, RSNA's Target 0)
+    /// rather than an image without usable labels (PadChest).
     pub fn empty_list_is_negative(self) -> bool {
-        matches!(self, LabelSet::Nih | LabelSet::Covidx)
+        matches!(self, LabelSet::Nih | LabelSet::Covidx | LabelSet::Rsna)
     }
 
     /// The classes scored when none are named (PadChest's are chosen in
@@ -73,6 +76,8 @@ impl LabelSet {
                 .map(|c| c.to_string())
                 .collect(),
             LabelSet::Covidx => vec!["COVID-19".to_string()],
+            // `ingest rsna`'s label, which is also the prompt's phrase.
+            LabelSet::Rsna => vec![ingest::rsna::PNEUMONIA.to_string()],
         }
     }
 }
@@ -345,6 +350,25 @@ mod tests {
         assert_eq!(
             targets(&lists, "cardiomegaly", true),
             [1, 0, 0, LABEL_MISSING, LABEL_MISSING]
+        );
+    }
+
+    #[test]
+    fn rsna_scores_pneumonia_on_the_rsna_rows_with_target_0_negative() {
+        let set = LabelSet::Rsna;
+        assert_eq!(set.list_source(), Some(schemas::Source::Rsna.name()));
+        let classes = set.resolve(&[]).unwrap();
+        assert_eq!(
+            classes,
+            [(
+                "pneumonia".to_string(),
+                ClassLabels::Finding("pneumonia".into())
+            )]
+        );
+        let lists = vec![list(&["pneumonia"]), list(&[]), None];
+        assert_eq!(
+            targets(&lists, &classes[0].0, set.empty_list_is_negative()),
+            [1, 0, LABEL_MISSING]
         );
     }
 
