@@ -17,6 +17,7 @@ mod mimic;
 mod padchest;
 mod partition;
 mod resume;
+mod rsna;
 mod run_folders;
 mod synth_downstream;
 mod text;

@@ -9,10 +9,10 @@
 //!   [`entities`] finds medical entities (ScispaCy sidecar or built-in lexicon)
 //!   and maps them onto tokens.
 //! - [`mimic`] and [`padchest`] read the two pre-training releases as laid
-//!   out on disk and plan the rows; [`covidx`], [`nih`] and [`chexpert`] read
-//!   the downstream releases into image-only rows; [`shard`] writes them as
-//!   atomic, resumable shards with a manifest and a reject log (formats in
-//!   the `schemas` crate).
+//!   out on disk and plan the rows; [`covidx`], [`nih`], [`chexpert`] and
+//!   [`rsna`] read the downstream releases into image-only rows; [`shard`]
+//!   writes them as atomic, resumable shards with a manifest and a reject
+//!   log (formats in the `schemas` crate).
 //! - [`stats`] reads a shard folder back and writes a statistics report.
 //! - [`merge`] combines the part folders of a partitioned run (`--part I/N`)
 //!   into the folder of a whole run.
@@ -34,6 +34,7 @@ pub mod nih;
 pub mod padchest;
 pub mod prepare;
 pub mod report;
+pub mod rsna;
 pub mod shard;
 pub mod stats;
 pub mod tokenize;

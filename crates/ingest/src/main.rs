@@ -12,6 +12,7 @@ use ingest::mimic::{Labeler, MimicOptions};
 use ingest::nih::{NihOptions, NihSplit};
 use ingest::padchest::PadchestOptions;
 use ingest::report::Section;
+use ingest::rsna::RsnaOptions;
 use ingest::shard::{Part, ShardOptions};
 use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
 
@@ -19,7 +20,7 @@ use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
 #[command(
     name = "ingest",
     version,
-    about = "Turn MIMIC-CXR, PadChest, COVIDx, ChestX-ray14 and CheXpert releases into Parquet shards"
+    about = "Turn MIMIC-CXR, PadChest, COVIDx, ChestX-ray14, CheXpert and RSNA Pneumonia releases into Parquet shards"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +58,9 @@ enum Command {
     Nih(NihArgs),
     /// Ingest CheXpert (unpaired rows, the 14 CheXpert label columns).
     Chexpert(ChexpertArgs),
+    /// Ingest the RSNA Pneumonia Detection Challenge (unpaired rows, pneumonia
+    /// in `finding_labels`, its boxes in `boxes.jsonl`).
+    Rsna(RsnaArgs),
     /// Combine the part folders of a partitioned run (`--part I/N`) into the
     /// folder a whole run would have written.
     Merge {
@@ -360,6 +364,31 @@ struct ChexpertArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct RsnaArgs {
+    /// Folder with `stage_2_train_labels.csv`, `stage_2_detailed_class_info.csv`
+    /// and `stage_2_train_images/`.
+    #[arg(long)]
+    root: PathBuf,
+    /// Share of patients in train.
+    #[arg(long, default_value_t = ingest::rsna::DEFAULT_SPLIT_FRACTIONS.0)]
+    train_fraction: f64,
+    /// Share of patients in validate (the rest is test).
+    #[arg(long, default_value_t = ingest::rsna::DEFAULT_SPLIT_FRACTIONS.1)]
+    validate_fraction: f64,
+    /// Seed of the patient-level split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Window for the DICOM pixels. The release's DICOMs hold the 8-bit
+    /// ChestX-ray14 images, already windowed for display and without window
+    /// attributes, so `voi` falls back to min–max and keeps them as
+    /// `ingest nih` keeps the same images.
+    #[arg(long, value_enum, default_value = "voi")]
+    window: Window,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn all_or(list: Vec<String>) -> Vec<String> {
     if list.iter().any(|v| v.eq_ignore_ascii_case("all")) {
         Vec::new()
@@ -433,6 +462,10 @@ fn check_paths(command: &mut Command) -> Result<()> {
         Command::Chexpert(a) => {
             a.root = normalise(&a.root);
             a.csvs = a.csvs.iter().map(PathBuf::as_path).map(normalise).collect();
+            &a.common.out
+        }
+        Command::Rsna(a) => {
+            a.root = normalise(&a.root);
             &a.common.out
         }
         Command::Stats { out, .. } => out,
@@ -535,6 +568,29 @@ fn run(mut cli: Cli) -> Result<()> {
             };
             let bar = progress_bar();
             let m = ingest::chexpert::run(&opts, &a.common.out, &bar).context("ingest chexpert")?;
+            bar.finish_and_clear();
+            summarise(&a.common.out, &m);
+        }
+        Command::Rsna(a) => {
+            if a.common.allow_truncated_csv {
+                bail!(
+                    "--allow-truncated-csv: an RSNA labels file cut short may cut a patient's boxes; repair the file instead"
+                );
+            }
+            if a.common.part.is_some() {
+                bail!(
+                    "--part: `ingest merge` does not combine the parts' boxes.jsonl; ingest the RSNA release whole"
+                );
+            }
+            let opts = RsnaOptions {
+                root: a.root,
+                split_fractions: (a.train_fraction, a.validate_fraction),
+                seed: a.seed,
+                image: a.common.policy(a.window, Window::Percentile),
+                shards: a.common.shards(),
+            };
+            let bar = progress_bar();
+            let m = ingest::rsna::run(&opts, &a.common.out, &bar).context("ingest rsna")?;
             bar.finish_and_clear();
             summarise(&a.common.out, &m);
         }

@@ -43,7 +43,7 @@ pub const SCHEMA_VERSION_KEY: &str = "mmclip.schema_version";
 
 /// Column names of a shard, one constant per column.
 pub mod col {
-    /// The release: `"mimic"`, `"padchest"`, `"covidx"`, `"nih"` or `"chexpert"`.
+    /// The release: `"mimic"`, `"padchest"`, `"covidx"`, `"nih"`, `"chexpert"` or `"rsna"`.
     pub const SOURCE: &str = "source";
     /// Patient id as text (MIMIC `subject_id`, PadChest `PatientID`).
     pub const SUBJECT_ID: &str = "subject_id";

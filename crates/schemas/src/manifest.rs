@@ -35,6 +35,9 @@ pub enum Source {
     Nih,
     /// CheXpert: images only, the 14 CheXpert label columns.
     Chexpert,
+    /// RSNA Pneumonia Detection Challenge: images only, pneumonia in
+    /// `finding_labels`, its boxes in `boxes.jsonl`.
+    Rsna,
 }
 
 impl Source {
@@ -46,6 +49,7 @@ impl Source {
             Source::Covidx => "covidx",
             Source::Nih => "nih",
             Source::Chexpert => "chexpert",
+            Source::Rsna => "rsna",
         }
     }
 }

@@ -48,9 +48,11 @@ impl ShardSet {
                     }
                     set.paired.push(dir.clone());
                 }
-                Source::Padchest | Source::Covidx | Source::Nih | Source::Chexpert => {
-                    set.unpaired.push(dir.clone())
-                }
+                Source::Padchest
+                | Source::Covidx
+                | Source::Nih
+                | Source::Chexpert
+                | Source::Rsna => set.unpaired.push(dir.clone()),
             }
         }
         Ok(set)
