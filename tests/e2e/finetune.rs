@@ -215,3 +215,66 @@ fn finetune_learns_the_synthetic_covidx_set() {
     let auc = class["auc"].as_f64().unwrap();
     assert!(auc >= 0.62, "fine-tuning did not learn: test AUC {auc:.3}");
 }
+
+/// The baseline rows start from a Hugging Face `CLIPModel` folder: here the
+/// tiny run exported as one. With the encoder frozen, the folder's weights
+/// and the run's give the same scores.
+#[test]
+fn finetune_starts_from_a_hugging_face_folder_as_from_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    run_ok(
+        "train",
+        &[
+            "export-hf",
+            "--checkpoint",
+            trained().to_str().unwrap(),
+            "--out",
+            hf.to_str().unwrap(),
+        ],
+    );
+    let f = fixture();
+    let tune = |weights: &Path, out: &Path| {
+        run_ok(
+            "train",
+            &[
+                "finetune",
+                "--checkpoint",
+                weights.to_str().unwrap(),
+                "--shards",
+                f.mimic.to_str().unwrap(),
+                "--label-set",
+                "chexpert5",
+                "--missing-as-negative",
+                "--freeze",
+                "--epochs",
+                "1",
+                "--bootstrap",
+                "10",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        json(&out.join("finetune.json"))["summary"]["classes"].clone()
+    };
+    let from_hf = tune(&hf, &dir.path().join("from-hf"));
+    let from_run = tune(trained(), &dir.path().join("from-run"));
+    assert_eq!(from_hf.as_array().unwrap().len(), 5);
+    for (a, b) in from_hf
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(from_run.as_array().unwrap())
+    {
+        let (a, b) = (a["auc"].as_f64(), b["auc"].as_f64());
+        assert!(
+            match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-3,
+                (a, b) => a == b,
+            },
+            "{a:?} vs {b:?}"
+        );
+    }
+}

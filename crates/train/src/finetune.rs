@@ -257,9 +257,12 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
     };
 
     // The model: the encoder, its non-image parts frozen, and the head.
-    tch::manual_seed(opts.seed as i64);
     let weights = Weights::open(&opts.checkpoint, None, opts.device)?;
     let (clip, cfg) = weights.clip();
+    // Seeded after loading: building a run's whole model draws more
+    // numbers than a Hugging Face folder's CLIP, and the head must not
+    // depend on which the weights came from.
+    tch::manual_seed(opts.seed as i64);
     let side = cfg.vision.image_size;
     let outputs = classes.len() as i64 + i64::from(opts.label_set.exclusive());
     let head = nn::linear(
