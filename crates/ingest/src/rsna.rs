@@ -849,6 +849,22 @@ mod tests {
     }
 
     #[test]
+    fn a_box_must_lie_inside_its_image() {
+        let b = |x: f64, y: f64, width: f64, height: f64| LabelBox {
+            at: format!("{x},{y}"),
+            x,
+            y,
+            width,
+            height,
+        };
+        let inside = [b(0.0, 0.0, 1024.0, 1024.0), b(1000.0, 10.0, 24.0, 5.0)];
+        assert!(box_outside(&inside, 1024, 1024).is_none());
+        let wide = [inside[0].clone(), b(1000.0, 10.0, 24.5, 5.0)];
+        assert_eq!(box_outside(&wide, 1024, 1024), Some(&wide[1]));
+        assert!(box_outside(&[b(0.0, 500.0, 10.0, 600.0)], 1024, 1024).is_some());
+    }
+
+    #[test]
     fn an_unrecognised_layout_names_what_was_looked_for() {
         let dir = tempfile::tempdir().unwrap();
         let err = layout(dir.path()).unwrap_err().to_string();
