@@ -118,6 +118,9 @@ pub fn evaluate(classes: &[ClassInput], resamples: usize, seed: u64) -> Summary 
     summary
 }
 
+/// A metric of one class (by index) on resampled (score, positive) rows.
+type ClassMetric<'a> = &'a dyn Fn(usize, &[f32], &[bool]) -> Option<f64>;
+
 /// Fills the means' intervals (see [`Mean::ci`]).
 fn mean_intervals(inputs: &[ClassInput], summary: &mut Summary, resamples: usize, seed: u64) {
     let Some(n) = inputs.first().map(|c| c.test_scores.len()) else {
@@ -141,8 +144,7 @@ fn mean_intervals(inputs: &[ClassInput], summary: &mut Summary, resamples: usize
         idx.iter().filter_map(|&i| rows[k][i]).unzip()
     };
     // The mean over the classes where the full-data metric was defined.
-    let mean_ci = |defined: &dyn Fn(&ClassScores) -> bool,
-                   metric: &dyn Fn(usize, &[f32], &[bool]) -> Option<f64>| {
+    let mean_ci = |defined: &dyn Fn(&ClassScores) -> bool, metric: ClassMetric| {
         let classes: Vec<usize> = (0..inputs.len())
             .filter(|&k| defined(&summary.classes[k]))
             .collect();
@@ -396,10 +398,7 @@ mod tests {
         let inverted = class(val, ([0.3, 0.8].as_slice(), [1, 0].as_slice()));
         let one_value = class(val, ([0.3, 0.8].as_slice(), [0, 0].as_slice()));
         let s = evaluate(&[good, inverted, one_value], 50, 1);
-        assert_eq!(
-            (s.mean_auc.value, s.mean_auc.classes),
-            (Some(0.5), 2)
-        );
+        assert_eq!((s.mean_auc.value, s.mean_auc.classes), (Some(0.5), 2));
         assert_eq!(s.mean_accuracy.classes, 3);
         let md = s.to_markdown();
         assert!(md.contains("| **Mean** | | | | 0.500 |"), "{md}");
@@ -444,15 +443,24 @@ mod tests {
         assert!(ci.low <= mean && mean <= ci.high, "{ci:?} around {mean}");
         // The separable class contributes 1 on every resample, so the mean
         // never falls below half.
-        assert!(ci.low >= 0.5 && ci.high <= 1.0 && ci.high > ci.low, "{ci:?}");
+        assert!(
+            ci.low >= 0.5 && ci.high <= 1.0 && ci.high > ci.low,
+            "{ci:?}"
+        );
         assert!(s.mean_f1.ci.is_some() && s.mean_accuracy.ci.is_some());
-        assert!(s.to_markdown().contains(&format!("[{:.3}, {:.3}]", ci.low, ci.high)));
+        assert!(
+            s.to_markdown()
+                .contains(&format!("[{:.3}, {:.3}]", ci.low, ci.high))
+        );
 
         // Classes scored on different rows have no joint resample.
         let mut short = input(&noisy);
         short.test_scores.pop();
         short.test_labels.pop();
-        assert_eq!(evaluate(&[input(&perfect), short], 200, 3).mean_auc.ci, None);
+        assert_eq!(
+            evaluate(&[input(&perfect), short], 200, 3).mean_auc.ci,
+            None
+        );
     }
 
     #[test]
