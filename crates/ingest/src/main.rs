@@ -60,6 +60,7 @@ enum Command {
     Chexpert(ChexpertArgs),
     /// Ingest the RSNA Pneumonia Detection Challenge (unpaired rows, pneumonia
     /// in `finding_labels`, its boxes in `boxes.jsonl`).
+    #[command(alias = "rsna-pneumonia")]
     Rsna(RsnaArgs),
     /// Combine the part folders of a partitioned run (`--part I/N`) into the
     /// folder a whole run would have written.
