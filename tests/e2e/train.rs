@@ -321,13 +321,13 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
     // train split stands in as the "test" split here.
     let (usable, positives) = padchest_counts(&f.padchest, "train");
     assert!(usable > 0, "no PadChest train rows in the fixture");
-    let eval = |name: &str, extra: &[&str]| -> Vec<serde_json::Value> {
+    let eval_set = |name: &str, set: &str, extra: &[&str]| -> Vec<serde_json::Value> {
         let out = run_dir.parent().unwrap().join(name);
         let mut args = vec![
             "eval",
             "zero-shot",
             "--label-set",
-            "padchest",
+            set,
             "--checkpoint",
             run_dir.to_str().unwrap(),
             // The MIMIC-CXR folder is ignored: PadChest labels are PadChest rows'.
@@ -351,6 +351,7 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
                 .unwrap();
         report["classes"].as_array().unwrap().clone()
     };
+    let eval = |name: &str, extra: &[&str]| eval_set(name, "padchest", extra);
 
     // Default: the 8 findings that name CheXpert classes, each counted over
     // every usable PadChest test row.
@@ -413,6 +414,11 @@ fn zero_shot_on_the_padchest_label_set_scores_padchest_findings() {
     let unseen = eval("eval-padchest-unseen", &["--unseen-top", "3"]);
     let names: Vec<&str> = unseen.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, want);
+    // The paper's "all unseen" group as a named set: every one, in order.
+    let all = eval_set("eval-padchest-all-unseen", "padchest-unseen", &[]);
+    let names: Vec<&str> = all.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let every: Vec<&str> = ranked.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(names, every);
     for c in &unseen {
         let name = c["name"].as_str().unwrap();
         assert_eq!(

@@ -184,7 +184,13 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
     if opts.verify_sha256 {
         shards.verify()?;
     }
-    let names: Vec<(String, ClassLabels)> = opts.label_set.resolve(&opts.classes)?;
+    // The unseen PadChest sets score the test split's most frequent unseen
+    // findings, as zero-shot does.
+    let named = match opts.label_set.unseen_top() {
+        Some(n) if opts.classes.is_empty() => crate::zero_shot::unseen_classes(&shards, "test", n)?,
+        _ => opts.classes.clone(),
+    };
+    let names: Vec<(String, ClassLabels)> = opts.label_set.resolve(&named)?;
     let classes: Vec<Class> = names
         .iter()
         .map(|(_, labels)| Class {

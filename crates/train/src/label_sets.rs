@@ -28,8 +28,18 @@ pub enum LabelSet {
     Chexpert,
     /// The 5 CheXpert competition classes (`schemas::CHEXPERT_COMPETITION`).
     Chexpert5,
-    /// PadChest findings of the PadChest rows.
+    /// PadChest findings of the PadChest rows: the seen ones
+    /// ([`PADCHEST_SEEN`]), the paper's "PadChest seen".
     Padchest,
+    /// The 10 most frequent unseen PadChest findings of the test split
+    /// ("PadChest unseen top 10").
+    #[value(name = "padchest-unseen10")]
+    PadchestUnseen10,
+    /// The 20 most frequent ("unseen top 20").
+    #[value(name = "padchest-unseen20")]
+    PadchestUnseen20,
+    /// Every unseen PadChest finding of the test split ("all unseen").
+    PadchestUnseen,
     /// The 14 ChestX-ray14 findings of the `ingest nih` rows.
     Nih,
     /// COVID-19 on the `ingest covidx` rows.
@@ -44,7 +54,10 @@ impl LabelSet {
     pub fn list_source(self) -> Option<&'static str> {
         match self {
             LabelSet::Chexpert | LabelSet::Chexpert5 => None,
-            LabelSet::Padchest => Some("padchest"),
+            LabelSet::Padchest
+            | LabelSet::PadchestUnseen10
+            | LabelSet::PadchestUnseen20
+            | LabelSet::PadchestUnseen => Some("padchest"),
             LabelSet::Nih => Some("nih"),
             LabelSet::Covidx => Some("covidx"),
             LabelSet::Rsna => Some("rsna"),
@@ -58,10 +71,24 @@ impl LabelSet {
         matches!(self, LabelSet::Nih | LabelSet::Covidx | LabelSet::Rsna)
     }
 
-    /// The classes scored when none are named (PadChest's are chosen in
-    /// `zero_shot`: the seen findings or the most frequent unseen ones).
+    /// For the unseen PadChest sets: how many of the most frequent unseen
+    /// findings of the test split they score (`usize::MAX`: all).
+    pub fn unseen_top(self) -> Option<usize> {
+        match self {
+            LabelSet::PadchestUnseen10 => Some(10),
+            LabelSet::PadchestUnseen20 => Some(20),
+            LabelSet::PadchestUnseen => Some(usize::MAX),
+            _ => None,
+        }
+    }
+
+    /// The classes scored when none are named (the unseen PadChest sets'
+    /// depend on the data: see [`LabelSet::unseen_top`]).
     pub fn default_classes(self) -> Vec<String> {
         match self {
+            LabelSet::PadchestUnseen10 | LabelSet::PadchestUnseen20 | LabelSet::PadchestUnseen => {
+                Vec::new()
+            }
             LabelSet::Chexpert => schemas::CHEXPERT_CLASSES
                 .iter()
                 .map(|(name, _)| name.to_string())

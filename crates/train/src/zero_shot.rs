@@ -183,11 +183,12 @@ pub fn run(opts: &ZeroShotOptions) -> Result<Summary> {
 /// seen findings, or with `unseen_top` the most frequent unseen findings of
 /// the test split).
 fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
-    let names = match (opts.label_set, opts.unseen_top) {
-        (LabelSet::Padchest, Some(n)) if opts.classes.is_empty() => unseen_top(
-            &finding_lists(&split_rows(shards, &opts.test_split)?, "padchest")?,
-            n,
-        ),
+    let top = match opts.label_set {
+        LabelSet::Padchest => opts.unseen_top,
+        set => set.unseen_top(),
+    };
+    let names = match top {
+        Some(n) if opts.classes.is_empty() => unseen_classes(shards, &opts.test_split, n)?,
         _ => opts.classes.clone(),
     };
     opts.label_set
@@ -205,6 +206,16 @@ fn classes(opts: &ZeroShotOptions, shards: &ShardSet) -> Result<Vec<Class>> {
             Ok(Class { name, pair, labels })
         })
         .collect()
+}
+
+/// The `n` most frequent unseen PadChest findings of `split` (see
+/// [`unseen_top`]); an error when there are none.
+pub fn unseen_classes(shards: &ShardSet, split: &str, n: usize) -> Result<Vec<String>> {
+    let classes = unseen_top(&finding_lists(&split_rows(shards, split)?, "padchest")?, n);
+    if classes.is_empty() {
+        bail!("no unseen PadChest findings among the {split} rows of --shards");
+    }
+    Ok(classes)
 }
 
 /// Where every row of `split` in `shards` is stored.
