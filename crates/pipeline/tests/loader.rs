@@ -565,7 +565,20 @@ fn dropping_a_loader_mid_epoch_stops_its_threads() {
     let stats = l.stats();
     assert_eq!(stats.batches, 2);
     assert!(stats.decode_us_per_sample > 0.0 && stats.consumer_wait_share <= 1.0);
-    drop(l); // hangs here if a stage is not stopped and joined
+    // A stage that is not stopped and joined would hang the drop: it runs
+    // on a watcher thread, and a drop slower than the limit fails the test
+    // instead of hanging the suite.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(l);
+        let _ = done.send(());
+    });
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok(),
+        "dropping the loader did not stop its threads within 30 s"
+    );
 }
 
 #[test]
