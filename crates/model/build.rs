@@ -14,7 +14,8 @@
 //! per-device autocast switches that `tch` does not bind (see
 //! `src/autocast.rs`), and against libtorch's headers `csrc/op_count.cpp`
 //! (the operator counter of `src/op_count.rs`) and `csrc/fused_optim.cpp`
-//! (the fused optimiser updates of `src/fused.rs`). `train` runs this same script for the link arguments
+//! (the fused optimiser updates of `src/fused.rs`), and `csrc/dist.cpp`
+//! (the c10d process group of `src/dist.rs`; see `compile_dist`). `train` runs this same script for the link arguments
 //! (they do not pass from a library to its dependents' binaries) and must
 //! not compile the shim a second time.
 
@@ -36,6 +37,62 @@ fn torch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir.trim()).join("lib"));
     }
     None
+}
+
+/// Compiles `csrc/dist.cpp` (the c10d process group of `src/dist.rs`).
+///
+/// ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does
+/// not ship; `csrc/third_party/gloo` holds the ones it needs, from the gloo
+/// commit the wheel was built with. The NCCL group is compiled in only when
+/// NCCL's header (the wheel's `nvidia/nccl/include`, or `NCCL_HOME`) and a
+/// full CUDA toolkit's headers (`CUDA_HOME`, or `/usr/local/cuda`: the
+/// wheel's `nvidia/cu13/include` lacks `crt/`) are both found; elsewhere a
+/// CUDA group is refused at run time with that reason.
+fn compile_dist(include: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/third_party/gloo");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=NCCL_HOME");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc/third_party/gloo")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .flag_if_supported("-Wno-unused-parameter")
+        .file("csrc/dist.cpp");
+    // include = site-packages/torch/include.
+    let site = include.parent().and_then(|torch| torch.parent());
+    let nccl = std::env::var_os("NCCL_HOME")
+        .map(|d| PathBuf::from(d).join("include"))
+        .into_iter()
+        .chain(site.map(|s| s.join("nvidia/nccl/include")))
+        .find(|d| d.join("nccl.h").is_file());
+    let cuda = std::env::var_os("CUDA_HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/usr/local/cuda")])
+        .map(|d| d.join("include"))
+        .find(|d| d.join("crt/host_config.h").is_file() && d.join("cuda_runtime_api.h").is_file());
+    match (nccl, cuda) {
+        (Some(nccl), Some(cuda)) => {
+            build
+                .include(nccl)
+                .include(cuda)
+                .define("USE_C10D_NCCL", None)
+                .define("MMCLIP_NCCL", None);
+        }
+        (nccl, cuda) => println!(
+            "cargo:warning=model: the NCCL process group is not built ({}{}); \
+             training on several GPUs needs it (set CUDA_HOME to a CUDA toolkit)",
+            if nccl.is_none() { "no nccl.h " } else { "" },
+            if cuda.is_none() { "no CUDA toolkit headers" } else { "" },
+        ),
+    }
+    build.compile("mmclip_dist");
 }
 
 fn main() {
@@ -66,6 +123,7 @@ fn main() {
             .file("csrc/op_count.cpp")
             .file("csrc/fused_optim.cpp")
             .compile("mmclip_aten_shim");
+        compile_dist(&include);
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");

@@ -32,6 +32,7 @@ pub mod attention;
 pub mod autocast;
 pub mod clip;
 pub mod config;
+pub mod dist;
 pub mod ent_mlm;
 pub mod fused;
 pub mod load;

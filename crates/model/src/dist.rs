@@ -1,0 +1,332 @@
+//! Data-parallel collectives through libtorch's distributed engine (c10d),
+//! bound through `csrc/dist.cpp`: a [`ProcessGroup`] joined by a TCPStore
+//! rendezvous, on c10d's ProcessGroupGloo for CPU tensors or its
+//! ProcessGroupNCCL for CUDA tensors (the latter only in builds that found
+//! NCCL's and CUDA's headers, see [`nccl_available`]).
+//!
+//! Every call is collective: all ranks make the same calls, in the same
+//! order, with tensors of the same shapes. A failure (a peer that died, a
+//! timeout, mismatched shapes) is a [`DistError`] carrying c10d's message;
+//! the process is never aborted, so the caller can say what it was doing.
+//!
+//! ```no_run
+//! use model::dist::{Backend, JoinOptions, ProcessGroup};
+//! use std::time::Duration;
+//!
+//! let group = ProcessGroup::join(&JoinOptions {
+//!     master_addr: "127.0.0.1".into(),
+//!     master_port: 29500,
+//!     rank: 0,
+//!     world_size: 2,
+//!     timeout: Duration::from_secs(60),
+//!     backend: Backend::Gloo,
+//! })?;
+//! let grads = vec![tch::Tensor::ones([3], (tch::Kind::Float, tch::Device::Cpu))];
+//! group.all_reduce_mean(&grads)?;
+//! # Ok::<(), model::dist::DistError>(())
+//! ```
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::time::Duration;
+
+use tch::Tensor;
+
+/// A tch tensor handle as the shim sees it (`at::Tensor*`).
+type Handle = *const c_void;
+
+unsafe extern "C" {
+    fn mmclip_dist_join(
+        addr: *const c_char,
+        port: c_int,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        backend: c_int,
+        device: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_dist_free(group: *mut c_void);
+    fn mmclip_dist_has_nccl() -> bool;
+    fn mmclip_dist_broadcast(
+        group: *mut c_void,
+        tensors: *const Handle,
+        n: c_int,
+        root: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_dist_all_reduce_mean(
+        group: *mut c_void,
+        tensors: *const Handle,
+        n: c_int,
+        bucket_bytes: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_dist_all_gather(
+        group: *mut c_void,
+        input: Handle,
+        output: Handle,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+/// Bucket size of [`ProcessGroup::all_reduce_mean`]: DDP's default
+/// (`bucket_cap_mb = 25`).
+pub const BUCKET_BYTES: i64 = 25 * 1024 * 1024;
+
+/// Whether this build can make an NCCL group (it found NCCL's and a CUDA
+/// toolkit's headers; see `build.rs`).
+pub fn nccl_available() -> bool {
+    // SAFETY: no arguments, no state.
+    unsafe { mmclip_dist_has_nccl() }
+}
+
+/// Which c10d backend carries the collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// ProcessGroupGloo: CPU tensors, over TCP.
+    Gloo,
+    /// ProcessGroupNCCL on the given CUDA device: CUDA tensors.
+    Nccl {
+        /// This process's CUDA index (`LOCAL_RANK`).
+        device: usize,
+    },
+}
+
+/// Where and how to join a group.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// Host of rank 0, which serves the rendezvous store.
+    pub master_addr: String,
+    /// Port of the rendezvous store.
+    pub master_port: u16,
+    /// This process's rank, `0..world_size`.
+    pub rank: usize,
+    /// Number of processes.
+    pub world_size: usize,
+    /// How long the rendezvous and each collective may wait for the other
+    /// ranks before failing.
+    pub timeout: Duration,
+    /// The backend.
+    pub backend: Backend,
+}
+
+/// Why a collective (or the join) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The options cannot describe a group.
+    #[error("process group: {0}")]
+    Options(String),
+    /// c10d refused or failed: its message names what it waited for.
+    #[error("process group (rank {rank} of {world_size}): {op} failed: {message}")]
+    Torch {
+        /// The collective.
+        op: &'static str,
+        /// This rank.
+        rank: usize,
+        /// The group's size.
+        world_size: usize,
+        /// c10d's message.
+        message: String,
+    },
+}
+
+/// A joined process group; left when dropped.
+pub struct ProcessGroup {
+    raw: *mut c_void,
+    rank: usize,
+    world_size: usize,
+}
+
+// SAFETY: c10d's backends may be called from any thread; this handle is
+// used by one thread at a time (`&self` calls are collectives that each
+// rank issues in program order).
+unsafe impl Send for ProcessGroup {}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish()
+    }
+}
+
+fn handles(tensors: &[Tensor]) -> Vec<Handle> {
+    tensors.iter().map(|t| t.as_ptr() as Handle).collect()
+}
+
+impl ProcessGroup {
+    /// Joins the group: rank 0 serves a TCPStore at
+    /// `master_addr:master_port`, the others connect to it, and the
+    /// backend's rendezvous runs over it. Returns once every rank has
+    /// joined, or fails after `timeout`.
+    pub fn join(opts: &JoinOptions) -> Result<ProcessGroup, DistError> {
+        if opts.world_size == 0 || opts.rank >= opts.world_size {
+            return Err(DistError::Options(format!(
+                "rank {} is not in a world of {}",
+                opts.rank, opts.world_size
+            )));
+        }
+        let addr = CString::new(opts.master_addr.as_str())
+            .map_err(|_| DistError::Options("the master address holds a NUL byte".into()))?;
+        let (backend, device) = match opts.backend {
+            Backend::Gloo => (0, 0),
+            Backend::Nccl { device } => (1, device as c_int),
+        };
+        let mut raw = std::ptr::null_mut();
+        let timeout_ms = opts.timeout.as_millis().min(i64::MAX as u128) as i64;
+        let group = ProcessGroup {
+            raw: std::ptr::null_mut(),
+            rank: opts.rank,
+            world_size: opts.world_size,
+        };
+        group.call("join", |err, len| {
+            // SAFETY: `addr` outlives the call; `raw` receives an owned
+            // group on success only.
+            unsafe {
+                mmclip_dist_join(
+                    addr.as_ptr(),
+                    c_int::from(opts.master_port),
+                    opts.rank as c_int,
+                    opts.world_size as c_int,
+                    timeout_ms,
+                    backend,
+                    device,
+                    &mut raw,
+                    err,
+                    len,
+                )
+            }
+        })?;
+        Ok(ProcessGroup { raw, ..group })
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of processes in the group.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn call(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(*mut c_char, usize) -> c_int,
+    ) -> Result<(), DistError> {
+        let mut err = [0 as c_char; 4096];
+        if f(err.as_mut_ptr(), err.len()) == 0 {
+            return Ok(());
+        }
+        // SAFETY: the shim NUL-terminates what it writes into `err`.
+        let message = unsafe { CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .trim()
+            .to_string();
+        Err(DistError::Torch {
+            op,
+            rank: self.rank,
+            world_size: self.world_size,
+            message,
+        })
+    }
+
+    /// Overwrites every rank's `tensors` with rank `root`'s, in place.
+    pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
+        let h = handles(tensors);
+        self.call("broadcast", |err, len| {
+            // SAFETY: `h` holds live tensor handles for the call.
+            unsafe {
+                mmclip_dist_broadcast(
+                    self.raw,
+                    h.as_ptr(),
+                    h.len() as c_int,
+                    root as c_int,
+                    err,
+                    len,
+                )
+            }
+        })
+    }
+
+    /// Replaces each tensor by its mean over the ranks, in place. The
+    /// tensors travel in buckets of [`BUCKET_BYTES`] (flattened, reduced,
+    /// copied back), as DDP's gradient buckets.
+    pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), DistError> {
+        self.all_reduce_mean_in_buckets(tensors, BUCKET_BYTES)
+    }
+
+    /// [`ProcessGroup::all_reduce_mean`] with buckets of `bucket_bytes`
+    /// (a tensor larger than that travels alone).
+    pub fn all_reduce_mean_in_buckets(
+        &self,
+        tensors: &[Tensor],
+        bucket_bytes: i64,
+    ) -> Result<(), DistError> {
+        let h = handles(tensors);
+        self.call("all_reduce", |err, len| {
+            // SAFETY: `h` holds live tensor handles for the call.
+            unsafe {
+                mmclip_dist_all_reduce_mean(
+                    self.raw,
+                    h.as_ptr(),
+                    h.len() as c_int,
+                    bucket_bytes,
+                    err,
+                    len,
+                )
+            }
+        })
+    }
+
+    /// Every rank's `input` stacked along dimension 0 in rank order:
+    /// `[world_size · n, …]` from `[n, …]`. No gradient flows through it.
+    pub fn all_gather(&self, input: &Tensor) -> Result<Tensor, DistError> {
+        let input = if input.dim() == 0 {
+            input.detach().reshape([1])
+        } else {
+            input.detach()
+        };
+        let mut shape = input.size();
+        shape[0] *= self.world_size as i64;
+        let output = Tensor::empty(shape.as_slice(), (input.kind(), input.device()));
+        self.call("all_gather", |err, len| {
+            // SAFETY: both handles are live for the call.
+            unsafe {
+                mmclip_dist_all_gather(
+                    self.raw,
+                    input.as_ptr() as Handle,
+                    output.as_ptr() as Handle,
+                    err,
+                    len,
+                )
+            }
+        })?;
+        Ok(output)
+    }
+
+    /// Returns once every rank has reached it.
+    pub fn barrier(&self) -> Result<(), DistError> {
+        self.call("barrier", |err, len| {
+            // SAFETY: the group is live.
+            unsafe { mmclip_dist_barrier(self.raw, err, len) }
+        })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            // SAFETY: `raw` came from `mmclip_dist_join` and is freed once.
+            unsafe { mmclip_dist_free(self.raw) }
+        }
+    }
+}

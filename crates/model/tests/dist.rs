@@ -1,0 +1,182 @@
+//! The c10d process group across real processes: this test binary starts
+//! copies of itself as the ranks (the ignored `rank_worker` test, told its
+//! part through `MMCLIP_DIST_*` variables) on 127.0.0.1 with Gloo, and each
+//! rank checks the values it receives.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use model::dist::{Backend, JoinOptions, ProcessGroup};
+use tch::{Device, Kind, Tensor};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// Starts `world` ranks of `scenario` and waits for them all; returns each
+/// rank's exit status and output, and the wall time.
+fn launch(scenario: &str, world: usize) -> (Vec<(bool, String)>, Duration) {
+    let port = free_port();
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let start = Instant::now();
+    let children: Vec<Child> = (0..world)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["rank_worker", "--exact", "--ignored", "--nocapture"])
+                .env("MMCLIP_DIST_SCENARIO", scenario)
+                .env("MMCLIP_DIST_RANK", rank.to_string())
+                .env("MMCLIP_DIST_WORLD", world.to_string())
+                .env("MMCLIP_DIST_PORT", port.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting a rank")
+        })
+        .collect();
+    let results = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("waiting for a rank");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        })
+        .collect();
+    (results, start.elapsed())
+}
+
+fn all_succeed(scenario: &str, world: usize) {
+    let (results, _) = launch(scenario, world);
+    for (rank, (ok, text)) in results.iter().enumerate() {
+        assert!(ok, "{scenario}, rank {rank} of {world} failed:\n{text}");
+        assert!(
+            text.contains("rank checks passed"),
+            "{scenario}, rank {rank} did not run its checks:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn collectives_give_the_expected_values_on_two_ranks() {
+    all_succeed("collectives", 2);
+}
+
+#[test]
+fn collectives_give_the_expected_values_on_three_ranks() {
+    all_succeed("collectives", 3);
+}
+
+#[test]
+fn a_rank_that_exits_early_makes_the_others_fail_within_the_timeout() {
+    let (results, elapsed) = launch("early_exit", 3);
+    for (rank, (ok, text)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed:\n{text}");
+    }
+    for (rank, (_, text)) in results.iter().take(2).enumerate() {
+        assert!(
+            text.contains("all_reduce failed"),
+            "rank {rank} saw no error from the dead peer:\n{text}"
+        );
+    }
+    assert!(
+        elapsed < TIMEOUT + Duration::from_secs(20),
+        "the surviving ranks took {elapsed:?}"
+    );
+}
+
+fn join() -> ProcessGroup {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is unset"));
+    ProcessGroup::join(&JoinOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: var("MMCLIP_DIST_PORT").parse().unwrap(),
+        rank: var("MMCLIP_DIST_RANK").parse().unwrap(),
+        world_size: var("MMCLIP_DIST_WORLD").parse().unwrap(),
+        timeout: TIMEOUT,
+        backend: Backend::Gloo,
+    })
+    .expect("joining the group")
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+/// One rank of a scenario; run by `launch`, never on its own.
+#[test]
+#[ignore = "a rank of the multi-process tests, started by them"]
+fn rank_worker() {
+    let scenario = std::env::var("MMCLIP_DIST_SCENARIO").expect("started by launch()");
+    let group = join();
+    let (rank, world) = (group.rank(), group.world_size());
+    let w = world as f64;
+    match scenario.as_str() {
+        "collectives" => {
+            // Mixed dtypes and sizes with 64-byte buckets: several buckets,
+            // a tensor larger than one, a dtype change closing a bucket.
+            let r = rank as f64;
+            let opts = (Kind::Float, Device::Cpu);
+            let tensors = [
+                Tensor::full([3], r + 1.0, opts),
+                Tensor::arange(40, opts) * (r + 1.0),
+                Tensor::full([2, 2], r * 10.0, (Kind::Double, Device::Cpu)),
+                Tensor::full([5], -r, opts),
+            ];
+            group.all_reduce_mean_in_buckets(&tensors, 64).unwrap();
+            let mean_plus_one = (w + 1.0) / 2.0;
+            assert_eq!(values(&tensors[0]), vec![mean_plus_one; 3]);
+            let want: Vec<f64> = (0..40).map(|i| i as f64 * mean_plus_one).collect();
+            assert_eq!(values(&tensors[1]), want);
+            assert_eq!(values(&tensors[2]), vec![10.0 * (w - 1.0) / 2.0; 4]);
+            assert_eq!(values(&tensors[3]), vec![-(w - 1.0) / 2.0; 5]);
+            // The default buckets too.
+            let one = [Tensor::full([7], r, opts)];
+            group.all_reduce_mean(&one).unwrap();
+            assert_eq!(values(&one[0]), vec![(w - 1.0) / 2.0; 7]);
+
+            let root = world - 1;
+            let b = [
+                Tensor::full([4], r, opts),
+                Tensor::full([2], 100.0 + r, opts),
+            ];
+            group.broadcast(&b, root).unwrap();
+            assert_eq!(values(&b[0]), vec![root as f64; 4]);
+            assert_eq!(values(&b[1]), vec![100.0 + root as f64; 2]);
+
+            let mine = Tensor::full([2, 3], r, opts) + Tensor::arange(6, opts).view([2, 3]);
+            let gathered = group.all_gather(&mine).unwrap();
+            assert_eq!(gathered.size(), vec![2 * world as i64, 3]);
+            let want: Vec<f64> = (0..world)
+                .flat_map(|q| (0..6).map(move |i| q as f64 + i as f64))
+                .collect();
+            assert_eq!(values(&gathered), want);
+            group.barrier().unwrap();
+        }
+        "early_exit" => {
+            if rank == world - 1 {
+                // Leaves without a word: no collective will ever come.
+                std::process::exit(0);
+            }
+            let start = Instant::now();
+            let t = [Tensor::ones([1000], (Kind::Float, Device::Cpu))];
+            let err = group
+                .all_reduce_mean(&t)
+                .expect_err("an all-reduce with a dead peer must fail");
+            println!("error after {:?}: {err}", start.elapsed());
+            assert!(start.elapsed() < TIMEOUT + Duration::from_secs(5));
+            // The process ends here without leaving the group politely: a
+            // group whose peer died may block in its destructor.
+            println!("rank checks passed");
+            std::process::exit(0);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("rank checks passed");
+}
