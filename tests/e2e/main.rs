@@ -8,6 +8,7 @@ mod covid;
 mod damaged_inputs;
 mod demo;
 mod dicom_corpus;
+mod distributed;
 mod downstream;
 mod faults;
 mod finetune;

@@ -9,6 +9,10 @@
 //! resumes from the latest and continues exactly as it would have: the
 //! loader restarts at the saved position and the masks of step s depend
 //! only on the seed and s.
+//!
+//! Under torchrun or SLURM with several processes ([`crate::dist`]), each
+//! rank trains on its slice of the same global batch with the gradients
+//! averaged, and rank 0 alone writes the run folder.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,16 +20,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use ingest::tokenize::ClipTokenizer;
 use model::mmclip::{Phase, step_seed};
 use pipeline::{Loader, LoaderConfig, Position};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
+use ingest::tokenize::ClipTokenizer;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{ShardRecord, ShardSet, Staged};
+use crate::dist::{Dist, Launch};
 use crate::optim::Optimizer;
 use crate::session::{RUN_FILE, RunModel, Session, TOKENIZER_FILE};
 
@@ -74,6 +79,17 @@ pub struct FitSummary {
 /// retried into the same folder with corrected arguments.
 pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     let out = &opts.out;
+    // Joined first, so that a rank whose arguments fail below fails the
+    // others' next collective instead of leaving them at the rendezvous.
+    let (dist, device) = match Launch::from_env()? {
+        Some(launch) => {
+            let (dist, device) = Dist::join(launch, opts.device)?;
+            (Some(dist), device)
+        }
+        None => (None, opts.device),
+    };
+    // Rank 0 writes the run folder; the others only read it.
+    let writes = dist.as_ref().is_none_or(Dist::is_main);
     // The shard folders and their manifests are read before the run folder
     // is touched.
     let shards = ShardSet::from_dirs(&opts.shards)?;
@@ -89,7 +105,12 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     if out.exists() && !out.is_dir() {
         bail!("--out {}: exists and is not a folder", out.display());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if writes {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    } else if let Some(d) = &dist {
+        // Rank 0 creates the folder and writes config and tokenizer first.
+        d.barrier("rank 0 preparing the run folder")?;
+    }
     let latest = checkpoint::list(out)?.pop();
     let config_path = out.join("config.toml");
     let run_tokenizer = out.join(TOKENIZER_FILE);
@@ -100,16 +121,20 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 config_path.display()
             ),
             Ok(_) => {}
-            Err(_) => write_atomic(&config_path, config_text.as_bytes())?,
+            Err(_) if writes => write_atomic(&config_path, config_text.as_bytes())?,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", config_path.display())),
         }
-    } else {
+    } else if writes {
         // Nothing trained yet: whatever an earlier start left is replaced.
         write_atomic(&config_path, config_text.as_bytes())?;
     }
-    if latest.is_none() || !run_tokenizer.exists() {
+    if writes && (latest.is_none() || !run_tokenizer.exists()) {
         let bytes = std::fs::read(&tokenizer_path)
             .with_context(|| format!("reading the tokenizer {}", tokenizer_path.display()))?;
         write_atomic(&run_tokenizer, &bytes)?;
+    }
+    if let Some(d) = dist.as_ref().filter(|d| d.is_main()) {
+        d.barrier("rank 0 preparing the run folder")?;
     }
     let tokenizer = ClipTokenizer::from_file(&run_tokenizer)?;
 
@@ -124,7 +149,7 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
     };
 
     tch::manual_seed(cfg.train.seed as i64);
-    let mut session = Session::new(run_model.clone(), tokenizer, opts.device)?;
+    let mut session = Session::new(run_model.clone(), tokenizer, device)?;
     if let Some(dir) = &cfg.model.init {
         crate::hf::load_weights(dir, &session.vs)?;
     }
@@ -163,10 +188,15 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         state.shards = records.clone();
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
     }
-    write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
-    // Lines past the resumed step were written by the interrupted run after
-    // its last checkpoint; the resumed run writes them again.
-    truncate_metrics(&out.join(METRICS_FILE), state.step)?;
+    if let Some(d) = &dist {
+        crate::dist::agree_on_start(d, &session.vs, state.step, out)?;
+    }
+    if writes {
+        write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
+        // Lines past the resumed step were written by the interrupted run after
+        // its last checkpoint; the resumed run writes them again.
+        truncate_metrics(&out.join(METRICS_FILE), state.step)?;
+    }
     if state.step >= cfg.train.steps {
         tracing::info!("the run is already complete at step {}", state.step);
         return Ok(FitSummary {
@@ -184,26 +214,34 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         threads: t.loader_threads,
         prefetch: t.prefetch,
         augment: t.augment.clone(),
+        world_size: dist.as_ref().map_or(1, |d| d.launch().world_size),
+        rank: dist.as_ref().map_or(0, |d| d.launch().rank),
         ..Default::default()
     };
     // Opened (and hashed) once the run is known to have steps left to do.
     let sources = shards.open(Some("train"), opts.verify_sha256)?;
     let mut loader = Loader::new(sources, &loader_cfg, state.next_position)?;
     let metrics_path = out.join(METRICS_FILE);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut metrics = if writes {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?;
+        Some(file)
+    } else {
+        None
+    };
+    let ranks = dist.as_ref().map_or(1, |d| d.launch().world_size as u64);
 
     let end = opts
         .stop_after
         .map_or(t.steps, |n| (state.step + n).min(t.steps));
-    let bar = progress_bar(opts.progress, state.step, t.steps);
+    let bar = progress_bar(opts.progress && writes, state.step, t.steps);
     let image_size = session.run.mmclip.clip.vision.image_size;
     let mut window = Window::new();
     let mut last_checkpoint = None;
-    let reduced = t.autocast.reduced_on(opts.device);
+    let reduced = t.autocast.reduced_on(device);
 
     while state.step < end {
         let phase = if state.step < t.warmup_steps {
@@ -217,8 +255,8 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         for micro in 0..cfg.optim.accumulate {
             let batch = loader.next().context("the loader stopped")??;
             state.next_position = next_position(batch.position, loader.steps_per_epoch());
-            window.images += batch.size as u64;
-            let staged = Staged::new(batch, opts.device);
+            window.images += batch.size as u64 * ranks;
+            let staged = Staged::new(batch, device);
             let pixels = fit_to(&staged.step.pixels, image_size);
             let step_batch = model::StepBatch {
                 pixels,
@@ -226,16 +264,24 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 entity: staged.step.entity.shallow_clone(),
             };
             let seed = step_seed(state.seed, state.step * cfg.optim.accumulate + micro);
-            let (losses, _) = model::autocast::autocast(opts.device, reduced, || {
+            let (losses, _) = model::autocast::autocast(device, reduced, || {
                 session.model.step(&step_batch, phase, seed)
             });
-            let values = StepSums::read(&losses);
+            let mut values = StepSums::read(&losses);
+            if let Some(d) = &dist {
+                // Every rank decides on the same (mean) values, so all
+                // skip a non-finite step together.
+                values = values.mean_over_ranks(d)?;
+            }
             if !values.total.is_finite() {
                 finite = false;
                 break;
             }
             sums.add(&values);
             (losses.total / cfg.optim.accumulate as f64).backward();
+        }
+        if let (Some(d), true) = (&dist, finite) {
+            d.average_gradients(&session.vs)?;
         }
         let grad_norm = if finite { opt.grad_norm() } else { f64::NAN };
         let lr = opt.lr_at(state.step, t.steps);
@@ -293,21 +339,29 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 grad_norm,
                 &loader,
             );
-            writeln!(metrics, "{line}")
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
+            if let Some(metrics) = &mut metrics {
+                writeln!(metrics, "{line}")
+                    .with_context(|| format!("writing {}", metrics_path.display()))?;
+            }
             bar.set_message(format!(
                 "loss {:.4}",
                 sums.total / cfg.optim.accumulate as f64
             ));
         }
         if state.step.is_multiple_of(t.checkpoint_every) || state.step == end {
-            last_checkpoint = Some(checkpoint::save(
-                out,
-                &session.vs,
-                &opt,
-                &state,
-                t.keep_last,
-            )?);
+            if writes {
+                last_checkpoint = Some(checkpoint::save(
+                    out,
+                    &session.vs,
+                    &opt,
+                    &state,
+                    t.keep_last,
+                )?);
+            }
+            if let Some(d) = &dist {
+                d.check_same_weights(&session.vs, state.step)?;
+                d.barrier("rank 0 writing a checkpoint")?;
+            }
         }
     }
     bar.finish_and_clear();
@@ -385,6 +439,22 @@ impl StepSums {
             align: l.align.as_ref().and_then(|_| rest.next()),
             mlm: l.mlm.as_ref().and_then(|_| rest.next()),
         }
+    }
+
+    /// The mean of each loss over the ranks; every rank has the same
+    /// losses present (the phase and the paired rows per rank agree).
+    fn mean_over_ranks(&self, dist: &Dist) -> Result<StepSums> {
+        let mut local = vec![self.total, self.mim];
+        local.extend(self.align);
+        local.extend(self.mlm);
+        let mean = dist.mean(&local)?;
+        let mut rest = mean[2..].iter().copied();
+        Ok(StepSums {
+            total: mean[0],
+            mim: mean[1],
+            align: self.align.and_then(|_| rest.next()),
+            mlm: self.mlm.and_then(|_| rest.next()),
+        })
     }
 
     fn add(&mut self, l: &StepSums) {

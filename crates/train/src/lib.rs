@@ -2,6 +2,7 @@
 //!
 //! [`fit`] runs pre-training over shard folders ([`data`]) with the
 //! [`config`] of a TOML file, writing metrics and [`checkpoint`]s;
+//! [`dist`] runs it data-parallel under torchrun or SLURM;
 //! [`session`] rebuilds a model from a run; [`encode`] embeds images and
 //! texts; [`zero_shot`] and [`linear_probe`] evaluate; [`hf`] reads and
 //! writes Hugging Face `CLIPModel` folders; [`masks`] draws AttMIM's masks.
@@ -10,6 +11,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod embed;
 pub mod encode;
 pub mod finetune;
