@@ -1,7 +1,8 @@
-//! `synth`'s CheXpert, ChestX-ray14 and COVIDx trees read by `ingest
-//! chexpert`, `ingest nih` and `ingest covidx`: every image written, none
-//! rejected, the counts those of world.json, and labels that carry positives
-//! and negatives for several classes and agree with the drawn lesions.
+//! `synth`'s CheXpert, ChestX-ray14, COVIDx and RSNA Pneumonia trees read by
+//! `ingest chexpert`, `ingest nih`, `ingest covidx` and `ingest rsna`: every
+//! image written, none rejected, the counts those of world.json, and labels
+//! (and RSNA's boxes) that carry positives and negatives and agree with the
+//! drawn lesions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -233,4 +234,153 @@ fn synth_trees_are_read_by_the_downstream_readers_without_rejects() {
         one_split_per_patient(&rows),
         ["train", "validate", "test"].map(String::from).into()
     );
+}
+
+/// The boxes of a box list's line as `[x0, y0, x1, y1]`.
+fn bboxes(line: &serde_json::Value) -> Vec<[u64; 4]> {
+    line["lesions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let b = l["bbox"].as_array().unwrap();
+            [0, 1, 2, 3].map(|i| b[i].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn synth_rsna_tree_is_read_by_ingest_rsna_with_its_boxes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    run_ok(
+        "synth",
+        &[
+            "--out",
+            s(&world),
+            "--studies",
+            "0",
+            "--padchest-images",
+            "0",
+            "--size",
+            "64",
+            "--seed",
+            "12",
+            "--rsna-images",
+            "30",
+        ],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(world.join("world.json")).unwrap()).unwrap();
+    let tree = &summary["downstream"]["rsna"];
+    let root = world.join(tree["root"].as_str().unwrap());
+    let out = tmp.path().join("rsna");
+    let rows = ingest_tree("rsna", &root, &out, tree["images"].as_u64().unwrap());
+    assert_eq!(rows.len(), 30);
+
+    // The labels file: patientId -> boxes (empty for Target 0).
+    let text = std::fs::read_to_string(root.join("stage_2_train_labels.csv")).unwrap();
+    let mut labels: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for l in text.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        let boxes = labels.entry(f[0].to_string()).or_default();
+        if f[5] == "1" {
+            boxes.push([1, 2, 3, 4].map(|i| f[i].parse::<f64>().unwrap()));
+        }
+    }
+    let positives = labels.values().filter(|b| !b.is_empty()).count();
+    assert!(
+        positives >= 5 && positives + 5 <= labels.len(),
+        "{positives} positive of {}",
+        labels.len()
+    );
+    assert!(
+        labels.values().any(|b| b.len() >= 2),
+        "no patient with several boxes"
+    );
+    assert_eq!(
+        positives as u64,
+        tree["labels"]["Lung Opacity"].as_u64().unwrap()
+    );
+    let total: usize = labels.values().map(Vec::len).sum();
+    assert_eq!(total as u64, tree["boxes"].as_u64().unwrap());
+
+    // One row per patient, pneumonia exactly for Target 1.
+    let mut by_id: HashMap<&str, &Row> = HashMap::new();
+    for r in &rows {
+        assert_eq!(r.source, "rsna");
+        assert_eq!(
+            (r.subject_id.as_str(), r.study_id.as_str()),
+            (r.image_id.as_str(), r.image_id.as_str())
+        );
+        assert_eq!(
+            (r.orig_cols, r.orig_rows, r.bits_stored),
+            (64, 64, 8),
+            "{}",
+            r.image_id
+        );
+        let want: Vec<String> = if labels[&r.image_id].is_empty() {
+            vec![]
+        } else {
+            vec!["pneumonia".into()]
+        };
+        assert_eq!(r.finding_labels, want, "{}", r.image_id);
+        by_id.insert(&r.image_id, r);
+    }
+    assert_eq!(by_id.len(), labels.len());
+
+    // boxes.jsonl: a line per positive patient, its boxes those of the
+    // labels file scaled from the DICOM's frame into the stored image's
+    // (start rounded down, exclusive end rounded up), and so the drawn
+    // lesions' boxes scaled the same way.
+    let drawn: HashMap<String, serde_json::Value> =
+        std::fs::read_to_string(root.join("lesions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["image_id"].as_str().unwrap().to_string(), v)
+            })
+            .collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("boxes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), positives);
+    for line in &lines {
+        let id = line["image_id"].as_str().unwrap();
+        let r = by_id[id];
+        let (w, h) = (r.image_width as f64, r.image_height as f64);
+        assert_eq!(
+            (line["width"].as_f64(), line["height"].as_f64()),
+            (Some(w), Some(h))
+        );
+        let (cols, rows) = (r.orig_cols as f64, r.orig_rows as f64);
+        let scale = |[x0, y0, x1, y1]: [f64; 4]| {
+            [
+                (x0 * w / cols).floor(),
+                (y0 * h / rows).floor(),
+                (x1 * w / cols).ceil(),
+                (y1 * h / rows).ceil(),
+            ]
+            .map(|v| v as u64)
+        };
+        let want: Vec<[u64; 4]> = labels[id]
+            .iter()
+            .map(|&[x, y, bw, bh]| scale([x, y, x + bw, y + bh]))
+            .collect();
+        assert_eq!(bboxes(line), want, "{id}");
+        let from_lesions: Vec<[u64; 4]> = drawn[id]["lesions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["label"] == "Lung Opacity")
+            .map(|l| {
+                let b = l["bbox"].as_array().unwrap();
+                scale([0, 1, 2, 3].map(|i| b[i].as_f64().unwrap()))
+            })
+            .collect();
+        assert_eq!(from_lesions, want, "{id}");
+    }
 }

@@ -1,6 +1,7 @@
-//! The downstream releases: CheXpert, ChestX-ray14 (NIH) and COVIDx trees
-//! drawn by the same phantom, laid out exactly as `ingest chexpert`, `ingest
-//! nih` and `ingest covidx` read the real ones.
+//! The downstream releases: CheXpert, ChestX-ray14 (NIH), COVIDx and RSNA
+//! Pneumonia trees drawn by the same phantom, laid out exactly as `ingest
+//! chexpert`, `ingest nih`, `ingest covidx` and `ingest rsna` read the real
+//! ones.
 //!
 //! Each tree has its own master stream (the seed XOR a per-tree constant) and
 //! every patient its own stream drawn from it, so adding a tree changes no
@@ -31,6 +32,16 @@
 //!   `positive` when a pneumonia or consolidation opacity is visibly drawn,
 //!   else `negative`. Positive patients get one or two such opacities; the
 //!   other findings (effusion, cardiomegaly, ...) are drawn in both.
+//! - RSNA Pneumonia (per patient, one image each): `Target` 1 when a
+//!   pneumonia or consolidation opacity is visibly drawn (the COVIDx rule),
+//!   with one line of `stage_2_train_labels.csv` per drawn opacity carrying
+//!   its box, else one `Target` 0 line with empty box fields. Positive
+//!   patients get one to three opacities, each in its own lung zone. The
+//!   class file has a line per labels line: `Lung Opacity` for `Target` 1,
+//!   `Normal` when nothing at all is drawn, else
+//!   `No Lung Opacity / Not Normal`. Generic lung opacities (CheXpert's
+//!   `Lung Opacity`) are not drawn: the release's annotators boxed every
+//!   pneumonia-like opacity, so an unboxed one would contradict the labels.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -42,6 +53,7 @@ use rayon::prelude::*;
 use schemas::CHEXPERT_CLASSES;
 use serde::Serialize;
 
+use crate::dicom_out::{self, DicomHeader, Syntax};
 use crate::findings::{self, Certainty, Finding, class};
 use crate::out;
 use crate::render::{self, Anatomy, View};
@@ -59,6 +71,15 @@ const CHEXPERT_VALID_FROM: u32 = 64_541;
 const CHEXPERT_TEST_FROM: u32 = 64_741;
 /// COVIDx sources, as its label files name them.
 const COVIDX_SOURCES: [&str; 7] = ["cohen", "actmed", "fig1", "sirm", "ricord", "rsna", "bimcv"];
+/// The RSNA labels file, its detailed class file and its DICOM folder.
+const RSNA_LABELS: &str = "stage_2_train_labels.csv";
+const RSNA_CLASS_INFO: &str = "stage_2_detailed_class_info.csv";
+const RSNA_IMAGES_DIR: &str = "stage_2_train_images";
+/// The detailed class of a `Target` 1 patient.
+const LUNG_OPACITY: &str = "Lung Opacity";
+/// The detailed classes of a `Target` 0 patient: nothing drawn, something.
+const RSNA_NORMAL: &str = "Normal";
+const RSNA_NOT_NORMAL: &str = "No Lung Opacity / Not Normal";
 
 /// One lesion of a downstream image and the label it gives in the tree's
 /// vocabulary (`None`: drawn but not labelled, as tubes in NIH and COVIDx).
@@ -863,6 +884,230 @@ fn covidx(out: &Path, cfg: &SynthConfig) -> Result<TreeCounts, SynthError> {
     Ok(counts)
 }
 
+// -------------------------------------------------------------------- RSNA
+
+/// The (side, zone) places of a lung an opacity can take; a positive
+/// patient's opacities take distinct ones, so their boxes are separate
+/// findings, as the release's several boxes per patient are.
+const LUNG_PLACES: [(bool, u8); 6] = [
+    (false, 0),
+    (false, 1),
+    (false, 2),
+    (true, 0),
+    (true, 1),
+    (true, 2),
+];
+
+struct RsnaPatient {
+    id: String,
+    findings: Vec<Finding>,
+    /// `PA` or `AP`: the release holds both, a little more PA.
+    view: &'static str,
+    seed: u64,
+}
+
+/// A patientId shaped as the release's: a random (version 4) UUID.
+fn uuid(rng: &mut ChaCha8Rng) -> String {
+    let variant = ['8', '9', 'a', 'b'][rng.random_range(0..4)];
+    format!(
+        "{}-{}-4{}-{variant}{}-{}",
+        hex(rng, 8),
+        hex(rng, 4),
+        hex(rng, 3),
+        hex(rng, 3),
+        hex(rng, 12)
+    )
+}
+
+fn rsna_plan(cfg: &SynthConfig) -> Vec<RsnaPatient> {
+    let mut master = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5253_4E41_504E);
+    let mut patients = Vec::new();
+    let mut used = HashSet::new();
+    while patients.len() < cfg.rsna_images {
+        let seed: u64 = master.random();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let id = uuid(&mut rng);
+        if !used.insert(id.clone()) {
+            continue;
+        }
+        let mut f = findings::draw_findings(&mut rng);
+        f.retain(|x| {
+            x.certainty == Certainty::Positive
+                && !COVID_CLASSES.contains(&x.class)
+                && x.class != class::LUNG_OPACITY
+        });
+        // About two in five positive, more than the release's one in five,
+        // so that a small tree has both kinds.
+        if rng.random_bool(0.4) {
+            let k = match rng.random_range(0..10) {
+                0..5 => 1,
+                5..8 => 2,
+                _ => 3,
+            };
+            let mut places = LUNG_PLACES;
+            places.shuffle(&mut rng);
+            for &(left, zone) in &places[..k] {
+                f.push(Finding {
+                    class: COVID_CLASSES[rng.random_bool(0.3) as usize],
+                    certainty: Certainty::Positive,
+                    left,
+                    bilateral: false,
+                    zone,
+                    severity: rng.random_range(0..3),
+                    variant: rng.random_range(0..4),
+                });
+            }
+        }
+        patients.push(RsnaPatient {
+            id,
+            findings: f,
+            view: if rng.random_bool(0.55) { "PA" } else { "AP" },
+            seed: rng.random(),
+        });
+    }
+    patients
+}
+
+struct RsnaOut {
+    /// Its lines of the labels file and of the class file.
+    labels: String,
+    classes: String,
+    class: &'static str,
+    boxes: usize,
+    view: &'static str,
+    line: TreeLesionLine,
+}
+
+fn rsna_patient(out: &Path, p: &RsnaPatient, size: u32) -> Result<RsnaOut, SynthError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let anat = Anatomy::random(&mut rng);
+    // The release's DICOMs are all 1024 x 1024; here size x size.
+    let d = draw(&p.findings, &anat, View::Frontal, size, size, rng.random());
+    let file = format!("{}/{RSNA_IMAGES_DIR}/{}.dcm", files::RSNA, p.id);
+    let uid = |rng: &mut ChaCha8Rng| format!("2.25.{}", rng.random::<u128>() >> 1);
+    let h = DicomHeader {
+        subject_id: &p.id,
+        study_id: "",
+        sop_instance_uid: uid(&mut rng),
+        study_uid: uid(&mut rng),
+        series_uid: uid(&mut rng),
+        // The release's dates and times are blanked to one value.
+        study_date: "19010101",
+        study_time: "000000.00",
+        view_position: p.view,
+        procedure: "CHEST",
+        dx: false,
+        monochrome1: false,
+        bits_stored: 8,
+        rows: size as u16,
+        cols: size as u16,
+        window: (127.5, 255.0),
+    };
+    let stored: Vec<u16> = d.pixels.iter().map(|&v| u16::from(v)).collect();
+    // 8-bit MONOCHROME2 in JPEG baseline, as the release's files are.
+    let bytes = dicom_out::encode(&h, &stored, Syntax::JpegBaseline).map_err(|message| {
+        SynthError::Encode {
+            path: out.join(&file),
+            message,
+        }
+    })?;
+    out::write(&out.join(&file), &bytes)?;
+
+    let opacity = |c: &usize| COVID_CLASSES.contains(c);
+    let boxes: Vec<[u32; 4]> = d
+        .visible
+        .iter()
+        .filter(|(c, _, _)| opacity(c))
+        .map(|v| v.2)
+        .collect();
+    let class = if !boxes.is_empty() {
+        LUNG_OPACITY
+    } else if d.visible.is_empty() {
+        RSNA_NORMAL
+    } else {
+        RSNA_NOT_NORMAL
+    };
+    let mut labels = String::new();
+    let mut classes = String::new();
+    if boxes.is_empty() {
+        labels.push_str(&format!("{},,,,,0\n", p.id));
+        classes.push_str(&format!("{},{class}\n", p.id));
+    }
+    for [x0, y0, x1, y1] in &boxes {
+        // Top-left corner, width and height, as floats as released; the
+        // exclusive end makes `x + width` the first column past the box.
+        labels.push_str(&format!(
+            "{},{:.1},{:.1},{:.1},{:.1},1\n",
+            p.id,
+            f64::from(*x0),
+            f64::from(*y0),
+            f64::from(x1 - x0),
+            f64::from(y1 - y0)
+        ));
+        classes.push_str(&format!("{},{class}\n", p.id));
+    }
+    let lesions = d
+        .visible
+        .iter()
+        .map(|&(c, cert, bbox)| TreeLesion {
+            class: CHEXPERT_CLASSES[c].0,
+            label: opacity(&c).then(|| LUNG_OPACITY.to_string()),
+            bbox,
+            certainty: cert.name(),
+        })
+        .collect();
+    Ok(RsnaOut {
+        labels,
+        classes,
+        class,
+        boxes: boxes.len(),
+        view: p.view,
+        line: TreeLesionLine {
+            source: "rsna",
+            image_id: p.id.clone(),
+            path: file,
+            width: size,
+            height: size,
+            lesions,
+        },
+    })
+}
+
+fn rsna(out: &Path, cfg: &SynthConfig) -> Result<TreeCounts, SynthError> {
+    let plan = rsna_plan(cfg);
+    let results: Vec<Result<RsnaOut, SynthError>> = plan
+        .par_iter()
+        .map(|p| rsna_patient(out, p, cfg.size))
+        .collect();
+    let root = out.join(files::RSNA);
+    let mut labels = String::from("patientId,x,y,width,height,Target\n");
+    let mut classes = String::from("patientId,class\n");
+    let mut counts = TreeCounts {
+        root: files::RSNA.into(),
+        patients: plan.len(),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    // Patients in plan order: as random as the release's order is.
+    for r in results {
+        let p = r?;
+        labels.push_str(&p.labels);
+        classes.push_str(&p.classes);
+        counts.images += 1;
+        counts.boxes += p.boxes;
+        // Only the labelled training images are released with labels.
+        bump(&mut counts.images_per_split, "train");
+        bump(&mut counts.images_per_view, p.view);
+        bump(&mut counts.labels, p.class);
+        lines.push(p.line);
+    }
+    out::write(&root.join(RSNA_LABELS), labels.as_bytes())?;
+    out::write(&root.join(RSNA_CLASS_INFO), classes.as_bytes())?;
+    counts.lesion_lines = lines.len();
+    jsonl(&root.join(files::LESIONS), &lines)?;
+    Ok(counts)
+}
+
 /// Writes the trees asked for by `cfg` and returns their counts.
 pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<DownstreamCounts, SynthError> {
     Ok(DownstreamCounts {
@@ -873,6 +1118,7 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<DownstreamCounts
         covidx: (cfg.covidx_images > 0)
             .then(|| covidx(out, cfg))
             .transpose()?,
+        rsna: (cfg.rsna_images > 0).then(|| rsna(out, cfg)).transpose()?,
     })
 }
 
@@ -885,13 +1131,42 @@ mod tests {
         for c in 0..14 {
             for v in 0..4 {
                 if let Some(n) = nih_class(c, v) {
-                    assert!(ingest::nih::NIH_CLASSES.contains(&n), "{n}");
+                    assert!(schemas::NIH_CLASSES.contains(&n), "{n}");
                 }
             }
         }
         assert_eq!(NIH_NO_FINDING, ingest::nih::NO_FINDING);
         assert_eq!(NIH_CSV, format!("{}.csv", ingest::nih::DATA_ENTRY_STEMS[0]));
         assert!(ingest::chexpert::DATASET_DIRS.contains(&CHEXPERT_DATASET));
+    }
+
+    #[test]
+    fn rsna_names_are_the_readers() {
+        use ingest::rsna;
+        assert_eq!(RSNA_LABELS, format!("{}.csv", rsna::LABELS_STEM));
+        assert_eq!(RSNA_CLASS_INFO, format!("{}.csv", rsna::CLASS_INFO_STEM));
+        assert_eq!(RSNA_IMAGES_DIR, rsna::IMAGES_DIR);
+        assert_eq!(LUNG_OPACITY, rsna::LUNG_OPACITY);
+        assert_eq!([RSNA_NORMAL, RSNA_NOT_NORMAL], rsna::NEGATIVE_CLASSES);
+    }
+
+    #[test]
+    fn rsna_ids_are_version_4_uuids_and_distinct() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let ids: HashSet<String> = (0..500).map(|_| uuid(&mut rng)).collect();
+        assert_eq!(ids.len(), 500);
+        for id in &ids {
+            let parts: Vec<&str> = id.split('-').collect();
+            let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+            assert_eq!(lens, [8, 4, 4, 4, 12], "{id}");
+            assert!(parts[2].starts_with('4'), "{id}");
+            assert!(parts[3].starts_with(['8', '9', 'a', 'b']), "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //! - `mimic-cxr/` (and `mimic-cxr-jpg/` with [`MimicFormat::Both`]): images,
 //!   reports, the four index CSVs (gzip), and `ner_sidecar.jsonl`;
 //! - `padchest/`: the labels CSV (gzip) and 16-bit PNGs;
-//! - with [`SynthConfig::chexpert_images`], [`SynthConfig::nih_images`] and
-//!   [`SynthConfig::covidx_images`]: `chexpert/`, `nih/` and `covidx/`, trees
-//!   laid out as the CheXpert-v1.0-small, ChestX-ray14 and COVIDx releases,
-//!   labelled from the lesions drawn into their images (the rules are in
-//!   the `downstream` module), each with its own `lesions.jsonl`;
+//! - with [`SynthConfig::chexpert_images`], [`SynthConfig::nih_images`],
+//!   [`SynthConfig::covidx_images`] and [`SynthConfig::rsna_images`]:
+//!   `chexpert/`, `nih/`, `covidx/` and `rsna/`, trees laid out as the
+//!   CheXpert-v1.0-small, ChestX-ray14, COVIDx and RSNA Pneumonia Detection
+//!   Challenge releases, labelled (and for RSNA boxed) from the lesions
+//!   drawn into their images (the rules are in the `downstream` module),
+//!   each with its own `lesions.jsonl`;
 //! - `lesions.jsonl` (one line per image: what was drawn where),
 //!   `faults.json` (with [`SynthConfig::faults`]) and `world.json` (the
 //!   arguments and counts, also returned as [`Summary`]).
@@ -91,6 +93,10 @@ pub struct SynthConfig {
     /// Images of the COVIDx tree (`covidx/`); 0 writes none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub covidx_images: usize,
+    /// Patients (one image each) of the RSNA Pneumonia tree (`rsna/`); 0
+    /// writes none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rsna_images: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -109,6 +115,7 @@ impl Default for SynthConfig {
             chexpert_images: 0,
             nih_images: 0,
             covidx_images: 0,
+            rsna_images: 0,
         }
     }
 }
@@ -209,7 +216,7 @@ pub struct PadchestCounts {
     pub labels: BTreeMap<String, usize>,
 }
 
-/// Counts of one downstream tree (CheXpert, NIH or COVIDx).
+/// Counts of one downstream tree (CheXpert, NIH, COVIDx or RSNA).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TreeCounts {
     /// The tree's folder, relative to the output folder: the `--root` its
@@ -220,12 +227,13 @@ pub struct TreeCounts {
     /// Images (rows of its label files).
     pub images: usize,
     /// Images per split, in the release's names (`train`/`valid`/`test`,
-    /// `train_val`/`test`, `train`/`val`/`test`).
+    /// `train_val`/`test`, `train`/`val`/`test`, `train` for RSNA).
     pub images_per_split: BTreeMap<String, usize>,
     /// Images per view (`AP`, `PA`, `Lateral`, `Frontal`).
     pub images_per_view: BTreeMap<String, usize>,
     /// Images per label in the release's vocabulary: CheXpert cells of 1,
-    /// NIH classes and `No Finding`, COVIDx `positive` and `negative`.
+    /// NIH classes and `No Finding`, COVIDx `positive` and `negative`,
+    /// RSNA's detailed classes (`Lung Opacity` for `Target` 1).
     pub labels: BTreeMap<String, usize>,
     /// CheXpert label cells of -1.0.
     pub uncertain_cells: usize,
@@ -233,6 +241,10 @@ pub struct TreeCounts {
     pub blank_cells: usize,
     /// Lines of the tree's own lesions.jsonl (one per image).
     pub lesion_lines: usize,
+    /// RSNA boxes (`Target` 1 lines of the labels file); left out of
+    /// world.json when 0, so the other trees' counts keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boxes: usize,
 }
 
 /// The downstream trees written; `None` for a tree not asked for.
@@ -247,12 +259,18 @@ pub struct DownstreamCounts {
     /// The COVIDx tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covidx: Option<TreeCounts>,
+    /// The RSNA Pneumonia tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsna: Option<TreeCounts>,
 }
 
 impl DownstreamCounts {
     /// No tree was written.
     pub fn is_empty(&self) -> bool {
-        self.chexpert.is_none() && self.nih.is_none() && self.covidx.is_none()
+        self.chexpert.is_none()
+            && self.nih.is_none()
+            && self.covidx.is_none()
+            && self.rsna.is_none()
     }
 }
 
@@ -314,6 +332,8 @@ pub mod files {
     pub const NIH: &str = "nih";
     /// The COVIDx tree.
     pub const COVIDX: &str = "covidx";
+    /// The RSNA Pneumonia Detection Challenge tree.
+    pub const RSNA: &str = "rsna";
     /// The PadChest labels CSV, inside the PadChest root.
     pub const PADCHEST_CSV: &str = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz";
 }
@@ -335,6 +355,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
         && cfg.chexpert_images == 0
         && cfg.nih_images == 0
         && cfg.covidx_images == 0
+        && cfg.rsna_images == 0
     {
         return Err(SynthError::Config("nothing to generate".into()));
     }
@@ -375,12 +396,20 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<Summary, SynthError> {
             "lesions.jsonl boxes are [x0, y0, x1, y1] in pixels of the written image, x1/y1 exclusive, measured from the pixels the lesion changed".into(),
             "negbio CSV equals the chexpert CSV except that a few uncertain labels are left empty, as NegBio tends to".into(),
         ];
-    if !downstream.is_empty() {
+    let d = &downstream;
+    if d.chexpert.is_some() || d.nih.is_some() || d.covidx.is_some() {
         notes.extend([
             "chexpert/, nih/ and covidx/ each hold a lesions.jsonl whose lesions carry the label they give in that release (null: drawn, not labelled)".to_string(),
             "CheXpert train.csv labels are the study's mentions (1.0 drawn, -1.0 drawn faint, 0.0 negated, blank unmentioned); valid.csv and test_labels.csv are 1 where drawn at all, else 0".into(),
             "NIH Finding Labels list the classes whose lesions visibly changed pixels (Lung Lesion: Nodule when small, Mass when large); Emphysema, Fibrosis and Hernia are never drawn".into(),
             "COVIDx labels are positive when a pneumonia or consolidation opacity is visibly drawn, else negative".into(),
+        ]);
+    }
+    if d.rsna.is_some() {
+        notes.extend([
+            "rsna/ holds a lesions.jsonl whose pneumonia and consolidation lesions carry the label Lung Opacity (null: drawn, not labelled)".to_string(),
+            "RSNA Target is 1 when a pneumonia or consolidation opacity is visibly drawn, with one labels line per such opacity whose box is its lesions.jsonl bbox as x0, y0, x1 - x0, y1 - y0; the class file says Normal only when nothing at all is drawn".into(),
+            "RSNA DICOMs are 8-bit MONOCHROME2 in JPEG baseline, as released; generic lung opacities are not drawn there".into(),
         ]);
     }
     let summary = Summary {
@@ -414,6 +443,7 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
                 files::CHEXPERT,
                 files::NIH,
                 files::COVIDX,
+                files::RSNA,
             ] {
                 let p = out.join(name);
                 if p.exists() {

@@ -1,5 +1,5 @@
 //! `synth`: writes a seeded synthetic MIMIC-CXR + PadChest world, and on
-//! request CheXpert, ChestX-ray14 and COVIDx trees.
+//! request CheXpert, ChestX-ray14, COVIDx and RSNA Pneumonia trees.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,8 +11,8 @@ use synth::{MimicFormat, SynthConfig};
 /// Generate a synthetic chest X-ray world in the on-disk formats of
 /// MIMIC-CXR (DICOM and/or JPG, reports, index CSVs, NER sidecar) and
 /// PadChest (16-bit PNGs, labels CSV), with lesions.jsonl and world.json;
-/// and, when their sizes are given, CheXpert-v1.0-small, ChestX-ray14 and
-/// COVIDx trees labelled from the lesions drawn into them.
+/// and, when their sizes are given, CheXpert-v1.0-small, ChestX-ray14,
+/// COVIDx and RSNA Pneumonia trees labelled from the lesions drawn into them.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -46,6 +46,10 @@ struct Args {
     /// Images of a COVIDx tree under `covidx/` (0: none).
     #[arg(long, default_value_t = SynthConfig::default().covidx_images)]
     covidx_images: usize,
+    /// Patients (one DICOM each) of an RSNA Pneumonia tree under `rsna/`
+    /// (0: none).
+    #[arg(long, default_value_t = SynthConfig::default().rsna_images)]
+    rsna_images: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         chexpert_images: a.chexpert_images,
         nih_images: a.nih_images,
         covidx_images: a.covidx_images,
+        rsna_images: a.rsna_images,
     };
     let t0 = Instant::now();
     let s = synth::generate(&a.out, &cfg)
@@ -81,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         ("CheXpert", &d.chexpert),
         ("NIH", &d.nih),
         ("COVIDx", &d.covidx),
+        ("RSNA", &d.rsna),
     ] {
         if let Some(t) = tree {
             println!(

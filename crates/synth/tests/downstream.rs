@@ -1,10 +1,12 @@
-//! The CheXpert, ChestX-ray14 and COVIDx trees: their layouts, labels that
-//! follow the drawn lesions by the documented rules, determinism, and no
-//! effect on the MIMIC and PadChest parts.
+//! The CheXpert, ChestX-ray14, COVIDx and RSNA Pneumonia trees: their
+//! layouts, labels (and RSNA's boxes) that follow the drawn lesions by the
+//! documented rules, determinism, and no effect on the MIMIC and PadChest
+//! parts or on each other.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use dicom_dictionary_std::tags;
 use synth::{SynthConfig, generate};
 
 fn cfg(seed: u64) -> SynthConfig {
@@ -16,6 +18,7 @@ fn cfg(seed: u64) -> SynthConfig {
         chexpert_images: 40,
         nih_images: 40,
         covidx_images: 40,
+        rsna_images: 40,
         ..Default::default()
     }
 }
@@ -445,7 +448,7 @@ fn same_seed_gives_identical_trees_and_another_seed_differs() {
     generate(a.path(), &cfg(3)).unwrap();
     generate(b.path(), &cfg(3)).unwrap();
     generate(c.path(), &cfg(4)).unwrap();
-    for tree in ["chexpert", "nih", "covidx"] {
+    for tree in ["chexpert", "nih", "covidx", "rsna"] {
         let (fa, fb, fc) = (
             all_files(&a.path().join(tree)),
             all_files(&b.path().join(tree)),
@@ -486,6 +489,7 @@ fn trees_leave_the_mimic_and_padchest_parts_as_they_were() {
         chexpert_images: 5,
         nih_images: 5,
         covidx_images: 5,
+        rsna_images: 5,
         ..base.clone()
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -493,7 +497,7 @@ fn trees_leave_the_mimic_and_padchest_parts_as_they_were() {
     generate(b.path(), &with).unwrap();
     let fa = all_files(a.path());
     let fb = all_files(b.path());
-    let trees = ["chexpert", "nih", "covidx"];
+    let trees = ["chexpert", "nih", "covidx", "rsna"];
     let outside: Vec<&PathBuf> = fb
         .keys()
         .filter(|k| !trees.iter().any(|t| k.starts_with(t)))
@@ -511,6 +515,7 @@ fn trees_leave_the_mimic_and_padchest_parts_as_they_were() {
         "chexpert_images",
         "nih_images",
         "covidx_images",
+        "rsna_images",
     ] {
         assert!(!text.contains(word), "world.json mentions {word}");
     }
@@ -520,4 +525,279 @@ fn trees_leave_the_mimic_and_padchest_parts_as_they_were() {
         assert!(!b.path().join(t).exists(), "{t} left behind");
     }
     assert_eq!(all_files(b.path()), fa);
+}
+
+/// The RSNA labels file as (patientId, box or None, Target) per line, the
+/// class file as (patientId, class) per line.
+type RsnaLine = (String, Option<[f64; 4]>, String);
+
+fn rsna_files(root: &Path) -> (Vec<RsnaLine>, Vec<(String, String)>) {
+    let (header, rows) = csv_table(&root.join("rsna/stage_2_train_labels.csv"));
+    assert_eq!(header, ["patientId", "x", "y", "width", "height", "Target"]);
+    let labels = rows
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.len(), 6, "{r:?}");
+            let bx = if r[1..5].iter().all(|c| c.is_empty()) {
+                None
+            } else {
+                // Floats with one decimal, as the release writes them.
+                for c in &r[1..5] {
+                    let (whole, frac) = c.split_once('.').unwrap_or_else(|| panic!("{r:?}"));
+                    assert!(
+                        !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit()),
+                        "{r:?}"
+                    );
+                    assert_eq!(frac, "0", "{r:?}");
+                }
+                let v: Vec<f64> = r[1..5].iter().map(|c| c.parse().unwrap()).collect();
+                Some([v[0], v[1], v[2], v[3]])
+            };
+            (r[0].clone(), bx, r[5].clone())
+        })
+        .collect();
+    let (header, rows) = csv_table(&root.join("rsna/stage_2_detailed_class_info.csv"));
+    assert_eq!(header, ["patientId", "class"]);
+    let classes = rows
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    (labels, classes)
+}
+
+/// A version 4 UUID in lower-case hex, as the release's patientIds are.
+fn uuid_shaped(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && parts.iter().all(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        && parts[2].starts_with('4')
+        && parts[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+#[test]
+fn rsna_tree_has_the_release_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = generate(root, &cfg(5)).unwrap();
+    let (labels, classes) = rsna_files(root);
+
+    // One Target per patient: several lines with boxes for 1, one empty
+    // line for 0; the class file has a line per labels line, agreeing.
+    let mut per_patient: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for (id, bx, target) in &labels {
+        assert!(uuid_shaped(id), "{id}");
+        match target.as_str() {
+            "1" => assert!(bx.is_some(), "{id}: Target 1 without a box"),
+            "0" => assert!(bx.is_none(), "{id}: Target 0 with a box"),
+            t => panic!("{id}: Target {t}"),
+        }
+        let e = per_patient.entry(id).or_insert((0, target));
+        assert_eq!(e.1, target, "{id}: two Targets");
+        e.0 += 1;
+        if target == "0" {
+            assert_eq!(e.0, 1, "{id}: two negative lines");
+        }
+    }
+    assert_eq!(per_patient.len(), 40);
+    assert_eq!(classes.len(), labels.len());
+    for ((id, _, target), (cid, class)) in labels.iter().zip(&classes) {
+        assert_eq!(id, cid);
+        let want: &[&str] = if target == "1" {
+            &["Lung Opacity"]
+        } else {
+            &["Normal", "No Lung Opacity / Not Normal"]
+        };
+        assert!(want.contains(&class.as_str()), "{id}: {class} for {target}");
+    }
+    let boxes_of = |k: usize| per_patient.values().filter(|v| v == &&(k, "1")).count();
+    let negatives = per_patient.values().filter(|v| v.1 == "0").count();
+    assert!(
+        boxes_of(1) >= 3 && boxes_of(2) + boxes_of(3) >= 3 && negatives >= 10,
+        "one box {}, two {}, three {}, negative {negatives}",
+        boxes_of(1),
+        boxes_of(2),
+        boxes_of(3)
+    );
+    let kinds: HashSet<&str> = classes.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+
+    // Exactly the patients' DICOMs: 8-bit MONOCHROME2 JPEG baseline, the
+    // patientId in the header, size x size, every box inside.
+    let images = root.join("rsna/stage_2_train_images");
+    let files: BTreeSet<PathBuf> = all_files(&images).into_keys().collect();
+    let want: BTreeSet<PathBuf> = per_patient
+        .keys()
+        .map(|id| PathBuf::from(format!("{id}.dcm")))
+        .collect();
+    assert_eq!(files, want);
+    let mut views = HashSet::new();
+    for id in per_patient.keys() {
+        let obj = dicom_object::open_file(images.join(format!("{id}.dcm"))).unwrap();
+        assert_eq!(
+            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            "1.2.840.10008.1.2.4.50"
+        );
+        let text = |tag| {
+            obj.element(tag)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let int = |tag| obj.element(tag).unwrap().to_int::<u32>().unwrap();
+        assert_eq!(text(tags::PATIENT_ID), *id);
+        assert_eq!(text(tags::PHOTOMETRIC_INTERPRETATION), "MONOCHROME2");
+        assert_eq!(
+            [tags::BITS_STORED, tags::ROWS, tags::COLUMNS].map(int),
+            [8, 64, 64]
+        );
+        views.insert(text(tags::VIEW_POSITION));
+    }
+    assert_eq!(views, ["AP", "PA"].map(String::from).into());
+    for (id, bx, _) in &labels {
+        if let Some([x, y, w, h]) = bx {
+            assert!(
+                x + w <= 64.0 && y + h <= 64.0 && *w > 0.0 && *h > 0.0,
+                "{id}"
+            );
+        }
+    }
+    let all: BTreeSet<PathBuf> = all_files(&root.join("rsna")).into_keys().collect();
+    let top: BTreeSet<PathBuf> = all
+        .iter()
+        .filter(|p| !p.starts_with("stage_2_train_images"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        top,
+        [
+            "lesions.jsonl",
+            "stage_2_detailed_class_info.csv",
+            "stage_2_train_labels.csv"
+        ]
+        .map(PathBuf::from)
+        .into()
+    );
+
+    // world.json counts what the files hold.
+    let c = s.downstream.rsna.as_ref().unwrap();
+    assert_eq!((c.root.as_str(), c.patients, c.images), ("rsna", 40, 40));
+    assert_eq!(c.boxes, labels.iter().filter(|l| l.2 == "1").count());
+    assert_eq!(c.images_per_split, [("train".to_string(), 40)].into());
+    assert_eq!(c.labels["Lung Opacity"], per_patient.len() - negatives);
+    assert_eq!(c.lesion_lines, 40);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("world.json")).unwrap()).unwrap();
+    assert_eq!(json["downstream"]["rsna"]["boxes"], c.boxes);
+    assert_eq!(json["config"]["rsna_images"], 40);
+}
+
+#[test]
+fn rsna_targets_and_boxes_are_the_drawn_opacities() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, &cfg(6)).unwrap();
+    let (labels, classes) = rsna_files(root);
+    let les = lesions(root, "rsna");
+    assert_eq!(les.len(), 40);
+    let mut boxes: BTreeMap<&str, Vec<[u32; 4]>> = BTreeMap::new();
+    let mut class_of: HashMap<&str, &str> = HashMap::new();
+    for ((id, bx, _), (_, class)) in labels.iter().zip(&classes) {
+        let e = boxes.entry(id).or_default();
+        if let Some([x, y, w, h]) = bx {
+            e.push([x, y, &(x + w), &(y + h)].map(|v| *v as u32));
+        }
+        class_of.insert(id, class);
+    }
+    let (mut drawn_boxes, mut other_drawn) = (0, 0);
+    for (id, want) in &boxes {
+        let line = &les[&format!("rsna/stage_2_train_images/{id}.dcm")];
+        assert_eq!(line["image_id"], *id);
+        let mut opacities = Vec::new();
+        for (l, (class, label, certainty)) in line["lesions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(lesion_labels(line))
+        {
+            assert_eq!(
+                certainty, "positive",
+                "{id}: RSNA draws positive findings only"
+            );
+            assert_ne!(class, "Lung Opacity", "{id}: a generic opacity is drawn");
+            let opacity = class == "Pneumonia" || class == "Consolidation";
+            assert_eq!(label.as_deref(), opacity.then_some("Lung Opacity"), "{id}");
+            if opacity {
+                let b: Vec<u32> = l["bbox"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
+                opacities.push([b[0], b[1], b[2], b[3]]);
+            } else {
+                other_drawn += 1;
+            }
+        }
+        // Target 1 exactly when an opacity is drawn, one labels line per
+        // opacity with its box, in the drawn order.
+        assert_eq!(*want, opacities, "{id}");
+        drawn_boxes += opacities.len();
+        let nothing = line["lesions"].as_array().unwrap().is_empty();
+        let class = class_of[id];
+        match (opacities.is_empty(), nothing) {
+            (false, _) => assert_eq!(class, "Lung Opacity", "{id}"),
+            (true, true) => assert_eq!(class, "Normal", "{id}"),
+            (true, false) => assert_eq!(class, "No Lung Opacity / Not Normal", "{id}"),
+        }
+    }
+    assert!(drawn_boxes >= 15, "only {drawn_boxes} boxes");
+    assert!(other_drawn >= 10, "only {other_drawn} other lesions");
+}
+
+#[test]
+fn rsna_tree_leaves_the_other_trees_as_they_were() {
+    let without = SynthConfig {
+        studies: 3,
+        padchest_images: 3,
+        rsna_images: 0,
+        ..cfg(7)
+    };
+    let with = SynthConfig {
+        rsna_images: 12,
+        ..without.clone()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sa = generate(a.path(), &without).unwrap();
+    let sb = generate(b.path(), &with).unwrap();
+    let fa = all_files(a.path());
+    let fb = all_files(b.path());
+    let outside: BTreeMap<&PathBuf, &Vec<u8>> =
+        fb.iter().filter(|(k, _)| !k.starts_with("rsna")).collect();
+    assert_eq!(
+        fa.keys().collect::<Vec<_>>(),
+        outside.keys().copied().collect::<Vec<_>>()
+    );
+    for (k, v) in &fa {
+        if k != Path::new("world.json") {
+            assert!(outside[k] == v, "{} changed by the RSNA tree", k.display());
+        }
+    }
+    // world.json differs by the RSNA config, counts and notes alone.
+    let (mut ja, mut jb) = (
+        serde_json::to_value(&sa).unwrap(),
+        serde_json::to_value(&sb).unwrap(),
+    );
+    assert!(jb["downstream"]["rsna"].is_object());
+    jb["downstream"].as_object_mut().unwrap().remove("rsna");
+    jb["config"].as_object_mut().unwrap().remove("rsna_images");
+    let notes_a = ja.as_object_mut().unwrap().remove("notes").unwrap();
+    let notes_b = jb.as_object_mut().unwrap().remove("notes").unwrap();
+    assert_eq!(ja, jb);
+    let (na, nb) = (notes_a.as_array().unwrap(), notes_b.as_array().unwrap());
+    assert!(nb.len() > na.len() && nb.starts_with(na), "{na:?} / {nb:?}");
 }
