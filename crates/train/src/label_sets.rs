@@ -195,55 +195,67 @@ pub fn padchest_labels(rows: &[StoredRow]) -> Result<Vec<Option<Vec<String>>>> {
 /// The `finding_labels` list of each row (lower-cased), `None` for rows
 /// whose `source` is not `source`.
 pub fn finding_lists(rows: &[StoredRow], source: &str) -> Result<Vec<Option<Vec<String>>>> {
-    let mut by_shard: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        by_shard.entry(&r.shard).or_default().push(i);
-    }
-    let mut out = vec![None; rows.len()];
-    for (shard, indices) in by_shard {
-        let lists = read_shard_rows(shard, source)?;
-        for i in indices {
-            let row = rows[i].row as usize;
-            out[i] = lists
-                .get(row)
-                .with_context(|| format!("{}: no row {row}", shard.display()))?
-                .1
-                .clone();
-        }
-    }
-    Ok(out)
+    Ok(row_meta(rows)?
+        .into_iter()
+        .map(|m| m.findings.filter(|_| m.source == source))
+        .collect())
 }
 
 /// The `subject_id` (patient) of each row.
 pub fn subject_ids(rows: &[StoredRow]) -> Result<Vec<String>> {
+    Ok(row_meta(rows)?.into_iter().map(|m| m.subject_id).collect())
+}
+
+/// The columns of a row that evaluation reads besides its image and
+/// CheXpert labels (which come through the loader).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowMeta {
+    /// `source`: `mimic`, `padchest`, `nih`, ...
+    pub source: String,
+    /// `subject_id`: the patient.
+    pub subject_id: String,
+    /// `image_id`.
+    pub image_id: String,
+    /// `finding_labels`, lower-cased and trimmed (`None` when null).
+    pub findings: Option<Vec<String>>,
+}
+
+/// [`RowMeta`] of each row, each shard read once.
+pub fn row_meta(rows: &[StoredRow]) -> Result<Vec<RowMeta>> {
     let mut by_shard: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         by_shard.entry(&r.shard).or_default().push(i);
     }
-    let mut out = vec![String::new(); rows.len()];
+    let mut out: Vec<Option<RowMeta>> = vec![None; rows.len()];
     for (shard, indices) in by_shard {
-        let read = read_shard_rows(shard, "")?;
+        let read = read_shard_meta(shard)?;
         for i in indices {
             let row = rows[i].row as usize;
-            out[i] = read
+            let meta = read
                 .get(row)
-                .with_context(|| format!("{}: no row {row}", shard.display()))?
-                .0
-                .clone();
+                .with_context(|| format!("{}: no row {row}", shard.display()))?;
+            out[i] = Some(meta.clone());
         }
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|m| m.expect("every row filled"))
+        .collect())
 }
 
-/// Every row's `subject_id` and `finding_labels` of one shard (the list
-/// `None` where the row's `source` is not `wanted`).
-#[allow(clippy::type_complexity)]
-fn read_shard_rows(path: &Path, wanted: &str) -> Result<Vec<(String, Option<Vec<String>>)>> {
+/// Every row's [`RowMeta`] of one shard.
+fn read_shard_meta(path: &Path) -> Result<Vec<RowMeta>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{}: not a Parquet shard", path.display()))?;
     let schema = builder.schema().clone();
-    let roots: Vec<usize> = [col::SOURCE, col::SUBJECT_ID, col::FINDING_LABELS]
+    let names = [
+        col::SOURCE,
+        col::SUBJECT_ID,
+        col::IMAGE_ID,
+        col::FINDING_LABELS,
+    ];
+    let roots: Vec<usize> = names
         .iter()
         .map(|name| {
             schema
@@ -259,48 +271,51 @@ fn read_shard_rows(path: &Path, wanted: &str) -> Result<Vec<(String, Option<Vec<
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-        let source = batch
-            .column_by_name(col::SOURCE)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
-        let subject = batch
-            .column_by_name(col::SUBJECT_ID)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let string = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        };
         let lists = batch
             .column_by_name(col::FINDING_LABELS)
             .and_then(|c| c.as_any().downcast_ref::<ListArray>());
-        let (Some(source), Some(subject), Some(lists)) = (source, subject, lists) else {
+        let (Some(source), Some(subject), Some(image), Some(lists)) = (
+            string(col::SOURCE),
+            string(col::SUBJECT_ID),
+            string(col::IMAGE_ID),
+            lists,
+        ) else {
             bail!(
-                "{}: {}, {} or {} has an unexpected type",
-                path.display(),
-                col::SOURCE,
-                col::SUBJECT_ID,
-                col::FINDING_LABELS
+                "{}: one of the columns {names:?} has an unexpected type",
+                path.display()
             );
         };
         for i in 0..batch.num_rows() {
-            let subject = subject.value(i).to_string();
-            if source.value(i) != wanted || lists.is_null(i) {
-                out.push((subject, None));
-                continue;
-            }
-            let values = lists.value(i);
-            let Some(values) = values.as_any().downcast_ref::<StringArray>() else {
-                bail!(
-                    "{}: {} holds no strings",
-                    path.display(),
-                    col::FINDING_LABELS
-                );
-            };
-            out.push((
-                subject,
+            let findings = if lists.is_null(i) {
+                None
+            } else {
+                let values = lists.value(i);
+                let Some(values) = values.as_any().downcast_ref::<StringArray>() else {
+                    bail!(
+                        "{}: {} holds no strings",
+                        path.display(),
+                        col::FINDING_LABELS
+                    );
+                };
                 Some(
                     values
                         .iter()
                         .flatten()
                         .map(|s| s.trim().to_lowercase())
                         .collect(),
-                ),
-            ));
+                )
+            };
+            out.push(RowMeta {
+                source: source.value(i).to_string(),
+                subject_id: subject.value(i).to_string(),
+                image_id: image.value(i).to_string(),
+                findings,
+            });
         }
     }
     Ok(out)

@@ -357,6 +357,7 @@ fn main() -> Result<()> {
                 lesions,
                 seed,
                 lambda1,
+                threads: threads(),
                 out: out.clone(),
                 device: device(d.as_deref())?,
                 verify_sha256: verify,

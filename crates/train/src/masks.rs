@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
-use ingest::shard::{Row, read_shard};
 use model::att_mim::{AttMimConfig, MaskStrategy};
-use pipeline::{AugmentConfig, IMAGE_FLOATS, IMAGE_SIZE, Mode};
+use pipeline::{CONTEXT, IMAGE_SIZE, Loader, LoaderConfig, Position};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::read_manifest;
+use crate::data::ShardSet;
 use crate::fit::{fit_to, write_atomic};
+use crate::label_sets::{StoredRow, row_meta};
 use crate::session::Session;
 
 /// The strategies drawn, in column order.
@@ -50,6 +50,8 @@ pub struct MaskOptions {
     pub seed: u64,
     /// λ1 instead of the checkpoint's.
     pub lambda1: Option<f64>,
+    /// Loader threads.
+    pub threads: usize,
     /// Output folder.
     pub out: PathBuf,
     /// Device.
@@ -110,7 +112,7 @@ pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
     let wanted = opts
         .pictures
         .max(if lesions.is_empty() { 0 } else { opts.measure });
-    let rows = sample_rows(&opts.shards, &opts.split, wanted, &lesions)?;
+    let rows = sample_rows(&opts.shards, &opts.split, wanted, &lesions, opts.threads)?;
     if rows.is_empty() {
         bail!(
             "{}: no paired rows of split {:?}",
@@ -126,12 +128,12 @@ pub fn run(opts: &MaskOptions) -> Result<Option<LesionShares>> {
         / session.run.mmclip.clip.vision.patch_size) as usize;
     let boxes: Vec<Vec<[f64; 4]>> = rows
         .iter()
-        .map(|(r, _)| crop_boxes(lesions.get(&r.image_id)))
+        .map(|r| crop_boxes(lesions.get(&r.image_id)))
         .collect();
 
     let shown = rows.len().min(opts.pictures);
-    for (i, (row, pixels)) in rows.iter().take(shown).enumerate() {
-        let picture = draw_row(pixels, &masks, i, n_side, &boxes[i]);
+    for (i, row) in rows.iter().take(shown).enumerate() {
+        let picture = draw_row(&row.pixels, &masks, i, n_side, &boxes[i]);
         let path = opts
             .out
             .join(format!("masks-{:02}-{}.png", i, row.image_id));
@@ -186,94 +188,124 @@ fn read_lesions(path: &Path) -> Result<HashMap<String, LesionLine>> {
     Ok(out)
 }
 
-/// Paired rows of `split` with their eval-preprocessed pixels; rows with
-/// lesions first when lesions are known.
+/// A sampled paired row: its image id, its pixels as the loader's
+/// evaluation mode gives them (resize, centre crop), its token ids.
+struct Sampled {
+    image_id: String,
+    pixels: Vec<f32>,
+    tokens: Vec<i64>,
+}
+
+/// Up to `n` paired rows of `split`, rows with lesions first when lesions
+/// are known, read through the loader's evaluation mode.
 fn sample_rows(
     dir: &Path,
     split: &str,
     n: usize,
     lesions: &HashMap<String, LesionLine>,
-) -> Result<Vec<(Row, Vec<f32>)>> {
-    let manifest = read_manifest(dir)?;
-    let encoding = manifest.image_policy.encoding;
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for shard in &manifest.shards {
-        for row in read_shard(&dir.join(&shard.file))? {
-            if row.split != split || row.token_ids.is_none() {
-                continue;
-            }
-            let has = lesions
-                .get(&row.image_id)
-                .is_some_and(|l| !l.lesions.is_empty());
-            if (has && with.len() < n) || (!has && without.len() < n) {
-                let pixels = ingest::encode::decode(
-                    &row.image,
-                    row.image_width as u32,
-                    row.image_height as u32,
-                    encoding,
-                )
-                .with_context(|| format!("{}: image {}", shard.file, row.image_id))?;
-                let mut out = vec![0f32; IMAGE_FLOATS];
-                pipeline::render(
-                    &pixels,
-                    row.image_width as usize,
-                    row.image_height as usize,
-                    Mode::Eval,
-                    &AugmentConfig::none(),
-                    0,
-                    &mut out,
-                );
-                if has {
-                    with.push((row, out))
-                } else {
-                    without.push((row, out))
-                }
-            }
-            if with.len() >= n {
-                return Ok(with);
-            }
+    threads: usize,
+) -> Result<Vec<Sampled>> {
+    let shards = ShardSet::from_dirs(&[dir.to_path_buf()])?;
+    if shards.paired.is_empty() {
+        bail!(
+            "{}: not a paired (MIMIC-CXR) shard folder: the masks need reports",
+            dir.display()
+        );
+    }
+    let mut sources = shards.open(Some(split), false)?;
+    let Some(source) = sources.paired.as_mut() else {
+        bail!("{}: no paired source", dir.display());
+    };
+    let stored: Vec<StoredRow> = (0..source.num_shards())
+        .flat_map(|s| source.kept_rows(s).iter().map(move |&row| (s, row)))
+        .map(|(s, row)| StoredRow {
+            shard: source.shard_path(s).to_path_buf(),
+            row,
+        })
+        .collect();
+    let meta = row_meta(&stored)?;
+    let has = |i: &usize| {
+        lesions
+            .get(&meta[*i].image_id)
+            .is_some_and(|l| !l.lesions.is_empty())
+    };
+    let mut chosen: Vec<usize> = (0..stored.len()).filter(|i| has(i)).take(n).collect();
+    chosen.extend((0..stored.len()).filter(|i| !has(i)).take(n - chosen.len()));
+    let index: HashMap<&StoredRow, usize> = chosen.iter().map(|&i| (&stored[i], i)).collect();
+    let paths: Vec<PathBuf> = (0..source.num_shards())
+        .map(|s| source.shard_path(s).to_path_buf())
+        .collect();
+    std::sync::Arc::get_mut(source)
+        .expect("a just-opened source has one owner")
+        .retain(|s, row| {
+            index.contains_key(&StoredRow {
+                shard: paths[s].clone(),
+                row,
+            })
+        });
+    let cfg = LoaderConfig {
+        batch_size: 32,
+        paired_fraction: 1.0,
+        keep_last_partial: true,
+        threads,
+        prefetch: 2,
+        ..LoaderConfig::eval()
+    };
+    let mut read: HashMap<usize, Sampled> = HashMap::new();
+    for batch in Loader::new(sources.clone(), &cfg, Position::default())? {
+        let batch = batch?;
+        for (r, id) in batch.rows.iter().enumerate() {
+            let stored = StoredRow {
+                shard: paths[id.loc.shard as usize].clone(),
+                row: id.loc.row,
+            };
+            let i = index[&stored];
+            read.insert(
+                i,
+                Sampled {
+                    image_id: meta[i].image_id.clone(),
+                    pixels: batch.image(r).to_vec(),
+                    tokens: batch.tokens[r * CONTEXT..(r + 1) * CONTEXT].to_vec(),
+                },
+            );
         }
     }
-    with.extend(without);
-    with.truncate(n);
-    Ok(with)
+    chosen
+        .iter()
+        .map(|i| {
+            read.remove(i).with_context(|| {
+                format!(
+                    "{}: the loader skipped row {}",
+                    dir.display(),
+                    meta[*i].image_id
+                )
+            })
+        })
+        .collect()
 }
 
 /// Each strategy's candidate set `[n, N]` (bool) and final mask `[n, N]`
 /// (1 = masked) for the rows, with `settings` but for the strategy.
 fn strategy_masks(
     session: &Session,
-    rows: &[(Row, Vec<f32>)],
+    rows: &[Sampled],
     seed: u64,
     settings: &AttMimConfig,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let _guard = tch::no_grad_guard();
     let device = session.vs.device();
     let n = rows.len() as i64;
-    let pixels: Vec<f32> = rows.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let pixels: Vec<f32> = rows.iter().flat_map(|r| r.pixels.iter().copied()).collect();
     let side = session.run.mmclip.clip.vision.image_size;
     let pixels = fit_to(
         &Tensor::from_slice(&pixels)
-            .view([n, 3, 224, 224])
+            .view([n, 3, IMAGE_SIZE as i64, IMAGE_SIZE as i64])
             .to_device(device),
         side,
     );
-    let mut ids = vec![0i64; rows.len() * pipeline::CONTEXT];
-    for (i, (row, _)) in rows.iter().enumerate() {
-        for (j, t) in row
-            .token_ids
-            .as_ref()
-            .expect("paired rows")
-            .iter()
-            .enumerate()
-            .take(pipeline::CONTEXT)
-        {
-            ids[i * pipeline::CONTEXT + j] = *t as i64;
-        }
-    }
+    let ids: Vec<i64> = rows.iter().flat_map(|r| r.tokens.iter().copied()).collect();
     let ids = Tensor::from_slice(&ids)
-        .view([n, pipeline::CONTEXT as i64])
+        .view([n, CONTEXT as i64])
         .to_device(device);
     let image = session.model.clip.encode_image(&pixels);
     let report = session.model.clip.encode_text(&ids);
