@@ -33,7 +33,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::config::{OptimConfig, OptimKind, Schedule};
-use crate::data::{ShardRecord, ShardSet};
+use crate::data::{ShardRecord, ShardSet, stored_rows};
 use crate::fit::{fit_to, write_atomic};
 use crate::label_sets::{ClassLabels, LabelSet, StoredRow, finding_lists, subject_ids, target};
 use crate::optim::Optimizer;
@@ -517,20 +517,6 @@ fn only_source(sources: &mut Sources) -> Result<&mut Arc<pipeline::Source>> {
         (Some(s), None) | (None, Some(s)) => Ok(s),
         _ => bail!("fine-tuning reads one kind of shard folder at a time"),
     }
-}
-
-/// Where every kept row of the sources is stored.
-fn stored_rows(sources: &Sources) -> Vec<StoredRow> {
-    let mut rows = Vec::new();
-    for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {
-        for shard in 0..source.num_shards() {
-            rows.extend(source.kept_rows(shard).iter().map(|&row| StoredRow {
-                shard: source.shard_path(shard).to_path_buf(),
-                row,
-            }));
-        }
-    }
-    rows
 }
 
 /// A batch's images on the device, at the model's side.

@@ -17,7 +17,7 @@ use pipeline::{CONTEXT, IMAGE_SIZE, Loader, LoaderConfig, Position};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::ShardSet;
+use crate::data::{ShardSet, stored_rows};
 use crate::fit::{fit_to, write_atomic};
 use crate::label_sets::{StoredRow, row_meta};
 use crate::session::Session;
@@ -213,16 +213,10 @@ fn sample_rows(
         );
     }
     let mut sources = shards.open(Some(split), false)?;
+    let stored = stored_rows(&sources);
     let Some(source) = sources.paired.as_mut() else {
         bail!("{}: no paired source", dir.display());
     };
-    let stored: Vec<StoredRow> = (0..source.num_shards())
-        .flat_map(|s| source.kept_rows(s).iter().map(move |&row| (s, row)))
-        .map(|(s, row)| StoredRow {
-            shard: source.shard_path(s).to_path_buf(),
-            row,
-        })
-        .collect();
     let meta = row_meta(&stored)?;
     let has = |i: &usize| {
         lesions

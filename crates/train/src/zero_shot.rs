@@ -220,17 +220,7 @@ pub fn unseen_classes(shards: &ShardSet, split: &str, n: usize) -> Result<Vec<St
 
 /// Where every row of `split` in `shards` is stored.
 pub fn split_rows(shards: &ShardSet, split: &str) -> Result<Vec<StoredRow>> {
-    let sources = shards.open(Some(split), false)?;
-    let mut rows = Vec::new();
-    for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {
-        for shard in 0..source.num_shards() {
-            rows.extend(source.kept_rows(shard).iter().map(|&row| StoredRow {
-                shard: source.shard_path(shard).to_path_buf(),
-                row,
-            }));
-        }
-    }
-    Ok(rows)
+    Ok(crate::data::stored_rows(&shards.open(Some(split), false)?))
 }
 
 /// P(positive) per image: softmax over the scaled similarities to the
