@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ingest::tokenize::ClipTokenizer;
 use schemas::CHEXPERT_CLASSES;
+use text::tokenize::ClipTokenizer;
 
 use crate::util::*;
 

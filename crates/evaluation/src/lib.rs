@@ -16,7 +16,8 @@
 //!
 //! A label is an `i8` in the CheXpert convention: [`POSITIVE`] (1),
 //! [`NEGATIVE`] (0), [`UNCERTAIN`] (-1), and [`MISSING`] (`i8::MIN`, the
-//! class is not mentioned; the same value as `pipeline::LABEL_MISSING`).
+//! class is not mentioned), the values of `schemas::LABEL_POSITIVE` ...
+//! `schemas::LABEL_MISSING` under shorter names.
 //! For each class only rows labelled 0 or 1 are evaluated or trained on;
 //! uncertain and missing rows are left out ([`binary_label`]).
 //!
@@ -48,13 +49,13 @@ pub mod threshold;
 pub mod zero_shot;
 
 /// The class is present.
-pub const POSITIVE: i8 = 1;
+pub const POSITIVE: i8 = schemas::LABEL_POSITIVE;
 /// The class is absent.
-pub const NEGATIVE: i8 = 0;
+pub const NEGATIVE: i8 = schemas::LABEL_NEGATIVE;
 /// The report is uncertain about the class; not evaluated.
-pub const UNCERTAIN: i8 = -1;
+pub const UNCERTAIN: i8 = schemas::LABEL_UNCERTAIN;
 /// The report does not mention the class; not evaluated.
-pub const MISSING: i8 = i8::MIN;
+pub const MISSING: i8 = schemas::LABEL_MISSING;
 
 /// `Some(true)` for a positive label, `Some(false)` for a negative one, and
 /// `None` for the rows left out of evaluation: uncertain, missing, or any

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use schemas::{Manifest, Reject, Source, Stage};
+use schemas::{COVID19, Manifest, PNEUMONIA, Reject, Source, Stage};
 use serde::Serialize;
 
 use crate::prepare;
@@ -71,8 +71,8 @@ pub enum CovidxError {
 pub fn finding_labels(label: &str) -> Option<Vec<String>> {
     let l = label.to_ascii_lowercase();
     match l.as_str() {
-        "positive" | "covid-19" | "covid19" => Some(vec!["COVID-19".into()]),
-        "pneumonia" => Some(vec!["pneumonia".into()]),
+        "positive" | "covid-19" | "covid19" => Some(vec![COVID19.into()]),
+        "pneumonia" => Some(vec![PNEUMONIA.into()]),
         "negative" | "normal" => Some(Vec::new()),
         _ => None,
     }

@@ -4,10 +4,8 @@
 //! - [`dicom_image`] and [`jpeg12`] decode DICOM pixel data to stored values;
 //!   [`window`] turns stored values into 8-bit pixels by the image policy and
 //!   resizes them once; [`encode`] stores them in the chosen encoding.
-//! - [`report`] splits a free-text report into sections with the rules of the
-//!   MIMIC-CXR section parser; [`tokenize`] runs the CLIP BPE tokenizer;
-//!   [`entities`] finds medical entities (ScispaCy sidecar or built-in lexicon)
-//!   and maps them onto tokens.
+//! - Report text (sections, CLIP cleaning and tokenizer, entities) is the
+//!   `text` crate's; [`mimic`] calls it for each report.
 //! - [`mimic`] and [`padchest`] read the two pre-training releases as laid
 //!   out on disk and plan the rows; [`covidx`], [`nih`], [`chexpert`] and
 //!   [`rsna`] read the downstream releases into image-only rows; [`shard`]
@@ -26,16 +24,13 @@ pub mod covidx;
 pub mod csvio;
 pub mod dicom_image;
 pub mod encode;
-pub mod entities;
 pub mod jpeg12;
 pub mod merge;
 pub mod mimic;
 pub mod nih;
 pub mod padchest;
 pub mod prepare;
-pub mod report;
 pub mod rsna;
 pub mod shard;
 pub mod stats;
-pub mod tokenize;
 pub mod window;

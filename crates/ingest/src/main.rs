@@ -11,7 +11,7 @@ use ingest::covidx::CovidxOptions;
 use ingest::mimic::{Labeler, MimicOptions};
 use ingest::nih::{NihOptions, NihSplit};
 use ingest::padchest::PadchestOptions;
-use ingest::report::Section;
+use text::report::Section;
 use ingest::rsna::RsnaOptions;
 use ingest::shard::{Part, ShardOptions};
 use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
@@ -627,7 +627,7 @@ fn run(mut cli: Cli) -> Result<()> {
             texts,
             out,
         } => {
-            let tok = ingest::tokenize::ClipTokenizer::from_file(&tokenizer)?;
+            let tok = text::tokenize::ClipTokenizer::from_file(&tokenizer)?;
             let input =
                 std::fs::read_to_string(&texts).with_context(|| texts.display().to_string())?;
             let mut lines = Vec::new();
@@ -641,7 +641,7 @@ fn run(mut cli: Cli) -> Result<()> {
                 let Some(raw) = v.get("text").and_then(|t| t.as_str()) else {
                     bail!("{}:{}: no \"text\" string", texts.display(), i + 1);
                 };
-                let text = ingest::report::clean_section(raw);
+                let text = text::report::clean_section(raw);
                 let t = tok.encode(&text)?;
                 let rec = serde_json::json!({"text": text, "ids": t.ids, "truncated": t.truncated});
                 lines.push(rec.to_string());
@@ -651,7 +651,7 @@ fn run(mut cli: Cli) -> Result<()> {
             println!("{}: {} texts", out.display(), lines.len() - 1);
         }
         Command::Tokenizer { vocab, out } => {
-            let json = ingest::tokenize::build_tokenizer_json(&vocab)?;
+            let json = text::tokenize::build_tokenizer_json(&vocab)?;
             ingest::shard::write_atomic(&out, json.as_bytes())?;
             println!("{}", out.display());
         }

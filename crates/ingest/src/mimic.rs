@@ -16,13 +16,13 @@ use schemas::{
     CHEXPERT_CLASSES, EntitySourceInfo, FileDigest, ImagePolicy, Manifest, Reject, Source, Stage,
 };
 use serde::Serialize;
+use text::entities::{self, Lexicon, Sidecar};
+use text::report::{Section, decode_report_file, parse_report, training_text};
+use text::tokenize::{ClipTokenizer, TokenizeError};
 
 use crate::csvio::{self, CsvError, Table};
-use crate::entities::{Lexicon, Sidecar};
-use crate::report::{Section, decode_report_file, parse_report, training_text};
+use crate::prepare;
 use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions};
-use crate::tokenize::{ClipTokenizer, TokenizeError};
-use crate::{entities, prepare};
 
 /// File stem of the metadata CSV.
 pub const METADATA_CSV: &str = "mimic-cxr-2.0.0-metadata";

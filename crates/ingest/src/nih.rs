@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use schemas::{Manifest, Reject, Source, Stage};
+use schemas::{Manifest, NIH_CLASSES, Reject, Source, Stage};
 use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
@@ -28,24 +28,6 @@ use crate::mimic::view_kept;
 use crate::padchest::patient_split;
 use crate::prepare;
 use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions};
-
-/// The 14 ChestX-ray14 classes, as `Finding Labels` spells them.
-pub const NIH_CLASSES: [&str; 14] = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-];
 
 /// The label of an image without findings.
 pub const NO_FINDING: &str = "No Finding";

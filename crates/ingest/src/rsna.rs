@@ -40,7 +40,7 @@ use arrow_array::{Array, Int32Array, StringArray};
 use indicatif::ProgressBar;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use schemas::{Manifest, Reject, Source, Stage, col};
+use schemas::{Manifest, PNEUMONIA, Reject, Source, Stage, col};
 use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
@@ -56,8 +56,6 @@ pub const CLASS_INFO_STEM: &str = "stage_2_detailed_class_info";
 pub const IMAGES_DIR: &str = "stage_2_train_images";
 /// The boxes of the written images, next to `manifest.json`.
 pub const BOXES_FILE: &str = "boxes.jsonl";
-/// The `finding_labels` entry of a `Target` 1 image.
-pub const PNEUMONIA: &str = "pneumonia";
 /// The class of a box in `boxes.jsonl`: CheXpert's name, as the synthetic
 /// world's lesion classes are.
 pub const BOX_CLASS: &str = "Pneumonia";

@@ -10,7 +10,7 @@ use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int32Type;
 use rayon::prelude::*;
-use schemas::ImageEncoding;
+use schemas::{ImageEncoding, LABEL_MISSING};
 
 use crate::augment::{self, AugmentConfig, IMAGE_FLOATS, Mode};
 use crate::config::{BadRowPolicy, LoaderConfig};
@@ -19,13 +19,11 @@ use crate::order::{Order, Position, SampleRef};
 use crate::source::{RowGroup, RowLoc, SourceKind, Sources};
 use crate::stats::Counters;
 
-/// Token context length (CLIP).
-pub const CONTEXT: usize = 77;
-/// Label columns (the 14 CheXpert classes, `schemas::CHEXPERT_CLASSES` order).
-pub const NUM_LABELS: usize = 14;
-/// Label value for "not mentioned" (null in the shard); the others are
-/// CheXpert's 1 positive, 0 negative, -1 uncertain.
-pub const LABEL_MISSING: i8 = i8::MIN;
+/// Width of a batch's token rows: the shard format's context length
+/// ([`schemas::CONTEXT_LENGTH`]), under the name the batch shapes use.
+pub const CONTEXT: usize = schemas::CONTEXT_LENGTH;
+/// Label columns: the 14 CheXpert classes, in [`schemas::CHEXPERT_CLASSES`] order.
+pub const NUM_LABELS: usize = schemas::CHEXPERT_CLASSES.len();
 
 /// Where a batch row came from, for tracing: source, shard, row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -40,7 +40,11 @@ mod stats;
 pub use augment::{
     AugmentConfig, CHANNELS, CLIP_MEAN, CLIP_STD, IMAGE_FLOATS, IMAGE_SIZE, Mode, render,
 };
-pub use batch::{Batch, CONTEXT, LABEL_MISSING, NUM_LABELS, RowId};
+pub use batch::{Batch, CONTEXT, NUM_LABELS, RowId};
+/// Label value for "not mentioned" (null in the shard), defined with the
+/// shard format; the others are CheXpert's 1 positive, 0 negative, -1
+/// uncertain.
+pub use schemas::LABEL_MISSING;
 pub use config::{BadRowPolicy, LoaderConfig};
 pub use error::{BadRow, PipelineError};
 pub use order::Position;

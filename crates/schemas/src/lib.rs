@@ -11,7 +11,11 @@
 //! ```
 //!
 //! Column names live in [`col`]; nothing else in the workspace spells a column
-//! name as a string literal. The 14 CheXpert classes live in [`CHEXPERT_CLASSES`].
+//! name as a string literal. The 14 CheXpert classes live in [`CHEXPERT_CLASSES`],
+//! the downstream releases' findings beside them ([`NIH_CLASSES`],
+//! [`COVID19`], [`PNEUMONIA`]); the label values ([`LABEL_POSITIVE`] ...
+//! [`LABEL_MISSING`]) and the token context length ([`CONTEXT_LENGTH`]) are
+//! defined here once for every crate that reads or writes them.
 //! Any change to the columns or their meaning bumps [`SCHEMA_VERSION`].
 //!
 //! ```
@@ -86,7 +90,8 @@ pub mod col {
     /// The training text: the configured sections, cleaned and joined. Tokens
     /// and entity spans refer to this text.
     pub const TEXT: &str = "text";
-    /// CLIP BPE ids of `text`: start token, ids, end token; at most 77.
+    /// CLIP BPE ids of `text`: start token, ids, end token; at most
+    /// [`CONTEXT_LENGTH`](crate::CONTEXT_LENGTH).
     pub const TOKEN_IDS: &str = "token_ids";
     /// True when `text` did not fit in the context and was cut.
     pub const TRUNCATED: &str = "truncated";
@@ -138,6 +143,47 @@ pub const CHEXPERT_CLASSES: [(&str, &str); 14] = [
     ("Pneumothorax", "pneumothorax"),
     ("Support Devices", "support_devices"),
 ];
+
+/// The 14 ChestX-ray14 (NIH) classes, as the release's `Finding Labels`
+/// spells them and as `ingest nih` writes them into `finding_labels`.
+pub const NIH_CLASSES: [&str; 14] = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+];
+
+/// The `finding_labels` entry of a COVID-19 image (`ingest covidx`).
+pub const COVID19: &str = "COVID-19";
+
+/// The `finding_labels` entry of a pneumonia image: RSNA's `Target` 1
+/// (`ingest rsna`) and COVIDx's non-COVID pneumonia (`ingest covidx`).
+pub const PNEUMONIA: &str = "pneumonia";
+
+/// Label value: the class is present (CheXpert's 1).
+pub const LABEL_POSITIVE: i8 = 1;
+/// Label value: the class is absent (CheXpert's 0).
+pub const LABEL_NEGATIVE: i8 = 0;
+/// Label value: the report is uncertain about the class (CheXpert's -1).
+pub const LABEL_UNCERTAIN: i8 = -1;
+/// Label value: the report does not mention the class. Null in the shard's
+/// label columns; this value where a label is held in an `i8` (the loader's
+/// batches, evaluation).
+pub const LABEL_MISSING: i8 = i8::MIN;
+
+/// CLIP's text context length: the most token ids a `token_ids` cell holds
+/// (start and end tokens included), and the width of a batch's token rows.
+pub const CONTEXT_LENGTH: usize = 77;
 
 /// The five CheXpert competition classes (Irvin et al., 2019), which the
 /// paper's "CheXpert 5" rows score: names as in [`CHEXPERT_CLASSES`].

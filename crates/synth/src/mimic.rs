@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use ::text::report::{DEFAULT_SECTIONS, parse_report, training_text};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -645,9 +646,8 @@ pub(crate) fn generate(out: &Path, cfg: &SynthConfig) -> Result<MimicOut, SynthE
         chex_rows.push(chex);
         negbio_rows.push(neg);
         // The sidecar's text is exactly what ingest will train on.
-        let sections = ingest::report::parse_report(&s.report);
-        if let Some(t) = ingest::report::training_text(&sections, &ingest::report::DEFAULT_SECTIONS)
-        {
+        let sections = parse_report(&s.report);
+        if let Some(t) = training_text(&sections, &DEFAULT_SECTIONS) {
             let ents = locate_entities(&t, &s.entities);
             let line =
                 serde_json::json!({"study_id": p.study.to_string(), "text": t, "entities": ents});

@@ -87,7 +87,7 @@ fn tiny() -> MmclipConfig {
     (
         cfg.clip.text.vocab_size,
         cfg.clip.text.max_position_embeddings,
-    ) = (49408, 77);
+    ) = (49408, schemas::CONTEXT_LENGTH as i64);
     cfg
 }
 

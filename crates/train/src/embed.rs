@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use ingest::tokenize::ClipTokenizer;
 use tch::{Device, Tensor};
+use text::tokenize::ClipTokenizer;
 
 use crate::encode::{image_files, load_image, normalise};
 use crate::fit::{fit_to, partial_path, write_atomic};

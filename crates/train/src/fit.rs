@@ -25,7 +25,7 @@ use pipeline::{Loader, LoaderConfig, Position};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
-use ingest::tokenize::ClipTokenizer;
+use text::tokenize::ClipTokenizer;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;

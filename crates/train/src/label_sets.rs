@@ -98,13 +98,10 @@ impl LabelSet {
                 .map(|name| name.to_string())
                 .collect(),
             LabelSet::Padchest => PADCHEST_SEEN.iter().map(|(f, _)| f.to_string()).collect(),
-            LabelSet::Nih => ingest::nih::NIH_CLASSES
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
-            LabelSet::Covidx => vec!["COVID-19".to_string()],
+            LabelSet::Nih => schemas::NIH_CLASSES.iter().map(|c| c.to_string()).collect(),
+            LabelSet::Covidx => vec![schemas::COVID19.to_string()],
             // `ingest rsna`'s label, which is also the prompt's phrase.
-            LabelSet::Rsna => vec![ingest::rsna::PNEUMONIA.to_string()],
+            LabelSet::Rsna => vec![schemas::PNEUMONIA.to_string()],
         }
     }
 }

@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ingest::tokenize::ClipTokenizer;
 use model::{Clip, ClipConfig, Mmclip, MmclipConfig};
 use pipeline::CONTEXT;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn::VarStore};
+use text::tokenize::ClipTokenizer;
 
 /// `RUN/run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

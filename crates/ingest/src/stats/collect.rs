@@ -14,7 +14,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject, Stage, col,
+    CHEXPERT_CLASSES, CONTEXT_LENGTH, ImageEncoding, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject,
+    Stage, col,
 };
 
 use super::{
@@ -25,8 +26,6 @@ use super::{
 /// Rows per batch read from a shard. Bounds memory: with raw 256-pixel
 /// images a batch holds about 20 MB of pixels, whatever the row group size.
 const BATCH_ROWS: usize = 256;
-/// The CLIP context length `token_ids` are cut to (start and end tokens included).
-const CONTEXT_LENGTH: usize = 77;
 /// Entries kept in the top-N lists.
 const TOP_N: usize = 30;
 /// Entries kept in the lists of common image sizes.

@@ -15,7 +15,7 @@
 //! an entity: the `entity_mask` column, EntMLM's M_e.
 //!
 //! ```
-//! use ingest::entities::{token_entity_mask, Lexicon};
+//! use text::entities::{token_entity_mask, Lexicon};
 //!
 //! let text = "Small pleural effusion.";
 //! let spans = Lexicon::builtin().find(text);
@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde::{Deserialize, Serialize};
@@ -45,386 +46,18 @@ pub const ENTITY_LABEL: &str = "ENTITY";
 pub use schemas::EntitySpan as Span;
 
 /// The built-in lexicon: chest radiography findings, anatomy and devices, one
-/// lower-case term per line; `#` lines name the groups. Plurals are listed
-/// where reports use them, since matching is on whole words.
-const BUILTIN_TERMS: &str = "
-# findings: pleura
-pleural effusion
-pleural effusions
-effusion
-effusions
-loculated effusion
-loculated pleural effusion
-subpulmonic effusion
-pericardial effusion
-pleural fluid
-pleural thickening
-pleural plaque
-pleural plaques
-pleural calcification
-pneumothorax
-pneumothoraces
-tension pneumothorax
-hydropneumothorax
-hemothorax
-hydrothorax
-empyema
-costophrenic angle blunting
-blunting
-# findings: lungs
-atelectasis
-atelectatic
-subsegmental atelectasis
-bibasilar atelectasis
-plate-like atelectasis
-platelike atelectasis
-collapse
-lobar collapse
-volume loss
-consolidation
-consolidations
-consolidative
-opacity
-opacities
-opacification
-airspace opacity
-airspace opacities
-airspace disease
-air bronchogram
-air bronchograms
-ground-glass opacity
-ground-glass opacities
-ground glass opacity
-ground glass opacities
-reticular opacities
-nodular opacity
-nodular opacities
-infiltrate
-infiltrates
-pneumonia
-pneumonias
-aspiration
-aspiration pneumonia
-pneumonitis
-infection
-edema
-pulmonary edema
-interstitial edema
-alveolar edema
-pulmonary vascular congestion
-vascular congestion
-congestion
-cephalization
-kerley b lines
-septal lines
-fluid overload
-volume overload
-nodule
-nodules
-pulmonary nodule
-pulmonary nodules
-mass
-masses
-lung mass
-lesion
-lesions
-granuloma
-granulomas
-calcified granuloma
-calcified granulomas
-cavitation
-cavity
-cavitary lesion
-abscess
-cyst
-cysts
-bulla
-bullae
-bleb
-blebs
-emphysema
-emphysematous changes
-subcutaneous emphysema
-hyperinflation
-hyperinflated lungs
-hyperexpanded lungs
-copd
-chronic obstructive pulmonary disease
-fibrosis
-pulmonary fibrosis
-fibrotic changes
-scarring
-scar
-interstitial lung disease
-interstitial abnormality
-interstitial markings
-interstitial opacities
-bronchiectasis
-bronchial wall thickening
-peribronchial cuffing
-bronchitis
-ards
-contusion
-pulmonary contusion
-tuberculosis
-sarcoidosis
-metastasis
-metastases
-metastatic disease
-malignancy
-tumor
-carcinoma
-lung cancer
-pneumomediastinum
-pneumoperitoneum
-free air
-free intraperitoneal air
-# findings: heart and mediastinum
-cardiomegaly
-enlarged cardiac silhouette
-enlarged heart
-enlarged cardiomediastinal silhouette
-cardiomediastinal enlargement
-mediastinal widening
-widened mediastinum
-lymphadenopathy
-hilar lymphadenopathy
-mediastinal lymphadenopathy
-hilar enlargement
-congestive heart failure
-heart failure
-chf
-tortuous aorta
-aortic tortuosity
-tortuosity
-aortic calcification
-atherosclerotic calcification
-atherosclerosis
-calcification
-calcifications
-aneurysm
-aortic aneurysm
-hiatal hernia
-hiatus hernia
-hernia
-air-fluid level
-air fluid level
-# findings: bones and soft tissue
-fracture
-fractures
-rib fracture
-rib fractures
-compression fracture
-compression deformity
-healed fracture
-dislocation
-deformity
-degenerative changes
-degenerative disease
-osteopenia
-osteophytes
-kyphosis
-scoliosis
-dextroscoliosis
-levoscoliosis
-lytic lesion
-sclerotic lesion
-elevated hemidiaphragm
-eventration
-# anatomy
-lung
-lungs
-left lung
-right lung
-lung base
-lung bases
-lung apex
-lung apices
-apex
-apices
-lung volumes
-lung volume
-upper lobe
-middle lobe
-lower lobe
-right upper lobe
-right middle lobe
-right lower lobe
-left upper lobe
-left lower lobe
-lingula
-lingular
-lobe
-lobes
-parenchyma
-lung parenchyma
-interstitium
-fissure
-minor fissure
-major fissure
-hilum
-hila
-hilar
-perihilar
-mediastinum
-mediastinal
-cardiomediastinal silhouette
-mediastinal contours
-hilar contours
-heart
-heart size
-cardiac
-cardiac silhouette
-pericardium
-right atrium
-left atrium
-left ventricle
-right ventricle
-pleura
-pleural
-pleural space
-costophrenic angle
-costophrenic angles
-costophrenic sulcus
-cardiophrenic angle
-hemidiaphragm
-hemidiaphragms
-diaphragm
-diaphragms
-trachea
-carina
-bronchus
-bronchi
-mainstem bronchus
-airway
-airways
-aorta
-aortic arch
-aortic knob
-thoracic aorta
-descending aorta
-ascending aorta
-pulmonary artery
-pulmonary arteries
-pulmonary vasculature
-vasculature
-vascular markings
-superior vena cava
-svc
-cavoatrial junction
-azygos vein
-esophagus
-gastroesophageal junction
-retrocardiac
-paratracheal
-subdiaphragmatic
-thorax
-chest
-chest wall
-rib
-ribs
-clavicle
-clavicles
-scapula
-scapulae
-sternum
-spine
-thoracic spine
-vertebra
-vertebrae
-vertebral body
-vertebral bodies
-shoulder
-shoulders
-humerus
-osseous structures
-bony structures
-soft tissues
-upper abdomen
-stomach
-bowel
-liver
-neck
-axilla
-breast
-nipple shadow
-nipple shadows
-# devices
-support devices
-lines and tubes
-tubes and lines
-endotracheal tube
-et tube
-ett
-tracheostomy tube
-tracheostomy
-nasogastric tube
-ng tube
-orogastric tube
-og tube
-feeding tube
-dobhoff tube
-enteric tube
-chest tube
-chest tubes
-pleural catheter
-pigtail catheter
-drain
-drains
-central venous catheter
-central venous line
-central line
-central catheter
-picc
-picc line
-peripherally inserted central catheter
-internal jugular catheter
-internal jugular line
-ij catheter
-subclavian catheter
-subclavian line
-swan-ganz catheter
-pulmonary artery catheter
-dialysis catheter
-hemodialysis catheter
-port-a-cath
-catheter
-catheters
-pacemaker
-pacer
-pacemaker leads
-pacer leads
-pacemaker wires
-icd
-aicd
-defibrillator
-cardiac device
-loop recorder
-intra-aortic balloon pump
-iabp
-lvad
-left ventricular assist device
-sternotomy wires
-sternal wires
-median sternotomy
-sternotomy
-surgical clips
-clips
-staples
-cabg
-valve replacement
-prosthetic valve
-aortic valve replacement
-mitral valve replacement
-stent
-stents
-monitoring leads
-ekg leads
-ecg leads
-orthopedic hardware
-spinal fusion hardware
-hardware
-";
+/// lower-case term per line of `data/lexicon.txt`; `#` lines name the groups.
+/// Plurals are listed where reports use them, since matching is on whole
+/// words. A data file, so the list is read and edited as a list, not as code.
+const BUILTIN_TERMS: &str = include_str!("../data/lexicon.txt");
+
+/// The built-in lexicon, built on first use: every caller of
+/// [`Lexicon::builtin`] shares one automaton.
+static BUILTIN: LazyLock<Lexicon> = LazyLock::new(|| {
+    // The table is compiled in, a few hundred short terms: building its
+    // automaton cannot fail, and a test builds it.
+    Lexicon::from_terms(builtin_terms()).expect("the built-in lexicon builds")
+});
 
 /// A whole-word, case-insensitive matcher over a fixed list of terms.
 #[derive(Debug, Clone)]
@@ -441,9 +74,8 @@ pub struct LexiconError(#[from] aho_corasick::BuildError);
 impl Lexicon {
     /// The built-in radiology lexicon (findings, anatomy, devices).
     pub fn builtin() -> Lexicon {
-        // The table is a constant of a few hundred short terms: building its
-        // automaton cannot fail, and a test builds it.
-        Lexicon::from_terms(builtin_terms()).expect("the built-in lexicon builds")
+        // A clone shares the automaton (reference-counted).
+        BUILTIN.clone()
     }
 
     /// A lexicon of the given terms (matched ASCII-case-insensitively).
@@ -900,6 +532,21 @@ mod tests {
             assert!(seen.insert(*t), "duplicate term {t:?}");
         }
         assert_eq!(Lexicon::builtin().len(), terms.len());
+    }
+
+    #[test]
+    fn data_file_terms_are_its_lines_less_group_headers_and_blanks() {
+        // 376 lines: 370 terms under 6 `#` group headers. A change to the
+        // file changes the entity masks of every shard, so it is pinned here.
+        let terms: Vec<&str> = builtin_terms().collect();
+        assert_eq!(terms.len(), 370);
+        assert_eq!(
+            BUILTIN_TERMS.lines().filter(|l| l.starts_with('#')).count(),
+            6
+        );
+        assert_eq!(terms.first(), Some(&"pleural effusion"));
+        assert_eq!(terms.last(), Some(&"hardware"));
+        assert!(terms.iter().all(|t| !t.starts_with('#') && t.trim() == *t));
     }
 
     #[test]

@@ -14,10 +14,9 @@
 use std::io::Read;
 use std::path::Path;
 
+use schemas::CONTEXT_LENGTH;
 use serde_json::{Value, json};
 
-/// CLIP's context length.
-pub const CONTEXT_LENGTH: usize = 77;
 /// The start-of-text token.
 pub const SOT: &str = "<|startoftext|>";
 /// The end-of-text token (also CLIP's unknown and padding token).

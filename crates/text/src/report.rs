@@ -45,7 +45,7 @@
 //! collapsed to one space, trimmed), joined by one space.
 //!
 //! ```
-//! use ingest::report::{parse_report, training_text, DEFAULT_SECTIONS};
+//! use text::report::{parse_report, training_text, DEFAULT_SECTIONS};
 //!
 //! let text = "                 FINAL REPORT\n INDICATION:  Cough.\n \n FINDINGS:  No\n effusion.\n \n IMPRESSION:  Normal.\n";
 //! let s = parse_report(text);
