@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the ScispaCy NER sidecar that `ingest` reads (crates/ingest/src/entities.rs).
+"""Write the ScispaCy NER sidecar that `ingest` reads (crates/text/src/entities.rs).
 
 Input: JSON Lines of {"study_id": "...", "text": "..."}, as `ingest sections`
 exports them: exactly the training text of each study. Output: one line per

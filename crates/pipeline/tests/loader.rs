@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ingest::shard::{Row, ShardOptions, encode_shard, finish, sha256_hex};
 use pipeline::{
-    BadRowPolicy, Batch, Loader, LoaderConfig, Mode, OpenOptions, PipelineError, Position,
-    SourceKind, Sources,
+    BadRowPolicy, Batch, CONTEXT, LABEL_MISSING, Loader, LoaderConfig, Mode, NUM_LABELS,
+    OpenOptions, PipelineError, Position, SourceKind, Sources,
 };
 use schemas::{
     Counts, ImageEncoding, ImagePolicy, Manifest, SCHEMA_VERSION, ShardEntry, Source,
@@ -197,16 +197,16 @@ fn every_batch_has_exact_paired_and_unpaired_counts_and_text() {
                 }
             );
             assert_eq!(b.token_lengths[r], if paired { 3 } else { 0 });
-            let toks = &b.tokens[r * 77..(r + 1) * 77];
+            let toks = &b.tokens[r * CONTEXT..(r + 1) * CONTEXT];
             if paired {
                 // Token 1 carries the row number; the rest is zero padding.
                 let id = (b.rows[r].loc.shard * 12 + b.rows[r].loc.row) as i64;
                 assert_eq!(&toks[..3], &[49406, 1000 + id, 49407]);
-                assert_eq!(&b.entity_mask[r * 77..r * 77 + 4], &[0, 1, 0, 0]);
+                assert_eq!(&b.entity_mask[r * CONTEXT..r * CONTEXT + 4], &[0, 1, 0, 0]);
             }
             assert!(toks[3..].iter().all(|&t| t == 0));
-            assert_eq!(b.labels[r * 14], 1);
-            assert_eq!(b.labels[r * 14 + 1], pipeline::LABEL_MISSING);
+            assert_eq!(b.labels[r * NUM_LABELS], 1);
+            assert_eq!(b.labels[r * NUM_LABELS + 1], LABEL_MISSING);
         }
     }
     // Epoch = one pass over the paired rows: no paired row twice in an epoch.

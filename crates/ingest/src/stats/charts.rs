@@ -91,10 +91,8 @@ pub(super) fn draw_all(
         })?;
     }
     if text.tokens.count > 0 {
-        let mark = (
-            text.context_length as usize,
-            "fills the context (77 tokens)",
-        );
+        let label = format!("fills the context ({} tokens)", text.context_length);
+        let mark = (text.context_length as usize, label.as_str());
         save(REPORT_TOKENS.into(), &|p| {
             vertical_bars(
                 p,
