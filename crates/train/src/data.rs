@@ -219,6 +219,26 @@ impl Staged {
     }
 }
 
+/// Where every kept row of `sources` is stored (paired, then image-only;
+/// shards and rows in order).
+pub fn stored_rows(sources: &Sources) -> Vec<crate::label_sets::StoredRow> {
+    let mut rows = Vec::new();
+    for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {
+        for shard in 0..source.num_shards() {
+            rows.extend(
+                source
+                    .kept_rows(shard)
+                    .iter()
+                    .map(|&row| crate::label_sets::StoredRow {
+                        shard: source.shard_path(shard).to_path_buf(),
+                        row,
+                    }),
+            );
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,24 +309,4 @@ mod tests {
         let swapped = [run[1].clone(), run[0].clone()];
         assert!(shards_differ(&run, &swapped).is_some());
     }
-}
-
-/// Where every kept row of `sources` is stored (paired, then image-only;
-/// shards and rows in order).
-pub fn stored_rows(sources: &Sources) -> Vec<crate::label_sets::StoredRow> {
-    let mut rows = Vec::new();
-    for source in [&sources.paired, &sources.unpaired].into_iter().flatten() {
-        for shard in 0..source.num_shards() {
-            rows.extend(
-                source
-                    .kept_rows(shard)
-                    .iter()
-                    .map(|&row| crate::label_sets::StoredRow {
-                        shard: source.shard_path(shard).to_path_buf(),
-                        row,
-                    }),
-            );
-        }
-    }
-    rows
 }
