@@ -11,7 +11,8 @@
 //!   [`rsna`] read the downstream releases into image-only rows; [`shard`]
 //!   writes them as atomic, resumable shards with a manifest and a reject
 //!   log (formats in the `schemas` crate).
-//! - [`stats`] reads a shard folder back and writes a statistics report.
+//! - The statistics report over a shard folder is the `stats` crate's;
+//!   the binary's `ingest stats` calls it.
 //! - [`merge`] combines the part folders of a partitioned run (`--part I/N`)
 //!   into the folder of a whole run.
 //!
@@ -32,5 +33,4 @@ pub mod padchest;
 pub mod prepare;
 pub mod rsna;
 pub mod shard;
-pub mod stats;
 pub mod window;

@@ -11,10 +11,10 @@ use ingest::covidx::CovidxOptions;
 use ingest::mimic::{Labeler, MimicOptions};
 use ingest::nih::{NihOptions, NihSplit};
 use ingest::padchest::PadchestOptions;
-use text::report::Section;
 use ingest::rsna::RsnaOptions;
 use ingest::shard::{Part, ShardOptions};
 use schemas::{ImageEncoding, ImagePolicy, Manifest, WindowPolicy};
+use text::report::Section;
 
 #[derive(Parser)]
 #[command(
@@ -604,10 +604,10 @@ fn run(mut cli: Cli) -> Result<()> {
             out,
             no_verify,
         } => {
-            let opts = ingest::stats::ReportOptions {
+            let opts = stats::ReportOptions {
                 verify_checksums: !no_verify,
             };
-            ingest::stats::write_report_with(&shards, &out, &opts).context("ingest stats")?;
+            stats::write_report_with(&shards, &out, &opts).context("ingest stats")?;
             println!("{}", out.join("stats.md").display());
         }
         Command::Sections {

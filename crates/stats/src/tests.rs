@@ -43,6 +43,25 @@ impl Row {
     }
 }
 
+/// Stores `pixels` as `encoding`, as ingest's writer does (the report reads
+/// the shard format, not ingest, so the tests write it with `image` directly).
+fn encode(pixels: &[u8], width: u32, height: u32, encoding: ImageEncoding) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    match encoding {
+        ImageEncoding::Raw => out.extend_from_slice(pixels),
+        ImageEncoding::Png => image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(pixels, width, height, image::ExtendedColorType::L8)
+            .unwrap(),
+        ImageEncoding::Jpeg { quality } => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+                .write_image(pixels, width, height, image::ExtendedColorType::L8)
+                .unwrap()
+        }
+    }
+    out
+}
+
 /// Writes `rows` as one shard with the columns of `schemas::shard_schema()`.
 fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
     let schema = schemas::shard_schema();
@@ -99,7 +118,7 @@ fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
     }
     let images: Vec<Vec<u8>> = rows
         .iter()
-        .map(|r| crate::encode::encode(&r.pixels(), r.image.0, r.image.1, encoding).unwrap())
+        .map(|r| encode(&r.pixels(), r.image.0, r.image.1, encoding))
         .collect();
 
     let mut columns: HashMap<String, ArrayRef> = HashMap::new();
@@ -186,7 +205,7 @@ fn write_folder(
     std::fs::create_dir_all(dir).unwrap();
     let file = schemas::shard_file_name(0);
     write_shard(&dir.join(&file), rows, encoding);
-    let sha256 = crate::shard::sha256_file(&dir.join(&file)).unwrap();
+    let sha256 = collect::sha256_file(&dir.join(&file)).unwrap();
     let manifest = Manifest {
         schema_version: schemas::SCHEMA_VERSION,
         tool_version: "test".into(),

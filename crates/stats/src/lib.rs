@@ -1,4 +1,6 @@
-//! Reads shard folders back and writes a statistics report.
+//! Stats: reads shard folders back and writes a statistics report (the
+//! `ingest stats` subcommand). It reads only the on-disk format of the
+//! `schemas` crate, so it depends on no writer of it.
 //!
 //! [`write_report`] reads each folder's `manifest.json`, every shard it lists
 //! and `rejects.jsonl`, and writes into the output folder:
@@ -25,13 +27,15 @@
 //!
 //! ```no_run
 //! # use std::path::{Path, PathBuf};
-//! let stats = ingest::stats::write_report(
+//! let stats = stats::write_report(
 //!     &[PathBuf::from("shards/mimic"), PathBuf::from("shards/padchest")],
 //!     Path::new("shards/stats"),
 //! )?;
 //! println!("{} rows, {} paired", stats.rows, stats.paired);
-//! # Ok::<(), ingest::stats::StatsError>(())
+//! # Ok::<(), stats::StatsError>(())
 //! ```
+
+#![deny(missing_docs)]
 
 mod charts;
 mod collect;

@@ -818,7 +818,7 @@ fn named<T>(sources: &[String], values: Vec<T>) -> BTreeMap<String, T> {
 
 /// Errs unless the shard's sha256 is `expected`, the manifest's.
 fn verify(path: &Path, manifest: &Path, expected: &str) -> Result<(), StatsError> {
-    let found = crate::shard::sha256_file(path).map_err(|source| match source.kind() {
+    let found = sha256_file(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => StatsError::MissingShard {
             path: path.to_path_buf(),
             manifest: manifest.to_path_buf(),
@@ -868,8 +868,48 @@ fn decode_row(c: &Columns<'_>, row: usize, encoding: ImageEncoding) -> Result<Ve
     if height < 0 || width < 0 {
         return Err(format!("negative size {width}×{height}"));
     }
-    crate::encode::decode(c.image.value(row), width as u32, height as u32, encoding)
-        .map_err(|e| e.to_string())
+    decode(c.image.value(row), width as u32, height as u32, encoding)
+}
+
+/// Decodes a stored image back to `width × height` 8-bit pixels: the inverse
+/// of ingest's `encode::encode`, read here so that the report needs only the
+/// shard format (`schemas`), not the crate that writes it. The messages are
+/// those of ingest's `encode::decode`, as the report has always shown them.
+fn decode(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    encoding: ImageEncoding,
+) -> Result<Vec<u8>, String> {
+    let pixels = match encoding {
+        ImageEncoding::Raw => bytes.to_vec(),
+        ImageEncoding::Png | ImageEncoding::Jpeg { .. } => {
+            let format = match encoding {
+                ImageEncoding::Png => image::ImageFormat::Png,
+                _ => image::ImageFormat::Jpeg,
+            };
+            image::load(std::io::Cursor::new(bytes), format)
+                .map_err(|e| format!("image codec: {e}"))?
+                .into_luma8()
+                .into_raw()
+        }
+    };
+    let expected = width as usize * height as usize;
+    if pixels.len() != expected {
+        return Err(format!(
+            "expected {expected} pixels, found {}",
+            pixels.len()
+        ));
+    }
+    Ok(pixels)
+}
+
+/// The hex sha256 of a file's bytes, as the manifest records it.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Histograms of one worker's share of a batch.
