@@ -53,6 +53,7 @@ fn compile_dist(include: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/third_party/gloo");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=NCCL_HOME");
+    println!("cargo:rerun-if-env-changed=MMCLIP_BUILD_VERBOSE");
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -85,12 +86,20 @@ fn compile_dist(include: &std::path::Path) {
                 .define("USE_C10D_NCCL", None)
                 .define("MMCLIP_NCCL", None);
         }
-        (nccl, cuda) => println!(
+        // Said only when asked: cargo replays a build script's warnings on
+        // every build, and a CPU build has no use for NCCL. A CUDA group is
+        // refused at run time with the reason, and `nccl_available` tells.
+        (nccl, cuda) if std::env::var_os("MMCLIP_BUILD_VERBOSE").is_some() => println!(
             "cargo:warning=model: the NCCL process group is not built ({}{}); \
              training on several GPUs needs it (set CUDA_HOME to a CUDA toolkit)",
             if nccl.is_none() { "no nccl.h " } else { "" },
-            if cuda.is_none() { "no CUDA toolkit headers" } else { "" },
+            if cuda.is_none() {
+                "no CUDA toolkit headers"
+            } else {
+                ""
+            },
         ),
+        _ => {}
     }
     build.compile("mmclip_dist");
 }

@@ -3,15 +3,14 @@
 //! `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), no `torchrun` needed.
 //!
 //! What is pinned: a launch of one process trains byte for byte as a plain
-//! start; two ranks finish with the same weights on both (checked by the run
-//! itself at every checkpoint) and one set of run files; a rank that dies
-//! makes the other fail within the timeout, naming the collective.
-//!
-//! Not pinned, because it does not hold yet: two ranks' losses equal one
-//! process's at the same global batch. Each rank's InfoNCE uses only its own
-//! rows as negatives, and the masking draws are keyed by the step, not by
-//! the global row, so they depend on the world size.
+//! start; two and three ranks train as one process at the same global batch
+//! (the losses of each step and the weights after three steps agree within
+//! 1e-5: the ranks' matrix products are smaller, so the last bits differ);
+//! two ranks finish with the same weights on both (checked by the run itself
+//! at every checkpoint) and one set of run files; a rank that dies makes the
+//! other fail within the timeout, naming the collective.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -174,6 +173,125 @@ fn two_ranks_end_with_the_same_weights_and_one_set_of_run_files() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["step-00000005", "step-00000006"]);
+}
+
+/// Every tensor of a checkpoint's `model.safetensors`, by name, as f32s
+/// (the format: an 8-byte little-endian header length, a JSON header of
+/// dtype, shape and byte offsets, then the data).
+fn checkpoint_weights(run: &Path, step: u64) -> BTreeMap<String, Vec<f32>> {
+    let path = run.join(format!("checkpoints/step-{step:08}/model.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            assert_eq!(v["dtype"], "F32", "{}: {name} is not f32", path.display());
+            let [a, b] = [0, 1].map(|i| v["data_offsets"][i].as_u64().unwrap() as usize);
+            let values = data[a..b]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// Trains `config` as `world` ranks into `run`, each rank's output checked.
+fn train_as(config: &Path, run: &Path, world: usize) {
+    let port = free_port();
+    let ranks: Vec<Child> = (0..world)
+        .map(|r| rank(config, run, r, world, port, 120))
+        .collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {r} of {world} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn two_and_three_ranks_train_as_one_process_at_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three steps, the last two joint (Loss_align), a checkpoint at step 3.
+    // At the default paired fraction 0.75, batch 8 (6 paired + 2 unpaired
+    // rows) splits over 2 ranks and batch 12 (9 + 3) over 3.
+    let config = |batch: usize| {
+        let path = dir.path().join(format!("batch-{batch}.toml"));
+        let text = TINY
+            .replace("kind = \"adamw\"\nlr = 1e-3", "kind = \"sgd\"\nlr = 0.1")
+            .replace("steps = 6", "steps = 3")
+            .replace("warmup_steps = 2", "warmup_steps = 1")
+            .replace("batch_size = 8", &format!("batch_size = {batch}"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    for (batch, world) in [(8, 2), (12, 3)] {
+        let cfg = config(batch);
+        let one = dir.path().join(format!("batch-{batch}-one"));
+        ok(crate::train::train(&cfg, &one, &[]));
+        let many = dir.path().join(format!("batch-{batch}-ranks-{world}"));
+        train_as(&cfg, &many, world);
+
+        let (a, b) = (metrics_lines(&one), metrics_lines(&many));
+        assert_eq!(a.len(), 3);
+        assert_eq!(b.len(), 3);
+        // Every difference is printed before any is judged.
+        let mut diffs = Vec::new();
+        for (x, y) in a.iter().zip(&b) {
+            for key in ["loss", "loss_align", "loss_mim", "loss_mlm"] {
+                match (x[key].as_f64(), y[key].as_f64()) {
+                    (Some(u), Some(v)) => diffs.push((x["step"].clone(), key, u, v)),
+                    (u, v) => assert_eq!(u, v, "{key} at step {} (one vs {world})", x["step"]),
+                }
+            }
+        }
+        for (step, key, u, v) in &diffs {
+            eprintln!(
+                "{world} ranks, step {step}: {key} {v} vs {u} on one process ({:e})",
+                (u - v).abs()
+            );
+        }
+        let worst = diffs
+            .iter()
+            .map(|(_, _, u, v)| (u - v).abs())
+            .fold(0.0, f64::max);
+        // Loss_align took part: the last two steps are joint.
+        assert!(a[2]["loss_align"].as_f64().is_some());
+
+        let (wa, wb) = (checkpoint_weights(&one, 3), checkpoint_weights(&many, 3));
+        assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+        let mut furthest = (0f32, String::new());
+        for (name, x) in &wa {
+            let y = &wb[name];
+            assert_eq!(x.len(), y.len(), "{name}");
+            for (u, v) in x.iter().zip(y) {
+                if (u - v).abs() > furthest.0 {
+                    furthest = ((u - v).abs(), name.clone());
+                }
+            }
+        }
+        eprintln!(
+            "{world} ranks vs one process: losses within {worst:e}, weights within {:e} ({})",
+            furthest.0, furthest.1
+        );
+        assert!(
+            worst < 1e-5,
+            "{world} ranks: the losses differ by up to {worst:e}"
+        );
+        assert!(
+            furthest.0 < 1e-5,
+            "{world} ranks: after 3 steps {} differs by {} from one process",
+            furthest.1,
+            furthest.0
+        );
+    }
 }
 
 #[test]

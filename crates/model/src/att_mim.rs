@@ -207,7 +207,16 @@ pub fn att_mim_mask(inputs: &MaskInputs, noise: &Tensor, cfg: &AttMimConfig) -> 
 /// Uniform `[B, N]` noise from a seeded ChaCha stream: the same seed gives
 /// the same masks on any device.
 pub fn mask_noise(b: i64, n: i64, seed: u64, device: Device) -> Tensor {
+    mask_noise_rows(0, b, n, seed, device)
+}
+
+/// Rows `first..first + b` of the noise [`mask_noise`] draws for a larger
+/// batch. Row g is words g·N..(g+1)·N of the seed's stream (one 32-bit word
+/// per value), reached by seeking, so a rank holding some rows of a global
+/// batch draws for them exactly what one process draws for the whole batch.
+pub fn mask_noise_rows(first: i64, b: i64, n: i64, seed: u64, device: Device) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_word_pos(first.max(0) as u128 * n.max(0) as u128);
     let v: Vec<f32> = (0..b * n).map(|_| rng.random::<f32>()).collect();
     Tensor::from_slice(&v).view([b, n]).to_device(device)
 }
@@ -378,6 +387,20 @@ mod tests {
         let c_union = candidate_mask(&base, &cfg);
         let c_no_report = candidate_mask(&without, &cfg);
         assert!(c_union.get(1).equal(&c_no_report.get(1)));
+    }
+
+    #[test]
+    fn rows_of_the_noise_are_the_rows_of_the_whole_draw() {
+        let whole = mask_noise(7, 13, 42, Device::Cpu);
+        for (first, b) in [(0, 7), (0, 3), (3, 2), (5, 2), (6, 1), (2, 0)] {
+            let rows = mask_noise_rows(first, b, 13, 42, Device::Cpu);
+            assert!(
+                rows.equal(&whole.narrow(0, first, b)),
+                "rows {first}..{}",
+                first + b
+            );
+        }
+        assert!(!mask_noise_rows(1, 1, 13, 43, Device::Cpu).equal(&whole.narrow(0, 1, 1)));
     }
 
     #[test]

@@ -313,6 +313,32 @@ impl ProcessGroup {
         Ok(output)
     }
 
+    /// Every rank's `local` rows in rank order, `[W·n, …]` from `[n, …]`,
+    /// as [`ProcessGroup::all_gather`], except that this rank's own rows are
+    /// `local` itself, so a loss over all the rows backpropagates into them.
+    ///
+    /// The gradient reaches `local` multiplied by W: every rank computes the
+    /// same loss over the gathered rows and each backpropagates only into
+    /// its own, so the mean of the ranks' gradients (the trainer's
+    /// all-reduce) is one process's gradient only if each rank's share
+    /// counts W times. open_clip's `gather_with_grad` gets the same factor
+    /// from its all-gather's backward, which sums the ranks' gradients. The
+    /// values are `local`'s exactly: the factor multiplies `local − local`.
+    pub fn all_gather_with_grad(&self, local: &Tensor) -> Result<Tensor, DistError> {
+        let n = local.size()[0];
+        let (w, r) = (self.world_size as i64, self.rank as i64);
+        let all = self.all_gather(&local.contiguous())?; // [W·n, …]
+        let own = local.detach() + (local - local.detach()) * w as f64;
+        Ok(Tensor::cat(
+            &[
+                all.narrow(0, 0, r * n),
+                own,
+                all.narrow(0, (r + 1) * n, (w - r - 1) * n),
+            ],
+            0,
+        ))
+    }
+
     /// Returns once every rank has reached it.
     pub fn barrier(&self) -> Result<(), DistError> {
         self.call("barrier", |err, len| {

@@ -20,14 +20,26 @@
 //!
 //! The masks come from seeded noise ([`crate::att_mim::mask_noise`]), so a
 //! step is a pure function of weights, batch and seed.
+//!
+//! **Data parallel.** With a [`Shard`], the batch is one rank's rows of a
+//! global batch and the step computes what one process computes for those
+//! rows, so that the mean of the ranks' gradients is one process's
+//! gradient: each row's noise is its row of the global batch's draw
+//! ([`crate::att_mim::mask_noise_rows`]); Loss_align runs over the rows of
+//! every rank ([`crate::dist::ProcessGroup::all_gather_with_grad`]);
+//! Loss_MLM divides by the count of selected tokens over all ranks. Loss_MIM
+//! needs nothing: every row masks the same number of patches and every rank
+//! holds the same number of rows, so its mean over the ranks is the global
+//! mean.
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::{Kind, Reduction, Tensor};
 
 use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection};
 use crate::clip::{Clip, Encoded};
 use crate::config::ClipConfig;
+use crate::dist::{DistError, ProcessGroup};
 use crate::ent_mlm::{self, MlmStrategy, TextDecoder, TextDecoderConfig};
 use crate::losses;
 use crate::mim::{self, MimDecoder, MimDecoderConfig};
@@ -207,6 +219,68 @@ pub struct Losses {
     pub total: Tensor,
 }
 
+/// One rank's place in a data-parallel step: its group and where its rows
+/// sit in the global batch. The global batch holds the paired rows of every
+/// rank first (rank 0's, then rank 1's, …), then the unpaired rows in the
+/// same order, as the loader slices it.
+#[derive(Debug, Clone, Copy)]
+pub struct Shard<'a> {
+    /// The group; every rank runs the step with its own rows.
+    pub group: &'a ProcessGroup,
+    /// Index in the global batch of this rank's first paired row.
+    pub first_paired: i64,
+    /// Index in the global batch of this rank's first unpaired row.
+    pub first_unpaired: i64,
+}
+
+impl<'a> Shard<'a> {
+    /// The place of this rank's `paired` and `unpaired` rows when every rank
+    /// holds as many of each (the loader's equal slices).
+    pub fn new(group: &'a ProcessGroup, paired: i64, unpaired: i64) -> Shard<'a> {
+        let (w, r) = (group.world_size() as i64, group.rank() as i64);
+        Shard {
+            group,
+            first_paired: r * paired,
+            first_unpaired: w * paired + r * unpaired,
+        }
+    }
+}
+
+/// Where a batch's rows sit in the global batch: the first paired and the
+/// first unpaired row's indices (0 and P on one process).
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    first_paired: i64,
+    first_unpaired: i64,
+}
+
+impl Rows {
+    fn of(shard: Option<&Shard>, paired: i64) -> Rows {
+        shard.map_or(
+            Rows {
+                first_paired: 0,
+                first_unpaired: paired,
+            },
+            |s| Rows {
+                first_paired: s.first_paired,
+                first_unpaired: s.first_unpaired,
+            },
+        )
+    }
+
+    /// The `[B, N]` noise of a batch of `b` rows, `p` of them paired: each
+    /// row's row of the global batch's draw.
+    fn noise(&self, b: i64, p: i64, n: i64, seed: u64, device: tch::Device) -> Tensor {
+        Tensor::cat(
+            &[
+                att_mim::mask_noise_rows(self.first_paired, p, n, seed, device),
+                att_mim::mask_noise_rows(self.first_unpaired, b - p, n, seed, device),
+            ],
+            0,
+        )
+    }
+}
+
 /// Everything a step computed besides the losses, for pictures and tests.
 #[derive(Debug)]
 pub struct StepTrace {
@@ -297,6 +371,19 @@ impl Mmclip {
         seed: u64,
         settings: Option<&AttMimConfig>,
     ) -> (Tensor, MaskSelection) {
+        let p = input_ids.size()[0];
+        self.select_mask_at(image, report, input_ids, seed, settings, Rows::of(None, p))
+    }
+
+    fn select_mask_at(
+        &self,
+        image: &Encoded,
+        report: Option<&Encoded>,
+        input_ids: &Tensor,
+        seed: u64,
+        settings: Option<&AttMimConfig>,
+        rows: Rows,
+    ) -> (Tensor, MaskSelection) {
         let _guard = tch::no_grad_guard();
         let (b, n, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
         let device = image.tokens.device();
@@ -323,7 +410,7 @@ impl Mmclip {
             paired: &paired,
         };
         let candidates = att_mim::candidate_mask(&inputs, cfg);
-        let noise = att_mim::mask_noise(b, n, seed, device);
+        let noise = rows.noise(b, p, n, seed, device);
         let mask = att_mim::select_mask(&candidates, &noise, cfg.lambda2);
         (candidates, mask)
     }
@@ -331,6 +418,25 @@ impl Mmclip {
     /// One training step's forward pass: the losses of `batch` in `phase`,
     /// with masks drawn from `seed`. Call `backward` on `total`.
     pub fn step(&self, batch: &StepBatch, phase: Phase, seed: u64) -> (Losses, StepTrace) {
+        match self.step_sharded(batch, phase, seed, None) {
+            Ok(step) => step,
+            Err(e) => unreachable!("a step without a group calls no collective: {e}"),
+        }
+    }
+
+    /// [`Mmclip::step`] on one rank's rows of a global batch (`shard`; `None`
+    /// is one process): the masks are those of these rows in the global
+    /// batch, Loss_align is over every rank's rows, and the mean over the
+    /// ranks of each loss and of its gradient is the global batch's. Every
+    /// rank must call it with the same `phase`, `seed` and row counts; it
+    /// fails when a collective does.
+    pub fn step_sharded(
+        &self,
+        batch: &StepBatch,
+        phase: Phase,
+        seed: u64,
+        shard: Option<&Shard>,
+    ) -> Result<(Losses, StepTrace), DistError> {
         let full_len = batch.input_ids.size()[1];
         let trimmed = self.trim(batch);
         let batch = &trimmed;
@@ -341,17 +447,28 @@ impl Mmclip {
             Phase::Joint => self.clip.encode_text(&batch.input_ids),
             Phase::WarmUp => tch::no_grad(|| self.clip.encode_text(&batch.input_ids)),
         });
+        let rows = Rows::of(shard, p);
         let (candidates, mask) =
-            self.select_mask(&image, report.as_ref(), &batch.input_ids, seed, None);
+            self.select_mask_at(&image, report.as_ref(), &batch.input_ids, seed, None, rows);
 
         let mim = self.mim_loss(&batch.pixels, &image, &mask);
-        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, full_len);
+        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, full_len, rows, shard)?;
         let align = match (phase, &report) {
-            (Phase::Joint, Some(r)) => Some(losses::clip_loss(
-                &image.pooled.narrow(0, 0, p),
-                &r.pooled,
-                self.clip.logit_scale(),
-            )),
+            (Phase::Joint, Some(r)) => {
+                let image = image.pooled.narrow(0, 0, p);
+                Some(match shard {
+                    None => losses::clip_loss(&image, &r.pooled, self.clip.logit_scale()),
+                    // Every rank computes the global batch's loss. logit_scale
+                    // enters it directly, so its gradient is the global one on
+                    // every rank and so is their mean; the embeddings' factor
+                    // W makes the mean of the rest the global gradient too.
+                    Some(s) => losses::clip_loss(
+                        &s.group.all_gather_with_grad(&image)?,
+                        &s.group.all_gather_with_grad(&r.pooled)?,
+                        self.clip.logit_scale(),
+                    ),
+                })
+            }
             _ => None,
         };
 
@@ -365,7 +482,7 @@ impl Mmclip {
         .flatten()
         .reduce(|a, b| a + b)
         .expect("Loss_MIM is always present");
-        (
+        Ok((
             Losses {
                 align,
                 mim,
@@ -377,7 +494,7 @@ impl Mmclip {
                 candidates,
                 mlm_selected,
             },
-        )
+        ))
     }
 
     /// Loss_MIM: decode every patch from the visible ones, score the masked.
@@ -426,13 +543,21 @@ impl Mmclip {
     /// full_len]`. The noise is drawn for the whole context
     /// (`max_position_embeddings`) and cut to the width used, so neither
     /// trimming nor padding changes which tokens are selected.
+    ///
+    /// With a shard the loss is this rank's sum over its selected tokens
+    /// divided by the mean count of selected tokens per rank (W·Σ_r / S):
+    /// its mean over the ranks is Σ / S, the global batch's mean. The loss
+    /// is present on every rank as soon as any rank selected a token (zero
+    /// where this one selected none).
     fn mlm_loss(
         &self,
         batch: &StepBatch,
         image: &Encoded,
         seed: u64,
         full_len: i64,
-    ) -> (Option<Tensor>, Tensor) {
+        rows: Rows,
+        shard: Option<&Shard>,
+    ) -> Result<(Option<Tensor>, Tensor), DistError> {
         let ids = &batch.input_ids;
         let (p, l) = ids.size2().expect("input_ids must be [P, L]");
         let device = ids.device();
@@ -443,14 +568,30 @@ impl Mmclip {
             )
         };
         if p == 0 {
-            return (None, Tensor::zeros([0, full_len], (Kind::Bool, device)));
+            return Ok((None, Tensor::zeros([0, full_len], (Kind::Bool, device))));
         }
         let predictable = real_tokens(ids, &self.clip, false);
         let context = self.cfg.clip.text.max_position_embeddings.max(full_len);
-        let noise = att_mim::mask_noise(p, context, mlm_noise_seed(seed), device).narrow(1, 0, l);
+        let noise =
+            att_mim::mask_noise_rows(rows.first_paired, p, context, mlm_noise_seed(seed), device)
+                .narrow(1, 0, l);
         let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
-        if selected.any().int64_value(&[]) == 0 {
-            return (None, pad(selected));
+        let local = selected.sum(Kind::Int64).int64_value(&[]);
+        // The mean count of selected tokens per rank (this rank's alone on one process).
+        let per_rank = match shard {
+            None => local as f64,
+            Some(s) => {
+                let count = Tensor::from_slice(&[local as f64]).to_device(device);
+                s.group.all_reduce_mean(std::slice::from_ref(&count))?;
+                count.double_value(&[0])
+            }
+        };
+        if per_rank == 0.0 {
+            return Ok((None, pad(selected)));
+        }
+        if local == 0 {
+            let zero = Tensor::zeros([], (Kind::Float, device));
+            return Ok((Some(zero), pad(selected)));
         }
         let hidden =
             self.clip
@@ -464,8 +605,14 @@ impl Mmclip {
             .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1));
         // Position t, whose input is the mask embedding, predicts y_t from
         // y_<t (causal) and the image: −log P(y_t | y_<t, x), averaged.
-        let loss = logits.cross_entropy_for_logits(&targets);
-        (Some(loss), pad(selected))
+        let loss = match shard {
+            None => logits.cross_entropy_for_logits(&targets),
+            Some(_) => {
+                logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)
+                    / per_rank
+            }
+        };
+        Ok((Some(loss), pad(selected)))
     }
 }
 

@@ -196,6 +196,11 @@ impl Dist {
         &self.launch
     }
 
+    /// The process group, for the model's collectives within a step.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
     /// Rank 0: the one that writes the run folder.
     pub fn is_main(&self) -> bool {
         self.launch.rank == 0
@@ -208,12 +213,40 @@ impl Dist {
     }
 
     /// Each trainable variable's gradient replaced by its mean over the
-    /// ranks. Only defined gradients travel: every rank runs the same
-    /// model in the same phase, so they are the same set everywhere.
+    /// ranks. The gradients defined on any rank travel, those defined on
+    /// none stay undefined (as on one process: the warm-up leaves
+    /// logit_scale without one). A rank can lack one that another has (its
+    /// rows selected no token for Loss_MLM, so the text decoder did not
+    /// run): it takes part with zeros, which is what its rows contribute.
     pub fn average_gradients(&self, vs: &VarStore) -> Result<()> {
-        let grads: Vec<Tensor> = sorted(vs.variables().into_iter())
+        let vars: Vec<Tensor> = sorted(vs.variables().into_iter())
             .into_iter()
             .filter(|t| t.requires_grad())
+            .collect();
+        let defined: Vec<f64> = vars
+            .iter()
+            .map(|t| f64::from(u8::from(t.grad().defined())))
+            .collect();
+        let anywhere = self
+            .mean(&defined)
+            .context("agreeing on the gradients to average")?;
+        let missing: Vec<&Tensor> = vars
+            .iter()
+            .zip(&defined)
+            .zip(&anywhere)
+            .filter(|((_, here), any)| **here == 0.0 && **any > 0.0)
+            .map(|((t, _), _)| t)
+            .collect();
+        if let Some(zero) = missing
+            .iter()
+            .map(|t| t.sum(Kind::Float) * 0.0)
+            .reduce(|a, b| a + b)
+        {
+            // A zero gradient for each: backward through `0 · Σ t`.
+            zero.backward();
+        }
+        let grads: Vec<Tensor> = vars
+            .iter()
             .map(|t| t.grad())
             .filter(|g| g.defined())
             .collect();

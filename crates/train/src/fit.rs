@@ -12,7 +12,11 @@
 //!
 //! Under torchrun or SLURM with several processes ([`crate::dist`]), each
 //! rank trains on its slice of the same global batch with the gradients
-//! averaged, and rank 0 alone writes the run folder.
+//! averaged, and rank 0 alone writes the run folder. Each rank's step is
+//! [`model::Mmclip::step_sharded`] on its rows, which computes what one
+//! process computes for them (masks, Loss_align over every rank's rows,
+//! Loss_MLM over every rank's tokens), so a run on W processes follows the
+//! run on one at the same global batch up to rounding.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -264,9 +268,17 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
                 entity: staged.step.entity.shallow_clone(),
             };
             let seed = step_seed(state.seed, state.step * cfg.optim.accumulate + micro);
+            let paired = step_batch.paired_rows();
+            let total_rows = step_batch.pixels.size()[0];
+            let shard = dist
+                .as_ref()
+                .map(|d| model::mmclip::Shard::new(d.group(), paired, total_rows - paired));
             let (losses, _) = model::autocast::autocast(device, reduced, || {
-                session.model.step(&step_batch, phase, seed)
-            });
+                session
+                    .model
+                    .step_sharded(&step_batch, phase, seed, shard.as_ref())
+            })
+            .with_context(|| format!("step {}", state.step))?;
             let mut values = StepSums::read(&losses);
             if let Some(d) = &dist {
                 // Every rank decides on the same (mean) values, so all
