@@ -220,6 +220,10 @@ fn train_as(config: &Path, run: &Path, world: usize) {
 fn two_and_three_ranks_train_as_one_process_at_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();
     // Three steps, the last two joint (Loss_align), a checkpoint at step 3.
+    // SGD (the paper's optimiser) at a rate large enough that a wrong
+    // gradient moves the weights well past 1e-5: AdamW would turn the
+    // rounding noise of gradients that are zero in exact arithmetic (the
+    // attention's key bias) into full steps of lr.
     // At the default paired fraction 0.75, batch 8 (6 paired + 2 unpaired
     // rows) splits over 2 ranks and batch 12 (9 + 3) over 3.
     let config = |batch: usize| {
