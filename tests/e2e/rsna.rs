@@ -240,6 +240,8 @@ fn rsna_release_writes_one_row_per_patient_with_scaled_boxes_and_rejects_inconsi
         );
         assert_eq!((&r.subject_id, &r.study_id), (&r.image_id, &r.image_id));
         assert_eq!(r.source, "rsna");
+        // Every DICOM of ../shared/data/dicom records ViewPosition PA.
+        assert_eq!(r.view, "PA", "{}", r.image_id);
         assert!(!r.paired && r.text.is_none() && r.labels.iter().all(Option::is_none));
         assert_eq!(r.image_height.min(r.image_width), 64);
     }

@@ -383,4 +383,52 @@ fn synth_rsna_tree_is_read_by_ingest_rsna_with_its_boxes() {
             .collect();
         assert_eq!(from_lesions, want, "{id}");
     }
+
+    // The view is each DICOM's ViewPosition; `--views PA` keeps the PA
+    // patients, counts the AP ones as filtered, and gives them no boxes line.
+    let pa: BTreeMap<&str, bool> = rows
+        .iter()
+        .map(|r| {
+            assert!(["PA", "AP"].contains(&r.view.as_str()), "{r:?}");
+            (r.image_id.as_str(), r.view == "PA")
+        })
+        .collect();
+    let n_pa = pa.values().filter(|&&p| p).count();
+    assert!(n_pa > 0 && n_pa < rows.len(), "{n_pa} PA of {}", rows.len());
+    let out_pa = tmp.path().join("rsna-pa");
+    run_ok(
+        "ingest",
+        &[
+            "rsna",
+            "--root",
+            s(&root),
+            "--out",
+            s(&out_pa),
+            "--short-side",
+            "32",
+            "--views",
+            "pa",
+        ],
+    );
+    let m = manifest(&out_pa);
+    assert!(m.counts.reconciles(), "{:?}", m.counts);
+    assert_eq!(
+        (
+            m.counts.written,
+            m.counts.filtered,
+            m.counts.rejected_total()
+        ),
+        (n_pa as u64, (rows.len() - n_pa) as u64, 0)
+    );
+    let kept = crate::util::rows(&out_pa);
+    assert!(
+        kept.iter()
+            .all(|r| r.view == "PA" && pa[r.image_id.as_str()])
+    );
+    let lines_pa = std::fs::read_to_string(out_pa.join("boxes.jsonl")).unwrap();
+    let want_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| pa[l["image_id"].as_str().unwrap()])
+        .collect();
+    assert_eq!(lines_pa.lines().count(), want_lines.len());
 }

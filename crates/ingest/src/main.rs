@@ -380,6 +380,10 @@ struct RsnaArgs {
     /// Seed of the patient-level split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Views kept (each DICOM's ViewPosition, `PA` or `AP`), comma-separated;
+    /// `all` keeps every view.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    views: Vec<String>,
     /// Window for the DICOM pixels. The release's DICOMs hold the 8-bit
     /// ChestX-ray14 images, already windowed for display and without window
     /// attributes, so `voi` falls back to min–max and keeps them as
@@ -587,6 +591,7 @@ fn run(mut cli: Cli) -> Result<()> {
                 root: a.root,
                 split_fractions: (a.train_fraction, a.validate_fraction),
                 seed: a.seed,
+                views: all_or(a.views),
                 image: a.common.policy(a.window, Window::Percentile),
                 shards: a.common.shards(),
             };

@@ -33,6 +33,9 @@ pub struct Prepared {
     pub bits_stored: u16,
     /// Photometric interpretation of the original.
     pub photometric: String,
+    /// The DICOM's ViewPosition (`PA`, `AP`, `LATERAL`, ...) when it records
+    /// one; PNG and JPEG files carry no view.
+    pub view: Option<String>,
 }
 
 impl Prepared {
@@ -77,6 +80,7 @@ fn finish(
         orig_cols: orig.0,
         bits_stored,
         photometric: photometric.to_string(),
+        view: None,
     })
 }
 
@@ -125,13 +129,17 @@ pub fn dicom(path: &Path, policy: &ImagePolicy) -> Result<Prepared, Failure> {
         policy.rescale,
         policy.invert_monochrome1,
     );
-    finish(
+    let prepared = finish(
         gray,
         (info.cols, info.rows),
         stored.bits_stored,
         &stored.photometric,
         policy,
-    )
+    )?;
+    Ok(Prepared {
+        view: info.view_position,
+        ..prepared
+    })
 }
 
 /// An 8-bit JPEG (MIMIC-CXR-JPG): already windowed by the release, so only resized.

@@ -24,6 +24,9 @@
 //! file and line of each problem. Keeping part of its boxes would make the
 //! boxes file claim the rest of the image is clear.
 //!
+//! The view (`view`, and `--views`) is each DICOM's ViewPosition: the
+//! release's images are frontal, `PA` or `AP`, and its CSVs do not say which.
+//!
 //! The split is per patient, by a seeded hash of the patient id
 //! ([`patient_split`], shared with PadChest and ChestX-ray14), 70/15/15 by
 //! default.
@@ -44,6 +47,7 @@ use schemas::{Manifest, PNEUMONIA, Reject, Source, Stage, col};
 use serde::Serialize;
 
 use crate::csvio::{self, CsvError, Table};
+use crate::mimic::view_kept;
 use crate::padchest::patient_split;
 use crate::prepare;
 use crate::shard::{self, Outcome, Planned, Row, RunInfo, ShardError, ShardOptions, io_err};
@@ -75,6 +79,8 @@ pub struct RsnaOptions {
     pub split_fractions: (f64, f64),
     /// Seed of the patient-level split.
     pub seed: u64,
+    /// Views kept (each DICOM's ViewPosition: `PA`, `AP`); empty keeps all.
+    pub views: Vec<String>,
     /// Image policy (`dicom_window` applies).
     pub image: schemas::ImagePolicy,
     /// Shard sizes and strictness.
@@ -466,7 +472,14 @@ pub fn run(opts: &RsnaOptions, out: &Path, progress: &ProgressBar) -> Result<Man
             );
         }
         match prepare::dicom(&it.image_path, &opts.image) {
-            Ok(img) => {
+            Ok(mut img) => {
+                // The release records the view only inside each DICOM, so
+                // the filter applies after the decode: a corrupt file of an
+                // unwanted view is a reject, not filtered.
+                let view = img.view.take().unwrap_or_default();
+                if !view_kept(&opts.views, &view) {
+                    return Outcome::Filtered;
+                }
                 if let Some(b) = box_outside(&it.boxes, img.orig_cols, img.orig_rows) {
                     return rejected(
                         b.at.clone(),
@@ -484,7 +497,7 @@ pub fn run(opts: &RsnaOptions, out: &Path, progress: &ProgressBar) -> Result<Man
                     study_id: it.patient.clone(),
                     image_id: it.patient.clone(),
                     split: it.split.into(),
-                    view: String::new(),
+                    view,
                     paired: false,
                     finding_labels: if it.positive {
                         vec![PNEUMONIA.to_string()]
@@ -700,6 +713,7 @@ mod tests {
             root: root.to_path_buf(),
             split_fractions: DEFAULT_SPLIT_FRACTIONS,
             seed: 0,
+            views: Vec::new(),
             image: schemas::ImagePolicy::default(),
             shards: ShardOptions::default(),
         }
