@@ -143,11 +143,6 @@ pub struct FinetuneResult {
     pub summary: Summary,
 }
 
-/// One class of the run: name and where its labels are.
-struct Class {
-    labels: ClassLabels,
-}
-
 /// Every row's label lists (list-label sets), by shard file and row.
 type Lists = HashMap<StoredRow, Option<Vec<String>>>;
 
@@ -191,12 +186,7 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
         _ => opts.classes.clone(),
     };
     let names: Vec<(String, ClassLabels)> = opts.label_set.resolve(&named)?;
-    let classes: Vec<Class> = names
-        .iter()
-        .map(|(_, labels)| Class {
-            labels: labels.clone(),
-        })
-        .collect();
+    let classes: Vec<ClassLabels> = names.iter().map(|(_, labels)| labels.clone()).collect();
 
     // The labelled subset: the drawn patients' train rows.
     let mut train = open_split(&shards, "train")?;
@@ -334,7 +324,9 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
     };
 
     let mut history = Vec::new();
-    let mut best: Option<(u64, Option<f64>, Vec<Tensor>)> = None;
+    // The best epoch: its number, validation mean AUC, weights and
+    // validation scores (kept, so the best weights are not scored twice).
+    let mut best: Option<(u64, Option<f64>, Vec<Tensor>, Scores)> = None;
     let mut step = 0u64;
     let mut since_best = 0u64;
     for epoch in 1..=opts.epochs {
@@ -363,9 +355,8 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
             loss_sum += loss.double_value(&[]);
             batches += 1;
         }
-        let (scores, labels) =
-            score_split(&val, &labeller, &forward, &loader_cfg(false, 0), side, opts)?;
-        let val_auc = mean_auc(&scores, &labels);
+        let val_scores = score_split(&val, &labeller, &forward, &loader_cfg(false, 0), side, opts)?;
+        let val_auc = mean_auc(&val_scores.0, &val_scores.1);
         let record = Epoch {
             epoch,
             steps: step,
@@ -384,7 +375,7 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
         )?;
         let better = match &best {
             None => true,
-            Some((_, b, _)) => {
+            Some((_, b, _, _)) => {
                 val_auc.unwrap_or(f64::NEG_INFINITY) > b.unwrap_or(f64::NEG_INFINITY)
             }
         };
@@ -395,7 +386,7 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
                     .map(|(_, t)| t.to_device(Device::Cpu).copy())
                     .collect()
             });
-            best = Some((epoch, val_auc, copy));
+            best = Some((epoch, val_auc, copy, val_scores));
             since_best = 0;
         } else {
             since_best += 1;
@@ -406,7 +397,8 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
         }
     }
     let epochs_run = history.len() as u64;
-    let (best_epoch, best_auc, best_weights) = best.expect("at least one epoch ran");
+    let (best_epoch, best_auc, best_weights, (val_scores, val_labels)) =
+        best.expect("at least one epoch ran");
     tch::no_grad(|| {
         for ((_, var), saved) in trained.iter().zip(&best_weights) {
             let mut var = var.shallow_clone();
@@ -428,10 +420,14 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
         .with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, &file).with_context(|| format!("writing {}", file.display()))?;
 
-    let eval_cfg = loader_cfg(false, 0);
-    let (val_scores, val_labels) = score_split(&val, &labeller, &forward, &eval_cfg, side, opts)?;
-    let (test_scores, test_labels) =
-        score_split(&test, &labeller, &forward, &eval_cfg, side, opts)?;
+    let (test_scores, test_labels) = score_split(
+        &test,
+        &labeller,
+        &forward,
+        &loader_cfg(false, 0),
+        side,
+        opts,
+    )?;
     let inputs: Vec<ClassInput> = names
         .iter()
         .enumerate()
@@ -532,7 +528,7 @@ fn pixels(batch: &Batch, side: i64, device: Device) -> Tensor {
 
 /// Reads each row's labels for the run's classes.
 struct Labeller<'a> {
-    classes: &'a [Class],
+    classes: &'a [ClassLabels],
     lists: &'a Lists,
     empty_is_negative: bool,
     missing_as_negative: bool,
@@ -559,7 +555,7 @@ impl Labeller<'_> {
                 };
                 self.classes
                     .iter()
-                    .map(|c| match &c.labels {
+                    .map(|c| match c {
                         ClassLabels::Chexpert(i) => match chexpert[*i] {
                             LABEL_MISSING if self.missing_as_negative => 0,
                             l => l,
@@ -621,7 +617,9 @@ fn loss(logits: &Tensor, targets: &[Vec<i8>], classes: usize, exclusive: bool) -
 }
 
 /// Per class, the scores (probabilities) and labels of every row of a split.
-#[allow(clippy::type_complexity)]
+type Scores = (Vec<Vec<f32>>, Vec<Vec<i8>>);
+
+/// The [`Scores`] of a split.
 fn score_split(
     sources: &Sources,
     labeller: &Labeller,
@@ -629,7 +627,7 @@ fn score_split(
     cfg: &LoaderConfig,
     side: i64,
     opts: &FinetuneOptions,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<i8>>)> {
+) -> Result<Scores> {
     let k = labeller.classes.len();
     let (mut scores, mut labels) = (vec![Vec::new(); k], vec![Vec::new(); k]);
     for batch in Loader::new(sources.clone(), cfg, Position::default())? {
