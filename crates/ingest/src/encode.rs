@@ -4,26 +4,12 @@
 //! column's zstd compression recovers much of what PNG would save (figures in
 //! `bench/RESULTS.md`). `Png` and `Jpeg` trade loader time for disk.
 
-use std::io::Cursor;
-
-use image::{ExtendedColorType, ImageEncoder, ImageFormat};
+use image::{ExtendedColorType, ImageEncoder};
 use schemas::ImageEncoding;
 
-/// Why stored image bytes could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// The PNG or JPEG codec failed.
-    #[error("image codec: {0}")]
-    Codec(#[from] image::ImageError),
-    /// The bytes do not hold `height × width` pixels.
-    #[error("expected {expected} pixels, found {found}")]
-    Size {
-        /// height × width.
-        expected: usize,
-        /// What the bytes held.
-        found: usize,
-    },
-}
+/// Why stored image bytes could not be read back (or encoded): the
+/// decoder's error, shared with every reader of the shards.
+pub use shards::DecodeError as EncodeError;
 
 /// Encodes `pixels` (row-major, `width × height`) as `encoding`.
 pub fn encode(
@@ -57,20 +43,7 @@ pub fn decode(
     height: u32,
     encoding: ImageEncoding,
 ) -> Result<Vec<u8>, EncodeError> {
-    let pixels = match encoding {
-        ImageEncoding::Raw => bytes.to_vec(),
-        ImageEncoding::Png | ImageEncoding::Jpeg { .. } => {
-            let format = match encoding {
-                ImageEncoding::Png => ImageFormat::Png,
-                _ => ImageFormat::Jpeg,
-            };
-            image::load(Cursor::new(bytes), format)?
-                .into_luma8()
-                .into_raw()
-        }
-    };
-    check_size(pixels.len(), width, height)?;
-    Ok(pixels)
+    shards::decode_image(bytes, width, height, encoding).map(std::borrow::Cow::into_owned)
 }
 
 fn check_size(found: usize, width: u32, height: u32) -> Result<(), EncodeError> {

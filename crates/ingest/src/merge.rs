@@ -138,17 +138,15 @@ fn bad(path: &Path, reason: impl Into<String>) -> MergeError {
 
 fn read_part(dir: &Path) -> Result<PartFolder, MergeError> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&manifest_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(MergeError::Unfinished {
-                dir: dir.to_path_buf(),
-            });
+    let manifest = shards::read_manifest(dir).map_err(|e| match e {
+        shards::ShardsError::MissingManifest { .. } => MergeError::Unfinished {
+            dir: dir.to_path_buf(),
+        },
+        shards::ShardsError::BadManifest { source, .. } => {
+            bad(&manifest_path, format!("not a manifest: {source}"))
         }
-        Err(e) => return Err(bad(&manifest_path, e.to_string())),
-    };
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(&manifest_path, format!("not a manifest: {e}")))?;
+        other => bad(&manifest_path, other.reason()),
+    })?;
     let Some(part) = manifest.part.clone() else {
         return Err(MergeError::NotAPart {
             dir: dir.to_path_buf(),

@@ -20,29 +20,23 @@
 //! fingerprint; otherwise the run stops and says what changed. Temporary
 //! files and progress left by a killed run are removed by the next run.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Int8Builder, Int32Builder, ListBuilder, StringBuilder,
-    StructBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::DataType;
 use indicatif::ProgressBar;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, Counts, EntitySourceInfo, EntitySpan, FINGERPRINT_FILE, FileDigest,
-    ImagePolicy, MANIFEST_FILE, Manifest, PartInfo, REJECTS_FILE, Reject, SCHEMA_VERSION,
-    ShardEntry, Source, Stage, col, shard_file_name, shard_schema,
+    Counts, EntitySourceInfo, FINGERPRINT_FILE, FileDigest, ImagePolicy, MANIFEST_FILE, Manifest,
+    PartInfo, REJECTS_FILE, Reject, SCHEMA_VERSION, ShardEntry, Source, Stage, shard_file_name,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub(crate) use shards::temporary_path;
+/// The row type, its batch builder and the hashes live with the shard
+/// format's other readers and writers in `shards`; re-exported here for
+/// the callers of this module.
+pub use shards::{Row, rows_to_batch, sha256_file, sha256_hex};
 
 const PROGRESS_DIR: &str = ".progress";
 const RUN_FILE: &str = "run.json";
@@ -101,46 +95,23 @@ pub enum ShardError {
     Strict(Box<Reject>),
 }
 
+impl From<shards::ShardsError> for ShardError {
+    fn from(e: shards::ShardsError) -> ShardError {
+        match e {
+            shards::ShardsError::Io { path, source } => ShardError::Io { path, source },
+            other => ShardError::Format {
+                path: other.path().to_path_buf(),
+                message: other.reason(),
+            },
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     move |source| ShardError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// One output row, owned. Field meanings are those of `schemas::col`.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[allow(missing_docs)]
-pub struct Row {
-    pub source: String,
-    pub subject_id: String,
-    pub study_id: String,
-    pub image_id: String,
-    pub split: String,
-    pub view: String,
-    pub paired: bool,
-    pub image: Vec<u8>,
-    pub image_height: i32,
-    pub image_width: i32,
-    pub orig_rows: i32,
-    pub orig_cols: i32,
-    pub bits_stored: i32,
-    pub photometric: String,
-    pub report: Option<String>,
-    pub findings: Option<String>,
-    pub impression: Option<String>,
-    pub last_paragraph: Option<String>,
-    pub comparison: Option<String>,
-    pub indication: Option<String>,
-    pub text: Option<String>,
-    pub token_ids: Option<Vec<i32>>,
-    pub truncated: Option<bool>,
-    pub entity_spans: Option<Vec<EntitySpan>>,
-    pub entity_mask: Option<Vec<bool>>,
-    pub entity_source: Option<String>,
-    /// CheXpert labels in `schemas::CHEXPERT_CLASSES` order.
-    pub labels: [Option<i8>; 14],
-    pub finding_labels: Vec<String>,
 }
 
 /// What became of one input row.
@@ -883,394 +854,25 @@ fn write_group<I: Sync>(
 
 /// Parquet bytes of `rows`: zstd on every column, row groups sized for the loader.
 pub fn encode_shard(rows: &[Row], opts: &ShardOptions) -> Result<Vec<u8>, String> {
-    let batch = rows_to_batch(rows)?;
-    let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
-        .build();
-    let mut bytes = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.close().map_err(|e| e.to_string())?;
-    Ok(bytes)
-}
-
-/// The list builder for a schema column, with the schema's own item field so
-/// the batch matches [`shard_schema`] exactly.
-fn list_builder<B: arrow_array::builder::ArrayBuilder>(name: &str, values: B) -> ListBuilder<B> {
-    let schema = shard_schema();
-    let item = match schema
-        .field_with_name(name)
-        .expect("column in schema")
-        .data_type()
-    {
-        DataType::List(item) => item.clone(),
-        other => unreachable!("{name} is {other}, not a list"),
-    };
-    ListBuilder::new(values).with_field(item)
-}
-
-/// Builds one Arrow batch from rows, column by column, following [`shard_schema`].
-pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, String> {
-    let strings = |f: &dyn Fn(&Row) -> &str| -> ArrayRef {
-        let mut b = StringBuilder::new();
-        rows.iter().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish())
-    };
-    let opt_strings = |f: &dyn Fn(&Row) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::new();
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let ints = |f: &dyn Fn(&Row) -> i32| -> ArrayRef {
-        let mut b = Int32Builder::new();
-        rows.iter().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish())
-    };
-
-    let mut paired = BooleanBuilder::new();
-    let mut image = BinaryBuilder::new();
-    let mut truncated = BooleanBuilder::new();
-    let mut token_ids = list_builder(col::TOKEN_IDS, Int32Builder::new());
-    let mut entity_mask = list_builder(col::ENTITY_MASK, BooleanBuilder::new());
-    let span_fields = schemas::span_fields();
-    let mut spans = list_builder(
-        col::ENTITY_SPANS,
-        StructBuilder::from_fields(span_fields, 0),
-    );
-    let mut finding_labels = list_builder(col::FINDING_LABELS, StringBuilder::new());
-    for r in rows {
-        paired.append_value(r.paired);
-        image.append_value(&r.image);
-        truncated.append_option(r.truncated);
-        match &r.token_ids {
-            Some(ids) => {
-                token_ids.values().append_slice(ids);
-                token_ids.append(true);
-            }
-            None => token_ids.append(false),
-        }
-        match &r.entity_mask {
-            Some(mask) => {
-                mask.iter()
-                    .for_each(|&m| entity_mask.values().append_value(m));
-                entity_mask.append(true);
-            }
-            None => entity_mask.append(false),
-        }
-        match &r.entity_spans {
-            Some(list) => {
-                let s = spans.values();
-                for span in list {
-                    let to_i32 = |v: usize| {
-                        i32::try_from(v).map_err(|_| format!("span offset {v} too large"))
-                    };
-                    s.field_builder::<Int32Builder>(0)
-                        .expect("start")
-                        .append_value(to_i32(span.start)?);
-                    s.field_builder::<Int32Builder>(1)
-                        .expect("end")
-                        .append_value(to_i32(span.end)?);
-                    s.field_builder::<StringBuilder>(2)
-                        .expect("label")
-                        .append_value(&span.label);
-                    s.append(true);
-                }
-                spans.append(true);
-            }
-            None => spans.append(false),
-        }
-        for l in &r.finding_labels {
-            finding_labels.values().append_value(l);
-        }
-        finding_labels.append(true);
-    }
-
-    let mut columns: Vec<ArrayRef> = vec![
-        strings(&|r| &r.source),
-        strings(&|r| &r.subject_id),
-        strings(&|r| &r.study_id),
-        strings(&|r| &r.image_id),
-        strings(&|r| &r.split),
-        strings(&|r| &r.view),
-        Arc::new(paired.finish()),
-        Arc::new(image.finish()),
-        ints(&|r| r.image_height),
-        ints(&|r| r.image_width),
-        ints(&|r| r.orig_rows),
-        ints(&|r| r.orig_cols),
-        ints(&|r| r.bits_stored),
-        strings(&|r| &r.photometric),
-        opt_strings(&|r| r.report.as_deref()),
-        opt_strings(&|r| r.findings.as_deref()),
-        opt_strings(&|r| r.impression.as_deref()),
-        opt_strings(&|r| r.last_paragraph.as_deref()),
-        opt_strings(&|r| r.comparison.as_deref()),
-        opt_strings(&|r| r.indication.as_deref()),
-        opt_strings(&|r| r.text.as_deref()),
-        Arc::new(token_ids.finish()),
-        Arc::new(truncated.finish()),
-        Arc::new(spans.finish()),
-        Arc::new(entity_mask.finish()),
-        opt_strings(&|r| r.entity_source.as_deref()),
-    ];
-    for class in 0..CHEXPERT_CLASSES.len() {
-        let mut b = Int8Builder::new();
-        rows.iter().for_each(|r| b.append_option(r.labels[class]));
-        columns.push(Arc::new(b.finish()));
-    }
-    columns.push(Arc::new(finding_labels.finish()));
-    RecordBatch::try_new(shard_schema(), columns).map_err(|e| e.to_string())
+    shards::encode_rows(rows, opts.row_group_rows, opts.zstd_level)
 }
 
 /// Reads a shard back into rows: the inverse of [`rows_to_batch`], for tests,
 /// tools and small data. (The training loader reads columns, not rows.)
 pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Int8Type, Int32Type};
-    use arrow_array::{Array, ListArray, StructArray};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-    let format = |message: String| ShardError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = File::open(path).map_err(io_err(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| format(e.to_string()))?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| format(e.to_string()))?;
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| format(format!("no column {name}")))
-        };
-        let strs = |name: &str| -> Result<Vec<Option<String>>, ShardError> {
-            let c = column(name)?;
-            let a = c
-                .as_string_opt::<i32>()
-                .ok_or_else(|| format(format!("{name} is not utf8")))?;
-            Ok((0..a.len())
-                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                .collect())
-        };
-        let ints = |name: &str| -> Result<Vec<i32>, ShardError> {
-            let c = column(name)?;
-            let a = c
-                .as_primitive_opt::<Int32Type>()
-                .ok_or_else(|| format(format!("{name} is not int32")))?;
-            Ok(a.values().to_vec())
-        };
-        let list = |name: &str| -> Result<ListArray, ShardError> {
-            column(name)?
-                .as_list_opt::<i32>()
-                .cloned()
-                .ok_or_else(|| format(format!("{name} is not a list")))
-        };
-        let n = batch.num_rows();
-        let [source, subject, study, image_id, split, view, photometric] = [
-            col::SOURCE,
-            col::SUBJECT_ID,
-            col::STUDY_ID,
-            col::IMAGE_ID,
-            col::SPLIT,
-            col::VIEW,
-            col::PHOTOMETRIC,
-        ]
-        .map(strs);
-        let [
-            report,
-            findings,
-            impression,
-            last,
-            comparison,
-            indication,
-            text,
-            entity_source,
-        ] = [
-            col::REPORT,
-            col::FINDINGS,
-            col::IMPRESSION,
-            col::LAST_PARAGRAPH,
-            col::COMPARISON,
-            col::INDICATION,
-            col::TEXT,
-            col::ENTITY_SOURCE,
-        ]
-        .map(strs);
-        let [height, width, orig_rows, orig_cols, bits] = [
-            col::IMAGE_HEIGHT,
-            col::IMAGE_WIDTH,
-            col::ORIG_ROWS,
-            col::ORIG_COLS,
-            col::BITS_STORED,
-        ]
-        .map(ints);
-        let paired = column(col::PAIRED)?;
-        let paired = paired
-            .as_boolean_opt()
-            .ok_or_else(|| format("paired is not boolean".into()))?;
-        let truncated = column(col::TRUNCATED)?;
-        let truncated = truncated
-            .as_boolean_opt()
-            .ok_or_else(|| format("truncated is not boolean".into()))?;
-        let image = column(col::IMAGE)?;
-        let image = image
-            .as_binary_opt::<i32>()
-            .ok_or_else(|| format("image is not binary".into()))?;
-        let (tokens, mask, spans, finding_labels) = (
-            list(col::TOKEN_IDS)?,
-            list(col::ENTITY_MASK)?,
-            list(col::ENTITY_SPANS)?,
-            list(col::FINDING_LABELS)?,
-        );
-        let labels: Vec<_> = (0..CHEXPERT_CLASSES.len())
-            .map(|i| {
-                let c = column(&schemas::label_column(i))?;
-                c.as_primitive_opt::<Int8Type>()
-                    .cloned()
-                    .ok_or_else(|| format("label is not int8".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        let (source, subject, study, image_id, split, view, photometric) = (
-            source?,
-            subject?,
-            study?,
-            image_id?,
-            split?,
-            view?,
-            photometric?,
-        );
-        let (report, findings, impression, last, comparison, indication, text, entity_source) = (
-            report?,
-            findings?,
-            impression?,
-            last?,
-            comparison?,
-            indication?,
-            text?,
-            entity_source?,
-        );
-        let (height, width, orig_rows, orig_cols, bits) =
-            (height?, width?, orig_rows?, orig_cols?, bits?);
-        for i in 0..n {
-            let token_ids = tokens.is_valid(i).then(|| {
-                tokens
-                    .value(i)
-                    .as_primitive::<Int32Type>()
-                    .values()
-                    .to_vec()
-            });
-            let entity_mask = mask.is_valid(i).then(|| {
-                mask.value(i)
-                    .as_boolean()
-                    .iter()
-                    .map(|b| b == Some(true))
-                    .collect()
-            });
-            let entity_spans = spans.is_valid(i).then(|| {
-                let s = spans.value(i);
-                let s: &StructArray = s.as_struct();
-                let (st, en, lb) = (
-                    s.column(0).as_primitive::<Int32Type>(),
-                    s.column(1).as_primitive::<Int32Type>(),
-                    s.column(2).as_string::<i32>(),
-                );
-                (0..s.len())
-                    .map(|j| EntitySpan {
-                        start: st.value(j) as usize,
-                        end: en.value(j) as usize,
-                        label: lb.value(j).to_string(),
-                    })
-                    .collect()
-            });
-            let fl = finding_labels.value(i);
-            let fl = fl.as_string::<i32>();
-            rows.push(Row {
-                source: source[i].clone().unwrap_or_default(),
-                subject_id: subject[i].clone().unwrap_or_default(),
-                study_id: study[i].clone().unwrap_or_default(),
-                image_id: image_id[i].clone().unwrap_or_default(),
-                split: split[i].clone().unwrap_or_default(),
-                view: view[i].clone().unwrap_or_default(),
-                paired: paired.value(i),
-                image: image.value(i).to_vec(),
-                image_height: height[i],
-                image_width: width[i],
-                orig_rows: orig_rows[i],
-                orig_cols: orig_cols[i],
-                bits_stored: bits[i],
-                photometric: photometric[i].clone().unwrap_or_default(),
-                report: report[i].clone(),
-                findings: findings[i].clone(),
-                impression: impression[i].clone(),
-                last_paragraph: last[i].clone(),
-                comparison: comparison[i].clone(),
-                indication: indication[i].clone(),
-                text: text[i].clone(),
-                token_ids,
-                truncated: truncated.is_valid(i).then(|| truncated.value(i)),
-                entity_spans,
-                entity_mask,
-                entity_source: entity_source[i].clone(),
-                labels: std::array::from_fn(|c| labels[c].is_valid(i).then(|| labels[c].value(i))),
-                finding_labels: (0..fl.len()).map(|j| fl.value(j).to_string()).collect(),
-            });
-        }
-    }
-    Ok(rows)
-}
-
-/// Hex sha256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(shards::read_rows(path)?)
 }
 
 /// Writes `bytes` to `path` so that readers see either the old file or the
-/// whole new one: a temporary file in the same folder named after the whole
-/// file name (`x.json.tmp`, `x.md.tmp`: two outputs never share one), fsync,
-/// rename, fsync of the folder.
+/// whole new one (see [`shards::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let tmp = temporary_path(path);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the rename itself durable; not all filesystems allow opening a
-        // directory, and losing this only weakens durability, not atomicity.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// `path` with `.tmp` appended to its whole file name, bytes kept as they
-/// are (a lossy conversion could give two names the same temporary file).
-pub(crate) fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    Ok(shards::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::Stage;
+    use schemas::{EntitySpan, Stage};
 
     fn row(i: usize) -> Row {
         Row {
@@ -1582,23 +1184,6 @@ mod tests {
         let err = run_once(&out, info(serde_json::json!({}), vec![])).unwrap_err();
         assert!(matches!(err, ShardError::NotAFolder { .. }), "{err}");
         assert!(std::error::Error::source(&err).is_none());
-    }
-
-    #[test]
-    fn temporary_names_keep_the_whole_file_name() {
-        use std::os::unix::ffi::OsStrExt;
-        assert_eq!(
-            temporary_path(Path::new("d/x.json")),
-            Path::new("d/x.json.tmp")
-        );
-        assert_ne!(
-            temporary_path(Path::new("d/x.json")),
-            temporary_path(Path::new("d/x.md"))
-        );
-        // Names that are not UTF-8 must not collapse into one temporary file.
-        let a = Path::new(std::ffi::OsStr::from_bytes(b"x.\xff"));
-        let b = Path::new(std::ffi::OsStr::from_bytes(b"x.\xfe"));
-        assert_ne!(temporary_path(a), temporary_path(b));
     }
 
     #[test]
