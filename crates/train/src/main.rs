@@ -166,14 +166,8 @@ enum EvalCommand {
         /// Count "not mentioned" labels as negative.
         #[arg(long)]
         missing_as_negative: bool,
-        #[arg(long, default_value_t = 1000)]
-        bootstrap: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        scoring: ScoringArgs,
     },
     /// Logistic regression on frozen image embeddings with 1%, 10%, 100% of the labels.
     LinearProbe {
@@ -183,14 +177,8 @@ enum EvalCommand {
         shards: Vec<PathBuf>,
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1.0")]
         fractions: Vec<f64>,
-        #[arg(long, default_value_t = 1000)]
-        bootstrap: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        scoring: ScoringArgs,
     },
 }
 
@@ -230,13 +218,23 @@ struct FinetuneArgs {
     /// CheXpert label sets: count "not mentioned" labels as negative.
     #[arg(long)]
     missing_as_negative: bool,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+/// What every scoring command (zero-shot, linear probe, fine-tuning) takes.
+#[derive(Args)]
+struct ScoringArgs {
+    /// Bootstrap resamples of the test rows for the intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
+    /// Seed of every random draw (bootstrap resamples, label fractions, new weights).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// Device (`cpu`, `cuda`, `cuda:N`); default CUDA when present.
     #[arg(long)]
     device: Option<String>,
 }
@@ -394,10 +392,7 @@ fn main() -> Result<()> {
             positive,
             negative,
             missing_as_negative,
-            bootstrap,
-            seed,
-            out,
-            device: d,
+            scoring,
         })) => {
             let defaults = Templates::default();
             let opts = train::zero_shot::ZeroShotOptions {
@@ -413,10 +408,10 @@ fn main() -> Result<()> {
                     negative: negative.unwrap_or(defaults.negative),
                 },
                 missing_as_negative,
-                resamples: bootstrap,
-                seed,
+                resamples: scoring.bootstrap,
+                seed: scoring.seed,
                 threads: threads(),
-                device: device(d.as_deref())?,
+                device: device(scoring.device.as_deref())?,
                 verify_sha256: verify,
             };
             let summary = train::zero_shot::run(&opts)?;
@@ -426,7 +421,7 @@ fn main() -> Result<()> {
                 summary,
             };
             write_report(
-                &out,
+                &scoring.out,
                 "zero_shot",
                 &serde_json::to_value(&file)?,
                 &file.summary.to_markdown(),
@@ -435,7 +430,7 @@ fn main() -> Result<()> {
             println!("{}", summary.to_markdown());
         }
         Some(Command::Finetune(a)) => {
-            let device = device(a.device.as_deref())?;
+            let device = device(a.scoring.device.as_deref())?;
             let opts = train::finetune::FinetuneOptions {
                 checkpoint: a.checkpoint,
                 shards: a.shards,
@@ -449,8 +444,8 @@ fn main() -> Result<()> {
                 lr: a.lr,
                 weight_decay: a.weight_decay,
                 missing_as_negative: a.missing_as_negative,
-                resamples: a.bootstrap,
-                seed: a.seed,
+                resamples: a.scoring.bootstrap,
+                seed: a.scoring.seed,
                 threads: threads(),
                 device,
                 autocast: device
@@ -458,7 +453,7 @@ fn main() -> Result<()> {
                     .then_some(model::autocast::Reduced::BFloat16),
                 verify_sha256: verify,
             };
-            let result = train::finetune::run(&opts, &a.out)?;
+            let result = train::finetune::run(&opts, &a.scoring.out)?;
             println!("{}", train::finetune::result_markdown(&result));
         }
         Some(Command::Report { runs, out }) => {
@@ -475,19 +470,16 @@ fn main() -> Result<()> {
             checkpoint,
             shards,
             fractions,
-            bootstrap,
-            seed,
-            out,
-            device: d,
+            scoring,
         })) => {
             let results = train::linear_probe::run(&train::linear_probe::ProbeOptions {
                 checkpoint,
                 shards,
                 fractions,
-                resamples: bootstrap,
-                seed,
+                resamples: scoring.bootstrap,
+                seed: scoring.seed,
                 threads: threads(),
-                device: device(d.as_deref())?,
+                device: device(scoring.device.as_deref())?,
                 verify_sha256: verify,
             })?;
             let mut md = String::new();
@@ -504,7 +496,7 @@ fn main() -> Result<()> {
                     .map(|(f, s)| serde_json::json!({"fraction": f, "summary": s}))
                     .collect::<Vec<_>>(),
             )?;
-            write_report(&out, "linear_probe", &json, &md)?;
+            write_report(&scoring.out, "linear_probe", &json, &md)?;
             println!("{md}");
         }
     }
