@@ -9,7 +9,8 @@ attention spelled out (softmax(QKᵀ/√d)V) rather than through
 ``scaled_dot_product_attention``.
 
 Usage: python decoders_ref.py DIR
-  DIR/weights.safetensors  the Rust VarStore (``mim_decoder.*``, ``text_decoder.*``)
+  DIR/weights.safetensors  the Rust VarStore (``mim_decoder.*``, ``text_decoder.*``;
+                           fused ``qkv_proj`` split by ``split_qkv``)
   DIR/inputs.safetensors   latent, ids_restore, imgs, mask, text, image, targets,
                            selected, and the config as small int tensors
   writes DIR/outputs.safetensors: pred, mim_loss, mim_loss_raw, logits,
@@ -51,6 +52,26 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim, pos):
     pos = pos.reshape(-1)
     out = np.einsum("m,d->md", pos, omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+# --- weights ---
+QKV_PARTS = ("q_proj", "k_proj", "v_proj")
+
+
+def split_qkv(w):
+    """The Rust VarStore holds a self-attention's projections as one
+    ``{p}.qkv_proj.{weight,bias}`` (rows q, k, v); this returns the weights
+    with each split into HF's ``{p}.q_proj``, ``{p}.k_proj``, ``{p}.v_proj``."""
+    out = {}
+    for name, t in w.items():
+        head, _, suffix = name.rpartition(".")
+        prefix, _, part = head.rpartition(".")
+        if part == "qkv_proj":
+            for p, chunk in zip(QKV_PARTS, t.chunk(3, 0)):
+                out[f"{prefix}.{p}.{suffix}"] = chunk.contiguous()
+        else:
+            out[name] = t
+    return out
 
 
 # --- blocks ---
@@ -129,7 +150,7 @@ def text_decoder(w, text, image, heads, layers):
 
 def main(d):
     d = Path(d)
-    w = load_file(d / "weights.safetensors")
+    w = split_qkv(load_file(d / "weights.safetensors"))
     x = load_file(d / "inputs.safetensors")
     cfg = {k: int(x[k]) for k in ("mim_heads", "mim_layers", "patch", "grid", "txt_heads", "txt_layers")}
     pred = mim_decoder(w, x["latent"], x["ids_restore"], cfg["mim_heads"], cfg["mim_layers"])

@@ -31,7 +31,8 @@ the outputs are written from the CPU either way. When the inputs hold
 instead of its own (the output ``candidates`` stays its own).
 
 Usage: python mmclip_ref.py DIR [--phase joint|warm-up] [--autocast bf16] [--device cpu|cuda]
-  DIR/weights.safetensors  the Rust VarStore: ``clip.*`` (HF CLIPModel names),
+  DIR/weights.safetensors  the Rust VarStore: ``clip.*`` (HF CLIPModel names but
+                           the fused ``qkv_proj``, split on loading),
                            ``mim_decoder.*`` (MAE names), ``mlm.mask_embedding``,
                            ``mlm.decoder.*``
   DIR/inputs.safetensors   pixels [B,3,H,W], input_ids [P,L], entity [P,L],
@@ -57,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPConfig, CLIPModel  # noqa: E402
 
@@ -267,9 +269,18 @@ def step(d, phase, autocast, device):
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast == "bf16"):
         out, params, total = forward(d, phase, device)
     total.backward()
+    norms = {name: 0.0 if v.grad is None else v.grad.double().norm().item() for name, v in params.items()}
+    # The Rust variables are fused where the weights file has a qkv_proj:
+    # its gradient norm is the root sum of squares of its three parts'.
+    with safe_open(d / "weights.safetensors", "pt") as f:
+        fused = [k for k in f.keys() if k.rpartition(".")[0].endswith(".qkv_proj")]
+    for name in fused:
+        head, _, suffix = name.rpartition(".")
+        prefix = head.rpartition(".")[0]
+        parts = [norms.pop(f"{prefix}.{p}.{suffix}") for p in decoders_ref.QKV_PARTS]
+        norms[name] = math.sqrt(sum(n**2 for n in parts))
     sq = dict.fromkeys(GROUPS, 0.0)
-    for name, v in params.items():
-        norm = 0.0 if v.grad is None else v.grad.double().norm().item()
+    for name, norm in norms.items():
         out[f"param_grad_norm.{name}"] = torch.tensor([norm], dtype=torch.float64)
         sq[group_of(name)] += norm**2
     for g, s in sq.items():
@@ -281,7 +292,7 @@ def forward(d, phase, device):
     """The step's forward pass: its outputs (losses, masks, selection), the
     trainable parameters by name, and the weighted total loss."""
     cfg = json.loads((d / "config.json").read_text())
-    weights = load_file(d / "weights.safetensors", device=device)
+    weights = decoders_ref.split_qkv(load_file(d / "weights.safetensors", device=device))
     x = load_file(d / "inputs.safetensors", device=device)
     pixels, ids = x["pixels"], x["input_ids"]
     entity = x["entity"].bool()

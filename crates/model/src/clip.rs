@@ -193,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn variable_names_are_the_hugging_face_ones() {
+    fn variable_names_are_the_hugging_face_ones_but_the_fused_qkv() {
         let vs = nn::VarStore::new(Device::Cpu);
         let _clip = Clip::new(vs.root(), &ClipConfig::tiny());
         let vars = vs.variables();
@@ -201,7 +201,7 @@ mod tests {
             "vision_model.embeddings.patch_embedding.weight",
             "vision_model.embeddings.class_embedding",
             "vision_model.pre_layrnorm.weight",
-            "vision_model.encoder.layers.1.self_attn.q_proj.weight",
+            "vision_model.encoder.layers.1.self_attn.qkv_proj.weight",
             "text_model.encoder.layers.0.mlp.fc2.bias",
             "text_model.final_layer_norm.bias",
             "visual_projection.weight",

@@ -4,6 +4,12 @@
 //! safetensors file (`openai/clip-vit-base-patch16` layout) loads by name.
 //! OpenAI / open_clip files (`visual.conv1.weight`, fused `in_proj_weight`,
 //! `[D, C]` projections) are first renamed to HF names by [`openai_to_hf`].
+//!
+//! The one difference from HF's names: a self-attention layer holds its
+//! q/k/v projections as one `qkv_proj` ([`crate::attention::Attention`]).
+//! [`fuse_qkv`] stacks HF's `q_proj`, `k_proj`, `v_proj` into it on import
+//! (and maps checkpoints written before the fusion); [`split_qkv`] splits it
+//! back on export, so exported folders are plain HF `CLIPModel` files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -93,12 +99,92 @@ pub fn load_clip_safetensors_at(
     } else {
         tensors
     };
-    let vars = vs
+    let vars: HashMap<String, Tensor> = vs
         .variables()
         .into_iter()
         .filter_map(|(name, t)| Some((name.strip_prefix(prefix)?.to_string(), t)))
         .collect();
+    let tensors =
+        fuse_qkv(tensors, |name| vars.contains_key(name)).map_err(|name| LoadError::Missing {
+            path: path.to_path_buf(),
+            name,
+        })?;
     copy_named(vars, tensors, path)
+}
+
+/// The three HF projections a fused `…qkv_proj.{weight,bias}` stacks, in
+/// row order.
+const QKV_PARTS: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
+
+/// `(prefix, suffix)` of a name `{prefix}.{part}.{suffix}` with `part` one
+/// of `parts` (the last such segment), e.g. `("a.self_attn", "q_proj",
+/// "weight")`.
+fn split_part<'a>(name: &'a str, parts: &[&str]) -> Option<(&'a str, &'a str, &'a str)> {
+    let (head, suffix) = name.rsplit_once('.')?;
+    let (prefix, part) = head.rsplit_once('.')?;
+    parts.contains(&part).then_some((prefix, part, suffix))
+}
+
+/// Stacks HF's separate `{p}.q_proj.{s}`, `{p}.k_proj.{s}`, `{p}.v_proj.{s}`
+/// into `{p}.qkv_proj.{s}` (rows q, k, v) wherever `is_fused` accepts that
+/// fused name; other tensors pass unchanged, in their order. Names may
+/// carry any prefix, so optimiser state (`exp_avg.{variable}`) maps as
+/// weights do. Returns the name of a part that is missing when its
+/// siblings are present.
+pub fn fuse_qkv(
+    tensors: Vec<(String, Tensor)>,
+    is_fused: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Tensor)>, String> {
+    let fused_name = |name: &str| {
+        let (prefix, _, suffix) = split_part(name, &QKV_PARTS)?;
+        let fused = format!("{prefix}.{}.{suffix}", crate::attention::QKV_PROJ);
+        is_fused(&fused).then_some((fused, prefix.to_string(), suffix.to_string()))
+    };
+    let mut out = Vec::with_capacity(tensors.len());
+    // Fused name → its parts found so far, by position in QKV_PARTS.
+    let mut pending: HashMap<String, (String, String, [Option<Tensor>; 3])> = HashMap::new();
+    let mut order = Vec::new();
+    for (name, t) in tensors {
+        match fused_name(&name) {
+            Some((fused, prefix, suffix)) => {
+                let (_, part, _) = split_part(&name, &QKV_PARTS).expect("matched above");
+                let i = QKV_PARTS.iter().position(|p| *p == part).expect("a part");
+                let entry = pending.entry(fused.clone()).or_insert_with(|| {
+                    order.push(fused);
+                    (prefix, suffix, [None, None, None])
+                });
+                entry.2[i] = Some(t);
+            }
+            None => out.push((name, t)),
+        }
+    }
+    for fused in order {
+        let (prefix, suffix, parts) = pending.remove(&fused).expect("recorded");
+        let mut found = Vec::with_capacity(3);
+        for (part, t) in QKV_PARTS.iter().zip(parts) {
+            found.push(t.ok_or_else(|| format!("{prefix}.{part}.{suffix}"))?);
+        }
+        out.push((fused, Tensor::cat(&found, 0)));
+    }
+    Ok(out)
+}
+
+/// Splits every `{p}.qkv_proj.{s}` into HF's `{p}.q_proj.{s}`,
+/// `{p}.k_proj.{s}`, `{p}.v_proj.{s}` (the inverse of [`fuse_qkv`]); other
+/// tensors pass unchanged. The parts are contiguous copies.
+pub fn split_qkv(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut out = Vec::with_capacity(tensors.len() + 8);
+    for (name, t) in tensors {
+        match split_part(&name, &[crate::attention::QKV_PROJ]) {
+            Some((prefix, _, suffix)) => {
+                for (part, chunk) in QKV_PARTS.iter().zip(t.chunk(3, 0)) {
+                    out.push((format!("{prefix}.{part}.{suffix}"), chunk.contiguous()));
+                }
+            }
+            None => out.push((name, t)),
+        }
+    }
+    out
 }
 
 /// Copies named tensors into the variables of the same name.
@@ -224,4 +310,85 @@ pub fn openai_to_hf(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tenso
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Clip, ClipConfig};
+    use tch::{Device, Kind};
+
+    fn named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn split_then_fuse_is_the_identity() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _clip = Clip::new(vs.root(), &ClipConfig::tiny());
+        let vars = vs.variables();
+        let hf = split_qkv(named(&vs));
+        let layer = "text_model.encoder.layers.1.self_attn";
+        let names: Vec<&str> = hf.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&format!("{layer}.k_proj.bias").as_str()));
+        assert!(!names.iter().any(|n| n.contains("qkv_proj")));
+        // The k rows are the middle third.
+        let k = &hf
+            .iter()
+            .find(|(n, _)| *n == format!("{layer}.k_proj.weight"))
+            .unwrap()
+            .1;
+        let d = k.size()[0];
+        assert!(k.equal(&vars[&format!("{layer}.qkv_proj.weight")].narrow(0, d, d)));
+        let fused = fuse_qkv(hf, |n| vars.contains_key(n)).unwrap();
+        assert_eq!(fused.len(), vars.len());
+        for (name, t) in fused {
+            assert!(t.equal(&vars[&name]), "{name} changed");
+        }
+    }
+
+    #[test]
+    fn fusing_names_a_missing_part_and_leaves_unfused_layers_alone() {
+        let f = (Kind::Float, Device::Cpu);
+        let t = |n: &str| (n.to_string(), Tensor::zeros([2, 2], f));
+        let fused = |n: &str| n == "a.qkv_proj.weight";
+        let err = fuse_qkv(vec![t("a.q_proj.weight"), t("a.v_proj.weight")], fused).unwrap_err();
+        assert_eq!(err, "a.k_proj.weight");
+        // Cross-attention keeps its separate layers.
+        let out = fuse_qkv(vec![t("b.q_proj.weight"), t("b.k_proj.weight")], fused).unwrap();
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_hugging_face_file_loads_into_the_fused_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _clip = Clip::new(vs.root(), &ClipConfig::tiny());
+        Tensor::write_safetensors(&split_qkv(named(&vs)), &path).unwrap();
+        tch::manual_seed(2);
+        let fresh = nn::VarStore::new(Device::Cpu);
+        let _clip = Clip::new(fresh.root(), &ClipConfig::tiny());
+        load_clip_safetensors(&fresh, &path).unwrap();
+        let want = vs.variables();
+        for (name, t) in fresh.variables() {
+            assert!(t.equal(&want[&name]), "{name} not loaded");
+        }
+        // A file without one of the three names the missing one.
+        let partial: Vec<(String, Tensor)> = split_qkv(named(&vs))
+            .into_iter()
+            .filter(|(n, _)| n != "vision_model.encoder.layers.0.self_attn.v_proj.bias")
+            .collect();
+        Tensor::write_safetensors(&partial, &path).unwrap();
+        let err = load_clip_safetensors(&fresh, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("layers.0.self_attn.v_proj.bias"),
+            "{err}"
+        );
+    }
 }

@@ -125,8 +125,16 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 pub fn load(dir: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<TrainState> {
     let state = read_state(dir)?;
     load_weights(dir, vs)?;
-    let tensors = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE))
-        .with_context(|| format!("reading {}", dir.join(OPTIMIZER_FILE).display()))?;
+    let file = dir.join(OPTIMIZER_FILE);
+    let tensors =
+        Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?;
+    // State is named `{kind}.{variable}`: fused where the variable is.
+    let vars = vs.variables();
+    let tensors = model::load::fuse_qkv(tensors, |name| {
+        name.split_once('.')
+            .is_some_and(|(_, var)| vars.contains_key(var))
+    })
+    .map_err(|name| anyhow::anyhow!("{}: no optimizer state {name}", file.display()))?;
     opt.load_state(tensors, state.optimizer_steps)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     Ok(state)
@@ -142,6 +150,130 @@ pub fn load_weights(path: &Path, vs: &mut VarStore) -> Result<()> {
     if !file.exists() {
         bail!("{}: no {MODEL_FILE} here", path.display());
     }
-    vs.load(&file)
-        .with_context(|| format!("loading weights from {}", file.display()))
+    let loaded = vs.load(&file);
+    let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
+    match loaded {
+        Err(e) if is_safetensors => load_unfused(&file, vs).map_err(|legacy| {
+            legacy.context(format!("loading weights from {}: {e}", file.display()))
+        }),
+        r => r.with_context(|| format!("loading weights from {}", file.display())),
+    }
+}
+
+/// Loads weights written before self-attention fused its q/k/v projections
+/// (separate `q_proj`, `k_proj`, `v_proj` where the model now has one
+/// `qkv_proj`): stacks them, then sets every variable by name. Tensors the
+/// model has no variable for are ignored, as `VarStore::load` does.
+fn load_unfused(file: &Path, vs: &VarStore) -> Result<()> {
+    let tensors =
+        Tensor::read_safetensors(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut vars = vs.variables();
+    let tensors = model::load::fuse_qkv(tensors, |name| vars.contains_key(name))
+        .map_err(|name| anyhow::anyhow!("{}: no tensor {name}", file.display()))?;
+    let mut tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    let mut names: Vec<String> = vars.keys().cloned().collect();
+    names.sort();
+    let _guard = tch::no_grad_guard();
+    for name in names {
+        let var = vars.get_mut(&name).expect("listed");
+        let Some(src) = tensors.remove(&name) else {
+            bail!("{}: no tensor for model variable {name}", file.display());
+        };
+        if src.size() != var.size() {
+            bail!(
+                "{}: {name} has shape {:?}, the model expects {:?}",
+                file.display(),
+                src.size(),
+                var.size()
+            );
+        }
+        var.f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OptimConfig;
+    use model::attention::Attention;
+    use tch::{Device, Kind};
+
+    fn attention_store() -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let _attn = Attention::new(vs.root() / "layer" / "self_attn", 8, 2);
+        let _cross = Attention::cross(vs.root() / "layer" / "cross_attn", 8, 4, 2);
+        vs
+    }
+
+    /// Rewrites `file` with the fused tensors split into HF's q/k/v names:
+    /// what the same model wrote before the fusion.
+    fn unfuse(file: &Path) {
+        let tensors = Tensor::read_safetensors(file).unwrap();
+        Tensor::write_safetensors(&model::load::split_qkv(tensors), file).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_with_separate_q_k_v_loads_into_the_fused_model() {
+        let run = tempfile::tempdir().unwrap();
+        let vs = attention_store();
+        let cfg = OptimConfig::default();
+        let mut opt = Optimizer::new(&vs, &cfg);
+        let squares: Vec<Tensor> = vs
+            .trainable_variables()
+            .iter()
+            .map(|v| v.square().sum(Kind::Float))
+            .collect();
+        Tensor::stack(&squares, 0).sum(Kind::Float).backward();
+        opt.step(0.1);
+        let state = TrainState {
+            step: 3,
+            next_position: Position::default(),
+            optimizer_steps: 1,
+            seed: 0,
+            skipped_steps: 0,
+            nonfinite_in_a_row: 0,
+            config_sha256: String::new(),
+            shards: Vec::new(),
+        };
+        let dir = save(run.path(), &vs, &opt, &state, 1).unwrap();
+        unfuse(&dir.join(MODEL_FILE));
+        unfuse(&dir.join(OPTIMIZER_FILE));
+        let names = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE)).unwrap();
+        assert!(
+            names
+                .iter()
+                .any(|(n, _)| n.ends_with("self_attn.k_proj.weight"))
+        );
+
+        let mut fresh = attention_store();
+        let mut fresh_opt = Optimizer::new(&fresh, &cfg);
+        assert_eq!(load(&dir, &mut fresh, &mut fresh_opt).unwrap(), state);
+        let want = vs.variables();
+        for (name, t) in fresh.variables() {
+            assert!(t.equal(&want[&name]), "{name} not loaded");
+        }
+        let (got_state, _) = fresh_opt.state();
+        let want_state: std::collections::HashMap<String, Tensor> =
+            opt.state().0.into_iter().collect();
+        assert_eq!(got_state.len(), want_state.len());
+        for (name, t) in got_state {
+            assert!(t.equal(&want_state[&name]), "{name} not restored");
+        }
+
+        // Without one of the three parts the error names the file and it.
+        let file = dir.join(MODEL_FILE);
+        let partial: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("self_attn.v_proj.bias"))
+            .collect();
+        Tensor::write_safetensors(&partial, &file).unwrap();
+        let err = format!("{:#}", load_weights(&dir, &mut fresh).unwrap_err());
+        assert!(
+            err.contains(&file.display().to_string())
+                && err.contains("layer.self_attn.v_proj.bias"),
+            "{err}"
+        );
+    }
 }

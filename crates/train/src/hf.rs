@@ -30,9 +30,10 @@ pub fn load_weights(dir: &Path, vs: &VarStore) -> Result<()> {
     model::load::load_clip_safetensors_at(vs, "clip.", &path).map_err(Into::into)
 }
 
-/// The `clip.*` variables under their HF names, on the CPU.
+/// The `clip.*` variables under their HF names, on the CPU (the fused
+/// self-attention `qkv_proj` split into HF's `q_proj`, `k_proj`, `v_proj`).
 pub fn clip_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut named: Vec<(String, Tensor)> = vs
+    let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
         .filter_map(|(name, t)| {
@@ -42,6 +43,7 @@ pub fn clip_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
             ))
         })
         .collect();
+    let mut named = model::load::split_qkv(named);
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
 }
