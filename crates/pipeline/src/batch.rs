@@ -10,7 +10,7 @@ use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int32Type;
 use rayon::prelude::*;
-use schemas::{ImageEncoding, LABEL_MISSING};
+use schemas::LABEL_MISSING;
 
 use crate::augment::{self, AugmentConfig, IMAGE_FLOATS, Mode};
 use crate::config::{BadRowPolicy, LoaderConfig};
@@ -295,29 +295,9 @@ fn pixels(g: &RowGroup, i: usize) -> Result<(Cow<'_, [u8]>, usize, usize), Strin
     if h <= 0 || w <= 0 || g.image.is_null(i) {
         return Err(format!("no image (stored size {w}×{h})"));
     }
-    let (h, w) = (h as usize, w as usize);
-    let bytes = g.image.value(i);
-    let px: Cow<'_, [u8]> = match g.encoding {
-        ImageEncoding::Raw => Cow::Borrowed(bytes),
-        ImageEncoding::Png | ImageEncoding::Jpeg { .. } => {
-            let format = if g.encoding == ImageEncoding::Png {
-                image::ImageFormat::Png
-            } else {
-                image::ImageFormat::Jpeg
-            };
-            let img = image::load_from_memory_with_format(bytes, format)
-                .map_err(|e| format!("image codec: {e}"))?;
-            Cow::Owned(img.into_luma8().into_raw())
-        }
-    };
-    if px.len() != h * w {
-        return Err(format!(
-            "expected {w}×{h} = {} pixels, found {}",
-            h * w,
-            px.len()
-        ));
-    }
-    Ok((px, w, h))
+    let px = shards::decode_image(g.image.value(i), w as u32, h as u32, g.encoding)
+        .map_err(|e| e.to_string())?;
+    Ok((px, w as usize, h as usize))
 }
 
 fn render_row(

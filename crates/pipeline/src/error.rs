@@ -150,6 +150,66 @@ pub enum PipelineError {
     Stopped(String),
 }
 
+/// The shard checks and column reads of `shards`, as the loader's errors
+/// (same variants and messages as when the loader read shards itself).
+impl From<shards::ShardsError> for PipelineError {
+    fn from(e: shards::ShardsError) -> PipelineError {
+        use shards::ShardsError as E;
+        match e {
+            E::Io { path, source } => PipelineError::Io { path, source },
+            E::MissingManifest { path } => PipelineError::MissingManifest { path },
+            E::BadManifest { path, source } => PipelineError::BadManifest {
+                path,
+                message: source.to_string(),
+            },
+            E::SchemaVersion {
+                path,
+                found,
+                expected,
+            } => PipelineError::SchemaVersion {
+                path,
+                found,
+                expected,
+            },
+            E::MissingShard { path } => PipelineError::MissingShard { path },
+            E::Truncated { path, len } => PipelineError::Truncated { path, len },
+            E::BadFooter { path, message } => PipelineError::BadFooter { path, message },
+            E::RowCountMismatch {
+                path,
+                manifest,
+                file,
+            } => PipelineError::RowCountMismatch {
+                path,
+                manifest,
+                file,
+            },
+            E::ShaMismatch {
+                path,
+                manifest,
+                file,
+            } => PipelineError::ShaMismatch {
+                path,
+                manifest,
+                file,
+            },
+            E::Column {
+                path,
+                column,
+                message,
+            } => PipelineError::Column {
+                path,
+                column,
+                message,
+            },
+            E::Parquet { path, source } => PipelineError::Read {
+                path,
+                row_group: 0,
+                message: source.to_string(),
+            },
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
     move |source| PipelineError::Io {
         path: path.to_path_buf(),

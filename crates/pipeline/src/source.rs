@@ -8,23 +8,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Int8Type, Int32Type};
-use arrow_array::{Array, BinaryArray, Int8Array, Int32Array, ListArray, RecordBatch, StringArray};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
+use arrow_array::{Array, BinaryArray, Int8Array, Int32Array, ListArray, StringArray};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use rayon::prelude::*;
-use schemas::{
-    CHEXPERT_CLASSES, ImageEncoding, MANIFEST_FILE, Manifest, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
-    col,
-};
-use sha2::{Digest, Sha256};
+use schemas::{CHEXPERT_CLASSES, ImageEncoding, col};
+use shards::Columns;
 
 use crate::error::{PipelineError, io_err};
 
@@ -123,7 +114,7 @@ impl Source {
     ) -> Result<Source, PipelineError> {
         let mut jobs = Vec::new();
         for dir in dirs {
-            let manifest = read_manifest(dir)?;
+            let manifest = shards::read_manifest(dir)?;
             if kind == SourceKind::Paired && manifest.source != schemas::Source::Mimic {
                 return Err(PipelineError::Config(format!(
                     "{}: a {} folder has no reports and cannot be a paired source",
@@ -225,112 +216,24 @@ impl Source {
     }
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest, PipelineError> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PipelineError::MissingManifest { path });
-        }
-        Err(source) => return Err(PipelineError::Io { path, source }),
-    };
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| PipelineError::BadManifest {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-    if manifest.schema_version != SCHEMA_VERSION {
-        return Err(PipelineError::SchemaVersion {
-            path,
-            found: manifest.schema_version.to_string(),
-            expected: SCHEMA_VERSION,
-        });
-    }
-    Ok(manifest)
-}
-
+/// A shard checked by `shards::open_shard`, with the rows of the split kept.
 fn open_shard(
     path: &Path,
     entry: &schemas::ShardEntry,
     encoding: ImageEncoding,
     opts: &OpenOptions,
 ) -> Result<Shard, PipelineError> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PipelineError::MissingShard {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(source) => {
-            return Err(PipelineError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    // A shard cut short loses its footer and the closing magic with it; say
-    // "truncated" rather than pass on the Parquet reader's EOF message.
-    let len = file.metadata().map_err(io_err(path))?.len();
-    let mut magic = [0u8; 4];
-    if len < 12
-        || file.seek(SeekFrom::End(-4)).is_err()
-        || file.read_exact(&mut magic).is_err()
-        || &magic != b"PAR1"
-    {
-        return Err(PipelineError::Truncated {
-            path: path.to_path_buf(),
-            len,
-        });
-    }
-    if opts.verify_sha256 {
-        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
-        let sha = hex::encode(hasher.finalize());
-        if sha != entry.sha256 {
-            return Err(PipelineError::ShaMismatch {
-                path: path.to_path_buf(),
-                manifest: entry.sha256.clone(),
-                file: sha,
-            });
-        }
-    }
-    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
-        PipelineError::BadFooter {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
-    let version = meta
-        .schema()
-        .metadata()
-        .get(SCHEMA_VERSION_KEY)
-        .cloned()
-        .unwrap_or_else(|| "none".into());
-    if version != SCHEMA_VERSION.to_string() {
-        return Err(PipelineError::SchemaVersion {
-            path: path.to_path_buf(),
-            found: version,
-            expected: SCHEMA_VERSION,
-        });
-    }
-    let file_rows = meta.metadata().file_metadata().num_rows() as u64;
-    if file_rows != entry.rows {
-        return Err(PipelineError::RowCountMismatch {
-            path: path.to_path_buf(),
-            manifest: entry.rows,
-            file: file_rows,
-        });
-    }
-    let mut rg_starts = vec![0u32];
-    for rg in meta.metadata().row_groups() {
-        rg_starts.push(rg_starts.last().copied().unwrap_or(0) + rg.num_rows() as u32);
-    }
+    let shards::CheckedShard {
+        file,
+        meta,
+        rg_starts,
+        ..
+    } = shards::open_shard(path, entry, opts.verify_sha256)?;
+    let file_rows = entry.rows;
     let kept = match &opts.split {
         None => (0..file_rows as u32).collect(),
         Some(split) => {
-            let mask = projection(&meta, path, &[col::SPLIT])?;
+            let mask = shards::projection(&meta, path, &[col::SPLIT])?;
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
                 .with_projection(mask)
                 .build()
@@ -347,7 +250,7 @@ fn open_shard(
                     row_group: 0,
                     message: e.to_string(),
                 })?;
-                let splits = string_column(&batch, path, col::SPLIT)?;
+                let splits = Columns::new(&batch, path).strings(col::SPLIT)?;
                 for i in 0..splits.len() {
                     if splits.value(i) == split {
                         kept.push(row);
@@ -365,76 +268,6 @@ fn open_shard(
         rg_starts,
         kept,
     })
-}
-
-/// A mask of the named top-level columns, so only their pages are read.
-fn projection(
-    meta: &ArrowReaderMetadata,
-    path: &Path,
-    names: &[&str],
-) -> Result<ProjectionMask, PipelineError> {
-    let schema = meta.schema();
-    let roots = names
-        .iter()
-        .map(|name| {
-            schema.index_of(name).map_err(|_| PipelineError::Column {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-                message: "missing".into(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ProjectionMask::roots(
-        meta.metadata().file_metadata().schema_descr(),
-        roots,
-    ))
-}
-
-fn column<'a>(
-    batch: &'a RecordBatch,
-    path: &Path,
-    name: &str,
-) -> Result<&'a Arc<dyn Array>, PipelineError> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| PipelineError::Column {
-            path: path.to_path_buf(),
-            column: name.to_string(),
-            message: "missing".into(),
-        })
-}
-
-fn wrong_type(path: &Path, name: &str, want: &str) -> PipelineError {
-    PipelineError::Column {
-        path: path.to_path_buf(),
-        column: name.to_string(),
-        message: format!("not {want}"),
-    }
-}
-
-fn string_column(
-    batch: &RecordBatch,
-    path: &Path,
-    name: &str,
-) -> Result<StringArray, PipelineError> {
-    column(batch, path, name)?
-        .as_string_opt::<i32>()
-        .cloned()
-        .ok_or_else(|| wrong_type(path, name, "utf8"))
-}
-
-fn int32_column(batch: &RecordBatch, path: &Path, name: &str) -> Result<Int32Array, PipelineError> {
-    column(batch, path, name)?
-        .as_primitive_opt::<Int32Type>()
-        .cloned()
-        .ok_or_else(|| wrong_type(path, name, "int32"))
-}
-
-fn list_column(batch: &RecordBatch, path: &Path, name: &str) -> Result<ListArray, PipelineError> {
-    column(batch, path, name)?
-        .as_list_opt::<i32>()
-        .cloned()
-        .ok_or_else(|| wrong_type(path, name, "a list"))
 }
 
 /// Reads one row group, only the columns the loader uses.
@@ -460,7 +293,7 @@ fn read_row_group(shard: &Shard, rg: usize, kind: SourceKind) -> Result<RowGroup
         row_group: rg,
         message,
     };
-    let mask = projection(&shard.meta, path, &names)?;
+    let mask = shards::projection(&shard.meta, path, &names)?;
     let file = File::open(path).map_err(io_err(path))?;
     let rows = (shard.rg_starts[rg + 1] - shard.rg_starts[rg]) as usize;
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
@@ -486,37 +319,24 @@ fn read_row_group(shard: &Shard, rg: usize, kind: SourceKind) -> Result<RowGroup
             batch.num_rows()
         )));
     }
+    let c = Columns::new(&batch, path);
     let (tokens, entity_mask) = match kind {
-        SourceKind::Paired => (
-            Some(list_column(&batch, path, col::TOKEN_IDS)?),
-            Some(list_column(&batch, path, col::ENTITY_MASK)?),
-        ),
+        SourceKind::Paired => (Some(c.token_ids()?.clone()), Some(c.entity_mask()?.clone())),
         SourceKind::Unpaired => (None, None),
     };
     Ok(RowGroup {
         path: path.clone(),
         encoding: shard.encoding,
         first_row: shard.rg_starts[rg],
-        image: column(&batch, path, col::IMAGE)?
-            .as_binary_opt::<i32>()
-            .cloned()
-            .ok_or_else(|| wrong_type(path, col::IMAGE, "binary"))?,
-        height: int32_column(&batch, path, col::IMAGE_HEIGHT)?,
-        width: int32_column(&batch, path, col::IMAGE_WIDTH)?,
+        image: c.image()?.clone(),
+        height: c.ints(col::IMAGE_HEIGHT)?.clone(),
+        width: c.ints(col::IMAGE_WIDTH)?.clone(),
         tokens,
         entity_mask,
-        labels: labels
-            .iter()
-            .map(|name| {
-                column(&batch, path, name)?
-                    .as_primitive_opt::<Int8Type>()
-                    .cloned()
-                    .ok_or_else(|| wrong_type(path, name, "int8"))
-            })
-            .collect::<Result<_, _>>()?,
-        subject_id: string_column(&batch, path, col::SUBJECT_ID)?,
-        study_id: string_column(&batch, path, col::STUDY_ID)?,
-        image_id: string_column(&batch, path, col::IMAGE_ID)?,
+        labels: c.labels()?.into_iter().cloned().collect(),
+        subject_id: c.strings(col::SUBJECT_ID)?.clone(),
+        study_id: c.strings(col::STUDY_ID)?.clone(),
+        image_id: c.strings(col::IMAGE_ID)?.clone(),
     })
 }
 
