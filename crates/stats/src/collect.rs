@@ -5,18 +5,19 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use std::borrow::Cow;
+
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int8Type, Int32Type};
+use arrow_array::types::Int32Type;
 use arrow_array::{
     Array, BinaryArray, BooleanArray, Int8Array, Int32Array, ListArray, RecordBatch, StringArray,
 };
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use schemas::{
-    CHEXPERT_CLASSES, CONTEXT_LENGTH, ImageEncoding, MANIFEST_FILE, Manifest, REJECTS_FILE, Reject,
-    Stage, col,
+    CHEXPERT_CLASSES, CONTEXT_LENGTH, ImageEncoding, MANIFEST_FILE, REJECTS_FILE, Reject, Stage,
+    col,
 };
+use shards::ShardsError;
 
 use super::{
     EntityStats, FindingLabelStats, FolderStats, Frequency, Histogram, ImageStats, LabelCounts,
@@ -160,70 +161,85 @@ fn projected_columns() -> Vec<String> {
     names
 }
 
-fn column_error(path: &Path, column: &str, reason: impl Into<String>) -> StatsError {
-    StatsError::Column {
-        path: path.to_path_buf(),
-        column: column.to_string(),
-        reason: reason.into(),
+impl<'a> Columns<'a> {
+    fn new(batch: &'a RecordBatch, path: &'a Path) -> Result<Self, ShardsError> {
+        let c = shards::Columns::new(batch, path);
+        Ok(Columns {
+            source: c.strings(col::SOURCE)?,
+            image_id: c.strings(col::IMAGE_ID)?,
+            split: c.strings(col::SPLIT)?,
+            view: c.strings(col::VIEW)?,
+            paired: c.bools(col::PAIRED)?,
+            image: c.image()?,
+            image_height: c.ints(col::IMAGE_HEIGHT)?,
+            image_width: c.ints(col::IMAGE_WIDTH)?,
+            orig_rows: c.ints(col::ORIG_ROWS)?,
+            orig_cols: c.ints(col::ORIG_COLS)?,
+            text: c.strings(col::TEXT)?,
+            // Lists unchecked inside: the counts below treat items of
+            // another type as invalid rather than refuse the shard.
+            token_ids: c.list(col::TOKEN_IDS)?,
+            truncated: c.bools(col::TRUNCATED)?,
+            entity_spans: c.list(col::ENTITY_SPANS)?,
+            entity_source: c.strings(col::ENTITY_SOURCE)?,
+            finding_labels: c.list(col::FINDING_LABELS)?,
+            labels: c.labels()?,
+        })
     }
 }
 
-impl<'a> Columns<'a> {
-    fn new(batch: &'a RecordBatch, path: &Path) -> Result<Self, StatsError> {
-        let get = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| column_error(path, name, "missing"))
-        };
-        let wrong = |name: &str, ty: &str| column_error(path, name, format!("expected type {ty}"));
-        let strings = |name: &str| {
-            get(name)?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| wrong(name, "Utf8"))
-        };
-        let bools = |name: &str| {
-            get(name)?
-                .as_boolean_opt()
-                .ok_or_else(|| wrong(name, "Boolean"))
-        };
-        let ints = |name: &str| {
-            get(name)?
-                .as_primitive_opt::<Int32Type>()
-                .ok_or_else(|| wrong(name, "Int32"))
-        };
-        let lists = |name: &str| {
-            get(name)?
-                .as_list_opt::<i32>()
-                .ok_or_else(|| wrong(name, "List"))
-        };
-        Ok(Columns {
-            source: strings(col::SOURCE)?,
-            image_id: strings(col::IMAGE_ID)?,
-            split: strings(col::SPLIT)?,
-            view: strings(col::VIEW)?,
-            paired: bools(col::PAIRED)?,
-            image: get(col::IMAGE)?
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| wrong(col::IMAGE, "Binary"))?,
-            image_height: ints(col::IMAGE_HEIGHT)?,
-            image_width: ints(col::IMAGE_WIDTH)?,
-            orig_rows: ints(col::ORIG_ROWS)?,
-            orig_cols: ints(col::ORIG_COLS)?,
-            text: strings(col::TEXT)?,
-            token_ids: lists(col::TOKEN_IDS)?,
-            truncated: bools(col::TRUNCATED)?,
-            entity_spans: lists(col::ENTITY_SPANS)?,
-            entity_source: strings(col::ENTITY_SOURCE)?,
-            finding_labels: lists(col::FINDING_LABELS)?,
-            labels: (0..CHEXPERT_CLASSES.len())
-                .map(|i| {
-                    let name = schemas::label_column(i);
-                    get(&name)?
-                        .as_primitive_opt::<Int8Type>()
-                        .ok_or_else(|| wrong(&name, "Int8"))
-                })
-                .collect::<Result<_, _>>()?,
-        })
+/// A `shards` error as the report's own, naming the manifest that lists
+/// the shard where the report always has.
+fn shards_error(e: ShardsError, manifest: &Path) -> StatsError {
+    match e {
+        ShardsError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            StatsError::MissingShard {
+                path,
+                manifest: manifest.to_path_buf(),
+            }
+        }
+        ShardsError::MissingShard { path } => StatsError::MissingShard {
+            path,
+            manifest: manifest.to_path_buf(),
+        },
+        ShardsError::Io { path, source } => StatsError::Io { path, source },
+        ShardsError::MissingManifest { path } => StatsError::MissingManifest {
+            dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
+        },
+        ShardsError::BadManifest { path, source } => StatsError::Manifest { path, source },
+        ShardsError::SchemaVersion {
+            path,
+            found,
+            expected,
+        } => StatsError::SchemaVersion {
+            path,
+            found,
+            expected,
+        },
+        ShardsError::ShaMismatch {
+            path,
+            manifest: expected,
+            file: found,
+        } => StatsError::Checksum {
+            path,
+            manifest: manifest.to_path_buf(),
+            expected,
+            found,
+        },
+        ShardsError::Column {
+            path,
+            column,
+            message,
+        } => StatsError::Column {
+            path,
+            column,
+            reason: message,
+        },
+        ShardsError::Parquet { path, source } => StatsError::Parquet { path, source },
+        other => StatsError::Parquet {
+            path: other.path().to_path_buf(),
+            source: parquet::errors::ParquetError::General(other.reason()),
+        },
     }
 }
 
@@ -258,14 +274,15 @@ impl CountMap for HashMap<String, u64> {
 impl Accumulator {
     fn add_folder(&mut self, dir: &Path, opts: &ReportOptions) -> Result<(), StatsError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = read_manifest(dir, &manifest_path)?;
+        let manifest = shards::read_manifest(dir).map_err(|e| shards_error(e, &manifest_path))?;
         let encoding = manifest.image_policy.encoding;
         let mut rows_read = 0;
         let mut problems = Vec::new();
         for entry in &manifest.shards {
             let path = dir.join(&entry.file);
             if opts.verify_checksums {
-                verify(&path, &manifest_path, &entry.sha256)?;
+                shards::verify_sha256(&path, &entry.sha256)
+                    .map_err(|e| shards_error(e, &manifest_path))?;
             }
             let read = self.add_shard(&path, &manifest_path, encoding, manifest.source.name())?;
             if read != entry.rows {
@@ -335,41 +352,18 @@ impl Accumulator {
         encoding: ImageEncoding,
         expected_source: &str,
     ) -> Result<u64, StatsError> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StatsError::MissingShard {
-                path: path.to_path_buf(),
-                manifest: manifest.to_path_buf(),
-            },
-            _ => io(path, source),
-        })?;
-        let parquet = |source| StatsError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
-        // Root indices of the Arrow schema are the root indices of the Parquet
-        // schema it was derived from, so the mask selects whole columns,
-        // nested ones included.
-        let roots = projected_columns()
-            .iter()
-            .map(|name| {
-                builder
-                    .schema()
-                    .index_of(name)
-                    .map_err(|_| column_error(path, name, "missing"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(parquet)?;
+        let names = projected_columns();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let reader = shards::reader(path, &names, Some(BATCH_ROWS))
+            .map_err(|e| shards_error(e, manifest))?;
         let mut rows = 0;
         let mut foreign = 0;
         for batch in reader {
-            let batch = batch.map_err(|e| parquet(e.into()))?;
-            let cols = Columns::new(&batch, path)?;
+            let batch = batch.map_err(|e| StatsError::Parquet {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+            let cols = Columns::new(&batch, path).map_err(|e| shards_error(e, manifest))?;
             foreign += cols
                 .source
                 .iter()
@@ -616,7 +610,7 @@ impl Accumulator {
                     match decode_row(c, row, encoding) {
                         Ok(pixels) => {
                             let hist = &mut acc.hist[row_source[row]];
-                            for &v in &pixels {
+                            for &v in pixels.iter() {
                                 hist[v as usize] += 1;
                             }
                             acc.decoded += 1;
@@ -816,50 +810,12 @@ fn named<T>(sources: &[String], values: Vec<T>) -> BTreeMap<String, T> {
     sources.iter().cloned().zip(values).collect()
 }
 
-/// Errs unless the shard's sha256 is `expected`, the manifest's.
-fn verify(path: &Path, manifest: &Path, expected: &str) -> Result<(), StatsError> {
-    let found = sha256_file(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => StatsError::MissingShard {
-            path: path.to_path_buf(),
-            manifest: manifest.to_path_buf(),
-        },
-        _ => io(path, source),
-    })?;
-    if found != expected {
-        return Err(StatsError::Checksum {
-            path: path.to_path_buf(),
-            manifest: manifest.to_path_buf(),
-            expected: expected.to_string(),
-            found,
-        });
-    }
-    Ok(())
-}
-
-fn read_manifest(dir: &Path, path: &Path) -> Result<Manifest, StatsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => StatsError::MissingManifest {
-            dir: dir.to_path_buf(),
-        },
-        _ => io(path, source),
-    })?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|source| StatsError::Manifest {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if manifest.schema_version != schemas::SCHEMA_VERSION {
-        return Err(StatsError::SchemaVersion {
-            path: path.to_path_buf(),
-            found: manifest.schema_version,
-            expected: schemas::SCHEMA_VERSION,
-        });
-    }
-    Ok(manifest)
-}
-
 /// The decoded pixels of one row, or why there are none.
-fn decode_row(c: &Columns<'_>, row: usize, encoding: ImageEncoding) -> Result<Vec<u8>, String> {
+fn decode_row<'a>(
+    c: &Columns<'a>,
+    row: usize,
+    encoding: ImageEncoding,
+) -> Result<Cow<'a, [u8]>, String> {
     let (h, w) = (c.image_height, c.image_width);
     if c.image.is_null(row) || h.is_null(row) || w.is_null(row) {
         return Err("null image or size".into());
@@ -868,48 +824,8 @@ fn decode_row(c: &Columns<'_>, row: usize, encoding: ImageEncoding) -> Result<Ve
     if height < 0 || width < 0 {
         return Err(format!("negative size {width}×{height}"));
     }
-    decode(c.image.value(row), width as u32, height as u32, encoding)
-}
-
-/// Decodes a stored image back to `width × height` 8-bit pixels: the inverse
-/// of ingest's `encode::encode`, read here so that the report needs only the
-/// shard format (`schemas`), not the crate that writes it. The messages are
-/// those of ingest's `encode::decode`, as the report has always shown them.
-fn decode(
-    bytes: &[u8],
-    width: u32,
-    height: u32,
-    encoding: ImageEncoding,
-) -> Result<Vec<u8>, String> {
-    let pixels = match encoding {
-        ImageEncoding::Raw => bytes.to_vec(),
-        ImageEncoding::Png | ImageEncoding::Jpeg { .. } => {
-            let format = match encoding {
-                ImageEncoding::Png => image::ImageFormat::Png,
-                _ => image::ImageFormat::Jpeg,
-            };
-            image::load(std::io::Cursor::new(bytes), format)
-                .map_err(|e| format!("image codec: {e}"))?
-                .into_luma8()
-                .into_raw()
-        }
-    };
-    let expected = width as usize * height as usize;
-    if pixels.len() != expected {
-        return Err(format!(
-            "expected {expected} pixels, found {}",
-            pixels.len()
-        ));
-    }
-    Ok(pixels)
-}
-
-/// The hex sha256 of a file's bytes, as the manifest records it.
-pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    shards::decode_image(c.image.value(row), width as u32, height as u32, encoding)
+        .map_err(|e| e.to_string())
 }
 
 /// Histograms of one worker's share of a batch.

@@ -96,7 +96,7 @@ pub enum StatsError {
         /// The manifest file.
         path: PathBuf,
         /// The version it names.
-        found: u32,
+        found: String,
         /// [`schemas::SCHEMA_VERSION`].
         expected: u32,
     },

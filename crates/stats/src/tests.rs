@@ -1,18 +1,8 @@
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Int32Builder, ListBuilder, StringBuilder, StructBuilder,
-};
-use arrow_array::{
-    ArrayRef, BinaryArray, BooleanArray, Int8Array, Int32Array, RecordBatch, StringArray,
-};
-use arrow_schema::{DataType, FieldRef};
-use parquet::arrow::ArrowWriter;
 use schemas::{
     CHEXPERT_CLASSES, Counts, ImageEncoding, ImagePolicy, Manifest, REJECTS_FILE, Reject,
-    ShardEntry, Source, Stage, col,
+    ShardEntry, Source, Stage,
 };
 
 use super::*;
@@ -62,134 +52,58 @@ fn encode(pixels: &[u8], width: u32, height: u32, encoding: ImageEncoding) -> Ve
     out
 }
 
-/// Writes `rows` as one shard with the columns of `schemas::shard_schema()`.
+/// Writes `rows` as one shard through the shard format's own writer.
 fn write_shard(path: &Path, rows: &[Row], encoding: ImageEncoding) {
-    let schema = schemas::shard_schema();
-    let item = |name: &str| -> FieldRef {
-        match schema.field_with_name(name).unwrap().data_type() {
-            DataType::List(item) => item.clone(),
-            other => panic!("{name} is {other}, not a list"),
-        }
-    };
-    let strings = |f: &dyn Fn(&Row) -> Option<&str>| -> ArrayRef {
-        Arc::new(rows.iter().map(f).collect::<StringArray>())
-    };
-    let ints = |f: &dyn Fn(&Row) -> i32| -> ArrayRef {
-        Arc::new(rows.iter().map(f).collect::<Int32Array>())
-    };
-    let mut tokens = ListBuilder::new(Int32Builder::new()).with_field(item(col::TOKEN_IDS));
-    let mut mask = ListBuilder::new(BooleanBuilder::new()).with_field(item(col::ENTITY_MASK));
-    let mut spans = ListBuilder::new(StructBuilder::from_fields(schemas::span_fields(), 0))
-        .with_field(item(col::ENTITY_SPANS));
-    let mut findings = ListBuilder::new(StringBuilder::new()).with_field(item(col::FINDING_LABELS));
-    for row in rows {
-        match row.tokens {
-            Some(n) => {
-                tokens
-                    .values()
-                    .append_slice(&(0..n as i32).collect::<Vec<_>>());
-                tokens.append(true);
-                mask.values().append_n(n, false);
-                mask.append(true);
-            }
-            None => {
-                tokens.append(false);
-                mask.append(false);
-            }
-        }
-        for &(start, end, label) in row.spans.iter().flatten() {
-            let s = spans.values();
-            s.field_builder::<Int32Builder>(0)
-                .unwrap()
-                .append_value(start);
-            s.field_builder::<Int32Builder>(1)
-                .unwrap()
-                .append_value(end);
-            s.field_builder::<StringBuilder>(2)
-                .unwrap()
-                .append_value(label);
-            s.append(true);
-        }
-        spans.append(row.spans.is_some());
-        for label in &row.finding_labels {
-            findings.values().append_value(label);
-        }
-        findings.append(true);
-    }
-    let images: Vec<Vec<u8>> = rows
+    let rows: Vec<shards::Row> = rows
         .iter()
-        .map(|r| encode(&r.pixels(), r.image.0, r.image.1, encoding))
-        .collect();
-
-    let mut columns: HashMap<String, ArrayRef> = HashMap::new();
-    let mut put = |name: &str, array: ArrayRef| columns.insert(name.to_string(), array);
-    put(col::SOURCE, strings(&|r| Some(r.source)));
-    put(col::SUBJECT_ID, strings(&|r| Some(r.id)));
-    put(col::STUDY_ID, strings(&|r| Some(r.id)));
-    put(col::IMAGE_ID, strings(&|r| Some(r.id)));
-    put(col::SPLIT, strings(&|r| Some(r.split)));
-    put(col::VIEW, strings(&|r| Some(r.view)));
-    put(
-        col::PAIRED,
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.text.is_some()))
-                .collect::<BooleanArray>(),
-        ),
-    );
-    put(
-        col::IMAGE,
-        Arc::new(
-            images
-                .iter()
-                .map(|b| Some(b.as_slice()))
-                .collect::<BinaryArray>(),
-        ),
-    );
-    put(col::IMAGE_HEIGHT, ints(&|r| r.image.1 as i32));
-    put(col::IMAGE_WIDTH, ints(&|r| r.image.0 as i32));
-    // Originals ten times the stored size.
-    put(col::ORIG_ROWS, ints(&|r| 10 * r.image.1 as i32));
-    put(col::ORIG_COLS, ints(&|r| 10 * r.image.0 as i32));
-    put(col::BITS_STORED, ints(&|_| 12));
-    put(col::PHOTOMETRIC, strings(&|_| Some("MONOCHROME2")));
-    for name in [col::REPORT, col::FINDINGS, col::IMPRESSION, col::TEXT] {
-        put(name, strings(&|r| r.text));
-    }
-    for name in [col::LAST_PARAGRAPH, col::COMPARISON, col::INDICATION] {
-        put(name, strings(&|_| None));
-    }
-    put(col::TOKEN_IDS, Arc::new(tokens.finish()));
-    put(
-        col::TRUNCATED,
-        Arc::new(rows.iter().map(|r| r.truncated).collect::<BooleanArray>()),
-    );
-    put(col::ENTITY_SPANS, Arc::new(spans.finish()));
-    put(col::ENTITY_MASK, Arc::new(mask.finish()));
-    put(col::ENTITY_SOURCE, strings(&|r| r.entity_source));
-    for (i, (_, class)) in CHEXPERT_CLASSES.iter().enumerate() {
-        let values: Int8Array = rows
-            .iter()
-            .map(|r| r.labels.iter().find(|(c, _)| c == class).map(|l| l.1))
-            .collect();
-        put(&schemas::label_column(i), Arc::new(values));
-    }
-    put(col::FINDING_LABELS, Arc::new(findings.finish()));
-
-    let ordered: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            columns
-                .remove(f.name())
-                .unwrap_or_else(|| panic!("fixture lacks {}", f.name()))
+        .map(|r| {
+            let mut labels = [None; 14];
+            for (i, (_, class)) in CHEXPERT_CLASSES.iter().enumerate() {
+                labels[i] = r.labels.iter().find(|(c, _)| c == class).map(|l| l.1);
+            }
+            let text = r.text.map(str::to_string);
+            shards::Row {
+                source: r.source.into(),
+                subject_id: r.id.into(),
+                study_id: r.id.into(),
+                image_id: r.id.into(),
+                split: r.split.into(),
+                view: r.view.into(),
+                paired: r.text.is_some(),
+                image: encode(&r.pixels(), r.image.0, r.image.1, encoding),
+                image_height: r.image.1 as i32,
+                image_width: r.image.0 as i32,
+                // Originals ten times the stored size.
+                orig_rows: 10 * r.image.1 as i32,
+                orig_cols: 10 * r.image.0 as i32,
+                bits_stored: 12,
+                photometric: "MONOCHROME2".into(),
+                report: text.clone(),
+                findings: text.clone(),
+                impression: text.clone(),
+                text,
+                token_ids: r.tokens.map(|n| (0..n as i32).collect()),
+                entity_mask: r.tokens.map(|n| vec![false; n]),
+                truncated: r.truncated,
+                entity_spans: r.spans.as_ref().map(|spans| {
+                    spans
+                        .iter()
+                        .map(|&(start, end, label)| schemas::EntitySpan {
+                            start: start as usize,
+                            end: end as usize,
+                            label: label.into(),
+                        })
+                        .collect()
+                }),
+                entity_source: r.entity_source.map(str::to_string),
+                labels,
+                finding_labels: r.finding_labels.iter().map(|l| l.to_string()).collect(),
+                ..Default::default()
+            }
         })
         .collect();
-    let batch = RecordBatch::try_new(schema.clone(), ordered).unwrap();
-    let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    let bytes = shards::encode_rows(&rows, rows.len(), 3).unwrap();
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Writes a shard folder: one shard of `rows`, a manifest with `counts`, and
@@ -205,7 +119,7 @@ fn write_folder(
     std::fs::create_dir_all(dir).unwrap();
     let file = schemas::shard_file_name(0);
     write_shard(&dir.join(&file), rows, encoding);
-    let sha256 = collect::sha256_file(&dir.join(&file)).unwrap();
+    let sha256 = shards::sha256_file(&dir.join(&file)).unwrap();
     let manifest = Manifest {
         schema_version: schemas::SCHEMA_VERSION,
         tool_version: "test".into(),
