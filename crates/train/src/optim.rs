@@ -508,14 +508,19 @@ mod learning {
     /// the text side has none yet): every weight within float rounding.
     #[test]
     fn fused_updates_match_the_plain_ones() {
+        // Both runs start from one set of weights and one batch, copied
+        // rather than redrawn from a seed: torch's generator is shared with
+        // the tests running beside this one.
+        let start = nn::VarStore::new(Device::Cpu);
+        let _ = Clip::new(start.root(), &ClipConfig::tiny());
+        let pixels = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let ids = Tensor::randint_low(1, 98, [4, 16], (Kind::Int64, Device::Cpu));
+        let _ = ids.narrow(1, 15, 1).fill_(99);
         for kind in [OptimKind::Sgd, OptimKind::Adamw] {
             let train = |fused: bool| {
-                tch::manual_seed(7);
-                let vs = nn::VarStore::new(Device::Cpu);
+                let mut vs = nn::VarStore::new(Device::Cpu);
                 let clip = Clip::new(vs.root(), &ClipConfig::tiny());
-                let pixels = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-                let ids = Tensor::randint_low(1, 98, [4, 16], (Kind::Int64, Device::Cpu));
-                let _ = ids.narrow(1, 15, 1).fill_(99);
+                vs.copy(&start).expect("the same variables");
                 let cfg = OptimConfig {
                     kind,
                     lr: 1e-2,
@@ -555,8 +560,13 @@ mod learning {
                 } else {
                     (a.shallow_clone(), b.shallow_clone())
                 };
+                // AdamW divides by √v + ε: where a gradient is near ε, the
+                // two kernels' rounding moves a weight by a small share of
+                // lr (1.3e-5 at lr 1e-2 has been seen); a wrong update
+                // moves it by about lr.
+                let tolerance = if kind == OptimKind::Adamw { 1e-4 } else { 1e-5 };
                 let d = (a - b).abs().max().double_value(&[]);
-                assert!(d < 1e-5, "{kind:?} {name}: fused differs by {d}");
+                assert!(d < tolerance, "{kind:?} {name}: fused differs by {d}");
             }
         }
     }
