@@ -155,26 +155,19 @@ pub fn shards_differ(recorded: &[ShardRecord], now: &[ShardRecord]) -> Option<St
     None
 }
 
-/// The `manifest.json` of a shard folder.
+/// The `manifest.json` of a shard folder (see [`shards::read_manifest`]).
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: not a shard folder (no readable {MANIFEST_FILE})",
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("{}: unreadable manifest", path.display()))
+    shards::read_manifest(dir).with_context(|| format!("{}: not a shard folder", dir.display()))
 }
 
-/// A loader batch and the tensors made from it. On CPU the image tensor
-/// is the batch's own buffer (no copy); on CUDA it is copied to the device
-/// once. The tensors must not outlive the buffers, so the two travel
-/// together and the tensors are dropped first (field order).
+/// A loader batch and the tensors made from it. The tensors hold copies
+/// of the batch's buffers (one host copy of the images, a few MB, next to
+/// the decode that made them); the batch is kept for its row ids and
+/// progress.
 pub struct Staged {
     /// The model's view of the batch.
     pub step: StepBatch,
-    /// The loader's batch (owns the image buffer on CPU).
+    /// The loader's batch.
     pub batch: Batch,
 }
 
@@ -182,23 +175,9 @@ impl Staged {
     /// Wraps `batch` for the model on `device`.
     pub fn new(batch: Batch, device: Device) -> Staged {
         let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
-        // SAFETY: `batch.images` holds b·c·h·w f32s, contiguous, and lives in
-        // `Staged` next to the tensor, which is dropped before it. The tensor
-        // is only read (the model never writes its input).
-        let pixels = unsafe {
-            Tensor::from_blob(
-                batch.images.as_ptr() as *const u8,
-                &[b, c, h, w],
-                &[c * h * w, h * w, w, 1],
-                Kind::Float,
-                Device::Cpu,
-            )
-        };
-        let pixels = if device == Device::Cpu {
-            pixels
-        } else {
-            pixels.to_device(device)
-        };
+        let pixels = Tensor::from_slice(&batch.images)
+            .view([b, c, h, w])
+            .to_device(device);
         let p = batch.paired_rows;
         let l = CONTEXT as i64;
         let input_ids = Tensor::from_slice(&batch.tokens[..p * CONTEXT])
@@ -244,7 +223,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn staged_pixels_share_the_batch_buffer_on_cpu() {
+    fn staged_tensors_hold_the_batch_values() {
         let mut batch = Batch {
             size: 2,
             paired_rows: 1,
@@ -258,10 +237,6 @@ mod tests {
         batch.entity_mask[1] = 1;
         let staged = Staged::new(batch, Device::Cpu);
         assert_eq!(staged.step.pixels.size(), vec![2, 3, 224, 224]);
-        assert_eq!(
-            staged.step.pixels.data_ptr() as *const f32,
-            staged.batch.images.as_ptr()
-        );
         assert_eq!(
             staged.step.pixels.double_value(&[1, 0, 0, 5]),
             (pipeline::IMAGE_FLOATS + 5) as f64

@@ -11,13 +11,11 @@
 //! the findings ("No Finding", "negative", Target 0).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use arrow_array::{Array, ListArray, StringArray};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use anyhow::{Context, Result};
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
 use pipeline::LABEL_MISSING;
 use schemas::col;
 
@@ -242,71 +240,32 @@ pub fn row_meta(rows: &[StoredRow]) -> Result<Vec<RowMeta>> {
 
 /// Every row's [`RowMeta`] of one shard.
 fn read_shard_meta(path: &Path) -> Result<Vec<RowMeta>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{}: not a Parquet shard", path.display()))?;
-    let schema = builder.schema().clone();
     let names = [
         col::SOURCE,
         col::SUBJECT_ID,
         col::IMAGE_ID,
         col::FINDING_LABELS,
     ];
-    let roots: Vec<usize> = names
-        .iter()
-        .map(|name| {
-            schema
-                .index_of(name)
-                .with_context(|| format!("{}: no column {name:?}", path.display()))
-        })
-        .collect::<Result<_>>()?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for batch in reader {
+    for batch in shards::reader(path, &names, None)? {
         let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-        let string = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        };
-        let lists = batch
-            .column_by_name(col::FINDING_LABELS)
-            .and_then(|c| c.as_any().downcast_ref::<ListArray>());
-        let (Some(source), Some(subject), Some(image), Some(lists)) = (
-            string(col::SOURCE),
-            string(col::SUBJECT_ID),
-            string(col::IMAGE_ID),
-            lists,
-        ) else {
-            bail!(
-                "{}: one of the columns {names:?} has an unexpected type",
-                path.display()
-            );
-        };
+        let c = shards::Columns::new(&batch, path);
+        let (source, subject, image) = (
+            c.strings(col::SOURCE)?,
+            c.strings(col::SUBJECT_ID)?,
+            c.strings(col::IMAGE_ID)?,
+        );
+        let lists = c.finding_labels()?;
         for i in 0..batch.num_rows() {
-            let findings = if lists.is_null(i) {
-                None
-            } else {
-                let values = lists.value(i);
-                let Some(values) = values.as_any().downcast_ref::<StringArray>() else {
-                    bail!(
-                        "{}: {} holds no strings",
-                        path.display(),
-                        col::FINDING_LABELS
-                    );
-                };
-                Some(
-                    values
-                        .iter()
-                        .flatten()
-                        .map(|s| s.trim().to_lowercase())
-                        .collect(),
-                )
-            };
+            let findings = lists.is_valid(i).then(|| {
+                lists
+                    .value(i)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(|s| s.trim().to_lowercase())
+                    .collect()
+            });
             out.push(RowMeta {
                 source: source.value(i).to_string(),
                 subject_id: subject.value(i).to_string(),
