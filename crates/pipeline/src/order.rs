@@ -70,6 +70,24 @@ pub struct Position {
     pub step: u64,
 }
 
+impl Position {
+    /// The position after this one in an epoch of `steps_per_epoch` steps:
+    /// the next step, or step 0 of the next epoch after the last step.
+    pub fn next(self, steps_per_epoch: u64) -> Position {
+        if self.step + 1 >= steps_per_epoch {
+            Position {
+                epoch: self.epoch + 1,
+                step: 0,
+            }
+        } else {
+            Position {
+                step: self.step + 1,
+                ..self
+            }
+        }
+    }
+}
+
 /// One sample of a batch: which row, where in the batch, and its random key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SampleRef {
@@ -316,4 +334,28 @@ pub(crate) fn permutation(
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn next_position_rolls_over_at_the_end_of_the_epoch() {
+        let at = |epoch, step| Position { epoch, step };
+        assert_eq!(at(0, 0).next(3), at(0, 1));
+        assert_eq!(at(0, 1).next(3), at(0, 2));
+        assert_eq!(at(0, 2).next(3), at(1, 0));
+        assert_eq!(at(4, 2).next(3), at(5, 0));
+        // A one-step epoch advances the epoch every step.
+        assert_eq!(at(7, 0).next(1), at(8, 0));
+        // Walking a whole epoch visits each step once, in order.
+        let walked: Vec<Position> = std::iter::successors(Some(at(2, 0)), |p| Some(p.next(4)))
+            .take(6)
+            .collect();
+        assert_eq!(
+            walked,
+            [at(2, 0), at(2, 1), at(2, 2), at(2, 3), at(3, 0), at(3, 1)]
+        );
+    }
 }

@@ -70,20 +70,8 @@ impl std::fmt::Debug for Loader {
 
 /// Positions from `from` to the end of the configured epochs.
 fn positions(from: Position, steps: u64, epochs: Option<u64>) -> impl Iterator<Item = Position> {
-    std::iter::successors(Some(from), move |p| {
-        Some(if p.step + 1 >= steps {
-            Position {
-                epoch: p.epoch + 1,
-                step: 0,
-            }
-        } else {
-            Position {
-                step: p.step + 1,
-                ..*p
-            }
-        })
-    })
-    .take_while(move |p| epochs.is_none_or(|e| p.epoch < e) && p.step < steps)
+    std::iter::successors(Some(from), move |p| Some(p.next(steps)))
+        .take_while(move |p| epochs.is_none_or(|e| p.epoch < e) && p.step < steps)
 }
 
 impl Loader {
