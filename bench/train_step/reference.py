@@ -98,7 +98,7 @@ def preset(name):
     elif name != "vit-b16":
         raise SystemExit(f"--preset {name}: expected vit-b16, small or tiny")
     # The decoders' input widths, grid and vocabulary follow from the encoders
-    # (MmclipConfig::mim_decoder_resolved, text_decoder_resolved; "input" mode).
+    # (MmclipConfig::mim_decoder_dims, text_decoder_dims; "input" mode).
     mim.update(in_dim=vision["hidden_size"], grid_size=vision["image_size"] // vision["patch_size"],
                patch_size=vision["patch_size"], num_channels=vision["num_channels"])
     txt_dec.update(hidden_size=text["hidden_size"], image_dim=proj, vocab_size=text["vocab_size"])

@@ -3,14 +3,16 @@
 //! [`select_tokens`] picks the report positions to predict (a pure
 //! function of masks and a noise tensor, like [`crate::att_mim`]);
 //! [`TextDecoder`] is the CoCa-style multimodal decoder that predicts them
-//! from the masked report and the image tokens; the loss is
-//! [`crate::losses::mlm_loss`].
+//! from the report, with a learned mask embedding in place of each selected
+//! token, and the image tokens; the loss is [`crate::losses::mlm_loss`].
+//! [`crate::Mmclip`]'s training step uses all three.
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::attention::{Activation, Attention, Mlp};
+use crate::config::ClipConfig;
 
 /// Which report tokens are predicted (the paper's ablation, Table 4).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -62,38 +64,59 @@ pub fn select_tokens(
         .logical_and(&eligible)
 }
 
-/// Replaces the selected tokens by `mask_id`: `[B, L]` int64 → `[B, L]`.
-pub fn mask_tokens(input_ids: &Tensor, selected: &Tensor, mask_id: i64) -> Tensor {
-    input_ids.masked_fill(selected, mask_id)
-}
-
-/// Text decoder settings. `Default`: 3 layers at the text width, 8 heads.
+/// Text decoder settings a user chooses. `Default`: 3 layers, 8 heads, MLP
+/// width 2048. Its widths and vocabulary follow from the encoders
+/// ([`TextDecoderDims`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TextDecoderConfig {
-    /// Width of the text tokens fed in (512).
-    pub hidden_size: i64,
-    /// Width of the image tokens attended to (C = 512, projected E_img).
-    pub image_dim: i64,
     /// Layers (3).
     pub num_layers: i64,
     /// Attention heads.
     pub num_heads: i64,
     /// MLP hidden width.
     pub intermediate_size: i64,
-    /// Output vocabulary (49,408).
-    pub vocab_size: i64,
 }
 
 impl Default for TextDecoderConfig {
     fn default() -> Self {
         Self {
-            hidden_size: 512,
-            image_dim: 512,
             num_layers: 3,
             num_heads: 8,
             intermediate_size: 2048,
-            vocab_size: 49408,
+        }
+    }
+}
+
+impl TextDecoderConfig {
+    /// A tiny decoder for tests: 1 layer, 2 heads, MLP width 64.
+    pub fn tiny() -> Self {
+        Self {
+            num_layers: 1,
+            num_heads: 2,
+            intermediate_size: 64,
+        }
+    }
+}
+
+/// The text decoder's sizes that the encoders fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextDecoderDims {
+    /// Width of the text tokens fed in: the text encoder's (512).
+    pub hidden_size: i64,
+    /// Width of the image tokens attended to: C (512, projected E_img).
+    pub image_dim: i64,
+    /// Output vocabulary: the text encoder's (49,408).
+    pub vocab_size: i64,
+}
+
+impl TextDecoderDims {
+    /// The sizes for `clip`'s encoders.
+    pub fn of(clip: &ClipConfig) -> Self {
+        Self {
+            hidden_size: clip.text.hidden_size,
+            image_dim: clip.projection_dim,
+            vocab_size: clip.text.vocab_size,
         }
     }
 }
@@ -111,14 +134,14 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// Builds the layer under `p`.
-    pub fn new(p: nn::Path, cfg: &TextDecoderConfig) -> Self {
-        let d = cfg.hidden_size;
+    pub fn new(p: nn::Path, cfg: &TextDecoderConfig, dims: TextDecoderDims) -> Self {
+        let d = dims.hidden_size;
         let ln = |name: &str| nn::layer_norm(&p / name, vec![d], Default::default());
         Self {
             layer_norm1: ln("layer_norm1"),
             self_attn: Attention::new(&p / "self_attn", d, cfg.num_heads),
             layer_norm_cross: ln("layer_norm_cross"),
-            cross_attn: Attention::cross(&p / "cross_attn", d, cfg.image_dim, cfg.num_heads),
+            cross_attn: Attention::cross(&p / "cross_attn", d, dims.image_dim, cfg.num_heads),
             layer_norm2: ln("layer_norm2"),
             mlp: Mlp::new(&p / "mlp", d, cfg.intermediate_size, Activation::Gelu),
         }
@@ -145,20 +168,20 @@ pub struct TextDecoder {
 
 impl TextDecoder {
     /// Builds the decoder under `p` (`layers.{i}`, `final_layer_norm`, `lm_head`).
-    pub fn new(p: nn::Path, cfg: &TextDecoderConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &TextDecoderConfig, dims: TextDecoderDims) -> Self {
         Self {
             layers: (0..cfg.num_layers)
-                .map(|i| DecoderLayer::new(&p / "layers" / i, cfg))
+                .map(|i| DecoderLayer::new(&p / "layers" / i, cfg, dims))
                 .collect(),
             final_layer_norm: nn::layer_norm(
                 &p / "final_layer_norm",
-                vec![cfg.hidden_size],
+                vec![dims.hidden_size],
                 Default::default(),
             ),
             lm_head: nn::linear(
                 &p / "lm_head",
-                cfg.hidden_size,
-                cfg.vocab_size,
+                dims.hidden_size,
+                dims.vocab_size,
                 Default::default(),
             ),
         }
@@ -262,14 +285,16 @@ mod tests {
     fn decoder_is_causal_in_text_and_sees_the_image() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = TextDecoderConfig {
-            hidden_size: 16,
-            image_dim: 8,
             num_layers: 2,
             num_heads: 2,
             intermediate_size: 32,
+        };
+        let dims = TextDecoderDims {
+            hidden_size: 16,
+            image_dim: 8,
             vocab_size: 50,
         };
-        let dec = TextDecoder::new(vs.root(), &cfg);
+        let dec = TextDecoder::new(vs.root(), &cfg, dims);
         tch::manual_seed(1);
         let text = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
         let image = Tensor::randn([1, 4, 8], (Kind::Float, Device::Cpu));

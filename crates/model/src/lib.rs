@@ -10,9 +10,11 @@
 //! [`att_mim::att_mim_mask`] selects the masked patches in MAE's
 //! `(ids_keep, mask, ids_restore)` layout; [`Clip::encode_image_visible`]
 //! encodes the visible patches and [`mim::MimDecoder`] reconstructs the
-//! masked ones; [`losses`] holds Loss_align ([`losses::clip_loss`]) and
-//! Loss_MIM ([`losses::mim_loss`]); [`ent_mlm`] selects report tokens and
-//! decodes them ([`losses::mlm_loss`]).
+//! masked ones; [`ent_mlm`] selects report tokens and decodes them;
+//! [`losses`] holds Loss_align ([`losses::clip_loss`]), Loss_MIM
+//! ([`losses::mim_loss`]) and Loss_MLM ([`losses::mlm_loss`]). [`Mmclip`]
+//! ([`MmclipConfig`]) adds the decoders to CLIP and its
+//! [`Mmclip::step`] is the training step that uses all of these.
 //!
 //! ```no_run
 //! use model::{Clip, ClipConfig, load::load_clip_safetensors};

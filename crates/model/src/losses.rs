@@ -37,20 +37,30 @@ pub fn mim_loss(target: &Tensor, pred: &Tensor, mask: &Tensor, norm_pix: bool) -
     (per_patch * mask).sum(Kind::Float) / mask.sum(Kind::Float)
 }
 
-/// Loss_MLM: −Σ_t log P(y_t | y_<t, x) averaged over the selected
-/// positions. `logits: [B, L, V]` aligned with `targets: [B, L]` (the caller
-/// shifts for next-token prediction), `selected: [B, L]` bool.
-pub fn mlm_loss(logits: &Tensor, targets: &Tensor, selected: &Tensor) -> Tensor {
-    let v = logits.size()[2];
-    let ignore = -100;
-    let targets = targets.masked_fill(&selected.logical_not(), ignore);
-    logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(
-        &targets.reshape([-1]),
-        None,
-        Reduction::Mean,
-        ignore,
-        0.0,
-    )
+/// Loss_MLM: −log P(y_t | y_<t, x) at the positions EntMLM selected.
+/// `logits: [S, V]` are the decoder's at the `selected: [B, L]` positions in
+/// row-major order ([`crate::ent_mlm::TextDecoder::forward_selected`]);
+/// the targets are the tokens of `input_ids: [B, L]` there (a selected
+/// position reads the mask embedding, so it predicts its own token from the
+/// earlier ones and the image). `divisor: None` averages over the S
+/// positions; `Some(n)` sums and divides by `n`, which a data-parallel step
+/// sets to the mean count per rank so that the ranks' mean is the global
+/// batch's mean.
+pub fn mlm_loss(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    selected: &Tensor,
+    divisor: Option<f64>,
+) -> Tensor {
+    let targets = input_ids
+        .reshape([-1])
+        .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1)); // [S]
+    match divisor {
+        None => logits.cross_entropy_for_logits(&targets),
+        Some(n) => {
+            logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0) / n
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,14 +97,23 @@ mod tests {
     }
 
     #[test]
-    fn mlm_loss_counts_selected_positions_only() {
-        // V = 2; position 0 (selected): logits [0, ln 3], target 1 → −ln(3/4).
-        // Position 1 (not selected) would add a large loss.
-        let logits = Tensor::from_slice(&[0.0f32, 3f32.ln(), 50.0, 0.0]).view([1, 2, 2]);
-        let targets = Tensor::from_slice(&[1i64, 1]).view([1, 2]);
-        let selected = Tensor::from_slice(&[true, false]).view([1, 2]);
-        let got = mlm_loss(&logits, &targets, &selected).double_value(&[]);
-        assert!((got + (0.75f64).ln()).abs() < 1e-6, "{got}");
+    fn mlm_loss_scores_the_selected_tokens() {
+        // Positions 0 and 2 of one report are selected, both token 1.
+        // Their logits over V = 2: [0, ln 3] → P = 3/4; [ln 3, 0] → P = 1/4.
+        let ids = Tensor::from_slice(&[1i64, 0, 1]).view([1, 3]);
+        let selected = Tensor::from_slice(&[true, false, true]).view([1, 3]);
+        let logits = Tensor::from_slice(&[0.0f32, 3f32.ln(), 3f32.ln(), 0.0]).view([2, 2]);
+        let sum = -(0.75f64.ln() + 0.25f64.ln());
+        let mean = mlm_loss(&logits, &ids, &selected, None).double_value(&[]);
+        assert!((mean - sum / 2.0).abs() < 1e-6, "{mean}");
+        // Token 0 at position 1 is not a target: selecting it instead of
+        // position 2 changes the loss.
+        let other = Tensor::from_slice(&[true, true, false]).view([1, 3]);
+        let changed = mlm_loss(&logits, &ids, &other, None).double_value(&[]);
+        assert!((changed - sum / 2.0).abs() > 0.1, "{changed}");
+        // A data-parallel rank divides its sum by the mean count per rank.
+        let shared = mlm_loss(&logits, &ids, &selected, Some(4.0)).double_value(&[]);
+        assert!((shared - sum / 4.0).abs() < 1e-6, "{shared}");
     }
 
     #[test]

@@ -11,14 +11,14 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::attention::{Activation, EncoderLayer};
+use crate::config::VisionConfig;
 
-/// Decoder settings. `Default` is the paper's: 8 layers, width 512, 16 heads.
+/// Decoder settings a user chooses. `Default` is the paper's: 8 layers,
+/// width 512, 16 heads. Its input width and the patch grid follow from the
+/// encoder ([`MimDecoderDims`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MimDecoderConfig {
-    /// Width of the encoder tokens fed in (768: ViT-B hidden size in
-    /// "input" mode; 512 = C for "feature" mode).
-    pub in_dim: i64,
     /// Decoder width.
     pub hidden_size: i64,
     /// Decoder layers.
@@ -27,6 +27,39 @@ pub struct MimDecoderConfig {
     pub num_heads: i64,
     /// MLP width as a multiple of `hidden_size` (MAE: 4).
     pub mlp_ratio: i64,
+}
+
+impl Default for MimDecoderConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 512,
+            num_layers: 8,
+            num_heads: 16,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+impl MimDecoderConfig {
+    /// A tiny decoder for tests: 1 layer of width 16, 2 heads.
+    pub fn tiny() -> Self {
+        Self {
+            hidden_size: 16,
+            num_layers: 1,
+            num_heads: 2,
+            mlp_ratio: 2,
+        }
+    }
+}
+
+/// The decoder's sizes that the encoder fixes: what it reads and the
+/// patches it predicts. [`crate::MmclipConfig::mim_decoder_dims`] derives
+/// them from the model's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MimDecoderDims {
+    /// Width of the encoder tokens fed in (768: ViT-B hidden size in
+    /// "input" mode; 512 = C for "feature" mode).
+    pub in_dim: i64,
     /// Patches per side of the image grid (224/16 = 14).
     pub grid_size: i64,
     /// Patch side in pixels (16).
@@ -35,33 +68,14 @@ pub struct MimDecoderConfig {
     pub num_channels: i64,
 }
 
-impl Default for MimDecoderConfig {
-    fn default() -> Self {
+impl MimDecoderDims {
+    /// The patches of `vision`'s images, read from tokens of width `in_dim`.
+    pub fn of(vision: &VisionConfig, in_dim: i64) -> Self {
         Self {
-            in_dim: 768,
-            hidden_size: 512,
-            num_layers: 8,
-            num_heads: 16,
-            mlp_ratio: 4,
-            grid_size: 14,
-            patch_size: 16,
-            num_channels: 3,
-        }
-    }
-}
-
-impl MimDecoderConfig {
-    /// A tiny decoder for the tiny encoders' 4×4 grid of 8 px patches.
-    pub fn tiny() -> Self {
-        Self {
-            in_dim: 32,
-            hidden_size: 16,
-            num_layers: 1,
-            num_heads: 2,
-            mlp_ratio: 2,
-            grid_size: 4,
-            patch_size: 8,
-            num_channels: 3,
+            in_dim,
+            grid_size: vision.image_size / vision.patch_size,
+            patch_size: vision.patch_size,
+            num_channels: vision.num_channels,
         }
     }
 }
@@ -115,15 +129,15 @@ pub struct MimDecoder {
 
 impl MimDecoder {
     /// Builds the decoder under `p` with MAE's names.
-    pub fn new(p: nn::Path, cfg: &MimDecoderConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &MimDecoderConfig, dims: MimDecoderDims) -> Self {
         let d = cfg.hidden_size;
         let lin = nn::LinearConfig::default();
-        let n = cfg.grid_size * cfg.grid_size;
+        let n = dims.grid_size * dims.grid_size;
         let mut pos = p.zeros_no_train("decoder_pos_embed", &[1 + n, d]);
-        tch::no_grad(|| pos.copy_(&sincos_2d_pos_embed(d, cfg.grid_size).to_device(p.device())));
+        tch::no_grad(|| pos.copy_(&sincos_2d_pos_embed(d, dims.grid_size).to_device(p.device())));
         let blocks = &p / "decoder_blocks";
         Self {
-            decoder_embed: nn::linear(&p / "decoder_embed", cfg.in_dim, d, lin),
+            decoder_embed: nn::linear(&p / "decoder_embed", dims.in_dim, d, lin),
             mask_token: p.randn("mask_token", &[d], 0.0, 0.02),
             decoder_pos_embed: pos,
             decoder_blocks: (0..cfg.num_layers)
@@ -149,7 +163,7 @@ impl MimDecoder {
             decoder_pred: nn::linear(
                 &p / "decoder_pred",
                 d,
-                cfg.patch_size * cfg.patch_size * cfg.num_channels,
+                dims.patch_size * dims.patch_size * dims.num_channels,
                 lin,
             ),
         }
@@ -219,9 +233,11 @@ mod tests {
     fn decoder_predicts_every_patch_with_fixed_positions() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = MimDecoderConfig::tiny();
-        let dec = MimDecoder::new(vs.root() / "decoder", &cfg);
+        let dims = MimDecoderDims::of(&VisionConfig::tiny(), 32);
+        assert_eq!((dims.grid_size, dims.patch_size), (4, 8));
+        let dec = MimDecoder::new(vs.root() / "decoder", &cfg, dims);
         tch::manual_seed(0);
-        let latent = Tensor::randn([2, 1 + 4, cfg.in_dim], (Kind::Float, Device::Cpu));
+        let latent = Tensor::randn([2, 1 + 4, dims.in_dim], (Kind::Float, Device::Cpu));
         let noise = crate::att_mim::mask_noise(2, 16, 1, Device::Cpu);
         let sel = crate::att_mim::select_mask(&noise.lt(0.0), &noise, 0.75);
         let pred = dec.forward(&latent, &sel.ids_restore);

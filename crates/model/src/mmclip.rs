@@ -34,15 +34,15 @@
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection};
 use crate::clip::{Clip, Encoded};
 use crate::config::ClipConfig;
 use crate::dist::{DistError, ProcessGroup};
-use crate::ent_mlm::{self, MlmStrategy, TextDecoder, TextDecoderConfig};
+use crate::ent_mlm::{self, MlmStrategy, TextDecoder, TextDecoderConfig, TextDecoderDims};
 use crate::losses;
-use crate::mim::{self, MimDecoder, MimDecoderConfig};
+use crate::mim::{self, MimDecoder, MimDecoderConfig, MimDecoderDims};
 
 /// What the MIM decoder reconstructs from (METHOD.md, AttMIM step 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -99,10 +99,13 @@ impl Default for LossWeights {
     }
 }
 
-/// The whole model's settings. `Default` is the paper's. The decoders'
-/// input widths, grid and vocabulary follow from `clip` and `mim_mode`
-/// ([`MmclipConfig::mim_decoder_resolved`], [`MmclipConfig::text_decoder_resolved`]);
-/// the values written in those sections are overwritten.
+/// The whole model's settings. `Default` is the paper's (ViT-B/16),
+/// [`MmclipConfig::tiny`] the tests'. It holds only what can be chosen: the
+/// decoders' input widths, patch grid and vocabulary follow from `clip` and
+/// `mim_mode` ([`MmclipConfig::mim_decoder_dims`],
+/// [`MmclipConfig::text_decoder_dims`]). Older `run.json` files also wrote
+/// those derived sizes into `mim_decoder` and `text_decoder`; they were never
+/// used, and reading such a file ignores them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MmclipConfig {
@@ -148,41 +151,24 @@ impl MmclipConfig {
         Self {
             clip: ClipConfig::tiny(),
             mim_decoder: MimDecoderConfig::tiny(),
-            text_decoder: TextDecoderConfig {
-                num_layers: 1,
-                num_heads: 2,
-                intermediate_size: 64,
-                ..Default::default()
-            },
+            text_decoder: TextDecoderConfig::tiny(),
             ..Default::default()
         }
     }
 
-    /// The pixel decoder's settings with its input width, grid and patch
-    /// taken from the encoders.
-    pub fn mim_decoder_resolved(&self) -> MimDecoderConfig {
-        let v = &self.clip.vision;
-        MimDecoderConfig {
-            in_dim: match self.mim_mode {
-                MimMode::Input => v.hidden_size,
-                MimMode::Feature => self.clip.projection_dim,
-            },
-            grid_size: v.image_size / v.patch_size,
-            patch_size: v.patch_size,
-            num_channels: v.num_channels,
-            ..self.mim_decoder.clone()
-        }
+    /// The pixel decoder's input width (the encoder's width in "input"
+    /// mode, C in "feature" mode) and the encoder's patch grid.
+    pub fn mim_decoder_dims(&self) -> MimDecoderDims {
+        let in_dim = match self.mim_mode {
+            MimMode::Input => self.clip.vision.hidden_size,
+            MimMode::Feature => self.clip.projection_dim,
+        };
+        MimDecoderDims::of(&self.clip.vision, in_dim)
     }
 
-    /// The text decoder's settings with its widths and vocabulary taken
-    /// from the encoders.
-    pub fn text_decoder_resolved(&self) -> TextDecoderConfig {
-        TextDecoderConfig {
-            hidden_size: self.clip.text.hidden_size,
-            image_dim: self.clip.projection_dim,
-            vocab_size: self.clip.text.vocab_size,
-            ..self.text_decoder.clone()
-        }
+    /// The text decoder's widths and vocabulary, the encoders'.
+    pub fn text_decoder_dims(&self) -> TextDecoderDims {
+        TextDecoderDims::of(&self.clip)
     }
 }
 
@@ -320,9 +306,17 @@ impl Mmclip {
         let mlm = &p / "mlm";
         Self {
             clip: Clip::new(&p / "clip", &cfg.clip),
-            mim_decoder: MimDecoder::new(&p / "mim_decoder", &cfg.mim_decoder_resolved()),
+            mim_decoder: MimDecoder::new(
+                &p / "mim_decoder",
+                &cfg.mim_decoder,
+                cfg.mim_decoder_dims(),
+            ),
             mask_embedding: mlm.randn("mask_embedding", &[cfg.clip.text.hidden_size], 0.0, 0.02),
-            text_decoder: TextDecoder::new(&mlm / "decoder", &cfg.text_decoder_resolved()),
+            text_decoder: TextDecoder::new(
+                &mlm / "decoder",
+                &cfg.text_decoder,
+                cfg.text_decoder_dims(),
+            ),
             prompt_ids: trim_prompts(prompt_ids).to_device(p.device()),
             cfg: cfg.clone(),
         }
@@ -600,18 +594,7 @@ impl Mmclip {
         let logits = self
             .text_decoder
             .forward_selected(&hidden, &image_tokens, &selected); // [S, V]
-        let targets = ids
-            .reshape([-1])
-            .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1));
-        // Position t, whose input is the mask embedding, predicts y_t from
-        // y_<t (causal) and the image: −log P(y_t | y_<t, x), averaged.
-        let loss = match shard {
-            None => logits.cross_entropy_for_logits(&targets),
-            Some(_) => {
-                logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)
-                    / per_rank
-            }
-        };
+        let loss = losses::mlm_loss(&logits, ids, &selected, shard.map(|_| per_rank));
         Ok((Some(loss), pad(selected)))
     }
 }

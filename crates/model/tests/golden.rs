@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use model::att_mim::{mask_noise, select_mask};
-use model::ent_mlm::{TextDecoder, TextDecoderConfig};
+use model::ent_mlm::{TextDecoder, TextDecoderConfig, TextDecoderDims};
 use model::load::load_clip_safetensors;
 use model::losses::{mim_loss, mlm_loss};
-use model::mim::{MimDecoder, MimDecoderConfig, patchify};
-use model::{Clip, ClipConfig};
+use model::mim::{MimDecoder, MimDecoderConfig, MimDecoderDims, patchify};
+use model::{Clip, ClipConfig, VisionConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 const TOLERANCE: f64 = 1e-5;
@@ -87,16 +87,19 @@ fn decoders_and_losses_match_the_pytorch_reference() {
         num_layers: 2,
         ..MimDecoderConfig::tiny()
     };
+    let mdims = MimDecoderDims::of(&VisionConfig::tiny(), 32);
     let tcfg = TextDecoderConfig {
-        hidden_size: 16,
-        image_dim: 24,
         num_layers: 3,
         num_heads: 4,
         intermediate_size: 32,
+    };
+    let tdims = TextDecoderDims {
+        hidden_size: 16,
+        image_dim: 24,
         vocab_size: 50,
     };
-    let mim = MimDecoder::new(vs.root() / "mim_decoder", &mcfg);
-    let txt = TextDecoder::new(vs.root() / "text_decoder", &tcfg);
+    let mim = MimDecoder::new(vs.root() / "mim_decoder", &mcfg, mdims);
+    let txt = TextDecoder::new(vs.root() / "text_decoder", &tcfg, tdims);
     tch::manual_seed(5);
     // Perturb every trainable weight (LayerNorms start at 1/0) so a swapped
     // or misnamed parameter shows.
@@ -112,7 +115,7 @@ fn decoders_and_losses_match_the_pytorch_reference() {
     let noise = mask_noise(b, n, 2, Device::Cpu);
     let sel = select_mask(&noise.lt(0.5), &noise, 0.75);
     let f = (Kind::Float, Device::Cpu);
-    let latent = Tensor::randn([b, 1 + keep, mcfg.in_dim], f);
+    let latent = Tensor::randn([b, 1 + keep, mdims.in_dim], f);
     let imgs = Tensor::randn([b, 3, 32, 32], f);
     let text = Tensor::randn([b, 7, 16], f);
     let image = Tensor::randn([b, n, 24], f);
@@ -130,8 +133,8 @@ fn decoders_and_losses_match_the_pytorch_reference() {
         ("selected", selected.to_kind(Kind::Uint8)),
         ("mim_heads", int(mcfg.num_heads)),
         ("mim_layers", int(mcfg.num_layers)),
-        ("patch", int(mcfg.patch_size)),
-        ("grid", int(mcfg.grid_size)),
+        ("patch", int(mdims.patch_size)),
+        ("grid", int(mdims.grid_size)),
         ("txt_heads", int(tcfg.num_heads)),
         ("txt_layers", int(tcfg.num_layers)),
     ];
@@ -140,7 +143,7 @@ fn decoders_and_losses_match_the_pytorch_reference() {
     let r = read(&dir.path().join("outputs.safetensors"));
 
     let pred = mim.forward(&latent, &sel.ids_restore);
-    let target = patchify(&imgs, mcfg.patch_size);
+    let target = patchify(&imgs, mdims.patch_size);
     let logits = txt.forward(&text, &image);
     let pos = vs.variables()["mim_decoder.decoder_pos_embed"].shallow_clone();
     let errs = [
@@ -164,7 +167,7 @@ fn decoders_and_losses_match_the_pytorch_reference() {
         (
             "mlm_loss",
             rel_err(
-                &mlm_loss(&logits, &targets, &selected).reshape([1]),
+                &mlm_loss(&at_selected(&logits, &selected), &targets, &selected, None).reshape([1]),
                 &r["mlm_loss"],
             ),
         ),
@@ -176,4 +179,12 @@ fn decoders_and_losses_match_the_pytorch_reference() {
             "{name} differs from the PyTorch reference by {err:e} (> {TOLERANCE:e})"
         );
     }
+}
+
+/// The rows of `xs: [B, L, V]` at the `selected: [B, L]` positions, `[S, V]`
+/// in row-major order, as `TextDecoder::forward_selected` returns them.
+fn at_selected(xs: &Tensor, selected: &Tensor) -> Tensor {
+    let v = xs.size()[2];
+    xs.reshape([-1, v])
+        .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1))
 }

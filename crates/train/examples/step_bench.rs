@@ -494,10 +494,10 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
         S::AttMim => map(l) + map(prompt_ctx) + map(n),
     };
 
-    let md = cfg.mim_decoder_resolved();
-    let pixels_per_patch = md.patch_size * md.patch_size * md.num_channels;
+    let (md, mdims) = (&cfg.mim_decoder, cfg.mim_decoder_dims());
+    let pixels_per_patch = mdims.patch_size * mdims.patch_size * mdims.num_channels;
     let mim_decoder = 3.0
-        * (2.0 * f(b * (1 + k)) * f(md.in_dim * md.hidden_size)
+        * (2.0 * f(b * (1 + k)) * f(mdims.in_dim * md.hidden_size)
             + layers(
                 md.num_layers,
                 b,
@@ -507,14 +507,14 @@ fn step_flops(cfg: &MmclipConfig, s: &StepShape) -> Vec<(&'static str, f64)> {
             )
             + 2.0 * f(b * (1 + n)) * f(md.hidden_size * pixels_per_patch));
 
-    let td = cfg.text_decoder_resolved();
-    let dd = td.hidden_size;
+    let (td, tdims) = (&cfg.text_decoder, cfg.text_decoder_dims());
+    let dd = tdims.hidden_size;
     let per_layer = layers(1, p, l, dd, td.intermediate_size) // self-attention and MLP
         + 4.0 * f(p * l) * f(dd * dd) // cross-attention q, out
-        + 4.0 * f(p * n) * f(td.image_dim * dd) // cross-attention k, v from E_img
+        + 4.0 * f(p * n) * f(tdims.image_dim * dd) // cross-attention k, v from E_img
         + 4.0 * f(p * l) * f(n) * f(dd); // cross-attention scores and mixing
     let text_decoder =
-        3.0 * (f(td.num_layers) * per_layer + 2.0 * f(s.mlm_selected) * f(dd * td.vocab_size));
+        3.0 * (f(td.num_layers) * per_layer + 2.0 * f(s.mlm_selected) * f(dd * tdims.vocab_size));
     let align = 3.0 * 2.0 * f(p * p) * f(c);
 
     vec![

@@ -164,7 +164,7 @@ fn feature_mode_and_token_prompts_run_with_the_resolved_widths() {
         prompt_features: PromptFeatures::Tokens,
         ..MmclipConfig::tiny()
     };
-    assert_eq!(cfg.mim_decoder_resolved().in_dim, cfg.clip.projection_dim);
+    assert_eq!(cfg.mim_decoder_dims().in_dim, cfg.clip.projection_dim);
     let (vs, model, batch) = setup(&cfg);
     // Prompt tokens: 4 + 5 + 3 real tokens.
     assert_eq!(
@@ -227,4 +227,47 @@ fn padding_columns_change_neither_the_selection_nor_the_losses() {
             "{x} vs {y}"
         );
     }
+}
+
+#[test]
+fn the_config_holds_only_what_can_be_set_and_reads_older_files() {
+    let cfg = MmclipConfig::tiny();
+    let json = serde_json::to_value(&cfg).unwrap();
+    for (section, derived) in [
+        (
+            "mim_decoder",
+            ["in_dim", "grid_size", "patch_size", "num_channels"].as_slice(),
+        ),
+        (
+            "text_decoder",
+            ["hidden_size", "image_dim", "vocab_size"].as_slice(),
+        ),
+    ] {
+        for key in derived {
+            assert!(
+                json[section].get(key).is_none(),
+                "{section}.{key} is stored"
+            );
+        }
+    }
+    // An older run.json also wrote the derived sizes (values never used,
+    // here wrong on purpose); it reads back as the same configuration.
+    let mut older = json.clone();
+    older["mim_decoder"]["in_dim"] = 999.into();
+    older["mim_decoder"]["grid_size"] = 7.into();
+    older["text_decoder"]["vocab_size"] = 3.into();
+    older["text_decoder"]["hidden_size"] = 5.into();
+    let read: MmclipConfig = serde_json::from_value(older).unwrap();
+    assert_eq!(read, cfg);
+    // The derived sizes follow the encoders.
+    let dims = read.mim_decoder_dims();
+    assert_eq!(
+        (dims.in_dim, dims.grid_size, dims.patch_size),
+        (cfg.clip.vision.hidden_size, 4, 8)
+    );
+    let text = read.text_decoder_dims();
+    assert_eq!(
+        (text.hidden_size, text.image_dim, text.vocab_size),
+        (32, 24, 100)
+    );
 }
