@@ -30,7 +30,9 @@ pub enum Preset {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// Encoder sizes (ignored with `init`, which brings its own config.json).
+    /// Model sizes: the encoders' and the decoders'. With `init` the
+    /// encoders are those of its config.json and the preset sizes the
+    /// decoders only.
     pub preset: Preset,
     /// A Hugging Face `CLIPModel` folder (config.json + model.safetensors)
     /// to start from; from scratch when absent.
@@ -363,6 +365,14 @@ impl TrainConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        if let Some(key) = unread_key(text, &cfg) {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "unknown key `{key}`: no setting has this name (`train config` prints them all)"
+                ),
+            });
+        }
         cfg.check().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -448,6 +458,30 @@ impl TrainConfig {
             None => Ok(()),
         }
     }
+}
+
+/// The first key of the TOML `text` that `cfg`, read from it, does not hold.
+/// `deny_unknown_fields` refuses unknown keys in this file's sections, but
+/// not inside the tables defined by other crates (`[model.att_mim]`,
+/// `[model.loss_weights]`, `[train.augment]`, `[zero_shot.templates]`),
+/// which would take a misspelt key and train with the default; so every key
+/// written must come back when the config is written out again.
+fn unread_key(text: &str, cfg: &TrainConfig) -> Option<String> {
+    fn walk(written: &toml::Table, read: &toml::Table, prefix: &str) -> Option<String> {
+        written.iter().find_map(|(key, value)| {
+            let name = format!("{prefix}{key}");
+            match (value, read.get(key)) {
+                (_, None) => Some(name),
+                (toml::Value::Table(w), Some(toml::Value::Table(r))) => {
+                    walk(w, r, &format!("{name}."))
+                }
+                _ => None,
+            }
+        })
+    }
+    let written: toml::Table = toml::from_str(text).ok()?;
+    let read = toml::Table::try_from(cfg).expect("the config serialises");
+    walk(&written, &read, "")
 }
 
 /// `value` is a finite number (`nan` and `inf` are valid TOML).
@@ -577,6 +611,35 @@ mod tests {
         }
         let edges = "[model.att_mim]\nlambda1 = 0.0\nlambda2 = 0.0\n";
         TrainConfig::parse(edges, Path::new("d.toml")).unwrap();
+    }
+
+    #[test]
+    fn keys_of_nested_tables_that_nothing_reads_are_refused() {
+        for (text, key) in [
+            ("[model.att_mim]\nlamda1 = 0.5\n", "model.att_mim.lamda1"),
+            (
+                "[model.loss_weights]\nalign = 1.0\nmlmm = 2.0\n",
+                "model.loss_weights.mlmm",
+            ),
+            ("[train.augment]\nhflipp = 0.5\n", "train.augment.hflipp"),
+            (
+                "[zero_shot.templates]\npositiv = \"{}\"\n",
+                "zero_shot.templates.positiv",
+            ),
+        ] {
+            let e = TrainConfig::parse(text, Path::new("k.toml"))
+                .expect_err(&format!("{text:?} was accepted"));
+            assert!(
+                e.to_string().contains("k.toml") && e.to_string().contains(key),
+                "{text:?}: {e}"
+            );
+        }
+        // Every key the schema reads is accepted, nested ones included.
+        let text = "[model.att_mim]\nlambda1 = 0.5\n[model.loss_weights]\nmlm = 2.0\n\
+                    [train.augment]\nhflip = 0.5\n[model]\nmlm = { kind = \"random\", p = 0.3 }\n";
+        let cfg = TrainConfig::parse(text, Path::new("ok.toml")).unwrap();
+        assert_eq!(cfg.model.att_mim.lambda1, 0.5);
+        assert_eq!(cfg.model.loss_weights.mlm, 2.0);
     }
 
     #[test]

@@ -82,40 +82,411 @@ pub struct FitSummary {
 /// is bound, so a start that failed (a wrong path, a bad value) can be
 /// retried into the same folder with corrected arguments.
 pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
-    let out = &opts.out;
-    // Joined first, so that a rank whose arguments fail below fails the
-    // others' next collective instead of leaving them at the rendezvous.
-    let (dist, device) = match Launch::from_env()? {
-        Some(launch) => {
-            let (dist, device) = Dist::join(launch, opts.device)?;
-            (Some(dist), device)
-        }
-        None => (None, opts.device),
-    };
-    // Rank 0 writes the run folder; the others only read it.
-    let writes = dist.as_ref().is_none_or(Dist::is_main);
-    // The shard folders and their manifests are read before the run folder
-    // is touched.
-    let shards = ShardSet::from_dirs(&opts.shards)?;
-    let records = ShardRecord::of_dirs(&opts.shards)?;
-    let tokenizer_path = opts
-        .tokenizer
-        .clone()
-        .or_else(|| shards.tokenizer.clone())
-        .context("no tokenizer: the shards record none; pass --tokenizer")?;
-    let config_text = cfg.to_toml();
-    let config_sha = hex::encode(Sha256::digest(config_text.as_bytes()));
+    let mut run = Run::prepare(cfg, opts)?;
+    run.resume(opts)?;
+    if run.state.step >= cfg.train.steps {
+        tracing::info!("the run is already complete at step {}", run.state.step);
+        return Ok(run.summary(None));
+    }
+    run.train(opts)
+}
 
+/// A run between its preparation and its last step: the process group,
+/// the run folder, the model, the optimiser and the training state.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    out: &'a Path,
+    /// The process group under torchrun or SLURM; `None` on one process.
+    dist: Option<Dist>,
+    device: Device,
+    /// Whether this process writes the run folder (rank 0, or the only one).
+    writes: bool,
+    shards: ShardSet,
+    /// The shards' folders and manifests, recorded with the run.
+    records: Vec<ShardRecord>,
+    config_sha: String,
+    /// The latest checkpoint when the folder has one.
+    latest: Option<PathBuf>,
+    run_model: RunModel,
+    session: Session,
+    opt: Optimizer,
+    state: TrainState,
+}
+
+/// What one optimiser step did, for its metrics line.
+struct StepReport {
+    phase: Phase,
+    sums: StepSums,
+    lr: f64,
+    grad_norm: f64,
+}
+
+impl<'a> Run<'a> {
+    /// Joins the process group, binds the run folder to the config and the
+    /// tokenizer, and builds the model and the optimiser, seeded.
+    fn prepare(cfg: &'a TrainConfig, opts: &'a FitOptions) -> Result<Run<'a>> {
+        let out = opts.out.as_path();
+        // Joined first, so that a rank whose arguments fail below fails the
+        // others' next collective instead of leaving them at the rendezvous.
+        let (dist, device) = match Launch::from_env()? {
+            Some(launch) => {
+                let (dist, device) = Dist::join(launch, opts.device)?;
+                (Some(dist), device)
+            }
+            None => (None, opts.device),
+        };
+        // Rank 0 writes the run folder; the others only read it.
+        let writes = dist.as_ref().is_none_or(Dist::is_main);
+        // The shard folders and their manifests are read before the run folder
+        // is touched.
+        let shards = ShardSet::from_dirs(&opts.shards)?;
+        let records = ShardRecord::of_dirs(&opts.shards)?;
+        let tokenizer_path = opts
+            .tokenizer
+            .clone()
+            .or_else(|| shards.tokenizer.clone())
+            .context("no tokenizer: the shards record none; pass --tokenizer")?;
+        let config_text = cfg.to_toml();
+        let config_sha = hex::encode(Sha256::digest(config_text.as_bytes()));
+        let (latest, tokenizer) =
+            prepare_folder(out, dist.as_ref(), &config_text, &tokenizer_path)?;
+
+        let clip = match &cfg.model.init {
+            Some(dir) => crate::hf::read_config(dir)?,
+            None => cfg.model.preset_clip(),
+        };
+        let run_model = RunModel {
+            mmclip: cfg.model.mmclip(clip),
+            prompts: cfg.prompts.clone(),
+            shards: records.clone(),
+        };
+        tch::manual_seed(cfg.train.seed as i64);
+        let session = Session::new(run_model.clone(), tokenizer, device)?;
+        if let Some(dir) = &cfg.model.init {
+            crate::hf::load_weights(dir, &session.vs)?;
+        }
+        let opt = Optimizer::new(&session.vs, &cfg.optim);
+        let state = TrainState {
+            step: 0,
+            next_position: Position::default(),
+            optimizer_steps: 0,
+            seed: cfg.train.seed,
+            skipped_steps: 0,
+            nonfinite_in_a_row: 0,
+            config_sha256: config_sha.clone(),
+            shards: records.clone(),
+        };
+        Ok(Run {
+            cfg,
+            out,
+            dist,
+            device,
+            writes,
+            shards,
+            records,
+            config_sha,
+            latest,
+            run_model,
+            session,
+            opt,
+            state,
+        })
+    }
+
+    /// Continues from the latest checkpoint, if any: its weights, optimiser
+    /// and state (step, loader position, counters), checked against the
+    /// config and the shards. Then every rank agrees on the start, and the
+    /// metrics written after that checkpoint are dropped.
+    fn resume(&mut self, opts: &FitOptions) -> Result<()> {
+        if let Some(dir) = &self.latest {
+            self.state = checkpoint::load(dir, &mut self.session.vs, &mut self.opt)?;
+            if self.state.config_sha256 != self.config_sha {
+                bail!("{}: written with another config", dir.display());
+            }
+            if self.state.shards.is_empty() {
+                tracing::warn!(
+                    "{}: the checkpoint does not record its shards; they are not checked",
+                    dir.display()
+                );
+            } else if let Some(why) = crate::data::shards_differ(&self.state.shards, &self.records)
+            {
+                if !opts.allow_other_shards {
+                    bail!(
+                        "{}: the run was trained on other shards: {why}; \
+                         use the same --shards, or pass --allow-other-shards to continue on these knowingly",
+                        self.out.display()
+                    );
+                }
+                tracing::warn!("continuing on other shards (--allow-other-shards): {why}");
+            }
+            self.state.shards = self.records.clone();
+            tracing::info!("resuming from {} (step {})", dir.display(), self.state.step);
+        }
+        if let Some(d) = &self.dist {
+            crate::dist::agree_on_start(d, &self.session.vs, self.state.step, self.out)?;
+        }
+        if self.writes {
+            write_atomic(
+                &self.out.join(RUN_FILE),
+                &serde_json::to_vec_pretty(&self.run_model)?,
+            )?;
+            // Lines past the resumed step were written by the interrupted run after
+            // its last checkpoint; the resumed run writes them again.
+            truncate_metrics(&self.out.join(METRICS_FILE), self.state.step)?;
+        }
+        Ok(())
+    }
+
+    /// The step loop, from the resumed step to the last (or `stop_after`
+    /// steps on): each step, then its metrics line and checkpoint when due.
+    fn train(mut self, opts: &FitOptions) -> Result<FitSummary> {
+        let t = &self.cfg.train;
+        let mut loader = self.open_loader(opts)?;
+        let mut metrics = Metrics::open(self.out, self.writes)?;
+        let end = opts
+            .stop_after
+            .map_or(t.steps, |n| (self.state.step + n).min(t.steps));
+        let bar = progress_bar(opts.progress && self.writes, self.state.step, t.steps);
+        let mut window = Window::new();
+        let mut last_checkpoint = None;
+        while self.state.step < end {
+            let report = self.step(&mut loader, &mut window)?;
+            bar.inc(1);
+            if self.state.step.is_multiple_of(t.log_every) || self.state.step == end {
+                let line = window.line(
+                    &self.state,
+                    report.phase,
+                    &report.sums,
+                    self.cfg.optim.accumulate,
+                    report.lr,
+                    report.grad_norm,
+                    &loader,
+                );
+                metrics.write(&line)?;
+                bar.set_message(format!(
+                    "loss {:.4}",
+                    report.sums.total / self.cfg.optim.accumulate as f64
+                ));
+            }
+            if self.state.step.is_multiple_of(t.checkpoint_every) || self.state.step == end {
+                last_checkpoint = self.checkpoint()?.or(last_checkpoint);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(self.summary(last_checkpoint))
+    }
+
+    /// The loader of this rank's slice of each global batch, at the
+    /// resumed position. The shards are opened (and hashed) only now that
+    /// the run is known to have steps left to do.
+    fn open_loader(&self, opts: &FitOptions) -> Result<Loader> {
+        let t = &self.cfg.train;
+        let loader_cfg = LoaderConfig {
+            batch_size: t.batch_size,
+            paired_fraction: t.paired_fraction,
+            seed: t.seed,
+            threads: t.loader_threads,
+            prefetch: t.prefetch,
+            augment: t.augment.clone(),
+            world_size: self.dist.as_ref().map_or(1, |d| d.launch().world_size),
+            rank: self.dist.as_ref().map_or(0, |d| d.launch().rank),
+            ..Default::default()
+        };
+        let sources = self.shards.open(Some("train"), opts.verify_sha256)?;
+        Ok(Loader::new(sources, &loader_cfg, self.state.next_position)?)
+    }
+
+    /// One optimiser step: the masked-modelling warm-up or the joint phase,
+    /// `accumulate` micro-batches forward and backward, then the update, or
+    /// the skip of a non-finite step.
+    fn step(&mut self, loader: &mut Loader, window: &mut Window) -> Result<StepReport> {
+        let phase = if self.state.step < self.cfg.train.warmup_steps {
+            Phase::WarmUp
+        } else {
+            Phase::Joint
+        };
+        self.opt.zero_grad();
+        let (sums, finite) = self.forward_backward(loader, window, phase)?;
+        if let (Some(d), true) = (&self.dist, finite) {
+            d.average_gradients(&self.session.vs)?;
+        }
+        let grad_norm = if finite {
+            self.opt.grad_norm()
+        } else {
+            f64::NAN
+        };
+        let lr = self.opt.lr_at(self.state.step, self.cfg.train.steps);
+        if finite && grad_norm.is_finite() {
+            self.update(lr, grad_norm)?;
+        } else {
+            self.skip()?;
+        }
+        self.state.step += 1;
+        Ok(StepReport {
+            phase,
+            sums,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// The micro-batches of one step: each one's losses (their mean over
+    /// the ranks) and its gradient, scaled by 1/`accumulate`, added up.
+    /// Stops at the first non-finite loss (`false`), with the sums so far.
+    fn forward_backward(
+        &mut self,
+        loader: &mut Loader,
+        window: &mut Window,
+        phase: Phase,
+    ) -> Result<(StepSums, bool)> {
+        let accumulate = self.cfg.optim.accumulate;
+        let ranks = self
+            .dist
+            .as_ref()
+            .map_or(1, |d| d.launch().world_size as u64);
+        let image_size = self.session.run.mmclip.clip.vision.image_size;
+        let reduced = self.cfg.train.autocast.reduced_on(self.device);
+        let mut sums = StepSums::default();
+        for micro in 0..accumulate {
+            let batch = loader.next().context("the loader stopped")??;
+            self.state.next_position = batch.position.next(loader.steps_per_epoch());
+            window.images += batch.size as u64 * ranks;
+            let staged = Staged::new(batch, self.device);
+            let step_batch = model::StepBatch {
+                pixels: fit_to(&staged.step.pixels, image_size),
+                input_ids: staged.step.input_ids.shallow_clone(),
+                entity: staged.step.entity.shallow_clone(),
+            };
+            let seed = step_seed(self.state.seed, self.state.step * accumulate + micro);
+            let paired = step_batch.paired_rows();
+            let total_rows = step_batch.pixels.size()[0];
+            let shard = self
+                .dist
+                .as_ref()
+                .map(|d| model::mmclip::Shard::new(d.group(), paired, total_rows - paired));
+            let (losses, _) = model::autocast::autocast(self.device, reduced, || {
+                self.session
+                    .model
+                    .step_sharded(&step_batch, phase, seed, shard.as_ref())
+            })
+            .with_context(|| format!("step {}", self.state.step))?;
+            let mut values = StepSums::read(&losses);
+            if let Some(d) = &self.dist {
+                // Every rank decides on the same (mean) values, so all
+                // skip a non-finite step together.
+                values = values.mean_over_ranks(d)?;
+            }
+            if !values.total.is_finite() {
+                return Ok((sums, false));
+            }
+            sums.add(&values);
+            (losses.total / accumulate as f64).backward();
+        }
+        Ok((sums, true))
+    }
+
+    /// Applies a finite gradient: clipped to `optim.grad_clip`, then the
+    /// optimiser's update at rate `lr`.
+    fn update(&mut self, lr: f64, grad_norm: f64) -> Result<()> {
+        if let Some(max) = self.cfg.optim.grad_clip
+            && grad_norm > max
+        {
+            self.opt.scale_grads(max / (grad_norm + 1e-6));
+        }
+        self.opt.step(lr);
+        // A finite gradient can still make non-finite weights (a huge
+        // rate); every later step would be skipped and the checkpoints
+        // would hold them, so the run stops before saving anything.
+        if let Some(name) = self.opt.non_finite_variable() {
+            bail!(
+                "step {}: the update made the weights non-finite ({name} holds NaN or infinity; \
+                 lr {lr}, gradient norm {grad_norm}); stopping without saving, so the last \
+                 checkpoint{} is finite; lower optim.lr or set optim.grad_clip and resume",
+                self.state.step,
+                checkpoint::list(self.out)?
+                    .pop()
+                    .map_or(String::new(), |(_, d)| format!(" ({})", d.display()))
+            );
+        }
+        self.state.optimizer_steps += 1;
+        self.state.nonfinite_in_a_row = 0;
+        Ok(())
+    }
+
+    /// Drops a non-finite step's gradient and counts it; too many in a row
+    /// stop the run.
+    fn skip(&mut self) -> Result<()> {
+        let t = &self.cfg.train;
+        self.opt.zero_grad();
+        self.state.skipped_steps += 1;
+        self.state.nonfinite_in_a_row += 1;
+        tracing::warn!(
+            "step {}: non-finite loss or gradient, step skipped",
+            self.state.step
+        );
+        if self.state.nonfinite_in_a_row > t.max_nonfinite_in_a_row {
+            bail!(
+                "{} non-finite steps in a row (limit train.max_nonfinite_in_a_row = {}): stopping at step {}; \
+                 lower optim.lr or set optim.grad_clip, and resume from the last checkpoint",
+                self.state.nonfinite_in_a_row,
+                t.max_nonfinite_in_a_row,
+                self.state.step
+            );
+        }
+        Ok(())
+    }
+
+    /// Rank 0 writes a checkpoint (returned); every rank then checks that
+    /// the ranks' weights agree and waits for the write.
+    fn checkpoint(&self) -> Result<Option<PathBuf>> {
+        let written = if self.writes {
+            Some(checkpoint::save(
+                self.out,
+                &self.session.vs,
+                &self.opt,
+                &self.state,
+                self.cfg.train.keep_last,
+            )?)
+        } else {
+            None
+        };
+        if let Some(d) = &self.dist {
+            d.check_same_weights(&self.session.vs, self.state.step)?;
+            d.barrier("rank 0 writing a checkpoint")?;
+        }
+        Ok(written)
+    }
+
+    fn summary(&self, checkpoint: Option<PathBuf>) -> FitSummary {
+        FitSummary {
+            step: self.state.step,
+            skipped_steps: self.state.skipped_steps,
+            checkpoint,
+        }
+    }
+}
+
+/// Binds the run folder `out` to the config and the tokenizer, returning
+/// its latest checkpoint and the run's tokenizer. A folder with a
+/// checkpoint must hold the same config; one without is (re)written. Rank
+/// 0 writes; the other ranks wait for it and read.
+fn prepare_folder(
+    out: &Path,
+    dist: Option<&Dist>,
+    config_text: &str,
+    tokenizer_path: &Path,
+) -> Result<(Option<PathBuf>, ClipTokenizer)> {
+    let writes = dist.is_none_or(Dist::is_main);
     if out.exists() && !out.is_dir() {
         bail!("--out {}: exists and is not a folder", out.display());
     }
     if writes {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    } else if let Some(d) = &dist {
+    } else if let Some(d) = dist {
         // Rank 0 creates the folder and writes config and tokenizer first.
         d.barrier("rank 0 preparing the run folder")?;
     }
-    let latest = checkpoint::list(out)?.pop();
+    let latest = checkpoint::list(out)?.pop().map(|(_, dir)| dir);
     let config_path = out.join("config.toml");
     let run_tokenizer = out.join(TOKENIZER_FILE);
     if latest.is_some() {
@@ -133,269 +504,43 @@ pub fn fit(cfg: &TrainConfig, opts: &FitOptions) -> Result<FitSummary> {
         write_atomic(&config_path, config_text.as_bytes())?;
     }
     if writes && (latest.is_none() || !run_tokenizer.exists()) {
-        let bytes = std::fs::read(&tokenizer_path)
+        let bytes = std::fs::read(tokenizer_path)
             .with_context(|| format!("reading the tokenizer {}", tokenizer_path.display()))?;
         write_atomic(&run_tokenizer, &bytes)?;
     }
-    if let Some(d) = dist.as_ref().filter(|d| d.is_main()) {
+    if let Some(d) = dist.filter(|d| d.is_main()) {
         d.barrier("rank 0 preparing the run folder")?;
     }
-    let tokenizer = ClipTokenizer::from_file(&run_tokenizer)?;
-
-    let clip = match &cfg.model.init {
-        Some(dir) => crate::hf::read_config(dir)?,
-        None => cfg.model.preset_clip(),
-    };
-    let run_model = RunModel {
-        mmclip: cfg.model.mmclip(clip),
-        prompts: cfg.prompts.clone(),
-        shards: records.clone(),
-    };
-
-    tch::manual_seed(cfg.train.seed as i64);
-    let mut session = Session::new(run_model.clone(), tokenizer, device)?;
-    if let Some(dir) = &cfg.model.init {
-        crate::hf::load_weights(dir, &session.vs)?;
-    }
-    let mut opt = Optimizer::new(&session.vs, &cfg.optim);
-
-    let mut state = TrainState {
-        step: 0,
-        next_position: Position::default(),
-        optimizer_steps: 0,
-        seed: cfg.train.seed,
-        skipped_steps: 0,
-        nonfinite_in_a_row: 0,
-        config_sha256: config_sha.clone(),
-        shards: records.clone(),
-    };
-    if let Some((_, dir)) = &latest {
-        state = checkpoint::load(dir, &mut session.vs, &mut opt)?;
-        if state.config_sha256 != config_sha {
-            bail!("{}: written with another config", dir.display());
-        }
-        if state.shards.is_empty() {
-            tracing::warn!(
-                "{}: the checkpoint does not record its shards; they are not checked",
-                dir.display()
-            );
-        } else if let Some(why) = crate::data::shards_differ(&state.shards, &records) {
-            if !opts.allow_other_shards {
-                bail!(
-                    "{}: the run was trained on other shards: {why}; \
-                     use the same --shards, or pass --allow-other-shards to continue on these knowingly",
-                    out.display()
-                );
-            }
-            tracing::warn!("continuing on other shards (--allow-other-shards): {why}");
-        }
-        state.shards = records.clone();
-        tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-    }
-    if let Some(d) = &dist {
-        crate::dist::agree_on_start(d, &session.vs, state.step, out)?;
-    }
-    if writes {
-        write_atomic(&out.join(RUN_FILE), &serde_json::to_vec_pretty(&run_model)?)?;
-        // Lines past the resumed step were written by the interrupted run after
-        // its last checkpoint; the resumed run writes them again.
-        truncate_metrics(&out.join(METRICS_FILE), state.step)?;
-    }
-    if state.step >= cfg.train.steps {
-        tracing::info!("the run is already complete at step {}", state.step);
-        return Ok(FitSummary {
-            step: state.step,
-            skipped_steps: state.skipped_steps,
-            checkpoint: None,
-        });
-    }
-
-    let t = &cfg.train;
-    let loader_cfg = LoaderConfig {
-        batch_size: t.batch_size,
-        paired_fraction: t.paired_fraction,
-        seed: t.seed,
-        threads: t.loader_threads,
-        prefetch: t.prefetch,
-        augment: t.augment.clone(),
-        world_size: dist.as_ref().map_or(1, |d| d.launch().world_size),
-        rank: dist.as_ref().map_or(0, |d| d.launch().rank),
-        ..Default::default()
-    };
-    // Opened (and hashed) once the run is known to have steps left to do.
-    let sources = shards.open(Some("train"), opts.verify_sha256)?;
-    let mut loader = Loader::new(sources, &loader_cfg, state.next_position)?;
-    let metrics_path = out.join(METRICS_FILE);
-    let mut metrics = if writes {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("opening {}", metrics_path.display()))?;
-        Some(file)
-    } else {
-        None
-    };
-    let ranks = dist.as_ref().map_or(1, |d| d.launch().world_size as u64);
-
-    let end = opts
-        .stop_after
-        .map_or(t.steps, |n| (state.step + n).min(t.steps));
-    let bar = progress_bar(opts.progress && writes, state.step, t.steps);
-    let image_size = session.run.mmclip.clip.vision.image_size;
-    let mut window = Window::new();
-    let mut last_checkpoint = None;
-    let reduced = t.autocast.reduced_on(device);
-
-    while state.step < end {
-        let phase = if state.step < t.warmup_steps {
-            Phase::WarmUp
-        } else {
-            Phase::Joint
-        };
-        let mut sums = StepSums::default();
-        let mut finite = true;
-        opt.zero_grad();
-        for micro in 0..cfg.optim.accumulate {
-            let batch = loader.next().context("the loader stopped")??;
-            state.next_position = next_position(batch.position, loader.steps_per_epoch());
-            window.images += batch.size as u64 * ranks;
-            let staged = Staged::new(batch, device);
-            let pixels = fit_to(&staged.step.pixels, image_size);
-            let step_batch = model::StepBatch {
-                pixels,
-                input_ids: staged.step.input_ids.shallow_clone(),
-                entity: staged.step.entity.shallow_clone(),
-            };
-            let seed = step_seed(state.seed, state.step * cfg.optim.accumulate + micro);
-            let paired = step_batch.paired_rows();
-            let total_rows = step_batch.pixels.size()[0];
-            let shard = dist
-                .as_ref()
-                .map(|d| model::mmclip::Shard::new(d.group(), paired, total_rows - paired));
-            let (losses, _) = model::autocast::autocast(device, reduced, || {
-                session
-                    .model
-                    .step_sharded(&step_batch, phase, seed, shard.as_ref())
-            })
-            .with_context(|| format!("step {}", state.step))?;
-            let mut values = StepSums::read(&losses);
-            if let Some(d) = &dist {
-                // Every rank decides on the same (mean) values, so all
-                // skip a non-finite step together.
-                values = values.mean_over_ranks(d)?;
-            }
-            if !values.total.is_finite() {
-                finite = false;
-                break;
-            }
-            sums.add(&values);
-            (losses.total / cfg.optim.accumulate as f64).backward();
-        }
-        if let (Some(d), true) = (&dist, finite) {
-            d.average_gradients(&session.vs)?;
-        }
-        let grad_norm = if finite { opt.grad_norm() } else { f64::NAN };
-        let lr = opt.lr_at(state.step, t.steps);
-        if finite && grad_norm.is_finite() {
-            if let Some(max) = cfg.optim.grad_clip
-                && grad_norm > max
-            {
-                opt.scale_grads(max / (grad_norm + 1e-6));
-            }
-            opt.step(lr);
-            // A finite gradient can still make non-finite weights (a huge
-            // rate); every later step would be skipped and the checkpoints
-            // would hold them, so the run stops before saving anything.
-            if let Some(name) = opt.non_finite_variable() {
-                bail!(
-                    "step {}: the update made the weights non-finite ({name} holds NaN or infinity; \
-                     lr {lr}, gradient norm {grad_norm}); stopping without saving, so the last \
-                     checkpoint{} is finite; lower optim.lr or set optim.grad_clip and resume",
-                    state.step,
-                    checkpoint::list(out)?
-                        .pop()
-                        .map_or(String::new(), |(_, d)| format!(" ({})", d.display()))
-                );
-            }
-            state.optimizer_steps += 1;
-            state.nonfinite_in_a_row = 0;
-        } else {
-            opt.zero_grad();
-            state.skipped_steps += 1;
-            state.nonfinite_in_a_row += 1;
-            tracing::warn!(
-                "step {}: non-finite loss or gradient, step skipped",
-                state.step
-            );
-            if state.nonfinite_in_a_row > t.max_nonfinite_in_a_row {
-                bail!(
-                    "{} non-finite steps in a row (limit train.max_nonfinite_in_a_row = {}): stopping at step {}; \
-                     lower optim.lr or set optim.grad_clip, and resume from the last checkpoint",
-                    state.nonfinite_in_a_row,
-                    t.max_nonfinite_in_a_row,
-                    state.step
-                );
-            }
-        }
-        state.step += 1;
-        bar.inc(1);
-
-        if state.step.is_multiple_of(t.log_every) || state.step == end {
-            let line = window.line(
-                &state,
-                phase,
-                &sums,
-                cfg.optim.accumulate,
-                lr,
-                grad_norm,
-                &loader,
-            );
-            if let Some(metrics) = &mut metrics {
-                writeln!(metrics, "{line}")
-                    .with_context(|| format!("writing {}", metrics_path.display()))?;
-            }
-            bar.set_message(format!(
-                "loss {:.4}",
-                sums.total / cfg.optim.accumulate as f64
-            ));
-        }
-        if state.step.is_multiple_of(t.checkpoint_every) || state.step == end {
-            if writes {
-                last_checkpoint = Some(checkpoint::save(
-                    out,
-                    &session.vs,
-                    &opt,
-                    &state,
-                    t.keep_last,
-                )?);
-            }
-            if let Some(d) = &dist {
-                d.check_same_weights(&session.vs, state.step)?;
-                d.barrier("rank 0 writing a checkpoint")?;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    Ok(FitSummary {
-        step: state.step,
-        skipped_steps: state.skipped_steps,
-        checkpoint: last_checkpoint,
-    })
+    Ok((latest, ClipTokenizer::from_file(&run_tokenizer)?))
 }
 
-/// The loader position after `pos`.
-fn next_position(pos: Position, steps_per_epoch: u64) -> Position {
-    if pos.step + 1 >= steps_per_epoch {
-        Position {
-            epoch: pos.epoch + 1,
-            step: 0,
+/// `RUN/metrics.jsonl`, appended to by the process that writes the run.
+struct Metrics {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl Metrics {
+    fn open(out: &Path, writes: bool) -> Result<Metrics> {
+        let path = out.join(METRICS_FILE);
+        let file = if writes {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Some(file)
+        } else {
+            None
+        };
+        Ok(Metrics { file, path })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{line}").with_context(|| format!("writing {}", self.path.display()))?;
         }
-    } else {
-        Position {
-            step: pos.step + 1,
-            ..pos
-        }
+        Ok(())
     }
 }
 
