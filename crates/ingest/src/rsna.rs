@@ -36,13 +36,10 @@
 //! reads), in the pixel frame of the stored image: see [`write_boxes`].
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, Int32Array, StringArray};
+use arrow_array::Array;
 use indicatif::ProgressBar;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use schemas::{Manifest, PNEUMONIA, Reject, Source, Stage, col};
 use serde::Serialize;
 
@@ -575,61 +572,34 @@ fn scaled_box(b: &LabelBox, s: &Stored) -> [u32; 4] {
 /// The stored and original size of every row of the folder's shards.
 fn stored_sizes(out: &Path, manifest: &Manifest) -> Result<HashMap<String, Stored>, ShardError> {
     let mut sizes = HashMap::new();
+    let names = [
+        col::IMAGE_ID,
+        col::IMAGE_WIDTH,
+        col::IMAGE_HEIGHT,
+        col::ORIG_COLS,
+        col::ORIG_ROWS,
+    ];
     for entry in &manifest.shards {
         let path = out.join(&entry.file);
-        let format = |message: String| ShardError::Format {
-            path: path.clone(),
-            message,
-        };
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format(e.to_string()))?;
-        let names = [
-            col::IMAGE_ID,
-            col::IMAGE_WIDTH,
-            col::IMAGE_HEIGHT,
-            col::ORIG_COLS,
-            col::ORIG_ROWS,
-        ];
-        let roots: Vec<usize> = names
-            .iter()
-            .map(|n| {
-                builder
-                    .schema()
-                    .index_of(n)
-                    .map_err(|_| format(format!("no column {n}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .build()
-            .map_err(|e| format(e.to_string()))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| format(e.to_string()))?;
-            let ids = batch
-                .column_by_name(col::IMAGE_ID)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| format(format!("{} is not utf8", col::IMAGE_ID)))?;
-            let int = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-                    .cloned()
-                    .ok_or_else(|| format(format!("{name} is not int32")))
-            };
-            let [w, h, c, r] = [
+        for batch in shards::reader(&path, &names, None)? {
+            let batch = batch.map_err(|e| shards::ShardsError::parquet(&path, e))?;
+            let c = shards::Columns::new(&batch, &path);
+            let ids = c.strings(col::IMAGE_ID)?;
+            let [w, h, cols, rows] = [
                 col::IMAGE_WIDTH,
                 col::IMAGE_HEIGHT,
                 col::ORIG_COLS,
                 col::ORIG_ROWS,
             ]
-            .map(int);
-            let (w, h, c, r) = (w?, h?, c?, r?);
-            for i in 0..batch.num_rows() {
-                let dims = [w.value(i), h.value(i), c.value(i), r.value(i)];
+            .map(|name| c.ints(name));
+            let (w, h, cols, rows) = (w?, h?, cols?, rows?);
+            for i in 0..c.len() {
+                let dims = [w.value(i), h.value(i), cols.value(i), rows.value(i)];
                 if ids.is_null(i) || dims.iter().any(|d| *d <= 0) {
-                    return Err(format(format!("row {i} has no image id or size")));
+                    return Err(ShardError::Format {
+                        path: path.clone(),
+                        message: format!("row {i} has no image id or size"),
+                    });
                 }
                 let [width, height, cols, rows] = dims.map(|d| d as u32);
                 sizes.insert(
