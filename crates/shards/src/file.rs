@@ -49,12 +49,25 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), ShardsError> {
 /// file name (`x.json.tmp`, `x.md.tmp`: two outputs never share one), fsync,
 /// rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardsError> {
-    let tmp = temporary_path(path);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    write_atomic_through(path, &temporary_path(path), bytes)
+}
+
+/// [`write_atomic`] through the temporary file `tmp` (in `path`'s folder),
+/// for tools whose leftovers carry another suffix. A failed write removes
+/// `tmp`.
+pub fn write_atomic_through(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), ShardsError> {
+    let written = File::create(tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(source) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(ShardsError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        });
+    }
+    fs::rename(tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Make the rename itself durable; not all filesystems allow opening a
         // directory, and losing this only weakens durability, not atomicity.

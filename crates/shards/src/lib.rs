@@ -37,7 +37,9 @@ mod rows;
 
 pub use columns::{Columns, projection, reader};
 pub use error::ShardsError;
-pub use file::{sha256_file, sha256_hex, temporary_path, verify_sha256, write_atomic};
+pub use file::{
+    sha256_file, sha256_hex, temporary_path, verify_sha256, write_atomic, write_atomic_through,
+};
 pub use image::{DecodeError, decode_image};
 pub use manifest::read_manifest;
 pub use open::{CheckedShard, open_shard};

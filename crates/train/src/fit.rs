@@ -720,25 +720,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 /// fsync and a rename, then fsyncs the folder so that the rename survives a
 /// crash; a failed write removes the temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = partial_path(path);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", tmp.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Not every filesystem lets a folder be opened; losing this weakens
-        // durability only, never atomicity.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    Ok(shards::write_atomic_through(
+        path,
+        &partial_path(path),
+        bytes,
+    )?)
 }
 
 /// The temporary file [`write_atomic`] writes `path` through.
