@@ -352,8 +352,10 @@ pub fn run(
         if !view_kept(&opts.views, &it.view) {
             return Outcome::Filtered;
         }
-        match prepare::png_or_jpeg(&it.image_path, &opts.image) {
-            Ok(img) => Outcome::Row(Box::new(img.into_row(Row {
+        prepare::image_row(
+            &it.image_path,
+            prepare::png_or_jpeg(&it.image_path, &opts.image),
+            Row {
                 source: Source::Chexpert.name().into(),
                 subject_id: it.patient.clone(),
                 study_id: it.study.clone(),
@@ -363,16 +365,8 @@ pub fn run(
                 paired: false,
                 labels: it.labels,
                 ..Default::default()
-            }))),
-            Err((stage, reason)) => Outcome::Rejected(Box::new(Reject {
-                path: it.image_path.display().to_string(),
-                subject_id: Some(it.patient.clone()),
-                study_id: Some(it.study.clone()),
-                image_id: Some(it.image_id.clone()),
-                stage,
-                reason,
-            })),
-        }
+            },
+        )
     };
     Ok(shard::run(
         out,

@@ -282,8 +282,10 @@ pub fn run(
             .collect(),
     };
     let process = |it: &Item| -> Outcome {
-        match prepare::png_or_jpeg(&it.image_path, &opts.image) {
-            Ok(img) => Outcome::Row(Box::new(img.into_row(Row {
+        prepare::image_row(
+            &it.image_path,
+            prepare::png_or_jpeg(&it.image_path, &opts.image),
+            Row {
                 source: Source::Covidx.name().into(),
                 subject_id: it.patient.clone(),
                 // COVIDx has no studies: each image is its own.
@@ -294,16 +296,8 @@ pub fn run(
                 paired: false,
                 finding_labels: it.labels.clone(),
                 ..Default::default()
-            }))),
-            Err((stage, reason)) => Outcome::Rejected(Box::new(Reject {
-                path: it.image_path.display().to_string(),
-                subject_id: Some(it.patient.clone()),
-                study_id: None,
-                image_id: Some(it.image_id.clone()),
-                stage,
-                reason,
-            })),
-        }
+            },
+        )
     };
     Ok(shard::run(
         out,

@@ -351,38 +351,34 @@ pub fn run(opts: &NihOptions, out: &Path, progress: &ProgressBar) -> Result<Mani
         if !view_kept(&opts.views, &it.view) {
             return Outcome::Filtered;
         }
-        let rejected = |path: String, stage, reason| {
-            Outcome::Rejected(Box::new(Reject {
-                path,
-                subject_id: Some(it.patient.clone()),
-                study_id: None,
-                image_id: Some(it.image_id.clone()),
-                stage,
-                reason,
-            }))
-        };
+        // `00000001_000.png`: patient and follow-up number, one image each.
+        let study = it.image_id.trim_end_matches(".png").to_string();
         let Some(path) = &it.image_path else {
-            return rejected(
-                it.image_id.clone(),
-                Stage::ImageRead,
-                "image not found under images/ or images_001/images/ … images_012/images/".into(),
-            );
+            return Outcome::Rejected(Box::new(Reject {
+                path: it.image_id.clone(),
+                subject_id: Some(it.patient.clone()),
+                study_id: Some(study),
+                image_id: Some(it.image_id.clone()),
+                stage: Stage::ImageRead,
+                reason: "image not found under images/ or images_001/images/ … images_012/images/"
+                    .into(),
+            }));
         };
-        match prepare::png_or_jpeg(path, &opts.image) {
-            Ok(img) => Outcome::Row(Box::new(img.into_row(Row {
+        prepare::image_row(
+            path,
+            prepare::png_or_jpeg(path, &opts.image),
+            Row {
                 source: Source::Nih.name().into(),
                 subject_id: it.patient.clone(),
-                // `00000001_000.png`: patient and follow-up number, one image each.
-                study_id: it.image_id.trim_end_matches(".png").to_string(),
+                study_id: study,
                 image_id: it.image_id.clone(),
                 split: it.split.into(),
                 view: it.view.clone(),
                 paired: false,
                 finding_labels: it.labels.clone(),
                 ..Default::default()
-            }))),
-            Err((stage, reason)) => rejected(path.display().to_string(), stage, reason),
-        }
+            },
+        )
     };
     Ok(shard::run(
         out,

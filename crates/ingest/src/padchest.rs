@@ -242,8 +242,10 @@ pub fn run(
         if !view_kept(&opts.projections, &it.projection) {
             return Outcome::Filtered;
         }
-        match prepare::png(&it.image_path, &opts.image) {
-            Ok(img) => Outcome::Row(Box::new(img.into_row(Row {
+        prepare::image_row(
+            &it.image_path,
+            prepare::png(&it.image_path, &opts.image),
+            Row {
                 source: Source::Padchest.name().into(),
                 subject_id: it.patient.clone(),
                 study_id: it.study.clone(),
@@ -253,16 +255,8 @@ pub fn run(
                 paired: false,
                 finding_labels: it.labels.clone(),
                 ..Default::default()
-            }))),
-            Err((stage, reason)) => Outcome::Rejected(Box::new(Reject {
-                path: it.image_path.display().to_string(),
-                subject_id: Some(it.patient.clone()),
-                study_id: Some(it.study.clone()),
-                image_id: Some(it.image_id.clone()),
-                stage,
-                reason,
-            })),
-        }
+            },
+        )
     };
     Ok(shard::run(
         out,

@@ -9,11 +9,11 @@
 
 use std::path::Path;
 
-use schemas::{ImagePolicy, Stage};
+use schemas::{ImagePolicy, Reject, Stage};
 
 use crate::dicom_image::{self, SampleFormat, Samples, StoredImage};
 use crate::encode;
-use crate::shard::Row;
+use crate::shard::{Outcome, Row};
 use crate::window::{self, Gray8};
 
 /// An image ready for its row.
@@ -56,6 +56,23 @@ impl Prepared {
 
 /// Why an image was not written: the stage and a reason a person can act on.
 pub type Failure = (Stage, String);
+
+/// What becomes of an image-only row (the downstream releases): `row` with
+/// its prepared image, or a reject of the image file `path` that carries
+/// the row's patient, study and image ids.
+pub fn image_row(path: &Path, prepared: Result<Prepared, Failure>, row: Row) -> Outcome {
+    match prepared {
+        Ok(img) => Outcome::Row(Box::new(img.into_row(row))),
+        Err((stage, reason)) => Outcome::Rejected(Box::new(Reject {
+            path: path.display().to_string(),
+            subject_id: Some(row.subject_id),
+            study_id: Some(row.study_id),
+            image_id: Some(row.image_id),
+            stage,
+            reason,
+        })),
+    }
+}
 
 fn finish(
     gray: Gray8,
