@@ -45,82 +45,11 @@ pub enum PipelineError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A shard folder has no `manifest.json`.
-    #[error("{path}: manifest missing (is this a finished ingest output folder?)")]
-    MissingManifest {
-        /// The manifest path that does not exist.
-        path: PathBuf,
-    },
-    /// `manifest.json` is not a manifest.
-    #[error("{path}: not a valid manifest: {message}")]
-    BadManifest {
-        /// The manifest.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// The manifest or shard was written with another schema version.
-    #[error("{path}: schema version {found}, this loader reads version {expected}")]
-    SchemaVersion {
-        /// The manifest or shard.
-        path: PathBuf,
-        /// Version found.
-        found: String,
-        /// Version this build reads.
-        expected: u32,
-    },
-    /// A shard listed in the manifest is not on disk.
-    #[error("{path}: shard listed in the manifest is missing")]
-    MissingShard {
-        /// The shard.
-        path: PathBuf,
-    },
-    /// A shard ends early: it does not end with the Parquet magic, so its footer is gone.
-    #[error("{path}: truncated shard ({len} bytes, no Parquet footer at the end)")]
-    Truncated {
-        /// The shard.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: u64,
-    },
-    /// A shard's footer (Parquet metadata) does not parse.
-    #[error("{path}: bad Parquet footer: {message}")]
-    BadFooter {
-        /// The shard.
-        path: PathBuf,
-        /// The reader's message.
-        message: String,
-    },
-    /// A shard holds another number of rows than its manifest entry says.
-    #[error("{path}: manifest says {manifest} rows, the file holds {file}")]
-    RowCountMismatch {
-        /// The shard.
-        path: PathBuf,
-        /// Rows in the manifest entry.
-        manifest: u64,
-        /// Rows in the file's footer.
-        file: u64,
-    },
-    /// A shard's sha256 differs from its manifest entry.
-    #[error("{path}: sha256 {file} does not match the manifest's {manifest}")]
-    ShaMismatch {
-        /// The shard.
-        path: PathBuf,
-        /// sha256 in the manifest.
-        manifest: String,
-        /// sha256 of the file on disk.
-        file: String,
-    },
-    /// A column the loader needs is missing or has another type.
-    #[error("{path}: column {column}: {message}")]
-    Column {
-        /// The shard.
-        path: PathBuf,
-        /// The column name.
-        column: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// A shard folder or shard failed its checks (manifest, magic, footer,
+    /// schema version, row count, sha256) or a column read: the `shards`
+    /// crate's error, which names the file.
+    #[error(transparent)]
+    Shard(#[from] shards::ShardsError),
     /// Parquet could not read a row group (corrupt page, bad compression).
     #[error("{path}: row group {row_group}: {message}")]
     Read {
@@ -148,66 +77,6 @@ pub enum PipelineError {
     /// A loader thread panicked or stopped without a message.
     #[error("loader thread stopped: {0}")]
     Stopped(String),
-}
-
-/// The shard checks and column reads of `shards`, as the loader's errors
-/// (same variants and messages as when the loader read shards itself).
-impl From<shards::ShardsError> for PipelineError {
-    fn from(e: shards::ShardsError) -> PipelineError {
-        use shards::ShardsError as E;
-        match e {
-            E::Io { path, source } => PipelineError::Io { path, source },
-            E::MissingManifest { path } => PipelineError::MissingManifest { path },
-            E::BadManifest { path, source } => PipelineError::BadManifest {
-                path,
-                message: source.to_string(),
-            },
-            E::SchemaVersion {
-                path,
-                found,
-                expected,
-            } => PipelineError::SchemaVersion {
-                path,
-                found,
-                expected,
-            },
-            E::MissingShard { path } => PipelineError::MissingShard { path },
-            E::Truncated { path, len } => PipelineError::Truncated { path, len },
-            E::BadFooter { path, message } => PipelineError::BadFooter { path, message },
-            E::RowCountMismatch {
-                path,
-                manifest,
-                file,
-            } => PipelineError::RowCountMismatch {
-                path,
-                manifest,
-                file,
-            },
-            E::ShaMismatch {
-                path,
-                manifest,
-                file,
-            } => PipelineError::ShaMismatch {
-                path,
-                manifest,
-                file,
-            },
-            E::Column {
-                path,
-                column,
-                message,
-            } => PipelineError::Column {
-                path,
-                column,
-                message,
-            },
-            E::Parquet { path, source } => PipelineError::Read {
-                path,
-                row_group: 0,
-                message: source.to_string(),
-            },
-        }
-    }
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {

@@ -12,6 +12,7 @@ use schemas::{
     Counts, ImageEncoding, ImagePolicy, Manifest, SCHEMA_VERSION, ShardEntry, Source,
     shard_file_name,
 };
+use shards::ShardsError;
 
 const W: usize = 40;
 const H: usize = 32;
@@ -363,7 +364,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     std::fs::remove_file(d.join("shard-00001.parquet")).unwrap();
     let e = open_err(&[d]);
     assert!(
-        matches!(e, PipelineError::MissingShard { .. })
+        matches!(e, PipelineError::Shard(ShardsError::MissingShard { .. }))
             && e.to_string().contains("missing/shard-00001.parquet"),
         "{e}"
     );
@@ -374,7 +375,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = open_err(&[d]);
     assert!(
-        matches!(e, PipelineError::Truncated { .. })
+        matches!(e, PipelineError::Shard(ShardsError::Truncated { .. }))
             && e.to_string().contains("truncated/shard-00000.parquet"),
         "{e}"
     );
@@ -386,7 +387,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     std::fs::write(&p, &bytes).unwrap();
     let e = open_err(std::slice::from_ref(&d));
     assert!(
-        matches!(e, PipelineError::ShaMismatch { .. })
+        matches!(e, PipelineError::Shard(ShardsError::ShaMismatch { .. }))
             && e.to_string().contains("sha/shard-00001.parquet"),
         "{e}"
     );
@@ -407,7 +408,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     )
     .unwrap_err();
     assert!(
-        matches!(e, PipelineError::BadFooter { .. })
+        matches!(e, PipelineError::Shard(ShardsError::BadFooter { .. }))
             && e.to_string().contains("footer/shard-00000.parquet"),
         "{e}"
     );
@@ -421,18 +422,18 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     assert!(
         matches!(
             e,
-            PipelineError::RowCountMismatch {
+            PipelineError::Shard(ShardsError::RowCountMismatch {
                 manifest: 9,
                 file: 8,
                 ..
-            }
+            })
         ) && e.to_string().contains("rows/shard-00001.parquet"),
         "{e}"
     );
 
     let e = open_err(&[tmp.path().join("nowhere")]);
     assert!(
-        matches!(e, PipelineError::MissingManifest { .. })
+        matches!(e, PipelineError::Shard(ShardsError::MissingManifest { .. }))
             && e.to_string().contains("nowhere/manifest.json"),
         "{e}"
     );
@@ -444,7 +445,7 @@ fn bad_shards_fail_with_an_error_naming_the_file() {
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     assert!(matches!(
         open_err(&[d]),
-        PipelineError::SchemaVersion { .. }
+        PipelineError::Shard(ShardsError::SchemaVersion { .. })
     ));
 }
 
