@@ -182,12 +182,6 @@ pub struct StoredRow {
 }
 
 /// The `finding_labels` list of each row (lower-cased), `None` for rows
-/// that are not PadChest rows.
-pub fn padchest_labels(rows: &[StoredRow]) -> Result<Vec<Option<Vec<String>>>> {
-    finding_lists(rows, "padchest")
-}
-
-/// The `finding_labels` list of each row (lower-cased), `None` for rows
 /// whose `source` is not `source`.
 pub fn finding_lists(rows: &[StoredRow], source: &str) -> Result<Vec<Option<Vec<String>>>> {
     Ok(row_meta(rows)?
