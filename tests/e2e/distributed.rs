@@ -7,8 +7,10 @@
 //! (the losses of each step and the weights after three steps agree within
 //! 1e-5: the ranks' matrix products are smaller, so the last bits differ);
 //! two ranks finish with the same weights on both (checked by the run itself
-//! at every checkpoint) and one set of run files; a rank that dies makes the
-//! other fail within the timeout, naming the collective.
+//! at every checkpoint) and one set of run files; a run resumed on another
+//! number of processes (two then one, one then two) continues at the global
+//! loader position; a rank that dies makes the other fail within the
+//! timeout, naming the collective.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -173,6 +175,47 @@ fn two_ranks_end_with_the_same_weights_and_one_set_of_run_files() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["step-00000005", "step-00000006"]);
+}
+
+/// The other direction of a world-size change: a run started on one
+/// process continues on two ranks at the global batch it reached, so the
+/// loader positions of its later checkpoints are those of a run on one
+/// process all along.
+#[test]
+fn a_run_of_one_process_resumes_on_two_ranks_at_its_global_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        TINY.replace("checkpoint_every = 3", "checkpoint_every = 1"),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    ok(crate::train::train(&cfg, &run, &["--stop-after", "3"]));
+    let port = free_port();
+    let ranks: Vec<Child> = (0..2).map(|r| rank(&cfg, &run, r, 2, port, 60)).collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {r} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let steps: Vec<u64> = metrics_lines(&run)
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+    let plain = dir.path().join("plain");
+    ok(crate::train::train(&cfg, &plain, &[]));
+    for step in [5, 6] {
+        assert_eq!(
+            next_position(&run, step),
+            next_position(&plain, step),
+            "step {step}"
+        );
+    }
 }
 
 /// Every tensor of a checkpoint's `model.safetensors`, by name, as f32s
