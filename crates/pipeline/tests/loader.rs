@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use ingest::shard::{Row, ShardOptions, encode_shard, finish, sha256_hex};
 use pipeline::{
     BadRowPolicy, Batch, CONTEXT, LABEL_MISSING, Loader, LoaderConfig, Mode, NUM_LABELS,
     OpenOptions, PipelineError, Position, SourceKind, Sources,
@@ -12,7 +11,7 @@ use schemas::{
     Counts, ImageEncoding, ImagePolicy, Manifest, SCHEMA_VERSION, ShardEntry, Source,
     shard_file_name,
 };
-use shards::ShardsError;
+use shards::{Row, ShardsError, encode_rows, sha256_hex};
 
 const W: usize = 40;
 const H: usize = 32;
@@ -48,10 +47,6 @@ fn folder(
     mutate: impl Fn(usize, &mut Row),
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let opts = ShardOptions {
-        row_group_rows: 4,
-        ..Default::default()
-    };
     let mut entries = Vec::new();
     for s in 0..shards {
         let rows: Vec<Row> = (0..rows)
@@ -62,7 +57,7 @@ fn folder(
                 row
             })
             .collect();
-        let bytes = encode_shard(&rows, &opts).unwrap();
+        let bytes = encode_rows(&rows, 4, 3).unwrap();
         let file = shard_file_name(s);
         std::fs::write(dir.join(&file), &bytes).unwrap();
         entries.push(ShardEntry {
@@ -86,7 +81,11 @@ fn folder(
         shards: entries,
         part: None,
     };
-    finish(dir, &manifest, &[]).unwrap();
+    std::fs::write(
+        dir.join(schemas::MANIFEST_FILE),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
