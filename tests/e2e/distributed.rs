@@ -192,16 +192,7 @@ fn a_run_of_one_process_resumes_on_two_ranks_at_its_global_position() {
     .unwrap();
     let run = dir.path().join("run");
     ok(crate::train::train(&cfg, &run, &["--stop-after", "3"]));
-    let port = free_port();
-    let ranks: Vec<Child> = (0..2).map(|r| rank(&cfg, &run, r, 2, port, 60)).collect();
-    for (r, child) in ranks.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "rank {r} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    train_as(&cfg, &run, 2);
     let steps: Vec<u64> = metrics_lines(&run)
         .iter()
         .map(|v| v["step"].as_u64().unwrap())
