@@ -86,5 +86,8 @@ fn the_demo_learns_above_chance() {
         &std::fs::read_to_string(out.join("finetune-nih-10/finetune.json")).unwrap(),
     )
     .unwrap();
-    assert!(finetune["summary"]["mean_auc"]["value"].is_number(), "{finetune}");
+    assert!(
+        finetune["summary"]["mean_auc"]["value"].is_number(),
+        "{finetune}"
+    );
 }

@@ -5,12 +5,24 @@
 // not bind them. Tensors cross as tch's handles, which are `at::Tensor*`.
 // Errors (a device or dtype mismatch) come back as a message, never as an
 // exception across the C boundary.
+//
+// Both updates take `found_inf` (a float scalar tensor on the parameters'
+// device; 1 skips the update, as `torch.amp.GradScaler` uses it), so a
+// step can be skipped on the device without the host reading anything. The
+// list operators beside them (`_foreach_norm`, `_foreach_mul_`,
+// `_foreach_zero_`) are the rest of a step's update that tch does not bind.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_foreach_mul.h>
+#include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/_foreach_zero.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/stack.h>
 
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -20,6 +32,11 @@ std::vector<at::Tensor> list(at::Tensor* const* tensors, int n) {
   out.reserve(n);
   for (int i = 0; i < n; ++i) out.push_back(*tensors[i]);
   return out;
+}
+
+std::optional<at::Tensor> maybe(at::Tensor* t) {
+  if (t == nullptr) return std::nullopt;
+  return *t;
 }
 
 int fail(const std::exception& e, char* err, size_t err_len) {
@@ -36,11 +53,12 @@ int fail(const std::exception& e, char* err, size_t err_len) {
 extern "C" int mmclip_fused_sgd(at::Tensor* const* params, at::Tensor* const* grads,
                                 at::Tensor* const* momentum_buffers, int n, int n_buffers,
                                 double weight_decay, double momentum, double lr,
-                                bool is_first_step, char* err, size_t err_len) {
+                                bool is_first_step, at::Tensor* found_inf, char* err,
+                                size_t err_len) {
   try {
     at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n_buffers), weight_decay,
                     momentum, lr, /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
-                    is_first_step);
+                    is_first_step, /*grad_scale=*/{}, maybe(found_inf));
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);
@@ -50,12 +68,48 @@ extern "C" int mmclip_fused_sgd(at::Tensor* const* params, at::Tensor* const* gr
 extern "C" int mmclip_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads,
                                   at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs,
                                   at::Tensor* const* state_steps, int n, double lr, double beta1,
-                                  double beta2, double weight_decay, double eps, char* err,
-                                  size_t err_len) {
+                                  double beta2, double weight_decay, double eps,
+                                  at::Tensor* found_inf, char* err, size_t err_len) {
   try {
     at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
                       /*max_exp_avg_sqs=*/{}, list(state_steps, n), lr, beta1, beta2,
-                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false,
+                      /*grad_scale=*/{}, maybe(found_inf));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// The L2 norm of all the tensors together, accumulated in float64 (finite
+// float32 values cannot overflow it), written into `out` (a float64 scalar
+// on their device), as `torch.nn.utils.clip_grad_norm_` computes it.
+extern "C" int mmclip_foreach_norm(at::Tensor* const* tensors, int n, at::Tensor* out, char* err,
+                                   size_t err_len) {
+  try {
+    auto norms = at::_foreach_norm(list(tensors, n), 2, at::kDouble);
+    out->copy_(at::linalg_vector_norm(at::stack(norms), 2));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// Multiplies every tensor in place by the scalar tensor `factor`.
+extern "C" int mmclip_foreach_mul_(at::Tensor* const* tensors, int n, at::Tensor* factor,
+                                   char* err, size_t err_len) {
+  try {
+    at::_foreach_mul_(list(tensors, n), *factor);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+extern "C" int mmclip_foreach_zero_(at::Tensor* const* tensors, int n, char* err,
+                                    size_t err_len) {
+  try {
+    at::_foreach_zero_(list(tensors, n));
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

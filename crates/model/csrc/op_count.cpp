@@ -10,14 +10,28 @@
 // engine runs the backward pass on the thread that called it, so a step's
 // forward and backward are both counted (on CUDA the backward runs on the
 // engine's device threads and is not).
+//
+// An operator over a list of tensors counts as one, whatever it runs inside:
+// `aten::_foreach_*` and `aten::_fused_*` are one multi-tensor-apply launch
+// on CUDA, while their CPU implementations loop over the tensors with
+// per-tensor operators; `aten::stack` makes a view of each tensor (no
+// kernel) and one `cat`. Counting what they run inside would count the
+// list's length instead of the launches.
 #include <ATen/record_function.h>
 
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <mutex>
 
 namespace {
 thread_local uint64_t ops = 0;
+// How many multi-tensor operators this thread is inside.
+thread_local int inside_multi = 0;
 std::mutex lock;
+// Returned by the start callback of the operator that opened a
+// multi-tensor region, so that its end callback closes it.
+struct MultiTensor : at::ObserverContext {};
 at::CallbackHandle handle = 0;
 int users = 0;
 }  // namespace
@@ -30,9 +44,22 @@ extern "C" void mmclip_op_count_start() {
   if (users++ > 0) return;
   handle = at::addGlobalCallback(
       at::RecordFunctionCallback(
-          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+          [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+            if (inside_multi > 0) return nullptr;
             ++ops;
+            const char* name = fn.name();
+            if (std::strncmp(name, "aten::_foreach_", 15) == 0 ||
+                std::strncmp(name, "aten::_fused_", 13) == 0 ||
+                std::strcmp(name, "aten::stack") == 0) {
+              ++inside_multi;
+              // A non-null context marks, for the end callback, the
+              // operator that opened the multi-tensor region.
+              return std::make_unique<MultiTensor>();
+            }
             return nullptr;
+          },
+          [](const at::RecordFunction&, at::ObserverContext* ctx) {
+            if (ctx != nullptr) --inside_multi;
           })
           .scopes({at::RecordScope::FUNCTION}));
 }

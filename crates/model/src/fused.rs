@@ -8,10 +8,18 @@
 //! The arithmetic is PyTorch's: SGD with dampening 0 and no Nesterov, the
 //! first step taking the gradient as the momentum buffer; AdamW with
 //! decoupled decay and bias correction from each parameter's step count.
+//!
+//! Both take an optional `skip` flag on the device (`found_inf`, as
+//! `torch.amp.GradScaler` passes it): 1 leaves parameters and state
+//! untouched, so a non-finite step is skipped without the host waiting for
+//! the device to say so. [`global_norm`], [`mul_`] and [`zero_`] are the
+//! other list operators of an update (`_foreach_norm`, `_foreach_mul_`,
+//! `_foreach_zero_`): gradient norm, clipping and zeroing in one operator
+//! each instead of one per parameter tensor.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A tch tensor handle as the shim sees it (`at::Tensor*`).
 type Handle = *const c_void;
@@ -27,6 +35,7 @@ unsafe extern "C" {
         momentum: f64,
         lr: f64,
         is_first_step: bool,
+        found_inf: Handle,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -42,6 +51,27 @@ unsafe extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        found_inf: Handle,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_foreach_norm(
+        tensors: *const Handle,
+        n: c_int,
+        out: Handle,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_foreach_mul_(
+        tensors: *const Handle,
+        n: c_int,
+        factor: Handle,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_foreach_zero_(
+        tensors: *const Handle,
+        n: c_int,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -53,7 +83,7 @@ pub enum FusedError {
     /// The lists differ in length.
     #[error("fused {op}: {what} has {got} tensors, {want} expected")]
     Lengths {
-        /// `sgd` or `adamw`.
+        /// The operator.
         op: &'static str,
         /// Which list.
         what: &'static str,
@@ -65,7 +95,7 @@ pub enum FusedError {
     /// libtorch refused the update (devices, dtypes or shapes that differ).
     #[error("fused {op}: {message}")]
     Torch {
-        /// `sgd` or `adamw`.
+        /// The operator.
         op: &'static str,
         /// libtorch's message.
         message: String,
@@ -102,6 +132,10 @@ fn handles(tensors: &[Tensor]) -> Vec<Handle> {
     tensors.iter().map(|t| t.as_ptr() as Handle).collect()
 }
 
+fn maybe(t: Option<&Tensor>) -> Handle {
+    t.map_or(std::ptr::null(), |t| t.as_ptr() as Handle)
+}
+
 fn check(op: &'static str, n: usize, lists: &[(&'static str, usize)]) -> Result<c_int, FusedError> {
     for &(what, got) in lists {
         if got != n {
@@ -131,12 +165,14 @@ fn call(op: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result
 /// One SGD update of `params` in place with their `grads`, updating the
 /// `momentum_buffers` (same shapes; on the first step their contents are
 /// ignored and replaced by the gradients; none when the momentum is 0), as
-/// `torch.optim.SGD(fused=True)`.
+/// `torch.optim.SGD(fused=True)`. Nothing changes when `skip` (a float32
+/// scalar on the parameters' device) holds 1.
 pub fn sgd_(
     params: &[Tensor],
     grads: &[Tensor],
     momentum_buffers: &[Tensor],
     s: SgdSettings,
+    skip: Option<&Tensor>,
 ) -> Result<(), FusedError> {
     // libtorch takes no buffers at all when there is no momentum.
     let buffers = if s.momentum == 0.0 { 0 } else { params.len() };
@@ -165,6 +201,7 @@ pub fn sgd_(
                 s.momentum,
                 s.lr,
                 s.first_step,
+                maybe(skip),
                 err,
                 len,
             )
@@ -173,15 +210,18 @@ pub fn sgd_(
 }
 
 /// One AdamW update of `params` in place, as `torch.optim.AdamW(fused=True)`
-/// after its step counts were advanced to `step` (1 on the first update):
-/// the moments are updated in place and bias-corrected with `step`.
+/// after its step counts were advanced to `step` (1 on the first update; a
+/// float32 scalar on the parameters' device, read there): the moments are
+/// updated in place and bias-corrected with `step`. Nothing changes when
+/// `skip` (a float32 scalar on the same device) holds 1.
 pub fn adamw_(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
-    step: u64,
+    step: &Tensor,
     s: AdamwSettings,
+    skip: Option<&Tensor>,
 ) -> Result<(), FusedError> {
     let n = check(
         "adamw",
@@ -195,16 +235,9 @@ pub fn adamw_(
     if n == 0 {
         return Ok(());
     }
-    // PyTorch keeps one float32 step tensor per parameter, on its device;
-    // every parameter here shares the optimiser's count.
-    let steps: Vec<Tensor> = params
-        .iter()
-        .map(|p| {
-            Tensor::from(step as f32)
-                .to_device(p.device())
-                .to_kind(Kind::Float)
-        })
-        .collect();
+    // PyTorch keeps one float32 step tensor per parameter; every parameter
+    // here shares the optimiser's count, and the kernel only reads it.
+    let steps: Vec<Tensor> = params.iter().map(|_| step.shallow_clone()).collect();
     let (p, g, m, v, t) = (
         handles(params),
         handles(grads),
@@ -228,10 +261,56 @@ pub fn adamw_(
                 s.betas.1,
                 s.weight_decay,
                 s.eps,
+                maybe(skip),
                 err,
                 len,
             )
         }
+    })
+}
+
+/// The L2 norm of all `tensors` together (a float64 scalar on `device`, 0
+/// for none), accumulated in float64, as `torch.nn.utils.clip_grad_norm_`
+/// computes it: one list operator, read by nobody until the caller asks.
+pub fn global_norm(tensors: &[Tensor], device: Device) -> Result<Tensor, FusedError> {
+    let out = Tensor::zeros([], (Kind::Double, device));
+    if tensors.is_empty() {
+        return Ok(out);
+    }
+    let t = handles(tensors);
+    let n = tensors.len() as c_int;
+    call("norm", |err, len| {
+        // SAFETY: `n` live tensor handles and `out`, borrowed for the call;
+        // the shim catches every C++ exception.
+        unsafe { mmclip_foreach_norm(t.as_ptr(), n, out.as_ptr() as Handle, err, len) }
+    })?;
+    Ok(out)
+}
+
+/// Multiplies every tensor in place by `factor`, a scalar tensor on their
+/// device (of their type).
+pub fn mul_(tensors: &[Tensor], factor: &Tensor) -> Result<(), FusedError> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let t = handles(tensors);
+    let n = tensors.len() as c_int;
+    call("mul", |err, len| {
+        // SAFETY: as in `global_norm`.
+        unsafe { mmclip_foreach_mul_(t.as_ptr(), n, factor.as_ptr() as Handle, err, len) }
+    })
+}
+
+/// Zeroes every tensor in place.
+pub fn zero_(tensors: &[Tensor]) -> Result<(), FusedError> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let t = handles(tensors);
+    let n = tensors.len() as c_int;
+    call("zero", |err, len| {
+        // SAFETY: as in `global_norm`.
+        unsafe { mmclip_foreach_zero_(t.as_ptr(), n, err, len) }
     })
 }
 
@@ -240,11 +319,20 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// Tensors of `shapes` with values in [-1, 1] that differ with `seed`,
+    /// made without torch's generator: the tests beside these reseed it.
     fn tensors(seed: i64, shapes: &[&[i64]]) -> Vec<Tensor> {
-        tch::manual_seed(seed);
         shapes
             .iter()
-            .map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
+            .enumerate()
+            .map(|(i, s)| {
+                let n: i64 = s.iter().product();
+                let phase = (seed * 7 + i as i64) as f64;
+                (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (0.37 + 0.11 * seed as f64)
+                    + phase)
+                    .sin()
+                    .reshape(*s)
+            })
             .collect()
     }
 
@@ -258,7 +346,7 @@ mod tests {
     const SHAPES: [&[i64]; 3] = [&[7, 5], &[5], &[3, 4, 2]];
 
     /// `torch.optim.SGD`'s update written with tensor operators.
-    fn plain_sgd(p: &[Tensor], g: &[Tensor], m: &mut Vec<Tensor>, s: SgdSettings) {
+    fn plain_sgd(p: &[Tensor], g: &[Tensor], m: &mut [Tensor], s: SgdSettings) {
         for (i, (p, g)) in p.iter().zip(g).enumerate() {
             let d = g + p * s.weight_decay;
             let buf = if s.first_step {
@@ -277,7 +365,7 @@ mod tests {
         let fused_p = tensors(1, &SHAPES);
         let plain_p: Vec<Tensor> = fused_p.iter().map(Tensor::copy).collect();
         let fused_m: Vec<Tensor> = fused_p.iter().map(Tensor::zeros_like).collect();
-        let mut plain_m = fused_m.iter().map(Tensor::copy).collect();
+        let mut plain_m: Vec<Tensor> = fused_m.iter().map(Tensor::copy).collect();
         for step in 0..4 {
             let g = tensors(10 + step, &SHAPES);
             let s = SgdSettings {
@@ -286,7 +374,7 @@ mod tests {
                 weight_decay: 0.01,
                 first_step: step == 0,
             };
-            sgd_(&fused_p, &g, &fused_m, s).unwrap();
+            sgd_(&fused_p, &g, &fused_m, s, None).unwrap();
             plain_sgd(&plain_p, &g, &mut plain_m, s);
         }
         let d = max_diff(&fused_p, &plain_p);
@@ -312,7 +400,7 @@ mod tests {
         };
         for step in 1..=4u64 {
             let g = tensors(20 + step as i64, &SHAPES);
-            adamw_(&fused_p, &g, &m, &v, step, s).unwrap();
+            adamw_(&fused_p, &g, &m, &v, &Tensor::from(step as f32), s, None).unwrap();
             for i in 0..SHAPES.len() {
                 let (mut p, mut m, mut v) = (
                     plain_p[i].shallow_clone(),
@@ -351,10 +439,10 @@ mod tests {
             weight_decay: 0.0,
             first_step: false,
         };
-        sgd_(&p, &g, &[], s).unwrap();
+        sgd_(&p, &g, &[], s, None).unwrap();
         let want: Vec<Tensor> = before.iter().zip(&g).map(|(b, g)| b - g * 0.5).collect();
         assert!(max_diff(&p, &want) < 1e-6);
-        let err = sgd_(&p, &g, &g, s).unwrap_err().to_string();
+        let err = sgd_(&p, &g, &g, s, None).unwrap_err().to_string();
         assert!(err.contains("momentum_buffers has 3 tensors"), "{err}");
     }
 
@@ -367,11 +455,83 @@ mod tests {
             weight_decay: 0.0,
             first_step: true,
         };
-        let err = sgd_(&p, &p[..2], &p, s).unwrap_err().to_string();
+        let err = sgd_(&p, &p[..2], &p, s, None).unwrap_err().to_string();
         assert!(err.contains("grads has 2 tensors"), "{err}");
         let doubles: Vec<Tensor> = p.iter().map(|t| t.to_kind(Kind::Double)).collect();
         let bufs: Vec<Tensor> = p.iter().map(Tensor::zeros_like).collect();
-        let err = sgd_(&p, &doubles, &bufs, s).unwrap_err();
+        let err = sgd_(&p, &doubles, &bufs, s, None).unwrap_err();
         assert!(matches!(err, FusedError::Torch { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_skip_flag_of_one_leaves_parameters_and_state_untouched() {
+        let p = tensors(6, &SHAPES);
+        let g = tensors(7, &SHAPES);
+        let copies = |t: &[Tensor]| -> Vec<Tensor> { t.iter().map(Tensor::copy).collect() };
+        let zeros = || -> Vec<Tensor> { p.iter().map(Tensor::zeros_like).collect() };
+        let (m, v, bufs) = (zeros(), zeros(), tensors(8, &SHAPES));
+        let (p0, bufs0) = (copies(&p), copies(&bufs));
+        let skip = Tensor::from(1.0f32);
+        let adamw = AdamwSettings {
+            lr: 0.1,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        adamw_(&p, &g, &m, &v, &Tensor::from(1.0f32), adamw, Some(&skip)).unwrap();
+        let sgd = SgdSettings {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.1,
+            first_step: false,
+        };
+        sgd_(&p, &g, &bufs, sgd, Some(&skip)).unwrap();
+        assert_eq!(
+            max_diff(&p, &p0),
+            0.0,
+            "skipped updates moved the parameters"
+        );
+        assert_eq!(
+            max_diff(&bufs, &bufs0),
+            0.0,
+            "a skipped SGD update moved its buffers"
+        );
+        assert_eq!(max_diff(&m, &zeros()) + max_diff(&v, &zeros()), 0.0);
+        // A flag of 0 updates.
+        sgd_(&p, &g, &bufs, sgd, Some(&Tensor::from(0.0f32))).unwrap();
+        assert!(max_diff(&p, &p0) > 0.01, "an unskipped update did nothing");
+    }
+
+    #[test]
+    fn list_norm_scaling_and_zeroing_match_their_per_tensor_forms() {
+        let t = tensors(9, &SHAPES);
+        let norm = global_norm(&t, Device::Cpu).unwrap();
+        assert_eq!(norm.kind(), Kind::Double);
+        let want = t
+            .iter()
+            .map(|x| {
+                x.to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            })
+            .sum::<f64>()
+            .sqrt();
+        let got = norm.double_value(&[]);
+        assert!(
+            (got - want).abs() < 1e-12 * want,
+            "norm {got}, per tensor {want}"
+        );
+        assert_eq!(
+            global_norm(&[], Device::Cpu).unwrap().double_value(&[]),
+            0.0
+        );
+
+        let before: Vec<Tensor> = t.iter().map(Tensor::copy).collect();
+        mul_(&t, &Tensor::from(0.5f32)).unwrap();
+        let halves: Vec<Tensor> = before.iter().map(|x| x * 0.5).collect();
+        assert_eq!(max_diff(&t, &halves), 0.0);
+        zero_(&t).unwrap();
+        assert!(t.iter().all(|x| x.abs().max().double_value(&[]) == 0.0));
     }
 }

@@ -80,4 +80,25 @@ mod tests {
         let (_, none) = count(|| 1 + 1);
         assert_eq!(none, 0, "plain Rust dispatches no operator");
     }
+
+    #[test]
+    fn a_list_operator_counts_once_whatever_the_list_length() {
+        let list = |n: usize| -> Vec<Tensor> {
+            (0..n)
+                .map(|_| Tensor::ones([3], (Kind::Float, Device::Cpu)))
+                .collect()
+        };
+        let (short, long) = (list(2), list(40));
+        let ((), two) = count(|| crate::fused::zero_(&short).unwrap());
+        let ((), forty) = count(|| crate::fused::zero_(&long).unwrap());
+        assert_eq!((two, forty), (1, 1), "one _foreach_zero_ each");
+        let (_, stacked) = count(|| Tensor::stack(&long, 0));
+        assert_eq!(stacked, 1, "a stack's views of each tensor are no kernels");
+        // Operators after the list operator count again.
+        let (_, after) = count(|| {
+            crate::fused::zero_(&long).unwrap();
+            long[0].relu()
+        });
+        assert!(after >= 2, "{after}");
+    }
 }

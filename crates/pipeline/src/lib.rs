@@ -41,13 +41,13 @@ pub use augment::{
     AugmentConfig, CHANNELS, CLIP_MEAN, CLIP_STD, IMAGE_FLOATS, IMAGE_SIZE, Mode, render,
 };
 pub use batch::{Batch, CONTEXT, NUM_LABELS, RowId};
-/// Label value for "not mentioned" (null in the shard), defined with the
-/// shard format; the others are CheXpert's 1 positive, 0 negative, -1
-/// uncertain.
-pub use schemas::LABEL_MISSING;
 pub use config::{BadRowPolicy, LoaderConfig};
 pub use error::{BadRow, PipelineError};
 pub use order::Position;
 pub use prefetch::{Loader, Message};
+/// Label value for "not mentioned" (null in the shard), defined with the
+/// shard format; the others are CheXpert's 1 positive, 0 negative, -1
+/// uncertain.
+pub use schemas::LABEL_MISSING;
 pub use source::{OpenOptions, RowLoc, Source, SourceKind, Sources};
 pub use stats::LoaderStats;

@@ -11,11 +11,12 @@
 //!
 //! Prints one JSON line (and writes it to `--json`); `--flops-only` builds
 //! the model and batch, skips the steps and prints the FLOPs (and shapes).
-//! `--fit-extras` adds what `train`'s loop (`crates/train/src/fit.rs`) does
-//! around each step besides it: the losses read to the host between forward
-//! and backward, and the global gradient norm before the update
-//! (`Optimizer::grad_norm`, one host read per parameter tensor), to show
-//! what those synchronisations cost on a GPU. `bench/train_step/run.sh`
+//! Each step's update decides on the device whether the gradients are
+//! finite (`Optimizer::update`). `--fit-extras` adds what `train`'s loop
+//! (`crates/train/src/fit.rs`) does around each step besides it: the loss
+//! checked with the gradients, the weights' finiteness, and the previous
+//! step's losses and outcome read back to the host while this step is
+//! queued (one step late), to show what that costs on a GPU. `bench/train_step/run.sh`
 //! runs it next to `bench/train_step/reference.py`, the same step in PyTorch
 //! eager; `bench/train_step/README.md` says how to carry it to a GPU machine.
 //!
@@ -91,7 +92,7 @@ struct Args {
     /// Only count the FLOPs of a step (no step runs; a GPU-sized batch fits a CPU).
     #[arg(long)]
     flops_only: bool,
-    /// Also read the losses and the gradient norm to the host each step, as fit.rs does.
+    /// Also check the loss and the weights and read the previous step back, as fit.rs does.
     #[arg(long)]
     fit_extras: bool,
     /// Count the ATen operators of one more step (forward, backward, update).
@@ -227,6 +228,7 @@ fn time_steps(
     let lr = cfg.lr;
     let mut times = Vec::with_capacity(args.steps as usize);
     let mut last = None;
+    let mut late: Option<Tensor> = None;
     for i in 0..args.warmup + args.steps {
         sync(device);
         let start = Instant::now();
@@ -234,24 +236,27 @@ fn time_steps(
         let (losses, trace) = model::autocast::autocast(device, autocast, || {
             model.step(batch, Phase::Joint, step_seed(args.seed, i))
         });
-        if args.fit_extras {
-            // fit.rs: the finiteness check of the total, then StepSums::add.
-            let _ = losses.total.double_value(&[]);
-            let present = [
-                Some(&losses.total),
-                Some(&losses.mim),
-                losses.mlm.as_ref(),
-                losses.align.as_ref(),
-            ];
-            for t in present.into_iter().flatten() {
-                let _ = t.to_kind(Kind::Double).double_value(&[]);
-            }
-        }
         losses.total.backward();
         if args.fit_extras {
-            let _ = opt.grad_norm();
+            // fit.rs: the update checks the loss too, the weights are
+            // checked, and the previous step's record is read while this
+            // one is queued.
+            let update = opt.update(lr, Some(&losses.total));
+            let record = Tensor::stack(
+                &[
+                    losses.total.detach().to_kind(Kind::Double),
+                    update.grad_norm,
+                    update.skipped.to_kind(Kind::Double),
+                    opt.weights_finite().to_kind(Kind::Double),
+                ],
+                0,
+            );
+            if let Some(previous) = late.replace(record) {
+                let _ = Vec::<f64>::try_from(&previous.to_device(Device::Cpu));
+            }
+        } else {
+            opt.step(lr);
         }
-        opt.step(lr);
         sync(device);
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64());
@@ -260,17 +265,20 @@ fn time_steps(
     }
     let ops = args.count_ops.then(|| {
         let step = step_seed(args.seed, args.warmup + args.steps);
-        opt.zero_grad();
+        let ((), zero) = model::op_count::count(|| opt.zero_grad());
         let (losses, forward) = model::op_count::count(|| {
             model::autocast::autocast(device, autocast, || model.step(batch, Phase::Joint, step).0)
         });
         let ((), backward) = model::op_count::count(|| losses.total.backward());
-        let ((), update) = model::op_count::count(|| opt.step(lr));
+        // What fit.rs queues after the backward pass: the update with its
+        // decision, and the weights' check.
+        let (_, update) =
+            model::op_count::count(|| (opt.update(lr, Some(&losses.total)), opt.weights_finite()));
         json!({
             "forward": forward,
             "backward": backward,
-            "update": update,
-            "total": forward + backward + update,
+            "update": zero + update,
+            "total": zero + forward + backward + update,
         })
     });
     let (losses, trace) = last.expect("at least one step ran");

@@ -341,16 +341,13 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
             };
             opt.zero_grad();
             loss.backward();
-            let norm = opt.grad_norm();
-            if !norm.is_finite() {
+            let update = opt.update(opt.lr_at(step, total_steps), None);
+            if update.skipped.double_value(&[]) != 0.0 {
                 bail!(
-                    "epoch {epoch}: the gradient is not finite (norm {norm}); lower --lr and run again"
+                    "epoch {epoch}: the gradient is not finite (norm {}); lower --lr and run again",
+                    update.grad_norm.double_value(&[])
                 );
             }
-            if norm > 1.0 {
-                opt.scale_grads(1.0 / (norm + 1e-6));
-            }
-            opt.step(opt.lr_at(step, total_steps));
             step += 1;
             loss_sum += loss.double_value(&[]);
             batches += 1;

@@ -4,7 +4,11 @@
 //! [`Mmclip::step`] in the warm-up phase (masked modelling only) for the
 //! first `warmup_steps` steps and jointly after, and updates. A non-finite
 //! loss or gradient skips the step (counted; too many in a row stop the
-//! run). Metrics go to `RUN/metrics.jsonl`; checkpoints to
+//! run). The skip is decided on the device ([`Optimizer::update`]) and a
+//! step's losses and outcome are read back one step late, after the next
+//! step's work is queued, so on a GPU the host does not wait for the
+//! device at every step; before a checkpoint the step is read at once.
+//! Metrics go to `RUN/metrics.jsonl`; checkpoints to
 //! `RUN/checkpoints/`. Started again on a folder with checkpoints, the run
 //! resumes from the latest and continues exactly as it would have: the
 //! loader restarts at the saved position and the masks of step s depend
@@ -113,12 +117,24 @@ struct Run<'a> {
     state: TrainState,
 }
 
-/// What one optimiser step did, for its metrics line.
-struct StepReport {
+/// One optimiser step as queued on the device, read by [`Run::resolve`].
+struct Pending {
+    /// The steps done with this one (`state.step` after it).
+    step: u64,
     phase: Phase,
-    sums: StepSums,
     lr: f64,
-    grad_norm: f64,
+    /// Images of the global batches it trained on.
+    images: u64,
+    /// The loader's epoch after it.
+    epoch: u64,
+    /// Whether it writes a metrics line.
+    log: bool,
+    /// Whether any micro-batch had Loss_align, Loss_MLM.
+    has_align: bool,
+    has_mlm: bool,
+    /// Float64 on the device: the [`LossSlots`], the gradient norm, the
+    /// skip flag and the weights' finiteness (1 or 0).
+    values: Tensor,
 }
 
 impl<'a> Run<'a> {
@@ -249,27 +265,20 @@ impl<'a> Run<'a> {
         let bar = progress_bar(opts.progress && self.writes, self.state.step, t.steps);
         let mut window = Window::new();
         let mut last_checkpoint = None;
+        let mut late: Option<Pending> = None;
         while self.state.step < end {
-            let report = self.step(&mut loader, &mut window)?;
-            bar.inc(1);
-            if self.state.step.is_multiple_of(t.log_every) || self.state.step == end {
-                let line = window.line(
-                    &self.state,
-                    report.phase,
-                    &report.sums,
-                    self.cfg.optim.accumulate,
-                    report.lr,
-                    report.grad_norm,
-                    &loader,
-                );
-                metrics.write(&line)?;
-                bar.set_message(format!(
-                    "loss {:.4}",
-                    report.sums.total / self.cfg.optim.accumulate as f64
-                ));
+            let mut pending = self.step(&mut loader)?;
+            pending.log = pending.step.is_multiple_of(t.log_every) || pending.step == end;
+            // The previous step is read while this one runs on the device.
+            if let Some(previous) = late.take() {
+                self.resolve(previous, &mut window, &mut metrics, &loader, &bar)?;
             }
+            bar.inc(1);
             if self.state.step.is_multiple_of(t.checkpoint_every) || self.state.step == end {
+                self.resolve(pending, &mut window, &mut metrics, &loader, &bar)?;
                 last_checkpoint = self.checkpoint()?.or(last_checkpoint);
+            } else {
+                late = Some(pending);
             }
         }
         bar.finish_and_clear();
@@ -296,49 +305,54 @@ impl<'a> Run<'a> {
         Ok(Loader::new(sources, &loader_cfg, self.state.next_position)?)
     }
 
-    /// One optimiser step: the masked-modelling warm-up or the joint phase,
-    /// `accumulate` micro-batches forward and backward, then the update, or
-    /// the skip of a non-finite step.
-    fn step(&mut self, loader: &mut Loader, window: &mut Window) -> Result<StepReport> {
+    /// One optimiser step, queued: the masked-modelling warm-up or the
+    /// joint phase, `accumulate` micro-batches forward and backward, the
+    /// gradients averaged over the ranks, then the update, skipped on the
+    /// device when the loss or the gradient is not finite. Nothing is read
+    /// back but the batches' row counts.
+    fn step(&mut self, loader: &mut Loader) -> Result<Pending> {
         let phase = if self.state.step < self.cfg.train.warmup_steps {
             Phase::WarmUp
         } else {
             Phase::Joint
         };
         self.opt.zero_grad();
-        let (sums, finite) = self.forward_backward(loader, window, phase)?;
-        if let (Some(d), true) = (&self.dist, finite) {
+        let (losses, images) = self.forward_backward(loader, phase)?;
+        if let Some(d) = &self.dist {
             d.average_gradients(&self.session.vs)?;
         }
-        let grad_norm = if finite {
-            self.opt.grad_norm()
-        } else {
-            f64::NAN
-        };
         let lr = self.opt.lr_at(self.state.step, self.cfg.train.steps);
-        if finite && grad_norm.is_finite() {
-            self.update(lr, grad_norm)?;
-        } else {
-            self.skip()?;
-        }
+        // Every rank holds the same mean losses and averaged gradients, so
+        // every rank decides the same.
+        let update = self.opt.update(lr, Some(&losses.sums.get(0)));
+        let weights_finite = self.opt.weights_finite();
+        let values = Tensor::cat(
+            &[
+                losses.sums,
+                update.grad_norm.reshape([1]),
+                update.skipped.to_kind(Kind::Double).reshape([1]),
+                weights_finite.to_kind(Kind::Double).reshape([1]),
+            ],
+            0,
+        );
         self.state.step += 1;
-        Ok(StepReport {
+        Ok(Pending {
+            step: self.state.step,
             phase,
-            sums,
             lr,
-            grad_norm,
+            images,
+            epoch: self.state.next_position.epoch,
+            log: false,
+            has_align: losses.has_align,
+            has_mlm: losses.has_mlm,
+            values,
         })
     }
 
-    /// The micro-batches of one step: each one's losses (their mean over
-    /// the ranks) and its gradient, scaled by 1/`accumulate`, added up.
-    /// Stops at the first non-finite loss (`false`), with the sums so far.
-    fn forward_backward(
-        &mut self,
-        loader: &mut Loader,
-        window: &mut Window,
-        phase: Phase,
-    ) -> Result<(StepSums, bool)> {
+    /// The micro-batches of one step: each one's gradient, scaled by
+    /// 1/`accumulate`, and its losses, added up on the device (their mean
+    /// over the ranks); with the images the step trained on.
+    fn forward_backward(&mut self, loader: &mut Loader, phase: Phase) -> Result<(LossSlots, u64)> {
         let accumulate = self.cfg.optim.accumulate;
         let ranks = self
             .dist
@@ -346,11 +360,12 @@ impl<'a> Run<'a> {
             .map_or(1, |d| d.launch().world_size as u64);
         let image_size = self.session.run.mmclip.clip.vision.image_size;
         let reduced = self.cfg.train.autocast.reduced_on(self.device);
-        let mut sums = StepSums::default();
+        let mut sums: Option<LossSlots> = None;
+        let mut images = 0;
         for micro in 0..accumulate {
             let batch = loader.next().context("the loader stopped")??;
             self.state.next_position = batch.position.next(loader.steps_per_epoch());
-            window.images += batch.size as u64 * ranks;
+            images += batch.size as u64 * ranks;
             let staged = Staged::new(batch, self.device);
             let step_batch = model::StepBatch {
                 pixels: fit_to(&staged.step.pixels, image_size),
@@ -370,67 +385,74 @@ impl<'a> Run<'a> {
                     .step_sharded(&step_batch, phase, seed, shard.as_ref())
             })
             .with_context(|| format!("step {}", self.state.step))?;
-            let mut values = StepSums::read(&losses);
-            if let Some(d) = &self.dist {
-                // Every rank decides on the same (mean) values, so all
-                // skip a non-finite step together.
-                values = values.mean_over_ranks(d)?;
-            }
-            if !values.total.is_finite() {
-                return Ok((sums, false));
-            }
-            sums.add(&values);
+            let slots = LossSlots::of(&losses);
+            sums = Some(match sums {
+                None => slots,
+                Some(s) => s.add(&slots),
+            });
             (losses.total / accumulate as f64).backward();
         }
-        Ok((sums, true))
+        let sums = sums.context("optim.accumulate is 0")?;
+        if let Some(d) = &self.dist {
+            d.group()
+                .all_reduce_mean(std::slice::from_ref(&sums.sums))?;
+        }
+        Ok((sums, images))
     }
 
-    /// Applies a finite gradient: clipped to `optim.grad_clip`, then the
-    /// optimiser's update at rate `lr`.
-    fn update(&mut self, lr: f64, grad_norm: f64) -> Result<()> {
-        if let Some(max) = self.cfg.optim.grad_clip
-            && grad_norm > max
-        {
-            self.opt.scale_grads(max / (grad_norm + 1e-6));
-        }
-        self.opt.step(lr);
-        // A finite gradient can still make non-finite weights (a huge
-        // rate); every later step would be skipped and the checkpoints
-        // would hold them, so the run stops before saving anything.
-        if let Some(name) = self.opt.non_finite_variable() {
+    /// Reads a queued step back (one transfer) and acts on it: counts a
+    /// skipped step (too many in a row stop the run), stops on weights the
+    /// update made non-finite, and writes the metrics line when due.
+    fn resolve(
+        &mut self,
+        p: Pending,
+        window: &mut Window,
+        metrics: &mut Metrics,
+        loader: &Loader,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let outcome = Outcome::read(&p)?;
+        if outcome.skipped {
+            self.count_skip(p.step)?;
+        } else if !outcome.weights_finite {
             bail!(
-                "step {}: the update made the weights non-finite ({name} holds NaN or infinity; \
-                 lr {lr}, gradient norm {grad_norm}); stopping without saving, so the last \
+                "step {}: the update made the weights non-finite ({} holds NaN or infinity; \
+                 lr {}, gradient norm {}); stopping without saving, so the last \
                  checkpoint{} is finite; lower optim.lr or set optim.grad_clip and resume",
-                self.state.step,
+                p.step,
+                self.opt.non_finite_variable().unwrap_or("a variable"),
+                p.lr,
+                outcome.grad_norm,
                 checkpoint::list(self.out)?
                     .pop()
                     .map_or(String::new(), |(_, d)| format!(" ({})", d.display()))
             );
+        } else {
+            self.state.optimizer_steps += 1;
+            self.state.nonfinite_in_a_row = 0;
         }
-        self.state.optimizer_steps += 1;
-        self.state.nonfinite_in_a_row = 0;
+        window.images += p.images;
+        if p.log {
+            let n = self.cfg.optim.accumulate as f64;
+            let line = window.line(&p, &outcome, n, self.state.skipped_steps, loader);
+            metrics.write(&line)?;
+            bar.set_message(format!("loss {:.4}", outcome.total / n));
+        }
         Ok(())
     }
 
-    /// Drops a non-finite step's gradient and counts it; too many in a row
-    /// stop the run.
-    fn skip(&mut self) -> Result<()> {
+    /// Counts a skipped (non-finite) step; too many in a row stop the run.
+    fn count_skip(&mut self, step: u64) -> Result<()> {
         let t = &self.cfg.train;
-        self.opt.zero_grad();
         self.state.skipped_steps += 1;
         self.state.nonfinite_in_a_row += 1;
-        tracing::warn!(
-            "step {}: non-finite loss or gradient, step skipped",
-            self.state.step
-        );
+        tracing::warn!("step {step}: non-finite loss or gradient, step skipped");
         if self.state.nonfinite_in_a_row > t.max_nonfinite_in_a_row {
             bail!(
-                "{} non-finite steps in a row (limit train.max_nonfinite_in_a_row = {}): stopping at step {}; \
+                "{} non-finite steps in a row (limit train.max_nonfinite_in_a_row = {}): stopping at step {step}; \
                  lower optim.lr or set optim.grad_clip, and resume from the last checkpoint",
                 self.state.nonfinite_in_a_row,
                 t.max_nonfinite_in_a_row,
-                self.state.step
             );
         }
         Ok(())
@@ -564,65 +586,71 @@ pub fn fit_to(pixels: &Tensor, side: i64) -> Tensor {
     }
 }
 
-/// Loss sums over the micro-batches of one step.
-#[derive(Default)]
-struct StepSums {
-    total: f64,
-    align: Option<f64>,
-    mim: f64,
-    mlm: Option<f64>,
+/// One step's losses on the device: float64 `[total, mim, align, mlm]`,
+/// 0 where a term is absent, summed over its micro-batches; which terms
+/// any micro-batch had.
+struct LossSlots {
+    sums: Tensor,
+    has_align: bool,
+    has_mlm: bool,
 }
 
-impl StepSums {
-    /// One micro-batch's losses, read back to the host in one transfer (on
-    /// CUDA each read waits for the device).
-    fn read(l: &model::Losses) -> StepSums {
+impl LossSlots {
+    fn of(l: &model::Losses) -> LossSlots {
+        let zero = || l.total.zeros_like();
         let parts: Vec<Tensor> = [
-            Some(&l.total),
-            Some(&l.mim),
-            l.align.as_ref(),
-            l.mlm.as_ref(),
+            l.total.shallow_clone(),
+            l.mim.shallow_clone(),
+            l.align.as_ref().map_or_else(zero, Tensor::shallow_clone),
+            l.mlm.as_ref().map_or_else(zero, Tensor::shallow_clone),
         ]
-        .into_iter()
-        .flatten()
+        .iter()
         .map(|t| t.detach().to_kind(Kind::Double).reshape([1]))
         .collect();
-        let host = Tensor::cat(&parts, 0).to_device(tch::Device::Cpu);
-        let v = Vec::<f64>::try_from(&host).expect("double losses on the host");
-        let mut rest = v[2..].iter().copied();
-        StepSums {
-            total: v[0],
-            mim: v[1],
-            align: l.align.as_ref().and_then(|_| rest.next()),
-            mlm: l.mlm.as_ref().and_then(|_| rest.next()),
+        LossSlots {
+            sums: Tensor::cat(&parts, 0),
+            has_align: l.align.is_some(),
+            has_mlm: l.mlm.is_some(),
         }
     }
 
-    /// The mean of each loss over the ranks; every rank has the same
-    /// losses present (the phase and the paired rows per rank agree).
-    fn mean_over_ranks(&self, dist: &Dist) -> Result<StepSums> {
-        let mut local = vec![self.total, self.mim];
-        local.extend(self.align);
-        local.extend(self.mlm);
-        let mean = dist.mean(&local)?;
-        let mut rest = mean[2..].iter().copied();
-        Ok(StepSums {
-            total: mean[0],
-            mim: mean[1],
-            align: self.align.and_then(|_| rest.next()),
-            mlm: self.mlm.and_then(|_| rest.next()),
+    fn add(self, other: &LossSlots) -> LossSlots {
+        LossSlots {
+            sums: self.sums + &other.sums,
+            has_align: self.has_align || other.has_align,
+            has_mlm: self.has_mlm || other.has_mlm,
+        }
+    }
+}
+
+/// A step as read back on the host.
+struct Outcome {
+    total: f64,
+    mim: f64,
+    align: Option<f64>,
+    mlm: Option<f64>,
+    grad_norm: f64,
+    skipped: bool,
+    weights_finite: bool,
+}
+
+impl Outcome {
+    /// Reads `p.values` to the host (on CUDA, waits for the step).
+    fn read(p: &Pending) -> Result<Outcome> {
+        let host = p.values.to_device(tch::Device::Cpu);
+        let v = Vec::<f64>::try_from(&host).context("reading a step's losses")?;
+        let [total, mim, align, mlm, grad_norm, skipped, weights_finite] = v[..] else {
+            bail!("a step's record holds {} values, 7 expected", v.len());
+        };
+        Ok(Outcome {
+            total,
+            mim,
+            align: p.has_align.then_some(align),
+            mlm: p.has_mlm.then_some(mlm),
+            grad_norm,
+            skipped: skipped != 0.0,
+            weights_finite: weights_finite != 0.0,
         })
-    }
-
-    fn add(&mut self, l: &StepSums) {
-        self.total += l.total;
-        self.mim += l.mim;
-        if let Some(a) = l.align {
-            *self.align.get_or_insert(0.0) += a;
-        }
-        if let Some(m) = l.mlm {
-            *self.mlm.get_or_insert(0.0) += m;
-        }
     }
 }
 
@@ -640,33 +668,32 @@ impl Window {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The metrics line of step `p` (losses averaged over its `accumulate`
+    /// micro-batches), and a new window.
     fn line(
         &mut self,
-        state: &TrainState,
-        phase: Phase,
-        sums: &StepSums,
-        accumulate: u64,
-        lr: f64,
-        grad_norm: f64,
+        p: &Pending,
+        o: &Outcome,
+        accumulate: f64,
+        skipped_steps: u64,
         loader: &Loader,
     ) -> serde_json::Value {
-        let n = accumulate as f64;
+        let n = accumulate;
         let elapsed = self.start.elapsed().as_secs_f64();
         let stats = loader.stats();
         let line = json!({
-            "step": state.step,
-            "phase": phase,
-            "loss": sums.total / n,
-            "loss_align": sums.align.map(|a| a / n),
-            "loss_mim": sums.mim / n,
-            "loss_mlm": sums.mlm.map(|m| m / n),
-            "lr": lr,
-            "grad_norm": if grad_norm.is_finite() { Some(grad_norm) } else { None },
+            "step": p.step,
+            "phase": p.phase,
+            "loss": o.total / n,
+            "loss_align": o.align.map(|a| a / n),
+            "loss_mim": o.mim / n,
+            "loss_mlm": o.mlm.map(|m| m / n),
+            "lr": p.lr,
+            "grad_norm": if o.skipped || !o.grad_norm.is_finite() { None } else { Some(o.grad_norm) },
             "images_per_s": self.images as f64 / elapsed.max(1e-9),
             "loader_wait": stats.consumer_wait_share,
-            "skipped_steps": state.skipped_steps,
-            "epoch": state.next_position.epoch,
+            "skipped_steps": skipped_steps,
+            "epoch": p.epoch,
         });
         *self = Window::new();
         line
@@ -753,10 +780,51 @@ mod tests {
                 mlm: mlm.map(t),
                 total: t(3.0),
             };
-            let read = StepSums::read(&losses);
+            // Two micro-batches: the first with every term, the second with
+            // these; a term counts when any micro-batch had it.
+            let all = model::Losses {
+                align: Some(t(1.0)),
+                mim: t(1.0),
+                mlm: Some(t(1.0)),
+                total: t(1.0),
+            };
+            let slots = LossSlots::of(&losses);
+            let both = LossSlots::of(&all).add(&slots);
+            let record = |s: &LossSlots| Pending {
+                step: 1,
+                phase: Phase::Joint,
+                lr: 0.1,
+                images: 4,
+                epoch: 0,
+                log: true,
+                has_align: s.has_align,
+                has_mlm: s.has_mlm,
+                values: Tensor::cat(
+                    &[
+                        s.sums.shallow_clone(),
+                        Tensor::from_slice(&[2.0f64, 0.0, 1.0]),
+                    ],
+                    0,
+                ),
+            };
+            let read = Outcome::read(&record(&slots)).unwrap();
             assert_eq!(
                 (read.total, read.mim, read.align, read.mlm),
                 (3.0, 1.5, align, mlm)
+            );
+            assert_eq!(
+                (read.grad_norm, read.skipped, read.weights_finite),
+                (2.0, false, true)
+            );
+            let read = Outcome::read(&record(&both)).unwrap();
+            assert_eq!(
+                (read.total, read.mim, read.align, read.mlm),
+                (
+                    4.0,
+                    2.5,
+                    Some(1.0 + align.unwrap_or(0.0)),
+                    Some(1.0 + mlm.unwrap_or(0.0))
+                )
             );
         }
     }

@@ -3,6 +3,12 @@
 //! do not expose theirs). The updates are `torch.optim.SGD` (dampening 0,
 //! no Nesterov; the first step's buffer is the gradient) and
 //! `torch.optim.AdamW` (bias-corrected, decoupled decay).
+//!
+//! [`Optimizer::update`] decides on the device: the gradient norm, the
+//! clipping, whether the step is finite and the update count stay there
+//! (with the fused kernels, which take the skip flag), so that a training
+//! loop can read a step's outcome later, without the host waiting for the
+//! device at every step.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,8 +25,19 @@ pub struct Optimizer {
     decayed: BTreeSet<String>,
     /// Per-variable state: SGD `momentum`; AdamW `exp_avg`, `exp_avg_sq`.
     state: BTreeMap<String, Tensor>,
-    /// Optimiser steps taken (AdamW's bias correction counts them).
-    steps: u64,
+    /// Updates applied, skipped ones not counted (AdamW's bias correction
+    /// counts them): a float32 scalar on the variables' device, where the
+    /// skip is decided, as PyTorch keeps its `state_steps`.
+    steps: Tensor,
+}
+
+/// What [`Optimizer::update`] decided, on the device and not read yet.
+pub struct Update {
+    /// The gradients' global L2 norm before clipping (float64 scalar).
+    pub grad_norm: Tensor,
+    /// 1 when the update was skipped (a non-finite loss or gradient), else
+    /// 0 (float32 scalar).
+    pub skipped: Tensor,
 }
 
 impl Optimizer {
@@ -50,13 +67,27 @@ impl Optimizer {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        let device = vars.first().map_or(tch::Device::Cpu, |(_, v)| v.device());
         Optimizer {
             cfg: cfg.clone(),
             vars,
             decayed,
             state: BTreeMap::new(),
-            steps: 0,
+            steps: Tensor::zeros([], (Kind::Float, device)),
         }
+    }
+
+    fn device(&self) -> tch::Device {
+        self.steps.device()
+    }
+
+    /// The gradients of the variables that have one.
+    fn grads(&self) -> Vec<Tensor> {
+        self.vars
+            .iter()
+            .map(|(_, v)| v.grad())
+            .filter(Tensor::defined)
+            .collect()
     }
 
     /// Whether weight decay applies to the variable `name`: to the weight
@@ -83,35 +114,28 @@ impl Optimizer {
         }
     }
 
-    /// Zeroes every gradient.
+    /// Zeroes every gradient (one list operator).
     pub fn zero_grad(&mut self) {
-        for (_, v) in &mut self.vars {
-            let mut g = v.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        model::fused::zero_(&self.grads()).expect("zeroing the model's own gradients");
     }
 
-    /// The global L2 norm of the gradients (as f64), and 0 when no variable
-    /// has one. Each gradient's sum of squares stays on its device; the
-    /// total is read back once, so a step on CUDA waits for the device once
-    /// here rather than once per variable (a few hundred for ViT-B/16).
-    pub fn grad_norm(&self) -> f64 {
-        let squares: Vec<Tensor> = self
-            .vars
-            .iter()
-            .map(|(_, v)| v.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double))
-            .collect();
-        if squares.is_empty() {
-            return 0.0;
-        }
-        Tensor::stack(&squares, 0)
-            .sum(Kind::Double)
-            .double_value(&[])
-            .sqrt()
+    /// The global L2 norm of the gradients, accumulated in float64 on their
+    /// device (a float64 scalar; 0 when no variable has a gradient).
+    pub fn grad_norm(&self) -> Tensor {
+        model::fused::global_norm(&self.grads(), self.device())
+            .expect("the norm of the model's own gradients")
+    }
+
+    /// 1 (a float32 scalar on the device) when every variable is finite,
+    /// else 0: their float64 norm, which finite float32 values cannot
+    /// overflow. Read it later; [`Optimizer::non_finite_variable`] names
+    /// the culprit.
+    pub fn weights_finite(&self) -> Tensor {
+        let params: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.shallow_clone()).collect();
+        model::fused::global_norm(&params, self.device())
+            .expect("the norm of the model's own variables")
+            .isfinite()
+            .to_kind(Kind::Float)
     }
 
     /// The first variable (by name) holding a NaN or an infinity, if any.
@@ -138,27 +162,47 @@ impl Optimizer {
             .map(|((name, _), _)| name.as_str())
     }
 
-    /// Scales every gradient by `factor` (clipping, accumulation averaging).
-    pub fn scale_grads(&mut self, factor: f64) {
-        tch::no_grad(|| {
-            for (_, v) in &self.vars {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(factor);
-                }
-            }
-        });
+    /// [`Optimizer::update`] with no loss to check, its decision unread.
+    pub fn step(&mut self, lr: f64) {
+        let _ = self.update(lr, None);
     }
 
-    /// One update with learning rate `lr`. Variables without a gradient
-    /// (e.g. the contrastive parts during warm-up) are left alone.
-    pub fn step(&mut self, lr: f64) {
-        self.steps += 1;
-        if self.cfg.fused {
-            return self.fused_step(lr);
+    /// Clips the gradients to a global norm of `optim.grad_clip` when set (as
+    /// `torch.nn.utils.clip_grad_norm_`: scaled by
+    /// min(1, max / (norm + 1e-6))) and updates with learning rate `lr`,
+    /// unless the gradient norm or `loss` is not finite: then nothing
+    /// changes. Variables without a gradient (e.g. the contrastive parts
+    /// during warm-up) are left alone.
+    ///
+    /// With the fused kernels nothing is read back: the decision is a flag
+    /// on the device that the kernels take. The plain update, the
+    /// reference, reads the flag and the step count before it runs.
+    pub fn update(&mut self, lr: f64, loss: Option<&Tensor>) -> Update {
+        let grads = self.grads();
+        let grad_norm = self.grad_norm();
+        let mut finite = grad_norm.isfinite();
+        if let Some(loss) = loss {
+            finite = finite.logical_and(&loss.isfinite());
         }
+        let skipped = finite.logical_not().to_kind(Kind::Float);
+        if let Some(max) = self.cfg.grad_clip {
+            let factor = (max / (&grad_norm + 1e-6))
+                .clamp_max(1.0)
+                .to_kind(grads.first().map_or(Kind::Float, Tensor::kind));
+            model::fused::mul_(&grads, &factor).expect("scaling the model's own gradients");
+        }
+        let _ = self.steps.g_add_scalar_(1.0).g_sub_(&skipped);
+        if self.cfg.fused {
+            self.fused_step(lr, &skipped);
+        } else if skipped.double_value(&[]) == 0.0 {
+            self.plain_step(lr);
+        }
+        Update { grad_norm, skipped }
+    }
+
+    fn plain_step(&mut self, lr: f64) {
         let c = self.cfg.clone();
-        let t = self.steps as i32;
+        let t = self.steps.double_value(&[]) as i32;
         tch::no_grad(|| {
             for (name, v) in &mut self.vars {
                 let g = v.grad();
@@ -221,7 +265,7 @@ impl Optimizer {
     /// [`Optimizer::step`] through libtorch's fused kernels
     /// ([`model::fused`]): the same state under the same names, so a
     /// checkpoint resumes with either update.
-    fn fused_step(&mut self, lr: f64) {
+    fn fused_step(&mut self, lr: f64, skipped: &Tensor) {
         let c = self.cfg.clone();
         let with_grad: Vec<(&String, &Tensor, Tensor)> = self
             .vars
@@ -284,6 +328,7 @@ impl Optimizer {
                                 weight_decay,
                                 first_step: first,
                             },
+                            Some(skipped),
                         ),
                         OptimKind::Adamw => {
                             let s = model::fused::AdamwSettings {
@@ -292,7 +337,7 @@ impl Optimizer {
                                 eps: c.eps,
                                 weight_decay,
                             };
-                            model::fused::adamw_(p, g, a, b, self.steps, s)
+                            model::fused::adamw_(p, g, a, b, &self.steps, s, Some(skipped))
                         }
                     }
                 })
@@ -309,7 +354,7 @@ impl Optimizer {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.shallow_clone()))
                 .collect(),
-            self.steps,
+            self.steps.double_value(&[]) as u64,
         )
     }
 
@@ -330,7 +375,7 @@ impl Optimizer {
             };
             self.state.insert(k, t);
         }
-        self.steps = steps;
+        self.steps = Tensor::from(steps as f32).to_device(self.device());
         Ok(())
     }
 }
@@ -397,7 +442,7 @@ mod tests {
             .var_copy("b", &Tensor::from_slice(&[3.0f32, 0.5, -1.5]));
         let _unused = vs.root().var_copy("c", &Tensor::from_slice(&[7.0f32]));
         let opt = Optimizer::new(&vs, &OptimConfig::default());
-        assert_eq!(opt.grad_norm(), 0.0, "no gradients yet");
+        assert_eq!(opt.grad_norm().double_value(&[]), 0.0, "no gradients yet");
         // loss = Σa² + Σb³: grads 2a and 3b²; c gets none.
         (a.square().sum(Kind::Float) + b.pow_tensor_scalar(3).sum(Kind::Float)).backward();
         let want = [2.0f64, -4.0, 27.0, 0.75, 6.75]
@@ -405,11 +450,73 @@ mod tests {
             .map(|g| g * g)
             .sum::<f64>()
             .sqrt();
-        assert!(
-            (opt.grad_norm() - want).abs() < 1e-9 * want,
-            "{} vs {want}",
-            opt.grad_norm()
-        );
+        let got = opt.grad_norm().double_value(&[]);
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+    }
+
+    /// A non-finite loss or gradient leaves weights, state and step count
+    /// as they were, plain and fused alike; a finite one after it updates
+    /// as the first update would have.
+    #[test]
+    fn a_non_finite_loss_or_gradient_skips_the_update() {
+        for kind in [OptimKind::Sgd, OptimKind::Adamw] {
+            for fused in [false, true] {
+                let cfg = OptimConfig {
+                    kind,
+                    lr: 0.1,
+                    fused,
+                    grad_clip: Some(1.0),
+                    ..Default::default()
+                };
+                let (vs, w) = one_var();
+                let mut opt = Optimizer::new(&vs, &cfg);
+                let before = w.copy();
+                for bad_loss in [true, false] {
+                    opt.zero_grad();
+                    let loss = w.square().sum(Kind::Float);
+                    let factor = if bad_loss { 1.0 } else { f64::NAN };
+                    (&loss * factor).backward();
+                    let shown = if bad_loss {
+                        &loss * f64::INFINITY
+                    } else {
+                        loss
+                    };
+                    let u = opt.update(cfg.lr, Some(&shown));
+                    assert_eq!(u.skipped.double_value(&[]), 1.0, "{kind:?} fused {fused}");
+                    assert_eq!(
+                        (&w - &before).abs().max().double_value(&[]),
+                        0.0,
+                        "{kind:?} fused {fused}: a skipped update moved the weight"
+                    );
+                    assert_eq!(opt.state().1, 0, "a skipped update was counted");
+                }
+                opt.zero_grad();
+                w.square().sum(Kind::Float).backward();
+                let u = opt.update(cfg.lr, Some(&w.sum(Kind::Float)));
+                assert_eq!(u.skipped.double_value(&[]), 0.0);
+                // The gradient [2, -4] has norm √20, clipped to 1.
+                assert!((u.grad_norm.double_value(&[]) - 20f64.sqrt()).abs() < 1e-9);
+                assert_eq!(opt.state().1, 1);
+                let unskipped = {
+                    let (vs, w) = one_var();
+                    let mut opt = Optimizer::new(&vs, &cfg);
+                    opt.zero_grad();
+                    w.square().sum(Kind::Float).backward();
+                    opt.step(cfg.lr);
+                    w
+                };
+                assert_eq!(
+                    (&w - &unskipped).abs().max().double_value(&[]),
+                    0.0,
+                    "{kind:?} fused {fused}: the update after a skip differs from a first update"
+                );
+                assert_eq!(opt.weights_finite().double_value(&[]), 1.0);
+                tch::no_grad(|| {
+                    let _ = w.narrow(1, 0, 1).fill_(f64::INFINITY);
+                });
+                assert_eq!(opt.weights_finite().double_value(&[]), 0.0);
+            }
+        }
     }
 
     #[test]
