@@ -17,6 +17,11 @@
 // per-tensor operators; `aten::stack` makes a view of each tensor (no
 // kernel) and one `cat`. Counting what they run inside would count the
 // list's length instead of the launches.
+//
+// Operators that make the host wait for the device on CUDA (their result's
+// value or size must reach the host: `item`, `nonzero`, `masked_select`,
+// …) are also counted apart, as host synchronisations. Copies to the host
+// are not among them: on the CPU they are not told apart from other copies.
 #include <ATen/record_function.h>
 
 #include <cstdint>
@@ -26,9 +31,19 @@
 
 namespace {
 thread_local uint64_t ops = 0;
+thread_local uint64_t syncs = 0;
 // How many multi-tensor operators this thread is inside.
 thread_local int inside_multi = 0;
 std::mutex lock;
+bool waits_for_the_device(const char* name) {
+  static const char* const names[] = {
+      "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+      "aten::unique_dim", "aten::unique_consecutive", "aten::is_nonzero", "aten::equal"};
+  for (const char* n : names) {
+    if (std::strcmp(name, n) == 0) return true;
+  }
+  return false;
+}
 // Returned by the start callback of the operator that opened a
 // multi-tensor region, so that its end callback closes it.
 struct MultiTensor : at::ObserverContext {};
@@ -45,9 +60,10 @@ extern "C" void mmclip_op_count_start() {
   handle = at::addGlobalCallback(
       at::RecordFunctionCallback(
           [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+            const char* name = fn.name();
+            if (waits_for_the_device(name)) ++syncs;
             if (inside_multi > 0) return nullptr;
             ++ops;
-            const char* name = fn.name();
             if (std::strncmp(name, "aten::_foreach_", 15) == 0 ||
                 std::strncmp(name, "aten::_fused_", 13) == 0 ||
                 std::strcmp(name, "aten::stack") == 0) {
@@ -72,3 +88,5 @@ extern "C" void mmclip_op_count_stop() {
 }
 
 extern "C" uint64_t mmclip_op_count_total() { return ops; }
+
+extern "C" uint64_t mmclip_op_count_syncs() { return syncs; }

@@ -64,6 +64,47 @@ pub fn select_tokens(
         .logical_and(&eligible)
 }
 
+/// The most positions [`select_tokens`] can select in a row `l` wide:
+/// ⌈p·(l − 1)⌉ of the at most l − 1 predictable positions (l − 1 for
+/// [`MlmStrategy::Full`]). It depends on the strategy and the width alone.
+pub fn capacity(strategy: MlmStrategy, l: i64) -> i64 {
+    let predictable = (l - 1).max(0);
+    match strategy {
+        MlmStrategy::Full => predictable,
+        // As `select_tokens` rounds, in f64.
+        MlmStrategy::Random(p) | MlmStrategy::Entity(p) => {
+            ((predictable as f64 * p - 1e-9).ceil().max(0.0) as i64).min(predictable)
+        }
+    }
+}
+
+/// The positions of `selected: [B, L]` as a list of fixed size: `index:
+/// [B, K]` holds each row's selected positions first, in order, then
+/// unselected ones; `mask: [B, K]` tells which slots are selected. With
+/// K = [`capacity`] every selected position has a slot, and the shapes
+/// depend on K alone: no count is read back, where indexing with the
+/// boolean mask (`nonzero`) makes the host wait for the device.
+#[derive(Debug)]
+pub struct Slots {
+    /// `[B, K]` int64 positions.
+    pub index: Tensor,
+    /// `[B, K]` bool: the slot holds a selected position.
+    pub mask: Tensor,
+}
+
+/// [`Slots`] of `selected: [B, L]` with `k` slots per row (`k` ≤ L).
+pub fn slots(selected: &Tensor, k: i64) -> Slots {
+    let (_, l) = selected.size2().expect("selected must be [B, L]");
+    // Selected positions sort first, each group by position.
+    let key = selected.logical_not().to_kind(Kind::Int64) * l
+        + Tensor::arange(l, (Kind::Int64, selected.device())).unsqueeze(0);
+    let (_, order) = key.topk(k, -1, false, true);
+    Slots {
+        mask: selected.gather(1, &order, false),
+        index: order,
+    }
+}
+
 /// Text decoder settings a user chooses. `Default`: 3 layers, 8 heads, MLP
 /// width 2048. Its widths and vocabulary follow from the encoders
 /// ([`TextDecoderDims`]).
@@ -193,16 +234,16 @@ impl TextDecoder {
         self.lm_head.forward(&self.hidden(text, image))
     }
 
-    /// Logits at the `selected` positions only (`[B, L]` bool) → `[S, V]`,
-    /// row-major over (b, t). The vocabulary head is the decoder's largest
-    /// cost (B·L·49,408 logits); EntMLM scores a few positions per report.
-    pub fn forward_selected(&self, text: &Tensor, image: &Tensor, selected: &Tensor) -> Tensor {
+    /// Logits at the positions of `index: [B, K]` only ([`Slots`]) →
+    /// `[B·K, V]`, row-major over (b, slot). The vocabulary head is the
+    /// decoder's largest cost (B·L·49,408 logits); EntMLM scores a few
+    /// positions per report.
+    pub fn forward_selected(&self, text: &Tensor, image: &Tensor, index: &Tensor) -> Tensor {
         let hidden = self.hidden(text, image); // [B, L, D]
+        let (b, k) = index.size2().expect("index must be [B, K]");
         let d = hidden.size()[2];
-        let rows = hidden
-            .reshape([-1, d])
-            .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1));
-        self.lm_head.forward(&rows)
+        let rows = hidden.gather(1, &index.unsqueeze(-1).expand([b, k, d], false), false);
+        self.lm_head.forward(&rows.reshape([-1, d]))
     }
 
     /// The final-normed decoder states `[B, L, D]`.
@@ -279,6 +320,52 @@ mod tests {
         // No entities: nothing selected, no NaN.
         let sel = select_tokens(&pred, &none, &noise, MlmStrategy::Entity(0.2));
         assert_eq!(sel.any().int64_value(&[]), 0);
+    }
+
+    /// Rows with every position predictable and an entity select the most
+    /// a strategy can; `slots` lists each row's selected positions, in
+    /// order, and no other as selected.
+    #[test]
+    fn slots_of_capacity_hold_every_selected_position_in_order() {
+        let (b, l) = (6, 77);
+        let pred = Tensor::ones([b, l], (Kind::Bool, Device::Cpu));
+        let _ = pred.narrow(1, 0, 1).fill_(0);
+        // Rows of 76, 61, …, 1 predictable positions.
+        for r in 1..b {
+            let _ = pred.narrow(0, r, 1).narrow(1, l - 15 * r, 15 * r).fill_(0);
+        }
+        let noise = mask_noise(b, l, 3, Device::Cpu);
+        for strategy in [
+            MlmStrategy::Full,
+            MlmStrategy::Random(0.15),
+            MlmStrategy::Entity(0.2),
+            MlmStrategy::Entity(1.0),
+        ] {
+            let sel = select_tokens(&pred, &pred, &noise, strategy);
+            let k = capacity(strategy, l);
+            let most = sel
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)
+                .max();
+            assert_eq!(
+                most.int64_value(&[]),
+                k,
+                "{strategy:?}: the fullest row fills the capacity"
+            );
+            let s = slots(&sel, k);
+            assert_eq!(s.index.size(), vec![b, k]);
+            for r in 0..b {
+                let want: Vec<i64> = Vec::try_from(&sel.get(r).nonzero().squeeze_dim(1)).unwrap();
+                let listed = s.index.get(r).masked_select(&s.mask.get(r));
+                assert_eq!(
+                    Vec::<i64>::try_from(&listed).unwrap(),
+                    want,
+                    "{strategy:?} row {r}"
+                );
+            }
+        }
+        assert_eq!(capacity(MlmStrategy::Entity(0.2), 77), 16);
+        assert_eq!(capacity(MlmStrategy::Random(0.3), 51), 15);
+        assert_eq!(capacity(MlmStrategy::Full, 1), 0);
     }
 
     #[test]

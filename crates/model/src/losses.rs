@@ -38,30 +38,31 @@ pub fn mim_loss(target: &Tensor, pred: &Tensor, mask: &Tensor, norm_pix: bool) -
 }
 
 /// Loss_MLM: −log P(y_t | y_<t, x) at the positions EntMLM selected.
-/// `logits: [S, V]` are the decoder's at the `selected: [B, L]` positions in
-/// row-major order ([`crate::ent_mlm::TextDecoder::forward_selected`]);
-/// the targets are the tokens of `input_ids: [B, L]` there (a selected
-/// position reads the mask embedding, so it predicts its own token from the
-/// earlier ones and the image). `divisor: None` averages over the S
-/// positions; `Some(n)` sums and divides by `n`, which a data-parallel step
-/// sets to the mean count per rank so that the ranks' mean is the global
-/// batch's mean.
+/// `logits: [B·K, V]` are the decoder's at the `slots` of `input_ids: [B,
+/// L]` ([`crate::ent_mlm::TextDecoder::forward_selected`]); the targets are
+/// the tokens there (a selected position reads the mask embedding, so it
+/// predicts its own token from the earlier ones and the image); slots that
+/// hold no selected position count nothing. The sum is divided by
+/// `divisor` (a scalar on the device): the count of selected positions for
+/// their mean, or, in a data-parallel step, the mean count per rank, so
+/// that the ranks' mean is the global batch's mean. A divisor below 1 (no
+/// position selected) counts as 1: the loss is then 0.
 pub fn mlm_loss(
     logits: &Tensor,
     input_ids: &Tensor,
-    selected: &Tensor,
-    divisor: Option<f64>,
+    slots: &crate::ent_mlm::Slots,
+    divisor: &Tensor,
 ) -> Tensor {
     let targets = input_ids
-        .reshape([-1])
-        .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1)); // [S]
-    match divisor {
-        None => logits.cross_entropy_for_logits(&targets),
-        Some(n) => {
-            logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0) / n
-        }
-    }
+        .gather(1, &slots.index, false)
+        .masked_fill(&slots.mask.logical_not(), IGNORED)
+        .reshape([-1]); // [B·K]
+    let sum = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, IGNORED, 0.0);
+    sum / divisor.to_kind(Kind::Float).clamp_min(1.0)
 }
+
+/// The target of a slot that holds no selected position.
+const IGNORED: i64 = -100;
 
 #[cfg(test)]
 mod tests {
@@ -98,22 +99,33 @@ mod tests {
 
     #[test]
     fn mlm_loss_scores_the_selected_tokens() {
-        // Positions 0 and 2 of one report are selected, both token 1.
-        // Their logits over V = 2: [0, ln 3] → P = 3/4; [ln 3, 0] → P = 1/4.
+        use crate::ent_mlm::slots;
+        // Positions 0 and 2 of one report are selected, both token 1; two
+        // slots. Their logits over V = 2: [0, ln 3] → P = 3/4; [ln 3, 0] → P = 1/4.
         let ids = Tensor::from_slice(&[1i64, 0, 1]).view([1, 3]);
         let selected = Tensor::from_slice(&[true, false, true]).view([1, 3]);
         let logits = Tensor::from_slice(&[0.0f32, 3f32.ln(), 3f32.ln(), 0.0]).view([2, 2]);
         let sum = -(0.75f64.ln() + 0.25f64.ln());
-        let mean = mlm_loss(&logits, &ids, &selected, None).double_value(&[]);
+        let two = Tensor::from(2.0f32);
+        let mean = mlm_loss(&logits, &ids, &slots(&selected, 2), &two).double_value(&[]);
         assert!((mean - sum / 2.0).abs() < 1e-6, "{mean}");
         // Token 0 at position 1 is not a target: selecting it instead of
         // position 2 changes the loss.
         let other = Tensor::from_slice(&[true, true, false]).view([1, 3]);
-        let changed = mlm_loss(&logits, &ids, &other, None).double_value(&[]);
+        let changed = mlm_loss(&logits, &ids, &slots(&other, 2), &two).double_value(&[]);
         assert!((changed - sum / 2.0).abs() > 0.1, "{changed}");
+        // A slot without a selected position counts nothing.
+        let one = Tensor::from_slice(&[true, false, false]).view([1, 3]);
+        let first = mlm_loss(&logits, &ids, &slots(&one, 2), &Tensor::from(1.0f32));
+        assert!((first.double_value(&[]) + 0.75f64.ln()).abs() < 1e-6);
         // A data-parallel rank divides its sum by the mean count per rank.
-        let shared = mlm_loss(&logits, &ids, &selected, Some(4.0)).double_value(&[]);
+        let four = Tensor::from(4.0f32);
+        let shared = mlm_loss(&logits, &ids, &slots(&selected, 2), &four).double_value(&[]);
         assert!((shared - sum / 4.0).abs() < 1e-6, "{shared}");
+        // Nothing selected: 0, not NaN.
+        let none = Tensor::from_slice(&[false, false, false]).view([1, 3]);
+        let zero = mlm_loss(&logits, &ids, &slots(&none, 2), &Tensor::from(0.0f32));
+        assert_eq!(zero.double_value(&[]), 0.0);
     }
 
     #[test]

@@ -178,7 +178,11 @@ impl MmclipConfig {
 pub struct StepBatch {
     /// `[B, 3, H, W]` float, CLIP-normalised.
     pub pixels: Tensor,
-    /// `[P, L]` int64 token ids of the paired rows (zero-padded).
+    /// `[P, L]` int64 token ids of the paired rows (zero-padded). Columns
+    /// after the last end-of-text change nothing (the text encoders are
+    /// causal) but cost time: `train` cuts them on the host, where the
+    /// lengths are known, since reading them here would make the host
+    /// wait for the device.
     pub input_ids: Tensor,
     /// `[P, L]` bool: the token lies inside a medical entity span.
     pub entity: Tensor,
@@ -199,7 +203,7 @@ pub struct Losses {
     /// Loss_MIM over the masked patches of every row.
     pub mim: Tensor,
     /// Loss_MLM over the selected tokens of the paired rows (`None`
-    /// without paired rows or without any selected token).
+    /// without paired rows; 0 when no token was selected).
     pub mlm: Option<Tensor>,
     /// The weighted sum of the present terms.
     pub total: Tensor,
@@ -431,9 +435,6 @@ impl Mmclip {
         seed: u64,
         shard: Option<&Shard>,
     ) -> Result<(Losses, StepTrace), DistError> {
-        let full_len = batch.input_ids.size()[1];
-        let trimmed = self.trim(batch);
-        let batch = &trimmed;
         let p = batch.paired_rows();
         let image = self.clip.encode_image(&batch.pixels);
         // Warm-up needs the report only for the masks: no graph.
@@ -446,7 +447,7 @@ impl Mmclip {
             self.select_mask_at(&image, report.as_ref(), &batch.input_ids, seed, None, rows);
 
         let mim = self.mim_loss(&batch.pixels, &image, &mask);
-        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, full_len, rows, shard)?;
+        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, rows, shard)?;
         let align = match (phase, &report) {
             (Phase::Joint, Some(r)) => {
                 let image = image.pooled.narrow(0, 0, p);
@@ -511,81 +512,43 @@ impl Mmclip {
         losses::mim_loss(&target, &pred, &mask.mask, self.cfg.norm_pix_loss)
     }
 
-    /// The batch without the padding columns after the last end-of-text:
-    /// text encoders are causal, so those columns change nothing before
-    /// them, and reports are mostly shorter than the 77-token context.
-    fn trim(&self, batch: &StepBatch) -> StepBatch {
-        let (p, l) = batch.input_ids.size2().expect("input_ids must be [P, L]");
-        let used = if p == 0 {
-            l
-        } else {
-            self.clip
-                .text_model()
-                .eot_positions(&batch.input_ids)
-                .max()
-                .int64_value(&[])
-                + 1
-        };
-        StepBatch {
-            pixels: batch.pixels.shallow_clone(),
-            input_ids: batch.input_ids.narrow(1, 0, used),
-            entity: batch.entity.narrow(1, 0, used),
-        }
-    }
-
-    /// Loss_MLM on the paired rows, and the selected positions `[P,
-    /// full_len]`. The noise is drawn for the whole context
+    /// Loss_MLM on the paired rows, and the selected positions `[P, L]`.
+    /// The noise is drawn for the whole context
     /// (`max_position_embeddings`) and cut to the width used, so neither
-    /// trimming nor padding changes which tokens are selected.
+    /// trimming nor padding changes which tokens are selected. The decoder
+    /// scores a fixed number of slots per row ([`ent_mlm::Slots`]), so no
+    /// shape depends on how many tokens were selected.
     ///
     /// With a shard the loss is this rank's sum over its selected tokens
     /// divided by the mean count of selected tokens per rank (W·Σ_r / S):
-    /// its mean over the ranks is Σ / S, the global batch's mean. The loss
-    /// is present on every rank as soon as any rank selected a token (zero
-    /// where this one selected none).
+    /// its mean over the ranks is Σ / S, the global batch's mean. It is 0
+    /// when no token was selected.
     fn mlm_loss(
         &self,
         batch: &StepBatch,
         image: &Encoded,
         seed: u64,
-        full_len: i64,
         rows: Rows,
         shard: Option<&Shard>,
     ) -> Result<(Option<Tensor>, Tensor), DistError> {
         let ids = &batch.input_ids;
         let (p, l) = ids.size2().expect("input_ids must be [P, L]");
         let device = ids.device();
-        let pad = |sel: Tensor| {
-            Tensor::cat(
-                &[sel, Tensor::zeros([p, full_len - l], (Kind::Bool, device))],
-                1,
-            )
-        };
         if p == 0 {
-            return Ok((None, Tensor::zeros([0, full_len], (Kind::Bool, device))));
+            return Ok((None, Tensor::zeros([0, l], (Kind::Bool, device))));
         }
         let predictable = real_tokens(ids, &self.clip, false);
-        let context = self.cfg.clip.text.max_position_embeddings.max(full_len);
+        let context = self.cfg.clip.text.max_position_embeddings.max(l);
         let noise =
             att_mim::mask_noise_rows(rows.first_paired, p, context, mlm_noise_seed(seed), device)
                 .narrow(1, 0, l);
         let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
-        let local = selected.sum(Kind::Int64).int64_value(&[]);
-        // The mean count of selected tokens per rank (this rank's alone on one process).
-        let per_rank = match shard {
-            None => local as f64,
-            Some(s) => {
-                let count = Tensor::from_slice(&[local as f64]).to_device(device);
-                s.group.all_reduce_mean(std::slice::from_ref(&count))?;
-                count.double_value(&[0])
-            }
-        };
-        if per_rank == 0.0 {
-            return Ok((None, pad(selected)));
-        }
-        if local == 0 {
-            let zero = Tensor::zeros([], (Kind::Float, device));
-            return Ok((Some(zero), pad(selected)));
+        let slots = ent_mlm::slots(&selected, ent_mlm::capacity(self.cfg.mlm, l));
+        // The count of selected tokens, or its mean over the ranks, stays
+        // on the device: reading it would make the host wait mid-step.
+        let count = selected.sum(Kind::Float).reshape([1]);
+        if let Some(s) = shard {
+            s.group.all_reduce_mean(std::slice::from_ref(&count))?;
         }
         let hidden =
             self.clip
@@ -593,9 +556,9 @@ impl Mmclip {
         let image_tokens = image.tokens.narrow(0, 0, p);
         let logits = self
             .text_decoder
-            .forward_selected(&hidden, &image_tokens, &selected); // [S, V]
-        let loss = losses::mlm_loss(&logits, ids, &selected, shard.map(|_| per_rank));
-        Ok((Some(loss), pad(selected)))
+            .forward_selected(&hidden, &image_tokens, &slots.index); // [P·K, V]
+        let loss = losses::mlm_loss(&logits, ids, &slots, &count.reshape([]));
+        Ok((Some(loss), selected))
     }
 }
 

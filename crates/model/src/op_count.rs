@@ -3,7 +3,10 @@
 //! too many small operators, and their number does not depend on the
 //! device). Counted by a libtorch RecordFunction callback in
 //! `csrc/op_count.cpp`; nested operators count each (`aten::linear` and the
-//! `aten::addmm` it runs are two).
+//! `aten::addmm` it runs are two); an operator over a list of tensors
+//! (`_foreach_*`, `_fused_*`, `stack`) is one, as on CUDA. Operators that
+//! make the host wait for a CUDA device (`item`, `nonzero`, …) are counted
+//! apart too ([`OpCounter::syncs`]).
 //!
 //! ```no_run
 //! let x = tch::Tensor::ones([4], (tch::Kind::Float, tch::Device::Cpu));
@@ -16,6 +19,7 @@ unsafe extern "C" {
     fn mmclip_op_count_start();
     fn mmclip_op_count_stop();
     fn mmclip_op_count_total() -> u64;
+    fn mmclip_op_count_syncs() -> u64;
 }
 
 /// Counts while alive: [`OpCounter::ops`] is the number of operators the
@@ -23,6 +27,7 @@ unsafe extern "C" {
 /// passes it runs included; other threads' work is not counted).
 pub struct OpCounter {
     start: u64,
+    start_syncs: u64,
 }
 
 impl OpCounter {
@@ -31,15 +36,23 @@ impl OpCounter {
         // SAFETY: the shim's functions take no arguments and guard their
         // registration with a lock; they only add or remove a callback.
         unsafe { mmclip_op_count_start() };
-        OpCounter {
-            start: unsafe { mmclip_op_count_total() },
-        }
+        // SAFETY: reads thread-local counters.
+        let (start, start_syncs) = unsafe { (mmclip_op_count_total(), mmclip_op_count_syncs()) };
+        OpCounter { start, start_syncs }
     }
 
     /// Operators this thread dispatched since the counter was made.
     pub fn ops(&self) -> u64 {
         // SAFETY: reads an atomic counter.
         (unsafe { mmclip_op_count_total() }) - self.start
+    }
+
+    /// Operators among them that wait for the device on CUDA (their value
+    /// or size is read by the host: `item`, `nonzero`, `masked_select`, …).
+    /// Copies to the host are not counted.
+    pub fn syncs(&self) -> u64 {
+        // SAFETY: reads a thread-local counter.
+        (unsafe { mmclip_op_count_syncs() }) - self.start_syncs
     }
 }
 
@@ -59,10 +72,29 @@ impl Drop for OpCounter {
 /// Runs `f` and returns its result with the operators it dispatched on
 /// this thread.
 pub fn count<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let (out, c) = count_syncs(f);
+    (out, c.ops)
+}
+
+/// What [`count_syncs`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Operators dispatched.
+    pub ops: u64,
+    /// Those among them that make the host wait for a CUDA device.
+    pub syncs: u64,
+}
+
+/// Runs `f` and returns its result with the operators it dispatched on
+/// this thread and the host synchronisations among them.
+pub fn count_syncs<T>(f: impl FnOnce() -> T) -> (T, Counts) {
     let counter = OpCounter::new();
     let out = f();
-    let ops = counter.ops();
-    (out, ops)
+    let counts = Counts {
+        ops: counter.ops(),
+        syncs: counter.syncs(),
+    };
+    (out, counts)
 }
 
 #[cfg(test)]
@@ -100,5 +132,25 @@ mod tests {
             long[0].relu()
         });
         assert!(after >= 2, "{after}");
+    }
+
+    #[test]
+    fn reads_of_values_and_data_dependent_sizes_count_as_host_waits() {
+        let x = Tensor::from_slice(&[0.0f32, 1.0, 2.0]);
+        let ((), c) = count_syncs(|| {
+            let _ = x.relu().sum(Kind::Float);
+        });
+        assert_eq!(c.syncs, 0, "arithmetic waits for nothing");
+        let ((), item) = count_syncs(|| {
+            let _ = x.sum(Kind::Float).double_value(&[]);
+        });
+        let ((), nonzero) = count_syncs(|| {
+            let _ = x.nonzero();
+        });
+        let ((), masked) = count_syncs(|| {
+            let _ = x.masked_select(&x.gt(0.5));
+        });
+        assert_eq!((item.syncs, nonzero.syncs), (1, 1), "{item:?} {nonzero:?}");
+        assert!(masked.syncs >= 1, "{masked:?}");
     }
 }

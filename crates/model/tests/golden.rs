@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use model::att_mim::{mask_noise, select_mask};
-use model::ent_mlm::{TextDecoder, TextDecoderConfig, TextDecoderDims};
+use model::ent_mlm::{Slots, TextDecoder, TextDecoderConfig, TextDecoderDims, slots};
 use model::load::load_clip_safetensors;
 use model::losses::{mim_loss, mlm_loss};
 use model::mim::{MimDecoder, MimDecoderConfig, MimDecoderDims, patchify};
@@ -167,7 +167,11 @@ fn decoders_and_losses_match_the_pytorch_reference() {
         (
             "mlm_loss",
             rel_err(
-                &mlm_loss(&at_selected(&logits, &selected), &targets, &selected, None).reshape([1]),
+                &{
+                    let slots = slots(&selected, selected.size()[1]);
+                    let count = selected.sum(Kind::Float);
+                    mlm_loss(&at_slots(&logits, &slots), &targets, &slots, &count).reshape([1])
+                },
                 &r["mlm_loss"],
             ),
         ),
@@ -181,10 +185,15 @@ fn decoders_and_losses_match_the_pytorch_reference() {
     }
 }
 
-/// The rows of `xs: [B, L, V]` at the `selected: [B, L]` positions, `[S, V]`
-/// in row-major order, as `TextDecoder::forward_selected` returns them.
-fn at_selected(xs: &Tensor, selected: &Tensor) -> Tensor {
-    let v = xs.size()[2];
-    xs.reshape([-1, v])
-        .index_select(0, &selected.reshape([-1]).nonzero().squeeze_dim(1))
+/// The rows of `xs: [B, L, V]` at the slots' positions, `[B·K, V]` in
+/// row-major order, as `TextDecoder::forward_selected` returns them.
+fn at_slots(xs: &Tensor, slots: &Slots) -> Tensor {
+    let (b, _, v) = xs.size3().unwrap();
+    let k = slots.index.size()[1];
+    xs.gather(
+        1,
+        &slots.index.unsqueeze(-1).expand([b, k, v], false),
+        false,
+    )
+    .reshape([-1, v])
 }

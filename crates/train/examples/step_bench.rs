@@ -26,7 +26,9 @@
 //! device (on CUDA the backward's operators run on the autograd engine's
 //! threads and are not counted, so count on the CPU).
 //! `crates/train/tests/op_count.rs` holds the tiny preset's count to a
-//! ceiling.
+//! ceiling. It also counts the operators among them that make the host
+//! wait for a CUDA device (`item`, `nonzero`, …: `host_syncs_per_step`);
+//! a step with none can run ahead of the device.
 //!
 //! `--autocast` runs the forward pass (not the backward or the update, as
 //! PyTorch's AMP recipe does) under libtorch's autocast on the chosen
@@ -263,23 +265,26 @@ fn time_steps(
         }
         last = Some((losses, trace));
     }
-    let ops = args.count_ops.then(|| {
+    let counted = args.count_ops.then(|| {
         let step = step_seed(args.seed, args.warmup + args.steps);
-        let ((), zero) = model::op_count::count(|| opt.zero_grad());
-        let (losses, forward) = model::op_count::count(|| {
+        use model::op_count::count_syncs as count;
+        let ((), zero) = count(|| opt.zero_grad());
+        let (losses, forward) = count(|| {
             model::autocast::autocast(device, autocast, || model.step(batch, Phase::Joint, step).0)
         });
-        let ((), backward) = model::op_count::count(|| losses.total.backward());
+        let ((), backward) = count(|| losses.total.backward());
         // What fit.rs queues after the backward pass: the update with its
         // decision, and the weights' check.
-        let (_, update) =
-            model::op_count::count(|| (opt.update(lr, Some(&losses.total)), opt.weights_finite()));
-        json!({
-            "forward": forward,
-            "backward": backward,
-            "update": zero + update,
-            "total": zero + forward + backward + update,
-        })
+        let (_, update) = count(|| (opt.update(lr, Some(&losses.total)), opt.weights_finite()));
+        let phases = |f: fn(&model::op_count::Counts) -> u64| {
+            json!({
+                "forward": f(&forward),
+                "backward": f(&backward),
+                "update": f(&zero) + f(&update),
+                "total": f(&zero) + f(&forward) + f(&backward) + f(&update),
+            })
+        };
+        (phases(|c| c.ops), phases(|c| c.syncs))
     });
     let (losses, trace) = last.expect("at least one step ran");
     let selected = trace.mlm_selected.sum(Kind::Int64).int64_value(&[]);
@@ -312,7 +317,8 @@ fn time_steps(
         "loss_mlm": opt_value(&losses.mlm),
         "loss_align": opt_value(&losses.align),
         "losses_finite": loss_total.is_finite(),
-        "aten_ops_per_step": ops,
+        "aten_ops_per_step": counted.as_ref().map(|c| &c.0),
+        "host_syncs_per_step": counted.as_ref().map(|c| &c.1),
     });
     let serde_json::Value::Object(fields) = fields else {
         unreachable!("json! of an object literal is an object")

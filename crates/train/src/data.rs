@@ -179,12 +179,20 @@ impl Staged {
             .view([b, c, h, w])
             .to_device(device);
         let p = batch.paired_rows;
-        let l = CONTEXT as i64;
-        let input_ids = Tensor::from_slice(&batch.tokens[..p * CONTEXT])
-            .view([p as i64, l])
-            .to_device(device);
-        let entity = Tensor::from_slice(&batch.entity_mask[..p * CONTEXT])
-            .view([p as i64, l])
+        // The text as wide as the longest report (with its end-of-text),
+        // cut here where the lengths are known: the columns after it change
+        // nothing in the causal text encoders.
+        let width = batch
+            .token_lengths
+            .iter()
+            .take(p)
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .clamp(1, CONTEXT as i64);
+        let rows = |t: Tensor| t.view([p as i64, CONTEXT as i64]).narrow(1, 0, width);
+        let input_ids = rows(Tensor::from_slice(&batch.tokens[..p * CONTEXT])).to_device(device);
+        let entity = rows(Tensor::from_slice(&batch.entity_mask[..p * CONTEXT]))
             .to_kind(Kind::Bool)
             .to_device(device);
         Staged {
@@ -235,13 +243,16 @@ mod tests {
         batch.tokens[..3].copy_from_slice(&[49406, 320, 49407]);
         batch.entity_mask = vec![0; 2 * CONTEXT];
         batch.entity_mask[1] = 1;
+        batch.token_lengths = vec![3, 0];
         let staged = Staged::new(batch, Device::Cpu);
         assert_eq!(staged.step.pixels.size(), vec![2, 3, 224, 224]);
         assert_eq!(
             staged.step.pixels.double_value(&[1, 0, 0, 5]),
             (pipeline::IMAGE_FLOATS + 5) as f64
         );
-        assert_eq!(staged.step.input_ids.size(), vec![1, 77]);
+        // Cut after the longest report's end-of-text.
+        assert_eq!(staged.step.input_ids.size(), vec![1, 3]);
+        assert_eq!(staged.step.entity.size(), vec![1, 3]);
         assert_eq!(staged.step.input_ids.int64_value(&[0, 2]), 49407);
         assert_eq!(staged.step.entity.int64_value(&[0, 1]), 1);
         assert_eq!(staged.step.entity.int64_value(&[0, 2]), 0);
