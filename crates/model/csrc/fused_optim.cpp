@@ -115,3 +115,16 @@ extern "C" int mmclip_foreach_zero_(at::Tensor* const* tensors, int n, char* err
     return fail(e, err, err_len);
   }
 }
+
+// Drops each tensor's gradient (`grad = None`, as `zero_grad(set_to_none=True)`,
+// PyTorch's default): the next backward pass then stores its gradient
+// instead of adding it to zeros, and nothing is launched here.
+extern "C" int mmclip_set_grads_to_none(at::Tensor* const* tensors, int n, char* err,
+                                        size_t err_len) {
+  try {
+    for (int i = 0; i < n; ++i) tensors[i]->mutable_grad().reset();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}

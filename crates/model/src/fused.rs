@@ -75,6 +75,12 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn mmclip_set_grads_to_none(
+        tensors: *const Handle,
+        n: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Why a fused update did not run.
@@ -314,6 +320,22 @@ pub fn zero_(tensors: &[Tensor]) -> Result<(), FusedError> {
     })
 }
 
+/// Drops the gradient of every tensor (`zero_grad(set_to_none=True)`,
+/// PyTorch's default): the next backward pass stores each gradient instead
+/// of adding it to zeros (one kernel less per tensor), and a tensor that
+/// gets none stays without one, so an optimiser leaves it alone.
+pub fn set_grads_to_none(tensors: &[Tensor]) -> Result<(), FusedError> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let t = handles(tensors);
+    let n = tensors.len() as c_int;
+    call("set_grads_to_none", |err, len| {
+        // SAFETY: as in `global_norm`.
+        unsafe { mmclip_set_grads_to_none(t.as_ptr(), n, err, len) }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,5 +555,17 @@ mod tests {
         assert_eq!(max_diff(&t, &halves), 0.0);
         zero_(&t).unwrap();
         assert!(t.iter().all(|x| x.abs().max().double_value(&[]) == 0.0));
+
+        let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert!(w.grad().defined());
+        set_grads_to_none(std::slice::from_ref(&w)).unwrap();
+        assert!(!w.grad().defined(), "the gradient was not dropped");
+        (&w * 3.0).sum(Kind::Float).backward();
+        assert_eq!(
+            w.grad().double_value(&[0]),
+            3.0,
+            "stored, not added to the old one"
+        );
     }
 }

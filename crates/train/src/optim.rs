@@ -114,9 +114,13 @@ impl Optimizer {
         }
     }
 
-    /// Zeroes every gradient (one list operator).
+    /// Drops every gradient, as PyTorch's `zero_grad()` (`set_to_none`):
+    /// the backward pass then stores each gradient instead of adding it to
+    /// zeros, and a variable that gets none this step is left alone by the
+    /// update (no decay, no momentum), as in PyTorch.
     pub fn zero_grad(&mut self) {
-        model::fused::zero_(&self.grads()).expect("zeroing the model's own gradients");
+        let vars: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.shallow_clone()).collect();
+        model::fused::set_grads_to_none(&vars).expect("dropping the model's own gradients");
     }
 
     /// The global L2 norm of the gradients, accumulated in float64 on their
