@@ -14,7 +14,8 @@
 //! per-device autocast switches that `tch` does not bind (see
 //! `src/autocast.rs`), and against libtorch's headers `csrc/op_count.cpp`
 //! (the operator counter of `src/op_count.rs`) and `csrc/fused_optim.cpp`
-//! (the fused optimiser updates of `src/fused.rs`), and `csrc/dist.cpp`
+//! (the fused optimiser updates of `src/fused.rs`), `csrc/transfer.cpp`
+//! (the CUDA events of `src/transfer.rs`), and `csrc/dist.cpp`
 //! (the c10d process group of `src/dist.rs`; see `compile_dist`). `train` runs this same script for the link arguments
 //! (they do not pass from a library to its dependents' binaries) and must
 //! not compile the shim a second time.
@@ -109,6 +110,7 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/autocast.cpp");
         println!("cargo:rerun-if-changed=csrc/op_count.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_optim.cpp");
+        println!("cargo:rerun-if-changed=csrc/transfer.cpp");
         cc::Build::new()
             .cpp(true)
             .std("c++17")
@@ -131,6 +133,7 @@ fn main() {
             .flag_if_supported("-Wno-unused-parameter")
             .file("csrc/op_count.cpp")
             .file("csrc/fused_optim.cpp")
+            .file("csrc/transfer.cpp")
             .compile("mmclip_aten_shim");
         compile_dist(&include);
     }

@@ -218,7 +218,7 @@ pub fn mask_noise_rows(first: i64, b: i64, n: i64, seed: u64, device: Device) ->
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     rng.set_word_pos(first.max(0) as u128 * n.max(0) as u128);
     let v: Vec<f32> = (0..b * n).map(|_| rng.random::<f32>()).collect();
-    Tensor::from_slice(&v).view([b, n]).to_device(device)
+    crate::transfer::upload(&Tensor::from_slice(&v).view([b, n]), device)
 }
 
 #[cfg(test)]

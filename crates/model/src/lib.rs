@@ -43,6 +43,7 @@ pub mod mim;
 pub mod mmclip;
 pub mod op_count;
 pub mod text;
+pub mod transfer;
 pub mod vision;
 
 pub use clip::{Clip, Encoded};

@@ -230,7 +230,7 @@ fn time_steps(
     let lr = cfg.lr;
     let mut times = Vec::with_capacity(args.steps as usize);
     let mut last = None;
-    let mut late: Option<Tensor> = None;
+    let mut late: Option<model::transfer::Download> = None;
     for i in 0..args.warmup + args.steps {
         sync(device);
         let start = Instant::now();
@@ -253,8 +253,10 @@ fn time_steps(
                 ],
                 0,
             );
+            let record = model::transfer::Download::start(&record).map_err(anyhow::Error::msg)?;
             if let Some(previous) = late.replace(record) {
-                let _ = Vec::<f64>::try_from(&previous.to_device(Device::Cpu));
+                let host = previous.finish().map_err(anyhow::Error::msg)?;
+                let _ = Vec::<f64>::try_from(&host)?;
             }
         } else {
             opt.step(lr);

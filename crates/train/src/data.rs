@@ -175,9 +175,10 @@ impl Staged {
     /// Wraps `batch` for the model on `device`.
     pub fn new(batch: Batch, device: Device) -> Staged {
         let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
-        let pixels = Tensor::from_slice(&batch.images)
-            .view([b, c, h, w])
-            .to_device(device);
+        // Uploaded without blocking: a blocking copy would make the host
+        // wait for the step queued before.
+        let upload = |t: Tensor| model::transfer::upload(&t, device);
+        let pixels = upload(Tensor::from_slice(&batch.images).view([b, c, h, w]));
         let p = batch.paired_rows;
         // The text as wide as the longest report (with its end-of-text),
         // cut here where the lengths are known: the columns after it change
@@ -190,11 +191,14 @@ impl Staged {
             .max()
             .unwrap_or(0)
             .clamp(1, CONTEXT as i64);
-        let rows = |t: Tensor| t.view([p as i64, CONTEXT as i64]).narrow(1, 0, width);
-        let input_ids = rows(Tensor::from_slice(&batch.tokens[..p * CONTEXT])).to_device(device);
-        let entity = rows(Tensor::from_slice(&batch.entity_mask[..p * CONTEXT]))
-            .to_kind(Kind::Bool)
-            .to_device(device);
+        let rows = |t: Tensor| {
+            t.view([p as i64, CONTEXT as i64])
+                .narrow(1, 0, width)
+                .contiguous()
+        };
+        let input_ids = upload(rows(Tensor::from_slice(&batch.tokens[..p * CONTEXT])));
+        let entity =
+            upload(rows(Tensor::from_slice(&batch.entity_mask[..p * CONTEXT])).to_kind(Kind::Bool));
         Staged {
             step: StepBatch {
                 pixels,

@@ -132,9 +132,9 @@ struct Pending {
     /// Whether any micro-batch had Loss_align, Loss_MLM.
     has_align: bool,
     has_mlm: bool,
-    /// Float64 on the device: the [`LossSlots`], the gradient norm, the
-    /// skip flag and the weights' finiteness (1 or 0).
-    values: Tensor,
+    /// Float64, on its way to the host: the [`LossSlots`], the gradient
+    /// norm, the skip flag and the weights' finiteness (1 or 0).
+    values: Option<model::transfer::Download>,
 }
 
 impl<'a> Run<'a> {
@@ -335,6 +335,9 @@ impl<'a> Run<'a> {
             ],
             0,
         );
+        // Started now, waited for in `resolve` after the next step is
+        // queued: the wait covers this step's work only.
+        let values = model::transfer::Download::start(&values).map_err(anyhow::Error::msg)?;
         self.state.step += 1;
         Ok(Pending {
             step: self.state.step,
@@ -345,7 +348,7 @@ impl<'a> Run<'a> {
             log: false,
             has_align: losses.has_align,
             has_mlm: losses.has_mlm,
-            values,
+            values: Some(values),
         })
     }
 
@@ -405,13 +408,14 @@ impl<'a> Run<'a> {
     /// update made non-finite, and writes the metrics line when due.
     fn resolve(
         &mut self,
-        p: Pending,
+        mut p: Pending,
         window: &mut Window,
         metrics: &mut Metrics,
         loader: &Loader,
         bar: &ProgressBar,
     ) -> Result<()> {
-        let outcome = Outcome::read(&p)?;
+        let values = p.values.take().context("a step read twice")?;
+        let outcome = Outcome::read(values, p.has_align, p.has_mlm)?;
         if outcome.skipped {
             self.count_skip(p.step)?;
         } else if !outcome.weights_finite {
@@ -636,8 +640,8 @@ struct Outcome {
 
 impl Outcome {
     /// Reads `p.values` to the host (on CUDA, waits for the step).
-    fn read(p: &Pending) -> Result<Outcome> {
-        let host = p.values.to_device(tch::Device::Cpu);
+    fn read(values: model::transfer::Download, has_align: bool, has_mlm: bool) -> Result<Outcome> {
+        let host = values.finish().map_err(anyhow::Error::msg)?;
         let v = Vec::<f64>::try_from(&host).context("reading a step's losses")?;
         let [total, mim, align, mlm, grad_norm, skipped, weights_finite] = v[..] else {
             bail!("a step's record holds {} values, 7 expected", v.len());
@@ -645,8 +649,8 @@ impl Outcome {
         Ok(Outcome {
             total,
             mim,
-            align: p.has_align.then_some(align),
-            mlm: p.has_mlm.then_some(mlm),
+            align: has_align.then_some(align),
+            mlm: has_mlm.then_some(mlm),
             grad_norm,
             skipped: skipped != 0.0,
             weights_finite: weights_finite != 0.0,
@@ -790,24 +794,18 @@ mod tests {
             };
             let slots = LossSlots::of(&losses);
             let both = LossSlots::of(&all).add(&slots);
-            let record = |s: &LossSlots| Pending {
-                step: 1,
-                phase: Phase::Joint,
-                lr: 0.1,
-                images: 4,
-                epoch: 0,
-                log: true,
-                has_align: s.has_align,
-                has_mlm: s.has_mlm,
-                values: Tensor::cat(
+            let record = |s: &LossSlots| {
+                let v = Tensor::cat(
                     &[
                         s.sums.shallow_clone(),
                         Tensor::from_slice(&[2.0f64, 0.0, 1.0]),
                     ],
                     0,
-                ),
+                );
+                let download = model::transfer::Download::start(&v).unwrap();
+                Outcome::read(download, s.has_align, s.has_mlm).unwrap()
             };
-            let read = Outcome::read(&record(&slots)).unwrap();
+            let read = record(&slots);
             assert_eq!(
                 (read.total, read.mim, read.align, read.mlm),
                 (3.0, 1.5, align, mlm)
@@ -816,7 +814,7 @@ mod tests {
                 (read.grad_norm, read.skipped, read.weights_finite),
                 (2.0, false, true)
             );
-            let read = Outcome::read(&record(&both)).unwrap();
+            let read = record(&both);
             assert_eq!(
                 (read.total, read.mim, read.align, read.mlm),
                 (

@@ -1,0 +1,144 @@
+//! Copies between the host and the device that do not make the host wait
+//! for the device.
+//!
+//! PyTorch synchronises the stream around a blocking copy between pageable
+//! host memory and a CUDA device: the host waits for everything queued
+//! before it. A training loop that queues step s + 1 before it reads step s
+//! back would then wait for step s + 1 as well, and one that uploads each
+//! batch would wait for the previous step. [`upload`] copies from pinned
+//! memory without blocking; [`Download`] starts a non-blocking copy into
+//! pinned memory and waits, when finished, on an event recorded after it
+//! (`csrc/transfer.cpp`), so only for the work queued before the copy. On
+//! the CPU both are plain copies.
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+use tch::{Device, Tensor};
+
+unsafe extern "C" {
+    fn mmclip_event_record(
+        index: c_int,
+        event: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_event_synchronize(event: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn mmclip_event_free(event: *mut c_void);
+}
+
+fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut err = [0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim writes a NUL-terminated message within the buffer.
+    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+    Err(format!("{what}: {message}"))
+}
+
+/// `host` (a CPU tensor) on `device`. On CUDA it is copied through pinned
+/// memory without blocking (PyTorch's caching host allocator keeps the
+/// pinned buffer until the copy is done).
+pub fn upload(host: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) => host
+            .pin_memory(device)
+            .to_device_(device, host.kind(), true, false),
+        _ => host.to_device(device),
+    }
+}
+
+/// A CUDA event recorded on the current stream of a device.
+struct Event(*mut c_void);
+
+impl Event {
+    fn record(index: usize) -> Result<Event, String> {
+        let mut raw = std::ptr::null_mut();
+        call("recording a CUDA event", |err, len| {
+            // SAFETY: `raw` receives a new event on success.
+            unsafe { mmclip_event_record(index as c_int, &mut raw, err, len) }
+        })?;
+        Ok(Event(raw))
+    }
+
+    fn synchronize(&self) -> Result<(), String> {
+        call("waiting for a CUDA event", |err, len| {
+            // SAFETY: a live event made by `record`.
+            unsafe { mmclip_event_synchronize(self.0, err, len) }
+        })
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: made by `record`, freed once.
+        unsafe { mmclip_event_free(self.0) }
+    }
+}
+
+/// A copy of a tensor to the host, started and not yet waited for.
+pub struct Download {
+    host: Tensor,
+    event: Option<Event>,
+}
+
+impl Download {
+    /// Starts copying `t` to the host: on CUDA without blocking, into pinned
+    /// memory, with an event recorded after the copy.
+    pub fn start(t: &Tensor) -> Result<Download, String> {
+        match t.device() {
+            Device::Cuda(index) => {
+                let host = t.to_device_(Device::Cpu, t.kind(), true, false);
+                let event = Event::record(index)?;
+                Ok(Download {
+                    host,
+                    event: Some(event),
+                })
+            }
+            _ => Ok(Download {
+                host: t.to_device(Device::Cpu),
+                event: None,
+            }),
+        }
+    }
+
+    /// The host copy, once the device has done the work queued before it
+    /// (and only that).
+    pub fn finish(self) -> Result<Tensor, String> {
+        if let Some(event) = &self.event {
+            event.synchronize()?;
+        }
+        Ok(self.host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn on_the_cpu_both_ways_are_plain_copies() {
+        let t = Tensor::from_slice(&[1.5f64, -2.0, 3.25]);
+        let up = upload(&t, Device::Cpu);
+        assert_eq!(Vec::<f64>::try_from(&up).unwrap(), vec![1.5, -2.0, 3.25]);
+        let down = Download::start(&(&t * 2.0)).unwrap().finish().unwrap();
+        assert_eq!(down.device(), Device::Cpu);
+        assert_eq!(down.kind(), Kind::Double);
+        assert_eq!(Vec::<f64>::try_from(&down).unwrap(), vec![3.0, -4.0, 6.5]);
+    }
+
+    /// On CUDA: values survive the round trip through pinned memory, and a
+    /// download waits for the work queued before it.
+    #[test]
+    #[ignore = "needs a CUDA device: `cargo test -p model transfer -- --ignored` on one"]
+    fn cuda_copies_do_not_block_and_arrive_whole() {
+        let device = Device::Cuda(0);
+        let host = Tensor::arange(1 << 20, (Kind::Float, Device::Cpu));
+        let on_device = upload(&host, device);
+        let squared = on_device.square().sum(Kind::Double);
+        let down = Download::start(&squared).unwrap().finish().unwrap();
+        let want = host.to_kind(Kind::Double).square().sum(Kind::Double);
+        assert_eq!(down.double_value(&[]), want.double_value(&[]));
+    }
+}
