@@ -62,6 +62,9 @@ fn rank_with(
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .env("MMCLIP_DIST_TIMEOUT_S", timeout_s.to_string())
+        // 50 kB gradient buckets: the tiny model's gradients travel in
+        // many, most started during the backward pass.
+        .env("MMCLIP_DIST_BUCKET_MB", "0.05")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

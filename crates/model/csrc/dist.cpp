@@ -13,6 +13,8 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #ifdef MMCLIP_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -21,6 +23,8 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -208,6 +212,178 @@ extern "C" int mmclip_dist_barrier(void* group, char* err, size_t err_len) {
     finish(g.backend->barrier(opts), g);
     return 0;
   } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// Gradient averaging overlapped with the backward pass, as DDP's reducer:
+// the parameters are cut into buckets of about `bucket_bytes` in the
+// reverse of the order they were given (their creation order, so roughly
+// the order the backward pass finishes them). While armed, a hook after
+// each parameter's gradient is accumulated marks it ready, and each bucket
+// whose parameters are all ready is flattened and its all-reduce started,
+// in bucket order (every rank starts the same collectives in the same
+// order, which Gloo and NCCL pair up by). `finish` starts the buckets the
+// backward pass left incomplete (a parameter without a gradient here gives
+// zeros), agrees with the other ranks on which gradients exist anywhere,
+// waits, and writes the means back: a gradient that exists on some rank
+// exists on all afterwards, one that exists on none stays undefined.
+namespace {
+
+struct Reducer;
+
+struct Ready : torch::autograd::PostAccumulateGradHook {
+  Reducer* reducer;
+  size_t index;
+  Ready(Reducer* r, size_t i) : reducer(r), index(i) {}
+  void operator()(const torch::autograd::Variable& variable) override;
+};
+
+struct Reducer {
+  Group* group;
+  std::vector<at::Tensor> params;
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  std::mutex lock;
+  bool armed = false;
+  std::vector<size_t> ready_in;
+  size_t next = 0;
+  std::vector<at::Tensor> flat;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  // Buckets started by the backward pass itself, before `finish`.
+  size_t early = 0;
+
+  void reset() {
+    armed = false;
+    next = 0;
+    early = 0;
+    ready_in.assign(buckets.size(), 0);
+    flat.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), c10::intrusive_ptr<c10d::Work>());
+  }
+
+  // Starts bucket b's all-reduce; the caller holds the lock.
+  void launch(size_t b) {
+    std::vector<at::Tensor> parts;
+    for (size_t i : buckets[b]) {
+      const auto& grad = params[i].grad();
+      parts.push_back(grad.defined() ? grad.reshape({-1}) : at::zeros({params[i].numel()}, params[i].options()));
+    }
+    flat[b] = at::cat(parts);
+    std::vector<at::Tensor> one{flat[b]};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    opts.timeout = group->timeout;
+    works[b] = group->backend->allreduce(one, opts);
+  }
+
+  void mark(size_t i) {
+    std::lock_guard<std::mutex> guard(lock);
+    if (!armed) return;
+    ++ready_in[bucket_of[i]];
+    while (next < buckets.size() && ready_in[next] == buckets[next].size()) {
+      launch(next++);
+      ++early;
+    }
+  }
+};
+
+void Ready::operator()(const torch::autograd::Variable&) { reducer->mark(index); }
+
+}  // namespace
+
+extern "C" int mmclip_reducer_new(void* group, at::Tensor* const* params, int n,
+                                  int64_t bucket_bytes, void** out, char* err, size_t err_len) {
+  try {
+    auto r = std::make_unique<Reducer>();
+    r->group = static_cast<Group*>(group);
+    r->params = list(params, n);
+    r->bucket_of.assign(n, 0);
+    int64_t bytes = 0;
+    for (int i = n - 1; i >= 0; --i) {
+      const auto& p = r->params[i];
+      TORCH_CHECK(p.is_leaf() && p.requires_grad(), "parameter ", i, " is not a trainable leaf");
+      bool fits = !r->buckets.empty() &&
+                  p.scalar_type() == r->params[r->buckets.back().front()].scalar_type() &&
+                  bytes + static_cast<int64_t>(p.nbytes()) <= bucket_bytes;
+      if (!fits) {
+        r->buckets.emplace_back();
+        bytes = 0;
+      }
+      r->buckets.back().push_back(static_cast<size_t>(i));
+      r->bucket_of[i] = r->buckets.size() - 1;
+      bytes += static_cast<int64_t>(p.nbytes());
+    }
+    r->reset();
+    for (int i = 0; i < n; ++i) {
+      TORCH_CHECK(!torch::autograd::impl::post_acc_grad_hooks(r->params[i]),
+                  "parameter ", i, " already has a post-accumulate hook");
+      torch::autograd::impl::set_post_acc_grad_hooks(
+          r->params[i], std::make_unique<Ready>(r.get(), static_cast<size_t>(i)));
+    }
+    *out = r.release();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+extern "C" void mmclip_reducer_free(void* reducer) {
+  auto r = static_cast<Reducer*>(reducer);
+  for (auto& p : r->params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+  delete r;
+}
+
+// The next backward pass starts each bucket's all-reduce as it completes.
+extern "C" void mmclip_reducer_arm(void* reducer) {
+  auto r = static_cast<Reducer*>(reducer);
+  std::lock_guard<std::mutex> guard(r->lock);
+  r->reset();
+  r->armed = true;
+}
+
+// `*early` receives how many buckets the backward pass had started.
+extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, char* err, size_t err_len) {
+  auto r = static_cast<Reducer*>(reducer);
+  try {
+    std::lock_guard<std::mutex> guard(r->lock);
+    auto& g = *r->group;
+    if (!r->armed) throw std::runtime_error("finish without arm");
+    r->armed = false;
+    *early = r->early;
+    while (r->next < r->buckets.size()) r->launch(r->next++);
+    // Which gradients exist on any rank.
+    auto defined = at::empty({static_cast<int64_t>(r->params.size())}, at::kFloat);
+    for (size_t i = 0; i < r->params.size(); ++i) defined[i] = r->params[i].grad().defined() ? 1.0 : 0.0;
+    auto device = r->params.empty() ? at::Device(at::kCPU) : r->params[0].device();
+    std::vector<at::Tensor> flags{defined.to(device)};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    opts.timeout = g.timeout;
+    finish(g.backend->allreduce(flags, opts), g);
+    auto anywhere = flags[0].to(at::kCPU);
+    auto any = anywhere.accessor<float, 1>();
+    for (size_t b = 0; b < r->buckets.size(); ++b) {
+      finish(r->works[b], g);
+      r->flat[b].div_(g.size);
+      int64_t offset = 0;
+      for (size_t i : r->buckets[b]) {
+        auto& p = r->params[i];
+        auto numel = p.numel();
+        auto mean = r->flat[b].narrow(0, offset, numel).view(p.sizes());
+        offset += numel;
+        if (any[i] == 0) continue;
+        if (p.grad().defined()) {
+          p.mutable_grad().copy_(mean);
+        } else {
+          p.mutable_grad() = mean.clone();
+        }
+      }
+    }
+    r->reset();
+    return 0;
+  } catch (const std::exception& e) {
+    r->reset();
     return fail(e, err, err_len);
   }
 }

@@ -73,6 +73,23 @@ unsafe extern "C" {
         err_len: usize,
     ) -> c_int;
     fn mmclip_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn mmclip_reducer_new(
+        group: *mut c_void,
+        params: *const Handle,
+        n: c_int,
+        bucket_bytes: i64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_reducer_free(reducer: *mut c_void);
+    fn mmclip_reducer_arm(reducer: *mut c_void);
+    fn mmclip_reducer_finish(
+        reducer: *mut c_void,
+        early: *mut usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Bucket size of [`ProcessGroup::all_reduce_mean`]: DDP's default
@@ -141,6 +158,9 @@ pub struct ProcessGroup {
     raw: *mut c_void,
     rank: usize,
     world_size: usize,
+    /// The gradient reducer of [`ProcessGroup::watch_gradients`], owned
+    /// here so that it never outlives the group it reduces through.
+    reducer: *mut c_void,
 }
 
 // SAFETY: c10d's backends may be called from any thread; this handle is
@@ -185,6 +205,7 @@ impl ProcessGroup {
             raw: std::ptr::null_mut(),
             rank: opts.rank,
             world_size: opts.world_size,
+            reducer: std::ptr::null_mut(),
         };
         group.call("join", |err, len| {
             // SAFETY: `addr` outlives the call; `raw` receives an owned
@@ -346,10 +367,87 @@ impl ProcessGroup {
             unsafe { mmclip_dist_barrier(self.raw, err, len) }
         })
     }
+
+    /// Averages the gradients of `params` (trainable leaves, in the same
+    /// order on every rank: their creation order) overlapped with the
+    /// backward pass, as DDP does: they are cut into buckets of about
+    /// `bucket_bytes` in reverse order, and during a backward pass armed by
+    /// [`ProcessGroup::arm_gradients`] each bucket's all-reduce starts as
+    /// soon as its last gradient is accumulated (`csrc/dist.cpp`).
+    /// [`ProcessGroup::finish_gradients`] completes the step. Replaces the
+    /// parameters watched before.
+    pub fn watch_gradients(
+        &mut self,
+        params: &[Tensor],
+        bucket_bytes: i64,
+    ) -> Result<(), DistError> {
+        self.unwatch();
+        let h = handles(params);
+        let mut reducer = std::ptr::null_mut();
+        self.call("watching the gradients", |err, len| {
+            // SAFETY: `h` holds live tensor handles; `reducer` receives an
+            // owned reducer on success only.
+            unsafe {
+                mmclip_reducer_new(
+                    self.raw,
+                    h.as_ptr(),
+                    h.len() as c_int,
+                    bucket_bytes,
+                    &mut reducer,
+                    err,
+                    len,
+                )
+            }
+        })?;
+        self.reducer = reducer;
+        Ok(())
+    }
+
+    fn unwatch(&mut self) {
+        if !self.reducer.is_null() {
+            // SAFETY: made by `mmclip_reducer_new`, freed once; it removes
+            // its hooks from the parameters.
+            unsafe { mmclip_reducer_free(self.reducer) };
+            self.reducer = std::ptr::null_mut();
+        }
+    }
+
+    /// The next backward pass starts the watched gradients' all-reduces as
+    /// their buckets complete (arm it before the last micro-batch's
+    /// backward pass only: the earlier ones accumulate).
+    pub fn arm_gradients(&self) {
+        if !self.reducer.is_null() {
+            // SAFETY: a live reducer.
+            unsafe { mmclip_reducer_arm(self.reducer) }
+        }
+    }
+
+    /// After an armed backward pass: starts the buckets still incomplete
+    /// (a parameter without a gradient on this rank contributes zeros),
+    /// waits for every bucket and replaces each gradient by its mean over
+    /// the ranks. A gradient defined on any rank is defined on all
+    /// afterwards; one defined on none stays undefined (as on one process).
+    /// Returns how many buckets the backward pass had already started
+    /// (they go in order, so a parameter without a gradient holds back the
+    /// buckets after its own).
+    pub fn finish_gradients(&self) -> Result<usize, DistError> {
+        if self.reducer.is_null() {
+            return Err(DistError::Options(
+                "finish_gradients without watch_gradients".into(),
+            ));
+        }
+        let mut early = 0usize;
+        self.call("averaging the gradients", |err, len| {
+            // SAFETY: a live reducer; `early` outlives the call.
+            unsafe { mmclip_reducer_finish(self.reducer, &mut early, err, len) }
+        })?;
+        Ok(early)
+    }
 }
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
+        self.unwatch();
         if !self.raw.is_null() {
             // SAFETY: `raw` came from `mmclip_dist_join` and is freed once.
             unsafe { mmclip_dist_free(self.raw) }

@@ -75,6 +75,16 @@ fn collectives_give_the_expected_values_on_three_ranks() {
 }
 
 #[test]
+fn gradients_are_averaged_during_the_backward_pass_on_two_ranks() {
+    all_succeed("reducer", 2);
+}
+
+#[test]
+fn gradients_are_averaged_during_the_backward_pass_on_three_ranks() {
+    all_succeed("reducer", 3);
+}
+
+#[test]
 fn a_rank_that_exits_early_makes_the_others_fail_within_the_timeout() {
     let (results, elapsed) = launch("early_exit", 3);
     for (rank, (ok, text)) in results.iter().enumerate() {
@@ -114,7 +124,7 @@ fn values(t: &Tensor) -> Vec<f64> {
 #[ignore = "a rank of the multi-process tests, started by them"]
 fn rank_worker() {
     let scenario = std::env::var("MMCLIP_DIST_SCENARIO").expect("started by launch()");
-    let group = join();
+    let mut group = join();
     let (rank, world) = (group.rank(), group.world_size());
     let w = world as f64;
     match scenario.as_str() {
@@ -157,6 +167,79 @@ fn rank_worker() {
                 .flat_map(|q| (0..6).map(move |i| q as f64 + i as f64))
                 .collect();
             assert_eq!(values(&gathered), want);
+            group.barrier().unwrap();
+        }
+        "reducer" => {
+            // Five parameters in 24-byte buckets, in reverse order: [4],
+            // [3], [2] (larger than a bucket), [1, 0]. Rank r's loss is
+            // (r + 1)·Σ(i + 1)·p_i for every parameter but two: `only_first`
+            // gets a gradient on rank 0 alone, `never` on no rank, so the
+            // last bucket waits for `finish` and the first three start
+            // during the backward pass.
+            let r = rank as f64;
+            let opts = (Kind::Float, Device::Cpu);
+            let params: Vec<Tensor> = [vec![2], vec![1], vec![9], vec![2, 2], vec![3]]
+                .into_iter()
+                .map(|shape| Tensor::ones(shape.as_slice(), opts).set_requires_grad(true))
+                .collect();
+            let (only_first, never) = (1, 0);
+            group.watch_gradients(&params, 24).unwrap();
+            for step in 0..3 {
+                // Two micro-batches, the second armed: the first accumulates.
+                for micro in 0..2 {
+                    let mut loss = Tensor::zeros([], opts);
+                    for (i, p) in params.iter().enumerate() {
+                        if i == never || (i == only_first && rank != 0) {
+                            continue;
+                        }
+                        loss = loss + p.sum(Kind::Float) * ((r + 1.0) * (i as f64 + 1.0));
+                    }
+                    if micro == 1 {
+                        group.arm_gradients();
+                    }
+                    loss.backward();
+                }
+                let early = group.finish_gradients().unwrap();
+                assert_eq!(
+                    early, 3,
+                    "step {step}: buckets started during the backward pass"
+                );
+                // Two micro-batches: 2·(i + 1)·mean(r + 1) = (i + 1)(w + 1).
+                for (i, p) in params.iter().enumerate() {
+                    let g = p.grad();
+                    if i == never {
+                        assert!(!g.defined(), "step {step}: no rank had a gradient for {i}");
+                        continue;
+                    }
+                    let want = if i == only_first {
+                        2.0 * (i as f64 + 1.0) / w
+                    } else {
+                        (i as f64 + 1.0) * (w + 1.0)
+                    };
+                    let got = values(&g);
+                    assert!(
+                        got.iter().all(|v| (v - want).abs() < 1e-5),
+                        "step {step}, parameter {i}: {got:?}, want {want}"
+                    );
+                }
+                for p in &params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.zero_();
+                    }
+                }
+            }
+            // An unarmed backward pass reduces nothing.
+            let lone = params[4].sum(Kind::Float) * (r + 1.0);
+            let before = values(&params[4].grad());
+            lone.backward();
+            let after = values(&params[4].grad());
+            assert!(
+                after
+                    .iter()
+                    .zip(&before)
+                    .all(|(a, b)| (a - b - (r + 1.0)).abs() < 1e-6)
+            );
             group.barrier().unwrap();
         }
         "early_exit" => {

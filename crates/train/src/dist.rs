@@ -151,6 +151,10 @@ pub struct Dist {
     launch: Launch,
 }
 
+/// The environment variable that sets the gradient buckets' size in MB
+/// (DDP's `bucket_cap_mb`; default 25).
+pub const BUCKET_VAR: &str = "MMCLIP_DIST_BUCKET_MB";
+
 impl Dist {
     /// Joins the group of `launch`. `device` is the device asked for; a
     /// CUDA device becomes `cuda:LOCAL_RANK` (one process per GPU) and
@@ -212,45 +216,48 @@ impl Dist {
         tch::no_grad(|| self.group.broadcast(&vars, 0)).context("broadcasting rank 0's weights")
     }
 
+    /// Averages the gradients of `vs`'s trainable variables from now on,
+    /// overlapped with the backward pass ([`ProcessGroup::watch_gradients`],
+    /// DDP's 25 MB buckets, or `MMCLIP_DIST_BUCKET_MB`): arm before the last
+    /// micro-batch's backward pass, then [`Dist::average_gradients`].
+    pub fn watch_gradients(&mut self, vs: &VarStore) -> Result<()> {
+        let bytes = match std::env::var(BUCKET_VAR) {
+            Ok(v) => {
+                let mb: f64 = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|mb: &f64| mb.is_finite() && *mb > 0.0)
+                    .with_context(|| format!("{BUCKET_VAR}={v}: not a positive number of MB"))?;
+                (mb * 1024.0 * 1024.0) as i64
+            }
+            Err(_) => model::dist::BUCKET_BYTES,
+        };
+        // Creation order: the same on every rank, and roughly the reverse of
+        // the order the backward pass finishes the gradients in.
+        self.group
+            .watch_gradients(&vs.trainable_variables(), bytes)
+            .context("watching the gradients")
+    }
+
+    /// Arms the next backward pass ([`ProcessGroup::arm_gradients`]).
+    pub fn arm_gradients(&self) {
+        self.group.arm_gradients();
+    }
+
     /// Each trainable variable's gradient replaced by its mean over the
-    /// ranks. The gradients defined on any rank travel, those defined on
-    /// none stay undefined (as on one process: the warm-up leaves
-    /// logit_scale without one). A rank can lack one that another has (its
-    /// rows selected no token for Loss_MLM, so the text decoder did not
-    /// run): it takes part with zeros, which is what its rows contribute.
-    pub fn average_gradients(&self, vs: &VarStore) -> Result<()> {
-        let vars: Vec<Tensor> = sorted(vs.variables().into_iter())
-            .into_iter()
-            .filter(|t| t.requires_grad())
-            .collect();
-        let defined: Vec<f64> = vars
-            .iter()
-            .map(|t| f64::from(u8::from(t.grad().defined())))
-            .collect();
-        let anywhere = self
-            .mean(&defined)
-            .context("agreeing on the gradients to average")?;
-        let missing: Vec<&Tensor> = vars
-            .iter()
-            .zip(&defined)
-            .zip(&anywhere)
-            .filter(|((_, here), any)| **here == 0.0 && **any > 0.0)
-            .map(|((t, _), _)| t)
-            .collect();
-        if let Some(zero) = missing
-            .iter()
-            .map(|t| t.sum(Kind::Float) * 0.0)
-            .reduce(|a, b| a + b)
-        {
-            // A zero gradient for each: backward through `0 · Σ t`.
-            zero.backward();
-        }
-        let grads: Vec<Tensor> = vars
-            .iter()
-            .map(|t| t.grad())
-            .filter(|g| g.defined())
-            .collect();
-        tch::no_grad(|| self.group.all_reduce_mean(&grads)).context("averaging the gradients")
+    /// ranks, after an armed backward pass. The gradients defined on any
+    /// rank travel, those defined on none stay undefined (as on one
+    /// process: the warm-up leaves logit_scale without one). A rank can
+    /// lack one that another has (its slice of the batch had no report):
+    /// it takes part with zeros, which is what its rows contribute.
+    pub fn average_gradients(&self) -> Result<()> {
+        let early = self
+            .group
+            .finish_gradients()
+            .context("averaging the gradients")?;
+        tracing::debug!("{early} gradient buckets started during the backward pass");
+        Ok(())
     }
 
     /// The mean over the ranks of each value (the losses of a step).

@@ -238,8 +238,9 @@ impl<'a> Run<'a> {
             self.state.shards = self.records.clone();
             tracing::info!("resuming from {} (step {})", dir.display(), self.state.step);
         }
-        if let Some(d) = &self.dist {
+        if let Some(d) = &mut self.dist {
             crate::dist::agree_on_start(d, &self.session.vs, self.state.step, self.out)?;
+            d.watch_gradients(&self.session.vs)?;
         }
         if self.writes {
             write_atomic(
@@ -319,7 +320,7 @@ impl<'a> Run<'a> {
         self.opt.zero_grad();
         let (losses, images) = self.forward_backward(loader, phase)?;
         if let Some(d) = &self.dist {
-            d.average_gradients(&self.session.vs)?;
+            d.average_gradients()?;
         }
         let lr = self.opt.lr_at(self.state.step, self.cfg.train.steps);
         // Every rank holds the same mean losses and averaged gradients, so
@@ -393,6 +394,11 @@ impl<'a> Run<'a> {
                 None => slots,
                 Some(s) => s.add(&slots),
             });
+            if let (Some(d), true) = (&self.dist, micro + 1 == accumulate) {
+                // The last micro-batch's backward pass starts the gradients'
+                // all-reduces as their buckets complete.
+                d.arm_gradients();
+            }
             (losses.total / accumulate as f64).backward();
         }
         let sums = sums.context("optim.accumulate is 0")?;
