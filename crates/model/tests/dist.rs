@@ -192,7 +192,7 @@ fn rank_worker() {
                         if i == never || (i == only_first && rank != 0) {
                             continue;
                         }
-                        loss = loss + p.sum(Kind::Float) * ((r + 1.0) * (i as f64 + 1.0));
+                        loss += p.sum(Kind::Float) * ((r + 1.0) * (i as f64 + 1.0));
                     }
                     if micro == 1 {
                         group.arm_gradients();
