@@ -127,6 +127,10 @@ struct Pending {
     images: u64,
     /// The loader's epoch after it.
     epoch: u64,
+    /// When its work was queued: the window of a metrics line runs from
+    /// queue time to queue time, since steps are read back unevenly (one
+    /// step late, or at once before a checkpoint).
+    queued: Instant,
     /// Whether it writes a metrics line.
     log: bool,
     /// Whether any micro-batch had Loss_align, Loss_MLM.
@@ -346,6 +350,7 @@ impl<'a> Run<'a> {
             lr,
             images,
             epoch: self.state.next_position.epoch,
+            queued: Instant::now(),
             log: false,
             has_align: losses.has_align,
             has_mlm: losses.has_mlm,
@@ -666,6 +671,7 @@ impl Outcome {
 
 /// Throughput since the last metrics line.
 struct Window {
+    /// When the last logged step was queued (or the loop started).
     start: Instant,
     images: u64,
 }
@@ -689,7 +695,7 @@ impl Window {
         loader: &Loader,
     ) -> serde_json::Value {
         let n = accumulate;
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let elapsed = p.queued.duration_since(self.start).as_secs_f64();
         let stats = loader.stats();
         let line = json!({
             "step": p.step,
@@ -705,7 +711,10 @@ impl Window {
             "skipped_steps": skipped_steps,
             "epoch": p.epoch,
         });
-        *self = Window::new();
+        *self = Window {
+            start: p.queued,
+            images: 0,
+        };
         line
     }
 }
