@@ -342,8 +342,10 @@ extern "C" void mmclip_reducer_arm(void* reducer) {
   r->armed = true;
 }
 
-// `*early` receives how many buckets the backward pass had started.
-extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, char* err, size_t err_len) {
+// `*early` receives how many buckets the backward pass had started, of
+// `*total`.
+extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, size_t* total, char* err,
+                                     size_t err_len) {
   auto r = static_cast<Reducer*>(reducer);
   try {
     std::lock_guard<std::mutex> guard(r->lock);
@@ -351,6 +353,7 @@ extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, char* err, si
     if (!r->armed) throw std::runtime_error("finish without arm");
     r->armed = false;
     *early = r->early;
+    *total = r->buckets.size();
     while (r->next < r->buckets.size()) r->launch(r->next++);
     // Which gradients exist on any rank.
     auto defined = at::empty({static_cast<int64_t>(r->params.size())}, at::kFloat);

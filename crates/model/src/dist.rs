@@ -87,6 +87,7 @@ unsafe extern "C" {
     fn mmclip_reducer_finish(
         reducer: *mut c_void,
         early: *mut usize,
+        total: *mut usize,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -429,19 +430,19 @@ impl ProcessGroup {
     /// afterwards; one defined on none stays undefined (as on one process).
     /// Returns how many buckets the backward pass had already started
     /// (they go in order, so a parameter without a gradient holds back the
-    /// buckets after its own).
-    pub fn finish_gradients(&self) -> Result<usize, DistError> {
+    /// buckets after its own), and how many there are.
+    pub fn finish_gradients(&self) -> Result<(usize, usize), DistError> {
         if self.reducer.is_null() {
             return Err(DistError::Options(
                 "finish_gradients without watch_gradients".into(),
             ));
         }
-        let mut early = 0usize;
+        let (mut early, mut total) = (0usize, 0usize);
         self.call("averaging the gradients", |err, len| {
-            // SAFETY: a live reducer; `early` outlives the call.
-            unsafe { mmclip_reducer_finish(self.reducer, &mut early, err, len) }
+            // SAFETY: a live reducer; `early` and `total` outlive the call.
+            unsafe { mmclip_reducer_finish(self.reducer, &mut early, &mut total, err, len) }
         })?;
-        Ok(early)
+        Ok((early, total))
     }
 }
 

@@ -252,11 +252,11 @@ impl Dist {
     /// lack one that another has (its slice of the batch had no report):
     /// it takes part with zeros, which is what its rows contribute.
     pub fn average_gradients(&self) -> Result<()> {
-        let early = self
+        let (early, total) = self
             .group
             .finish_gradients()
             .context("averaging the gradients")?;
-        tracing::debug!("{early} gradient buckets started during the backward pass");
+        tracing::debug!("{early} of {total} gradient buckets started during the backward pass");
         Ok(())
     }
 
