@@ -111,6 +111,7 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/op_count.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_optim.cpp");
         println!("cargo:rerun-if-changed=csrc/transfer.cpp");
+        println!("cargo:rerun-if-changed=csrc/shim.h");
         cc::Build::new()
             .cpp(true)
             .std("c++17")

@@ -15,6 +15,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+
+#include "shim.h"
 #ifdef MMCLIP_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -38,29 +40,8 @@ struct Group {
   std::chrono::milliseconds timeout;
 };
 
-int fail_with(const std::string& message, char* err, size_t err_len) {
-  if (err_len > 0) {
-    std::strncpy(err, message.c_str(), err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-  return 1;
-}
-
-// c10::Error's what() carries a C++ backtrace after the message; the first
-// part is what the user can act on.
-int fail(const std::exception& e, char* err, size_t err_len) {
-  if (auto c10 = dynamic_cast<const c10::Error*>(&e)) {
-    return fail_with(c10->what_without_backtrace(), err, err_len);
-  }
-  return fail_with(e.what(), err, err_len);
-}
-
-std::vector<at::Tensor> list(at::Tensor* const* tensors, int n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (int i = 0; i < n; ++i) out.push_back(*tensors[i]);
-  return out;
-}
+using mmclip::fail;
+using mmclip::list;
 
 // Waits for a collective; the backend's own timeout bounds it, and a peer
 // that closed its connection makes it throw at once.

@@ -9,16 +9,18 @@
 // Both updates take `found_inf` (a float scalar tensor on the parameters'
 // device; 1 skips the update, as `torch.amp.GradScaler` uses it), so a
 // step can be skipped on the device without the host reading anything. The
-// list operators beside them (`_foreach_norm`, `_foreach_mul_`,
-// `_foreach_zero_`) are the rest of a step's update that tch does not bind.
+// list operators beside them (`_foreach_norm`, `_foreach_mul_`) and the
+// dropping of gradients are the rest of a step's update that tch does not
+// bind.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
-#include <ATen/ops/_foreach_zero.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/stack.h>
+
+#include "shim.h"
 
 #include <cstring>
 #include <exception>
@@ -27,24 +29,12 @@
 
 namespace {
 
-std::vector<at::Tensor> list(at::Tensor* const* tensors, int n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (int i = 0; i < n; ++i) out.push_back(*tensors[i]);
-  return out;
-}
+using mmclip::fail;
+using mmclip::list;
 
 std::optional<at::Tensor> maybe(at::Tensor* t) {
   if (t == nullptr) return std::nullopt;
   return *t;
-}
-
-int fail(const std::exception& e, char* err, size_t err_len) {
-  if (err_len > 0) {
-    std::strncpy(err, e.what(), err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-  return 1;
 }
 
 }  // namespace
@@ -100,16 +90,6 @@ extern "C" int mmclip_foreach_mul_(at::Tensor* const* tensors, int n, at::Tensor
                                    char* err, size_t err_len) {
   try {
     at::_foreach_mul_(list(tensors, n), *factor);
-    return 0;
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
-}
-
-extern "C" int mmclip_foreach_zero_(at::Tensor* const* tensors, int n, char* err,
-                                    size_t err_len) {
-  try {
-    at::_foreach_zero_(list(tensors, n));
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

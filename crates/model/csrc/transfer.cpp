@@ -10,18 +10,12 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include "shim.h"
+
 #include <cstring>
 #include <exception>
 
-namespace {
-int fail(const std::exception& e, char* err, size_t err_len) {
-  if (err_len > 0) {
-    std::strncpy(err, e.what(), err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-  return 1;
-}
-}  // namespace
+using mmclip::fail;
 
 // Records an event on the current stream of CUDA device `index`; `*event`
 // receives it (free it with `mmclip_event_free`).

@@ -12,10 +12,10 @@
 //! Both take an optional `skip` flag on the device (`found_inf`, as
 //! `torch.amp.GradScaler` passes it): 1 leaves parameters and state
 //! untouched, so a non-finite step is skipped without the host waiting for
-//! the device to say so. [`global_norm`], [`mul_`] and [`zero_`] are the
-//! other list operators of an update (`_foreach_norm`, `_foreach_mul_`,
-//! `_foreach_zero_`): gradient norm, clipping and zeroing in one operator
-//! each instead of one per parameter tensor.
+//! the device to say so. [`global_norm`] and [`mul_`] are the other list
+//! operators of an update (`_foreach_norm`, `_foreach_mul_`): gradient norm
+//! and clipping in one operator each instead of one per parameter tensor;
+//! [`set_grads_to_none`] drops the gradients without launching anything.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
@@ -66,12 +66,6 @@ unsafe extern "C" {
         tensors: *const Handle,
         n: c_int,
         factor: Handle,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
-    fn mmclip_foreach_zero_(
-        tensors: *const Handle,
-        n: c_int,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -307,19 +301,6 @@ pub fn mul_(tensors: &[Tensor], factor: &Tensor) -> Result<(), FusedError> {
     })
 }
 
-/// Zeroes every tensor in place.
-pub fn zero_(tensors: &[Tensor]) -> Result<(), FusedError> {
-    if tensors.is_empty() {
-        return Ok(());
-    }
-    let t = handles(tensors);
-    let n = tensors.len() as c_int;
-    call("zero", |err, len| {
-        // SAFETY: as in `global_norm`.
-        unsafe { mmclip_foreach_zero_(t.as_ptr(), n, err, len) }
-    })
-}
-
 /// Drops the gradient of every tensor (`zero_grad(set_to_none=True)`,
 /// PyTorch's default): the next backward pass stores each gradient instead
 /// of adding it to zeros (one kernel less per tensor), and a tensor that
@@ -525,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn list_norm_scaling_and_zeroing_match_their_per_tensor_forms() {
+    fn list_norm_and_scaling_match_their_per_tensor_forms_and_gradients_drop() {
         let t = tensors(9, &SHAPES);
         let norm = global_norm(&t, Device::Cpu).unwrap();
         assert_eq!(norm.kind(), Kind::Double);
@@ -553,8 +534,6 @@ mod tests {
         mul_(&t, &Tensor::from(0.5f32)).unwrap();
         let halves: Vec<Tensor> = before.iter().map(|x| x * 0.5).collect();
         assert_eq!(max_diff(&t, &halves), 0.0);
-        zero_(&t).unwrap();
-        assert!(t.iter().all(|x| x.abs().max().double_value(&[]) == 0.0));
 
         let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         (&w * 2.0).sum(Kind::Float).backward();

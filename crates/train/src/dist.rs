@@ -260,15 +260,6 @@ impl Dist {
         Ok(())
     }
 
-    /// The mean over the ranks of each value (the losses of a step).
-    pub fn mean(&self, values: &[f64]) -> Result<Vec<f64>> {
-        let t = Tensor::from_slice(values).to_kind(Kind::Double);
-        self.group
-            .all_reduce_mean(std::slice::from_ref(&t))
-            .context("averaging the losses")?;
-        Ok(Vec::<f64>::try_from(&t).expect("a double vector on the host"))
-    }
-
     /// Every rank's `value`, in rank order.
     pub fn gather(&self, value: f64) -> Result<Vec<f64>> {
         let all = self

@@ -126,8 +126,12 @@ impl Optimizer {
     /// The global L2 norm of the gradients, accumulated in float64 on their
     /// device (a float64 scalar; 0 when no variable has a gradient).
     pub fn grad_norm(&self) -> Tensor {
-        model::fused::global_norm(&self.grads(), self.device())
-            .expect("the norm of the model's own gradients")
+        self.norm_of(&self.grads())
+    }
+
+    fn norm_of(&self, tensors: &[Tensor]) -> Tensor {
+        model::fused::global_norm(tensors, self.device())
+            .expect("a norm of the model's own tensors")
     }
 
     /// 1 (a float32 scalar on the device) when every variable is finite,
@@ -136,10 +140,7 @@ impl Optimizer {
     /// the culprit.
     pub fn weights_finite(&self) -> Tensor {
         let params: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.shallow_clone()).collect();
-        model::fused::global_norm(&params, self.device())
-            .expect("the norm of the model's own variables")
-            .isfinite()
-            .to_kind(Kind::Float)
+        self.norm_of(&params).isfinite().to_kind(Kind::Float)
     }
 
     /// The first variable (by name) holding a NaN or an infinity, if any.
@@ -183,7 +184,7 @@ impl Optimizer {
     /// reference, reads the flag and the step count before it runs.
     pub fn update(&mut self, lr: f64, loss: Option<&Tensor>) -> Update {
         let grads = self.grads();
-        let grad_norm = self.grad_norm();
+        let grad_norm = self.norm_of(&grads);
         let mut finite = grad_norm.isfinite();
         if let Some(loss) = loss {
             finite = finite.logical_and(&loss.isfinite());
