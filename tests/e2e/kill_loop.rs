@@ -9,7 +9,8 @@
 //! reference run's start-up; a kill "in the work" waits for the restarted
 //! run's first progress on disk (so a slow start-up cannot eat it) and
 //! then, for ingest, a fraction of the reference's work, for train, a
-//! fraction of its own last step after one more step. One more kill waits
+//! fraction of its own last progress interval after one more change of its
+//! log. One more kill waits
 //! for a moment too short to hit by chance (the end of an ingest, a
 //! checkpoint write). The seed and every kill point are printed;
 //! `KILL_LOOP_SEED=<n>` replays another sequence.
@@ -94,8 +95,8 @@ enum Pace {
     /// The reference run's work: for a target whose progress on disk is
     /// coarse (an ingest writes a few shards).
     Reference,
-    /// The killed run's own progress (one change per step): a training
-    /// step is short, and its length under a loaded machine varies more
+    /// The killed run's own progress (one change per checkpoint, see
+    /// [`CONFIG`]): a training step is short, and its length under a loaded machine varies more
     /// than a fraction of the reference's work can absorb.
     OwnSteps,
 }
@@ -491,11 +492,15 @@ fn ingest_killed_at_random_moments_ends_as_an_uninterrupted_run() {
 // ----------------------------------------------------------------- train
 
 /// `train.steps` of [`CONFIG`].
-const STEPS: u64 = 8;
+const STEPS: u64 = 16;
 
 /// The tiny model of the train tests on paired rows only, checkpointed
 /// every other step so a kill between checkpoints loses steps that the
-/// resumed run redoes (and logs again).
+/// resumed run redoes (and logs again). A step's metrics line is written
+/// one step late and a checkpoint step's at once, so the lines show up in
+/// pairs: the log changes once per checkpoint. Each killed run sees two
+/// changes before its kill, and 16 steps leave room for three such kills
+/// (resuming at steps 4, 8 and 12) where two must land.
 const CONFIG: &str = r#"
 [model]
 preset = "tiny"
@@ -504,7 +509,7 @@ kind = "adamw"
 lr = 1e-3
 grad_clip = 1.0
 [train]
-steps = 8
+steps = 16
 warmup_steps = 2
 batch_size = 8
 paired_fraction = 1.0
