@@ -45,10 +45,12 @@ fn torch_lib_dir() -> Option<PathBuf> {
 /// ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does
 /// not ship; `csrc/third_party/gloo` holds the ones it needs, from the gloo
 /// commit the wheel was built with. The NCCL group is compiled in only when
-/// NCCL's header (the wheel's `nvidia/nccl/include`, or `NCCL_HOME`) and a
-/// full CUDA toolkit's headers (`CUDA_HOME`, or `/usr/local/cuda`: the
-/// wheel's `nvidia/cu13/include` lacks `crt/`) are both found; elsewhere a
-/// CUDA group is refused at run time with that reason.
+/// NCCL's header (the wheel's `nvidia/nccl/include`, or `NCCL_HOME`) and
+/// CUDA's runtime headers (`CUDA_HOME`, `/usr/local/cuda`, or the wheel's
+/// `nvidia/cu13/include` once `nvidia-cuda-crt` and `nvidia-cuda-cccl`
+/// from `python/requirements.txt` have added `crt/` and `nv/`) are both
+/// found;
+/// elsewhere a CUDA group is refused at run time with that reason.
 fn compile_dist(include: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/third_party/gloo");
@@ -65,6 +67,9 @@ fn compile_dist(include: &std::path::Path) {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .define("USE_C10D_GLOO", None)
         .flag_if_supported("-Wno-unused-parameter")
+        // c10's CUDA headers align a pool to the cache line size, which GCC
+        // warns may differ between compilers; libtorch fixes it at 64.
+        .flag_if_supported("-Wno-interference-size")
         .file("csrc/dist.cpp");
     // include = site-packages/torch/include.
     let site = include.parent().and_then(|torch| torch.parent());
@@ -78,6 +83,7 @@ fn compile_dist(include: &std::path::Path) {
         .into_iter()
         .chain([PathBuf::from("/usr/local/cuda")])
         .map(|d| d.join("include"))
+        .chain(site.map(|s| s.join("nvidia/cu13/include")))
         .find(|d| d.join("crt/host_config.h").is_file() && d.join("cuda_runtime_api.h").is_file());
     match (nccl, cuda) {
         (Some(nccl), Some(cuda)) => {
@@ -86,6 +92,9 @@ fn compile_dist(include: &std::path::Path) {
                 .include(cuda)
                 .define("USE_C10D_NCCL", None)
                 .define("MMCLIP_NCCL", None);
+            // ProcessGroupNCCL is in libtorch_cuda (which tch links), the
+            // CUDA device functions in libc10_cuda (which it does not).
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
         // Said only when asked: cargo replays a build script's warnings on
         // every build, and a CPU build has no use for NCCL. A CUDA group is

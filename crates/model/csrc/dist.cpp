@@ -75,6 +75,14 @@ extern "C" int mmclip_dist_join(const char* addr, int port, int rank, int size,
         group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
       } else {
 #ifdef MMCLIP_NCCL
+        // Checked first: without a device libtorch's own error is about the
+        // driver's version and does not say which device was asked for.
+        int devices = c10::cuda::device_count();
+        if (device < 0 || device >= devices) {
+          throw std::runtime_error("NCCL needs CUDA device " + std::to_string(device) +
+                                   " (the local rank's), and this machine has " +
+                                   std::to_string(devices) + " CUDA device(s)");
+        }
         c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
         auto options = c10d::ProcessGroupNCCL::Options::create();
         options->timeout = timeout;

@@ -264,3 +264,35 @@ fn rank_worker() {
     }
     println!("rank checks passed");
 }
+
+/// The NCCL group is compiled in (the wheel's CUDA headers are complete
+/// with `python/requirements.txt`'s `nvidia-cuda-crt` and
+/// `nvidia-cuda-cccl`), and without a CUDA device joining one is an error
+/// that says why, not a crash or a hang.
+#[test]
+fn an_nccl_group_is_built_and_refused_without_a_gpu() {
+    assert!(
+        model::dist::nccl_available(),
+        "this build has no NCCL process group: model's build.rs found no nccl.h or CUDA headers"
+    );
+    if tch::Cuda::is_available() {
+        return; // the refusal is what a machine without a GPU checks
+    }
+    let started = std::time::Instant::now();
+    let err = ProcessGroup::join(&JoinOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        timeout: Duration::from_secs(20),
+        backend: model::dist::Backend::Nccl { device: 0 },
+    })
+    .err()
+    .expect("an NCCL group joined on a machine without a CUDA device");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NCCL needs CUDA device 0") && msg.contains("has 0 CUDA device(s)"),
+        "the error does not say which device is missing: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the refusal waited for the timeout");
+}
