@@ -15,8 +15,10 @@
 //! `src/autocast.rs`), and against libtorch's headers `csrc/op_count.cpp`
 //! (the operator counter of `src/op_count.rs`) and `csrc/fused_optim.cpp`
 //! (the fused optimiser updates of `src/fused.rs`), `csrc/transfer.cpp`
-//! (the CUDA events of `src/transfer.rs`), and `csrc/dist.cpp`
-//! (the c10d process group of `src/dist.rs`; see `compile_dist`). `train` runs this same script for the link arguments
+//! (the CUDA events of `src/transfer.rs`), `csrc/dist.cpp` (the c10d
+//! process group of `src/dist.rs`) and `csrc/graph.cpp` (the CUDA graphs of
+//! `src/graph.rs`; see `compile_cuda_parts`). `train` runs this same
+//! script for the link arguments
 //! (they do not pass from a library to its dependents' binaries) and must
 //! not compile the shim a second time.
 
@@ -40,78 +42,103 @@ fn torch_lib_dir() -> Option<PathBuf> {
     None
 }
 
-/// Compiles `csrc/dist.cpp` (the c10d process group of `src/dist.rs`).
-///
-/// ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does
-/// not ship; `csrc/third_party/gloo` holds the ones it needs, from the gloo
-/// commit the wheel was built with. The NCCL group is compiled in only when
-/// NCCL's header (the wheel's `nvidia/nccl/include`, or `NCCL_HOME`) and
-/// CUDA's runtime headers (`CUDA_HOME`, `/usr/local/cuda`, or the wheel's
-/// `nvidia/cu13/include` once `nvidia-cuda-crt` and `nvidia-cuda-cccl`
-/// from `python/requirements.txt` have added `crt/` and `nv/`) are both
-/// found;
-/// elsewhere a CUDA group is refused at run time with that reason.
-fn compile_dist(include: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc/dist.cpp");
-    println!("cargo:rerun-if-changed=csrc/third_party/gloo");
+/// CUDA's runtime headers: `CUDA_HOME`, `/usr/local/cuda`, or the torch
+/// wheel's `nvidia/cu13/include` once `nvidia-cuda-crt` and
+/// `nvidia-cuda-cccl` from `python/requirements.txt` have added the `crt/`
+/// and `nv/` folders it lacks. `include` is `site-packages/torch/include`.
+fn cuda_headers(include: &std::path::Path) -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    println!("cargo:rerun-if-env-changed=NCCL_HOME");
-    println!("cargo:rerun-if-env-changed=MMCLIP_BUILD_VERBOSE");
+    let site = include.parent().and_then(|torch| torch.parent());
+    std::env::var_os("CUDA_HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/usr/local/cuda")])
+        .map(|d| d.join("include"))
+        .chain(site.map(|s| s.join("nvidia/cu13/include")))
+        .find(|d| {
+            ["crt/host_config.h", "cuda_runtime_api.h", "nv/target"]
+                .iter()
+                .all(|f| d.join(f).is_file())
+        })
+}
+
+/// A C++ build against libtorch's headers (the PyPI wheels of torch 2.x
+/// are built with the C++11 ABI).
+fn torch_build(include: &std::path::Path) -> cc::Build {
     let mut build = cc::Build::new();
     build
         .cpp(true)
         .std("c++17")
         .include(include)
         .include(include.join("torch/csrc/api/include"))
-        .include("csrc/third_party/gloo")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .define("USE_C10D_GLOO", None)
         .flag_if_supported("-Wno-unused-parameter")
         // c10's CUDA headers align a pool to the cache line size, which GCC
         // warns may differ between compilers; libtorch fixes it at 64.
-        .flag_if_supported("-Wno-interference-size")
-        .file("csrc/dist.cpp");
-    // include = site-packages/torch/include.
+        .flag_if_supported("-Wno-interference-size");
+    build
+}
+
+/// Compiles `csrc/dist.cpp` (the c10d process group of `src/dist.rs`) and
+/// `csrc/graph.cpp` (the CUDA graphs of `src/graph.rs`).
+///
+/// ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does
+/// not ship; `csrc/third_party/gloo` holds the ones it needs, from the gloo
+/// commit the wheel was built with. The NCCL group and the CUDA graphs are
+/// compiled in only when CUDA's headers ([`cuda_headers`]) and, for NCCL,
+/// NCCL's (the wheel's `nvidia/nccl/include`, or `NCCL_HOME`) are found;
+/// elsewhere they are refused at run time with that reason.
+fn compile_cuda_parts(include: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/third_party/gloo");
+    println!("cargo:rerun-if-env-changed=NCCL_HOME");
+    println!("cargo:rerun-if-env-changed=MMCLIP_BUILD_VERBOSE");
     let site = include.parent().and_then(|torch| torch.parent());
     let nccl = std::env::var_os("NCCL_HOME")
         .map(|d| PathBuf::from(d).join("include"))
         .into_iter()
         .chain(site.map(|s| s.join("nvidia/nccl/include")))
         .find(|d| d.join("nccl.h").is_file());
-    let cuda = std::env::var_os("CUDA_HOME")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/usr/local/cuda")])
-        .map(|d| d.join("include"))
-        .chain(site.map(|s| s.join("nvidia/cu13/include")))
-        .find(|d| d.join("crt/host_config.h").is_file() && d.join("cuda_runtime_api.h").is_file());
-    match (nccl, cuda) {
+    let cuda = cuda_headers(include);
+    let mut dist = torch_build(include);
+    dist.include("csrc/third_party/gloo")
+        .define("USE_C10D_GLOO", None)
+        .file("csrc/dist.cpp");
+    let mut graph = torch_build(include);
+    graph.file("csrc/graph.cpp");
+    if let Some(cuda) = &cuda {
+        graph.include(cuda).define("MMCLIP_CUDA", None);
+        // The CUDA stream and device functions are in libc10_cuda, which
+        // tch does not link (CUDAGraph and ProcessGroupNCCL are in
+        // libtorch_cuda, which it does).
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    match (nccl, &cuda) {
         (Some(nccl), Some(cuda)) => {
-            build
-                .include(nccl)
+            dist.include(nccl)
                 .include(cuda)
                 .define("USE_C10D_NCCL", None)
                 .define("MMCLIP_NCCL", None);
-            // ProcessGroupNCCL is in libtorch_cuda (which tch links), the
-            // CUDA device functions in libc10_cuda (which it does not).
-            println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
         // Said only when asked: cargo replays a build script's warnings on
-        // every build, and a CPU build has no use for NCCL. A CUDA group is
-        // refused at run time with the reason, and `nccl_available` tells.
+        // every build, and a CPU build has no use for them. They are
+        // refused at run time with the reason.
         (nccl, cuda) if std::env::var_os("MMCLIP_BUILD_VERBOSE").is_some() => println!(
-            "cargo:warning=model: the NCCL process group is not built ({}{}); \
+            "cargo:warning=model: the NCCL process group{} is not built ({}{}); \
              training on several GPUs needs it (set CUDA_HOME to a CUDA toolkit)",
+            if cuda.is_none() { " and CUDA graphs" } else { "" },
             if nccl.is_none() { "no nccl.h " } else { "" },
             if cuda.is_none() {
-                "no CUDA toolkit headers"
+                "no CUDA headers"
             } else {
                 ""
             },
         ),
         _ => {}
     }
-    build.compile("mmclip_dist");
+    dist.compile("mmclip_dist");
+    graph.compile("mmclip_graph");
 }
 
 fn main() {
@@ -133,19 +160,12 @@ fn main() {
                 "libtorch's headers not found: set LIBTORCH or LIBTORCH_USE_PYTORCH=1 \
                  (`source scripts/env.sh` does)",
             );
-        cc::Build::new()
-            .cpp(true)
-            .std("c++17")
-            .include(&include)
-            .include(include.join("torch/csrc/api/include"))
-            // The PyPI wheels of torch 2.x are built with the C++11 ABI.
-            .define("_GLIBCXX_USE_CXX11_ABI", "1")
-            .flag_if_supported("-Wno-unused-parameter")
+        torch_build(&include)
             .file("csrc/op_count.cpp")
             .file("csrc/fused_optim.cpp")
             .file("csrc/transfer.cpp")
             .compile("mmclip_aten_shim");
-        compile_dist(&include);
+        compile_cuda_parts(&include);
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");

@@ -37,6 +37,7 @@ pub mod config;
 pub mod dist;
 pub mod ent_mlm;
 pub mod fused;
+pub mod graph;
 pub mod load;
 pub mod losses;
 pub mod mim;

@@ -195,6 +195,27 @@ impl StepBatch {
     }
 }
 
+/// The random draws of one step: AttMIM's patch noise `[B, N]` and
+/// EntMLM's token noise `[P, context]` (the whole context, cut to the
+/// batch's text width where it is used). [`Mmclip::step_noise`] draws them
+/// from a step's seed; a captured CUDA graph keeps them in fixed buffers
+/// that each replay's draws are copied into.
+#[derive(Debug)]
+pub struct StepNoise {
+    /// `[B, N]` float in [0, 1): the patch noise of every row.
+    pub patches: Tensor,
+    /// `[P, context]` float in [0, 1): the token noise of the paired rows.
+    pub tokens: Tensor,
+}
+
+impl StepNoise {
+    /// `self = other`, in place (a copy into a captured graph's buffers).
+    pub fn copy_from(&mut self, other: &StepNoise) {
+        self.patches.copy_(&other.patches);
+        self.tokens.copy_(&other.tokens);
+    }
+}
+
 /// The loss terms of one step; `total` is what is minimised.
 #[derive(Debug)]
 pub struct Losses {
@@ -370,20 +391,22 @@ impl Mmclip {
         settings: Option<&AttMimConfig>,
     ) -> (Tensor, MaskSelection) {
         let p = input_ids.size()[0];
-        self.select_mask_at(image, report, input_ids, seed, settings, Rows::of(None, p))
+        let (b, n, _) = image.tokens.size3().expect("E_img must be [B, N, C]");
+        let noise = Rows::of(None, p).noise(b, p, n, seed, image.tokens.device());
+        self.select_mask_with(image, report, input_ids, &noise, settings)
     }
 
-    fn select_mask_at(
+    /// [`Mmclip::select_mask`] with the patch noise given (`[B, N]`).
+    fn select_mask_with(
         &self,
         image: &Encoded,
         report: Option<&Encoded>,
         input_ids: &Tensor,
-        seed: u64,
+        noise: &Tensor,
         settings: Option<&AttMimConfig>,
-        rows: Rows,
     ) -> (Tensor, MaskSelection) {
         let _guard = tch::no_grad_guard();
-        let (b, n, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
+        let (b, _, c) = image.tokens.size3().expect("E_img must be [B, N, C]");
         let device = image.tokens.device();
         let p = input_ids.size()[0];
         let paired = Tensor::arange(b, (Kind::Int64, device)).lt(p);
@@ -408,8 +431,7 @@ impl Mmclip {
             paired: &paired,
         };
         let candidates = att_mim::candidate_mask(&inputs, cfg);
-        let noise = rows.noise(b, p, n, seed, device);
-        let mask = att_mim::select_mask(&candidates, &noise, cfg.lambda2);
+        let mask = att_mim::select_mask(&candidates, noise, cfg.lambda2);
         (candidates, mask)
     }
 
@@ -435,6 +457,53 @@ impl Mmclip {
         seed: u64,
         shard: Option<&Shard>,
     ) -> Result<(Losses, StepTrace), DistError> {
+        let noise = self.step_noise(batch, seed, shard, batch.pixels.device());
+        self.step_with_noise(batch, phase, &noise, shard)
+    }
+
+    /// The draws of a step of `batch` seeded with `seed` (this rank's rows
+    /// of the global batch's draws with a shard), on `device`: a step
+    /// given them computes what [`Mmclip::step_sharded`] computes.
+    pub fn step_noise(
+        &self,
+        batch: &StepBatch,
+        seed: u64,
+        shard: Option<&Shard>,
+        device: tch::Device,
+    ) -> StepNoise {
+        let p = batch.paired_rows();
+        let rows = Rows::of(shard, p);
+        let (b, _, h, w) = batch.pixels.size4().expect("pixels must be [B, 3, H, W]");
+        let patch = self.cfg.clip.vision.patch_size;
+        let n = (h / patch) * (w / patch);
+        let context = self
+            .cfg
+            .clip
+            .text
+            .max_position_embeddings
+            .max(batch.input_ids.size()[1]);
+        StepNoise {
+            patches: rows.noise(b, p, n, seed, device),
+            tokens: att_mim::mask_noise_rows(
+                rows.first_paired,
+                p,
+                context,
+                mlm_noise_seed(seed),
+                device,
+            ),
+        }
+    }
+
+    /// [`Mmclip::step_sharded`] with the step's draws given: nothing in it
+    /// reads the host, so a CUDA graph can capture it (with `noise` and
+    /// `batch` in fixed buffers).
+    pub fn step_with_noise(
+        &self,
+        batch: &StepBatch,
+        phase: Phase,
+        noise: &StepNoise,
+        shard: Option<&Shard>,
+    ) -> Result<(Losses, StepTrace), DistError> {
         let p = batch.paired_rows();
         let image = self.clip.encode_image(&batch.pixels);
         // Warm-up needs the report only for the masks: no graph.
@@ -442,12 +511,16 @@ impl Mmclip {
             Phase::Joint => self.clip.encode_text(&batch.input_ids),
             Phase::WarmUp => tch::no_grad(|| self.clip.encode_text(&batch.input_ids)),
         });
-        let rows = Rows::of(shard, p);
-        let (candidates, mask) =
-            self.select_mask_at(&image, report.as_ref(), &batch.input_ids, seed, None, rows);
+        let (candidates, mask) = self.select_mask_with(
+            &image,
+            report.as_ref(),
+            &batch.input_ids,
+            &noise.patches,
+            None,
+        );
 
         let mim = self.mim_loss(&batch.pixels, &image, &mask);
-        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, seed, rows, shard)?;
+        let (mlm, mlm_selected) = self.mlm_loss(batch, &image, &noise.tokens, shard)?;
         let align = match (phase, &report) {
             (Phase::Joint, Some(r)) => {
                 let image = image.pooled.narrow(0, 0, p);
@@ -527,8 +600,7 @@ impl Mmclip {
         &self,
         batch: &StepBatch,
         image: &Encoded,
-        seed: u64,
-        rows: Rows,
+        noise: &Tensor,
         shard: Option<&Shard>,
     ) -> Result<(Option<Tensor>, Tensor), DistError> {
         let ids = &batch.input_ids;
@@ -538,10 +610,7 @@ impl Mmclip {
             return Ok((None, Tensor::zeros([0, l], (Kind::Bool, device))));
         }
         let predictable = real_tokens(ids, &self.clip, false);
-        let context = self.cfg.clip.text.max_position_embeddings.max(l);
-        let noise =
-            att_mim::mask_noise_rows(rows.first_paired, p, context, mlm_noise_seed(seed), device)
-                .narrow(1, 0, l);
+        let noise = noise.narrow(1, 0, l);
         let selected = ent_mlm::select_tokens(&predictable, &batch.entity, &noise, self.cfg.mlm);
         let slots = ent_mlm::slots(&selected, ent_mlm::capacity(self.cfg.mlm, l));
         // The count of selected tokens, or its mean over the ranks, stays

@@ -1,0 +1,150 @@
+//! CUDA graphs: a training step captured once and replayed, so the host
+//! queues one graph launch per step instead of thousands of kernels.
+//!
+//! libtorch's `at::cuda::CUDAGraph` does the work (`csrc/graph.cpp`), as
+//! PyTorch's whole-network capture does (`torch.cuda.graph`): the step runs
+//! a few times eagerly on a [`SideStream`] (so lazily made state such as
+//! cuBLAS workspaces and optimiser buffers exists), the gradients are set
+//! to none, and [`CudaGraph::capture`] records one step, whose tensors then
+//! live in the graph's private memory pool. Each [`CudaGraph::replay`] runs
+//! the same kernels on the same memory: new inputs are copied into the
+//! captured input tensors first, and outputs are read from the captured
+//! output tensors. Nothing inside may make the host wait for the device or
+//! depend on a host value that changes between replays (see
+//! [`crate::mmclip::Mmclip::step_with_noise`]).
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+use tch::Device;
+
+unsafe extern "C" {
+    fn mmclip_graph_available() -> bool;
+    fn mmclip_side_stream_enter(
+        device: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_side_stream_leave(stream: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn mmclip_graph_capture_begin(
+        device: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_graph_capture_end(graph: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn mmclip_graph_replay(graph: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn mmclip_graph_free(graph: *mut c_void);
+}
+
+fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut err = [0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim writes a NUL-terminated message within the buffer.
+    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+    Err(format!("{what}: {message}"))
+}
+
+/// Whether this build can capture CUDA graphs (it found CUDA's headers).
+pub fn available() -> bool {
+    // SAFETY: returns a constant.
+    unsafe { mmclip_graph_available() }
+}
+
+fn cuda_index(device: Device, what: &str) -> Result<c_int, String> {
+    match device {
+        Device::Cuda(i) => Ok(i as c_int),
+        other => Err(format!("{what}: CUDA graphs need a CUDA device, not {other:?}")),
+    }
+}
+
+/// A stream of the device's pool made current until dropped; it waits for
+/// the work queued before it, and the stream current before waits for it
+/// when it is dropped.
+pub struct SideStream(*mut c_void);
+
+impl SideStream {
+    /// Makes a side stream current on `device` (a CUDA device).
+    pub fn enter(device: Device) -> Result<SideStream, String> {
+        let what = "entering a side stream";
+        let index = cuda_index(device, what)?;
+        let mut raw = std::ptr::null_mut();
+        call(what, |err, len| {
+            // SAFETY: `raw` receives a new stream handle on success.
+            unsafe { mmclip_side_stream_enter(index, &mut raw, err, len) }
+        })?;
+        Ok(SideStream(raw))
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        // SAFETY: made by `enter`, left once. A failure here means the
+        // device itself failed, which the next operation reports too.
+        let _ = call("leaving a side stream", |err, len| unsafe {
+            mmclip_side_stream_leave(self.0, err, len)
+        });
+    }
+}
+
+/// A captured CUDA graph.
+pub struct CudaGraph(*mut c_void);
+
+impl CudaGraph {
+    /// Captures what `f` queues on `device` into a graph (on a side
+    /// stream, in the graph's own memory pool; nothing runs yet). The
+    /// tensors `f` returns are the graph's outputs: each replay writes them
+    /// anew.
+    pub fn capture<R>(device: Device, f: impl FnOnce() -> R) -> Result<(CudaGraph, R), String> {
+        let what = "starting a CUDA graph capture";
+        let index = cuda_index(device, what)?;
+        let mut raw = std::ptr::null_mut();
+        call(what, |err, len| {
+            // SAFETY: `raw` receives a new graph on success.
+            unsafe { mmclip_graph_capture_begin(index, &mut raw, err, len) }
+        })?;
+        // Freed (and the capture ended) also when `f` panics.
+        let graph = CudaGraph(raw);
+        let out = f();
+        call("ending a CUDA graph capture", |err, len| {
+            // SAFETY: a graph that is capturing.
+            unsafe { mmclip_graph_capture_end(graph.0, err, len) }
+        })?;
+        Ok((graph, out))
+    }
+
+    /// Queues the captured work on the current stream.
+    pub fn replay(&self) -> Result<(), String> {
+        call("replaying a CUDA graph", |err, len| {
+            // SAFETY: a captured graph.
+            unsafe { mmclip_graph_replay(self.0, err, len) }
+        })
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: made by `capture_begin`, freed once.
+        unsafe { mmclip_graph_free(self.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphs_are_built_and_refuse_the_cpu() {
+        assert!(available(), "this build has no CUDA graphs: build.rs found no CUDA headers");
+        let err = CudaGraph::capture(Device::Cpu, || ()).err().expect("a CPU capture");
+        assert!(err.contains("CUDA graphs need a CUDA device, not Cpu"), "{err}");
+        let err = SideStream::enter(Device::Cpu).err().expect("a CPU side stream");
+        assert!(err.contains("need a CUDA device"), "{err}");
+        if !tch::Cuda::is_available() {
+            let err = CudaGraph::capture(Device::Cuda(0), || ()).err().expect("no device");
+            assert!(err.contains("no CUDA device 0 on this machine"), "{err}");
+        }
+    }
+}
