@@ -25,6 +25,11 @@
 #                    (libtorch's fused SGD kernel: one operator per update
 #                    instead of several per parameter tensor).
 #                    Default "bf16" on cuda, none on cpu.
+#   GRAPH            precisions at which ours runs once more with --fused
+#                    --cuda-graph (the whole step captured in a CUDA graph
+#                    and replayed; it first checks the replays against eager
+#                    steps and fails on a difference). Default "bf16" on
+#                    cuda; CUDA only.
 #   PEAK_TFLOPS      for the MFU (989 on cuda: H100 SXM dense bf16/fp16;
 #                    none on cpu)
 #   ATTN             the reference's attention, sdpa | eager (sdpa)
@@ -54,12 +59,14 @@ if [ "$DEVICE" = cuda ]; then
   PEAK_TFLOPS=${PEAK_TFLOPS:-989}
   FIT_EXTRAS=${FIT_EXTRAS-bf16}
   FUSED=${FUSED-bf16}
+  GRAPH=${GRAPH-bf16}
 else
   PRECISIONS=${PRECISIONS:-fp32}
   PEAK_TFLOPS=${PEAK_TFLOPS:-}
   THREADS=${THREADS:-1}
   FIT_EXTRAS=${FIT_EXTRAS:-}
   FUSED=${FUSED:-}
+  GRAPH=
 fi
 OUT_MD=bench/train_step/last-run.md
 if [ -z "${PYTHON:-}" ]; then
@@ -183,6 +190,9 @@ for prec in $PRECISIONS; do
   if [[ " $FUSED " == *" $prec "* ]]; then
     measure "rust-${prec}_fused" "$BIN" "${common[@]}" "${rust[@]}" --fused
   fi
+  if [[ " $GRAPH " == *" $prec "* ]]; then
+    measure "rust-${prec}_graph" "$BIN" "${common[@]}" "${rust[@]}" --fused --cuda-graph
+  fi
   measure "pytorch-$prec" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" --attn "$ATTN" \
     --flops-per-step "$FLOPS" "${count[@]}"
   # One count is enough: the FLOPs do not depend on the precision.
@@ -229,7 +239,7 @@ print("| run | precision | images/s | ms/step mean / median / min | TFLOP/s | MF
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
 for prec in ("fp32", "fp16", "bf16"):
-    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("pytorch", prec)):
+    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("rust", prec + "_graph"), ("pytorch", prec)):
         r = runs.get((side, key))
         if not r:
             continue
@@ -238,6 +248,8 @@ for prec in ("fp32", "fp16", "bf16"):
             label += ", plus fit.rs's host reads (losses, gradient norm)"
         if key.endswith("_fused"):
             label += ", fused SGD update (`[optim] fused`)"
+        if key.endswith("_graph"):
+            label += ", whole step in a CUDA graph (fused update)"
         dtype = r.get("autocast_dtype") or "float32"
         ratio = ""
         if side == "pytorch":
@@ -267,8 +279,15 @@ sel = {s: r["mlm_selected"] for (s, _), r in runs.items()}
 plen = {s: r["prompt_len"] for (s, _), r in runs.items()}
 print(f"\nTrainable parameters: {params}; EntMLM-selected tokens per step: {sel}; prompt pass width: {plen}.")
 print("Last-step losses: " + "; ".join(
-    f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {r['loss_mim']:.4f}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
+    f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {fmt(r.get('loss_mim'), '.4f')}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
     for (s, p), r in runs.items()) + ".")
+for (s, p), r in runs.items():
+    g = r.get("graph_parity")
+    if g:
+        print(f"\nCUDA graph ({p}) against eager steps of a second model with the same weights, "
+              f"{g['steps_compared']} steps: largest relative difference of the loss {g['max_loss_rel_diff']:.2e}, "
+              f"of the gradient norm {g['max_grad_norm_rel_diff']:.2e}; largest weight difference at the end "
+              f"{g['max_weight_abs_diff']:.2e}.")
 parity = os.path.join(work, "parity.txt")
 if os.path.exists(parity):
     lines = open(parity).read().splitlines()

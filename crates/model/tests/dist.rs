@@ -1,7 +1,8 @@
 //! The c10d process group across real processes: this test binary starts
 //! copies of itself as the ranks (the ignored `rank_worker` test, told its
-//! part through `MMCLIP_DIST_*` variables) on 127.0.0.1 with Gloo, and each
-//! rank checks the values it receives.
+//! part through `MMCLIP_DIST_*` variables) on 127.0.0.1 with Gloo (with
+//! NCCL on a GPU machine, in an ignored test), and each rank checks the
+//! values it receives.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -21,6 +22,12 @@ fn free_port() -> u16 {
 /// Starts `world` ranks of `scenario` and waits for them all; returns each
 /// rank's exit status and output, and the wall time.
 fn launch(scenario: &str, world: usize) -> (Vec<(bool, String)>, Duration) {
+    launch_on(scenario, world, "cpu")
+}
+
+/// [`launch`] with the ranks' tensors on `device` (`cpu`: Gloo; `cuda`:
+/// NCCL, rank r on CUDA device r).
+fn launch_on(scenario: &str, world: usize, device: &str) -> (Vec<(bool, String)>, Duration) {
     let port = free_port();
     let exe = std::env::current_exe().expect("the test binary's path");
     let start = Instant::now();
@@ -32,6 +39,7 @@ fn launch(scenario: &str, world: usize) -> (Vec<(bool, String)>, Duration) {
                 .env("MMCLIP_DIST_RANK", rank.to_string())
                 .env("MMCLIP_DIST_WORLD", world.to_string())
                 .env("MMCLIP_DIST_PORT", port.to_string())
+                .env("MMCLIP_DIST_DEVICE", device)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -54,7 +62,11 @@ fn launch(scenario: &str, world: usize) -> (Vec<(bool, String)>, Duration) {
 }
 
 fn all_succeed(scenario: &str, world: usize) {
-    let (results, _) = launch(scenario, world);
+    all_succeed_on(scenario, world, "cpu");
+}
+
+fn all_succeed_on(scenario: &str, world: usize, device: &str) {
+    let (results, _) = launch_on(scenario, world, device);
     for (rank, (ok, text)) in results.iter().enumerate() {
         assert!(ok, "{scenario}, rank {rank} of {world} failed:\n{text}");
         assert!(
@@ -102,6 +114,15 @@ fn a_rank_that_exits_early_makes_the_others_fail_within_the_timeout() {
     );
 }
 
+/// The device of this rank's tensors, and the group's backend for it.
+fn rank_device() -> (Device, Backend) {
+    let rank: usize = std::env::var("MMCLIP_DIST_RANK").map_or(0, |r| r.parse().unwrap());
+    match std::env::var("MMCLIP_DIST_DEVICE").as_deref() {
+        Ok("cuda") => (Device::Cuda(rank), Backend::Nccl { device: rank }),
+        _ => (Device::Cpu, Backend::Gloo),
+    }
+}
+
 fn join() -> ProcessGroup {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is unset"));
     ProcessGroup::join(&JoinOptions {
@@ -110,13 +131,13 @@ fn join() -> ProcessGroup {
         rank: var("MMCLIP_DIST_RANK").parse().unwrap(),
         world_size: var("MMCLIP_DIST_WORLD").parse().unwrap(),
         timeout: TIMEOUT,
-        backend: Backend::Gloo,
+        backend: rank_device().1,
     })
     .expect("joining the group")
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1]).to_device(Device::Cpu)).unwrap()
 }
 
 /// One rank of a scenario; run by `launch`, never on its own.
@@ -132,11 +153,12 @@ fn rank_worker() {
             // Mixed dtypes and sizes with 64-byte buckets: several buckets,
             // a tensor larger than one, a dtype change closing a bucket.
             let r = rank as f64;
-            let opts = (Kind::Float, Device::Cpu);
+            let device = rank_device().0;
+            let opts = (Kind::Float, device);
             let tensors = [
                 Tensor::full([3], r + 1.0, opts),
                 Tensor::arange(40, opts) * (r + 1.0),
-                Tensor::full([2, 2], r * 10.0, (Kind::Double, Device::Cpu)),
+                Tensor::full([2, 2], r * 10.0, (Kind::Double, device)),
                 Tensor::full([5], -r, opts),
             ];
             group.all_reduce_mean_in_buckets(&tensors, 64).unwrap();
@@ -177,7 +199,7 @@ fn rank_worker() {
             // last bucket waits for `finish` and the first three start
             // during the backward pass.
             let r = rank as f64;
-            let opts = (Kind::Float, Device::Cpu);
+            let opts = (Kind::Float, rank_device().0);
             let params: Vec<Tensor> = [vec![2], vec![1], vec![9], vec![2, 2], vec![3]]
                 .into_iter()
                 .map(|shape| Tensor::ones(shape.as_slice(), opts).set_requires_grad(true))
@@ -263,6 +285,20 @@ fn rank_worker() {
         other => panic!("unknown scenario {other}"),
     }
     println!("rank checks passed");
+}
+
+/// The scenarios above with NCCL on CUDA tensors, one process per GPU, on
+/// every GPU of the machine (one is enough: the reducer's hooks and
+/// buckets, and NCCL's collectives on CUDA memory). Run on a GPU machine:
+/// `dist --ignored nccl_`.
+#[test]
+#[ignore = "needs CUDA devices; run on a GPU machine"]
+fn nccl_collectives_and_reducer_on_every_gpu() {
+    let gpus = tch::Cuda::device_count() as usize;
+    assert!(gpus >= 1, "no CUDA device");
+    for scenario in ["collectives", "reducer"] {
+        all_succeed_on(scenario, gpus, "cuda");
+    }
 }
 
 /// The NCCL group is compiled in (the wheel's CUDA headers are complete

@@ -6,7 +6,7 @@
 //! step_bench [--device cpu|cuda] [--preset vit-b16|small|tiny] [--batch 64]
 //!            [--paired-fraction 0.75] [--steps 20] [--warmup 3] [--autocast bf16|f16]
 //!            [--peak-tflops F] [--threads N] [--seed S] [--json OUT] [--flops-only]
-//!            [--fit-extras] [--count-ops] [--fused]
+//!            [--fit-extras] [--count-ops] [--fused] [--cuda-graph]
 //! ```
 //!
 //! Prints one JSON line (and writes it to `--json`); `--flops-only` builds
@@ -29,6 +29,10 @@
 //! ceiling. It also counts the operators among them that make the host
 //! wait for a CUDA device (`item`, `nonzero`, …: `host_syncs_per_step`);
 //! a step with none can run ahead of the device.
+//!
+//! `--cuda-graph` (CUDA, with `--fused`) captures the whole step in a CUDA
+//! graph ([`model::graph`]) and times its replays, after checking them
+//! against eager steps (see `time_graph_steps`).
 //!
 //! `--autocast` runs the forward pass (not the backward or the update, as
 //! PyTorch's AMP recipe does) under libtorch's autocast on the chosen
@@ -103,6 +107,11 @@ struct Args {
     /// Update with libtorch's fused SGD kernel (`[optim] fused = true`).
     #[arg(long)]
     fused: bool,
+    /// Capture the step (forward, backward, fused update) in a CUDA graph
+    /// and time its replays; first checked against eager steps of a second
+    /// model with the same initial weights (needs `--device cuda --fused`).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 fn main() -> Result<()> {
@@ -142,11 +151,23 @@ fn main() -> Result<()> {
     }
     let l = cfg.clip.text.max_position_embeddings;
 
+    if args.cuda_graph && (!device.is_cuda() || !args.fused || args.fit_extras || args.count_ops) {
+        bail!(
+            "--cuda-graph needs --device cuda and --fused (the plain update reads its skip flag \
+             on the host), without --fit-extras or --count-ops"
+        );
+    }
+
     let init = Instant::now();
-    tch::manual_seed(args.seed as i64);
     let prompt_lengths: Vec<i64> = (0..PROMPTS).map(|i| 4 + (i * 5) % 9).collect();
-    let vs = nn::VarStore::new(device);
-    let model = Mmclip::new(vs.root(), &cfg, token_rows(&prompt_lengths, l));
+    // The same weights each time: `--cuda-graph` builds a second model.
+    let build = || {
+        tch::manual_seed(args.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let model = Mmclip::new(vs.root(), &cfg, token_rows(&prompt_lengths, l));
+        (vs, model)
+    };
+    let (vs, model) = build();
     let batch = synthetic_batch(&cfg, b, p, device);
     let params = model::count_parameters(&vs);
     sync(device);
@@ -190,6 +211,7 @@ fn main() -> Result<()> {
         "param_tensors": vs.trainable_variables().len(),
         "fit_extras": args.fit_extras,
         "fused_optimizer": args.fused,
+        "cuda_graph": args.cuda_graph,
         "init_s": init_s,
         "flops_per_step": flops,
         "flops_source": "analytic",
@@ -197,11 +219,12 @@ fn main() -> Result<()> {
         "peak_tflops": args.peak_tflops,
     });
     if !args.flops_only {
-        line.as_object_mut()
-            .expect("a JSON object")
-            .extend(time_steps(
-                &args, &model, &batch, &vs, autocast, device, flops,
-            )?);
+        let fields = if args.cuda_graph {
+            time_graph_steps(&args, (&model, &vs), &build, &batch, autocast, device, flops)?
+        } else {
+            time_steps(&args, &model, &batch, &vs, autocast, device, flops)?
+        };
+        line.as_object_mut().expect("a JSON object").extend(fields);
     }
     println!("{line}");
     if let Some(path) = &args.json {
@@ -321,6 +344,151 @@ fn time_steps(
         "losses_finite": loss_total.is_finite(),
         "aten_ops_per_step": counted.as_ref().map(|c| &c.0),
         "host_syncs_per_step": counted.as_ref().map(|c| &c.1),
+    });
+    let serde_json::Value::Object(fields) = fields else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok(fields)
+}
+
+/// `--cuda-graph`: `model` (its weights as `build` makes them) runs the
+/// warm-up steps eagerly on a side stream, then one step (forward under
+/// autocast, backward, fused update) is captured and replayed for every
+/// later step, each step's draws copied into the captured noise buffers
+/// first. A second model from `build` runs every step eagerly on the same
+/// batch and draws: the losses and gradient norms of the replays must
+/// match its steps within bf16 noise (the bounds of `tests/step_parity.rs`),
+/// or this fails before any figure is printed. The last `steps` replays
+/// are timed as [`time_steps`] times eager steps.
+fn time_graph_steps(
+    args: &Args,
+    (model, vs): (&Mmclip, &nn::VarStore),
+    build: &dyn Fn() -> (nn::VarStore, Mmclip),
+    batch: &StepBatch,
+    autocast: Option<Reduced>,
+    device: Device,
+    flops: f64,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use model::graph::{CudaGraph, SideStream};
+    let cfg = OptimConfig {
+        fused: true,
+        ..OptimConfig::default()
+    };
+    let lr = cfg.lr;
+    let total = args.warmup.max(2) + 2 * args.steps;
+    let seeds: Vec<u64> = (0..total).map(|i| step_seed(args.seed, i)).collect();
+    let draws = |i: usize| model.step_noise(batch, seeds[i], None, Device::Cpu);
+    // [total loss, gradient norm, skipped] of one step, on the device.
+    let step = |m: &Mmclip, opt: &mut Optimizer, noise: &model::mmclip::StepNoise| {
+        let (losses, _) = model::autocast::autocast(device, autocast, || {
+            m.step_with_noise(batch, Phase::Joint, noise, None)
+                .expect("a step without a group calls no collective")
+        });
+        losses.total.backward();
+        let update = opt.update(lr, Some(&losses.total));
+        Tensor::stack(
+            &[
+                losses.total.detach().to_kind(Kind::Double),
+                update.grad_norm,
+                update.skipped.to_kind(Kind::Double),
+            ],
+            0,
+        )
+    };
+
+    // The eager reference, every step.
+    let (reference_vs, reference) = build();
+    let mut reference_opt = Optimizer::new(&reference_vs, &cfg);
+    let mut expected = Vec::new();
+    for i in 0..total as usize {
+        reference_opt.zero_grad();
+        let noise = model.step_noise(batch, seeds[i], None, device);
+        expected.push(step(&reference, &mut reference_opt, &noise).copy());
+    }
+
+    // Warm-up on a side stream, then the capture.
+    let mut opt = Optimizer::new(vs, &cfg);
+    let mut noise = model.step_noise(batch, seeds[0], None, device);
+    let warmup = args.warmup.max(2) as usize;
+    let mut got = Vec::new();
+    {
+        let _side = SideStream::enter(device).map_err(anyhow::Error::msg)?;
+        for i in 0..warmup {
+            noise.copy_from(&draws(i));
+            opt.zero_grad();
+            got.push(step(model, &mut opt, &noise).copy());
+        }
+    }
+    // The backward pass of the capture makes the gradients in the graph's
+    // memory, and every replay writes them there.
+    opt.zero_grad();
+    let (graph, record) = CudaGraph::capture(device, || step(model, &mut opt, &noise))
+        .map_err(anyhow::Error::msg)?;
+    let mut times = Vec::with_capacity(args.steps as usize);
+    for i in warmup..total as usize {
+        sync(device);
+        let start = Instant::now();
+        noise.copy_from(&draws(i));
+        graph.replay().map_err(anyhow::Error::msg)?;
+        got.push(record.copy());
+        sync(device);
+        if i >= total as usize - args.steps as usize {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+
+    // Parity: every step's loss and gradient norm, and the weights at the end.
+    let rows = |v: &[Tensor]| -> Result<Vec<Vec<f64>>> {
+        v.iter()
+            .map(|t| Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu))?))
+            .collect()
+    };
+    let (want, have) = (rows(&expected)?, rows(&got)?);
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-6);
+    let mut worst = (0.0f64, 0.0f64);
+    for (i, (w, h)) in want.iter().zip(&have).enumerate() {
+        let (loss, norm) = (rel(w[0], h[0]), rel(w[1], h[1]));
+        if !(loss <= 2.1e-3 && norm <= 2.3e-2) || w[2] != h[2] {
+            bail!(
+                "CUDA graph replay differs from the eager step at step {i}: loss {} against {}, \
+                 gradient norm {} against {}, skipped {} against {}",
+                h[0], w[0], h[1], w[1], h[2], w[2]
+            );
+        }
+        worst = (worst.0.max(loss), worst.1.max(norm));
+    }
+    let reference_vars = reference_vs.variables();
+    let weights_diff = vs
+        .variables()
+        .iter()
+        .map(|(name, v)| (v - &reference_vars[name]).abs().max().double_value(&[]))
+        .fold(0.0f64, f64::max);
+
+    let total_s: f64 = times.iter().sum();
+    let mean_s = total_s / times.len() as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let achieved = flops / mean_s / 1e12;
+    let last = have.last().expect("at least one replay");
+    let fields = json!({
+        "steps": args.steps,
+        "warmup": warmup,
+        "ms_per_step_mean": 1e3 * mean_s,
+        "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
+        "ms_per_step_min": 1e3 * sorted[0],
+        "images_per_s": args.batch as f64 * times.len() as f64 / total_s,
+        "tflops_achieved": achieved,
+        "mfu": args.peak_tflops.map(|peak| achieved / peak),
+        "peak_gpu_mib": null,
+        "peak_rss_mib": peak_rss_mib(),
+        "loss_total": last[0],
+        "losses_finite": last[0].is_finite(),
+        "graph_parity": {
+            "steps_compared": want.len(),
+            "max_loss_rel_diff": worst.0,
+            "max_grad_norm_rel_diff": worst.1,
+            "max_weight_abs_diff": weights_diff,
+        },
     });
     let serde_json::Value::Object(fields) = fields else {
         unreachable!("json! of an object literal is an object")
