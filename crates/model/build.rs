@@ -127,7 +127,11 @@ fn compile_cuda_parts(include: &std::path::Path) {
         (nccl, cuda) if std::env::var_os("MMCLIP_BUILD_VERBOSE").is_some() => println!(
             "cargo:warning=model: the NCCL process group{} is not built ({}{}); \
              training on several GPUs needs it (set CUDA_HOME to a CUDA toolkit)",
-            if cuda.is_none() { " and CUDA graphs" } else { "" },
+            if cuda.is_none() {
+                " and CUDA graphs"
+            } else {
+                ""
+            },
             if nccl.is_none() { "no nccl.h " } else { "" },
             if cuda.is_none() {
                 "no CUDA headers"

@@ -26,7 +26,7 @@
 //! # Ok::<(), model::dist::DistError>(())
 //! ```
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::time::Duration;
 
 use tch::Tensor;
@@ -244,16 +244,7 @@ impl ProcessGroup {
         op: &'static str,
         f: impl FnOnce(*mut c_char, usize) -> c_int,
     ) -> Result<(), DistError> {
-        let mut err = [0 as c_char; 4096];
-        if f(err.as_mut_ptr(), err.len()) == 0 {
-            return Ok(());
-        }
-        // SAFETY: the shim NUL-terminates what it writes into `err`.
-        let message = unsafe { CStr::from_ptr(err.as_ptr()) }
-            .to_string_lossy()
-            .trim()
-            .to_string();
-        Err(DistError::Torch {
+        crate::shim::call(f).map_err(|message| DistError::Torch {
             op,
             rank: self.rank,
             world_size: self.world_size,

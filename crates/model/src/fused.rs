@@ -17,7 +17,7 @@
 //! and clipping in one operator each instead of one per parameter tensor;
 //! [`set_grads_to_none`] drops the gradients without launching anything.
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
 
@@ -151,15 +151,7 @@ fn check(op: &'static str, n: usize, lists: &[(&'static str, usize)]) -> Result<
 }
 
 fn call(op: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), FusedError> {
-    let mut err = [0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message within the buffer.
-    let message = unsafe { CStr::from_ptr(err.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    Err(FusedError::Torch { op, message })
+    crate::shim::call(f).map_err(|message| FusedError::Torch { op, message })
 }
 
 /// One SGD update of `params` in place with their `grads`, updating the

@@ -13,7 +13,7 @@
 //! depend on a host value that changes between replays (see
 //! [`crate::mmclip::Mmclip::step_with_noise`]).
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use tch::Device;
 
@@ -38,13 +38,7 @@ unsafe extern "C" {
 }
 
 fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
-    let mut err = [0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message within the buffer.
-    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-    Err(format!("{what}: {message}"))
+    crate::shim::call(f).map_err(|message| format!("{what}: {message}"))
 }
 
 /// Whether this build can capture CUDA graphs (it found CUDA's headers).
@@ -56,7 +50,9 @@ pub fn available() -> bool {
 fn cuda_index(device: Device, what: &str) -> Result<c_int, String> {
     match device {
         Device::Cuda(i) => Ok(i as c_int),
-        other => Err(format!("{what}: CUDA graphs need a CUDA device, not {other:?}")),
+        other => Err(format!(
+            "{what}: CUDA graphs need a CUDA device, not {other:?}"
+        )),
     }
 }
 
@@ -137,13 +133,25 @@ mod tests {
 
     #[test]
     fn graphs_are_built_and_refuse_the_cpu() {
-        assert!(available(), "this build has no CUDA graphs: build.rs found no CUDA headers");
-        let err = CudaGraph::capture(Device::Cpu, || ()).err().expect("a CPU capture");
-        assert!(err.contains("CUDA graphs need a CUDA device, not Cpu"), "{err}");
-        let err = SideStream::enter(Device::Cpu).err().expect("a CPU side stream");
+        assert!(
+            available(),
+            "this build has no CUDA graphs: build.rs found no CUDA headers"
+        );
+        let err = CudaGraph::capture(Device::Cpu, || ())
+            .err()
+            .expect("a CPU capture");
+        assert!(
+            err.contains("CUDA graphs need a CUDA device, not Cpu"),
+            "{err}"
+        );
+        let err = SideStream::enter(Device::Cpu)
+            .err()
+            .expect("a CPU side stream");
         assert!(err.contains("need a CUDA device"), "{err}");
         if !tch::Cuda::is_available() {
-            let err = CudaGraph::capture(Device::Cuda(0), || ()).err().expect("no device");
+            let err = CudaGraph::capture(Device::Cuda(0), || ())
+                .err()
+                .expect("no device");
             assert!(err.contains("no CUDA device 0 on this machine"), "{err}");
         }
     }

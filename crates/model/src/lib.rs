@@ -43,6 +43,7 @@ pub mod losses;
 pub mod mim;
 pub mod mmclip;
 pub mod op_count;
+mod shim;
 pub mod text;
 pub mod transfer;
 pub mod vision;

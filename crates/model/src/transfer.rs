@@ -11,7 +11,7 @@
 //! (`csrc/transfer.cpp`), so only for the work queued before the copy. On
 //! the CPU both are plain copies.
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use tch::{Device, Tensor};
 
@@ -27,13 +27,7 @@ unsafe extern "C" {
 }
 
 fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
-    let mut err = [0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message within the buffer.
-    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-    Err(format!("{what}: {message}"))
+    crate::shim::call(f).map_err(|message| format!("{what}: {message}"))
 }
 
 /// `host` (a CPU tensor) on `device`. On CUDA it is copied through pinned

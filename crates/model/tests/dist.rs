@@ -323,12 +323,14 @@ fn an_nccl_group_is_built_and_refused_without_a_gpu() {
         timeout: Duration::from_secs(20),
         backend: model::dist::Backend::Nccl { device: 0 },
     })
-    .err()
-    .expect("an NCCL group joined on a machine without a CUDA device");
+    .expect_err("an NCCL group joined on a machine without a CUDA device");
     let msg = err.to_string();
     assert!(
         msg.contains("NCCL needs CUDA device 0") && msg.contains("has 0 CUDA device(s)"),
         "the error does not say which device is missing: {msg}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "the refusal waited for the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the refusal waited for the timeout"
+    );
 }

@@ -220,7 +220,15 @@ fn main() -> Result<()> {
     });
     if !args.flops_only {
         let fields = if args.cuda_graph {
-            time_graph_steps(&args, (&model, &vs), &build, &batch, autocast, device, flops)?
+            time_graph_steps(
+                &args,
+                (&model, &vs),
+                &build,
+                &batch,
+                autocast,
+                device,
+                flops,
+            )?
         } else {
             time_steps(&args, &model, &batch, &vs, autocast, device, flops)?
         };
@@ -400,9 +408,9 @@ fn time_graph_steps(
     let (reference_vs, reference) = build();
     let mut reference_opt = Optimizer::new(&reference_vs, &cfg);
     let mut expected = Vec::new();
-    for i in 0..total as usize {
+    for &seed in &seeds {
         reference_opt.zero_grad();
-        let noise = model.step_noise(batch, seeds[i], None, device);
+        let noise = model.step_noise(batch, seed, None, device);
         expected.push(step(&reference, &mut reference_opt, &noise).copy());
     }
 
@@ -422,8 +430,8 @@ fn time_graph_steps(
     // The backward pass of the capture makes the gradients in the graph's
     // memory, and every replay writes them there.
     opt.zero_grad();
-    let (graph, record) = CudaGraph::capture(device, || step(model, &mut opt, &noise))
-        .map_err(anyhow::Error::msg)?;
+    let (graph, record) =
+        CudaGraph::capture(device, || step(model, &mut opt, &noise)).map_err(anyhow::Error::msg)?;
     let mut times = Vec::with_capacity(args.steps as usize);
     for i in warmup..total as usize {
         sync(device);
@@ -452,7 +460,12 @@ fn time_graph_steps(
             bail!(
                 "CUDA graph replay differs from the eager step at step {i}: loss {} against {}, \
                  gradient norm {} against {}, skipped {} against {}",
-                h[0], w[0], h[1], w[1], h[2], w[2]
+                h[0],
+                w[0],
+                h[1],
+                w[1],
+                h[2],
+                w[2]
             );
         }
         worst = (worst.0.max(loss), worst.1.max(norm));
