@@ -35,6 +35,13 @@ entity flags on real tokens t with (7t + 3r) mod 10 < 3, 14 prompts of
 ``torch.autocast(device, dtype=--autocast-dtype)`` (bfloat16 by default), as
 the Rust example's ``--autocast bf16|f16`` does.
 
+``--compile encoders`` compiles CLIP's two transformer stacks with
+``torch.compile`` (``nn.Module.compile``, default inductor settings);
+``--compile step`` compiles the whole forward pass of the step (the
+backward follows through AOTAutograd; boolean indexing and the forward hook
+of the masked report make graph breaks, not errors) and the optimiser's
+``step``. The compilation happens in the untimed warm-up steps.
+
 Prints one JSON line with the Rust example's fields (and writes it to
 ``--json``). ``--count-flops`` first runs one untimed step under
 ``torch.utils.flop_counter.FlopCounterMode``: the matrix FLOPs autograd
@@ -313,6 +320,7 @@ def main():
     ap.add_argument("--autocast", action="store_true")
     ap.add_argument("--autocast-dtype", choices=("bfloat16", "float16"), default="bfloat16")
     ap.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa")
+    ap.add_argument("--compile", choices=("off", "encoders", "step"), default="off")
     ap.add_argument("--peak-tflops", type=float)
     ap.add_argument("--flops-per-step", type=float, help="model FLOPs per step for the MFU (run.sh passes the Rust example's analytic count)")
     ap.add_argument("--count-flops", action="store_true",
@@ -338,6 +346,12 @@ def main():
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     start = time.perf_counter()
     step = Step(cfg, args.attn)
+    if args.compile == "encoders":
+        step.model.vision_model.encoder.compile()
+        step.model.text_model.encoder.compile()
+    elif args.compile == "step":
+        step.loss = torch.compile(step.loss)
+        step.opt.step = torch.compile(step.opt.step)
     batch = synthetic_batch(cfg, b, p)
     sync()
     init_s = time.perf_counter() - start
@@ -370,7 +384,8 @@ def main():
     loss_total = float(total.detach())
     mib = 1 << 20
     line = {
-        "impl": "pytorch-eager",
+        "impl": "pytorch-eager" if args.compile == "off" else f"pytorch-compile-{args.compile}",
+        "compile": args.compile,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "torch": torch.__version__,

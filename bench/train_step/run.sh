@@ -30,6 +30,10 @@
 #                    and replayed; it first checks the replays against eager
 #                    steps and fails on a difference). Default "bf16" on
 #                    cuda; CUDA only.
+#   COMPILE          precisions at which PyTorch runs once more with
+#                    torch.compile: the whole step (--compile step), or
+#                    where that fails, CLIP's encoders (--compile encoders).
+#                    Default "bf16" on cuda, none on cpu.
 #   PEAK_TFLOPS      for the MFU (989 on cuda: H100 SXM dense bf16/fp16;
 #                    none on cpu)
 #   ATTN             the reference's attention, sdpa | eager (sdpa)
@@ -60,6 +64,7 @@ if [ "$DEVICE" = cuda ]; then
   FIT_EXTRAS=${FIT_EXTRAS-bf16}
   FUSED=${FUSED-bf16}
   GRAPH=${GRAPH-bf16}
+  COMPILE=${COMPILE-bf16}
 else
   PRECISIONS=${PRECISIONS:-fp32}
   PEAK_TFLOPS=${PEAK_TFLOPS:-}
@@ -67,6 +72,7 @@ else
   FIT_EXTRAS=${FIT_EXTRAS:-}
   FUSED=${FUSED:-}
   GRAPH=
+  COMPILE=${COMPILE:-}
 fi
 OUT_MD=bench/train_step/last-run.md
 if [ -z "${PYTHON:-}" ]; then
@@ -195,6 +201,13 @@ for prec in $PRECISIONS; do
   fi
   measure "pytorch-$prec" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" --attn "$ATTN" \
     --flops-per-step "$FLOPS" "${count[@]}"
+  if [[ " $COMPILE " == *" $prec "* ]]; then
+    for mode in step encoders; do
+      measure "pytorch-${prec}_compile" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" \
+        --attn "$ATTN" --flops-per-step "$FLOPS" --compile "$mode"
+      [ -f "$WORK/pytorch-${prec}_compile.json" ] && break
+    done
+  fi
   # One count is enough: the FLOPs do not depend on the precision.
   [ -f "$WORK/pytorch-$prec.json" ] && count=()
 done
@@ -239,11 +252,14 @@ print("| run | precision | images/s | ms/step mean / median / min | TFLOP/s | MF
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
 for prec in ("fp32", "fp16", "bf16"):
-    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("rust", prec + "_graph"), ("pytorch", prec)):
+    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("rust", prec + "_graph"),
+                      ("pytorch", prec), ("pytorch", prec + "_compile")):
         r = runs.get((side, key))
         if not r:
             continue
         label = names[side] + (f" ({r['attn']} attention)" if side == "pytorch" else "")
+        if key.endswith("_compile"):
+            label = f"PyTorch, torch.compile of the {'whole step' if r['compile'] == 'step' else 'CLIP encoders'} ({r['attn']} attention)"
         if key.endswith("_fit"):
             label += ", plus fit.rs's host reads (losses, gradient norm)"
         if key.endswith("_fused"):
@@ -281,6 +297,15 @@ print(f"\nTrainable parameters: {params}; EntMLM-selected tokens per step: {sel}
 print("Last-step losses: " + "; ".join(
     f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {fmt(r.get('loss_mim'), '.4f')}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
     for (s, p), r in runs.items()) + ".")
+for prec in ("fp32", "fp16", "bf16"):
+    best = max((runs[k] for k in runs if k[0] == "rust" and k[1].split("_")[0] == prec
+                and not k[1].endswith("_fit")), key=lambda r: r["images_per_s"], default=None)
+    for key in (prec, prec + "_compile"):
+        r = runs.get(("pytorch", key))
+        if best and r:
+            print(f"\nOurs at its fastest ({'CUDA graph' if best.get('cuda_graph') else 'fused update' if best.get('fused_optimizer') else 'eager'}, {prec}) "
+                  f"÷ PyTorch {'eager' if key == prec else 'torch.compile (' + r['compile'] + ')'}: "
+                  f"**{best['images_per_s'] / r['images_per_s']:.2f}×** images/s.")
 for (s, p), r in runs.items():
     g = r.get("graph_parity")
     if g:

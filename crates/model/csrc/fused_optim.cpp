@@ -40,15 +40,23 @@ std::optional<at::Tensor> maybe(at::Tensor* t) {
 }  // namespace
 
 // `n_buffers` is `n`, or 0 without momentum: libtorch then takes no buffers.
+// `lr_tensor`, when given, replaces `lr`: a scalar on the device, read by
+// the kernel (a captured CUDA graph then follows the schedule).
 extern "C" int mmclip_fused_sgd(at::Tensor* const* params, at::Tensor* const* grads,
                                 at::Tensor* const* momentum_buffers, int n, int n_buffers,
                                 double weight_decay, double momentum, double lr,
-                                bool is_first_step, at::Tensor* found_inf, char* err,
-                                size_t err_len) {
+                                at::Tensor* lr_tensor, bool is_first_step, at::Tensor* found_inf,
+                                char* err, size_t err_len) {
   try {
-    at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n_buffers), weight_decay,
-                    momentum, lr, /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
-                    is_first_step, /*grad_scale=*/{}, maybe(found_inf));
+    if (lr_tensor != nullptr) {
+      at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n_buffers),
+                      weight_decay, momentum, *lr_tensor, /*dampening=*/0.0, /*nesterov=*/false,
+                      /*maximize=*/false, is_first_step, /*grad_scale=*/{}, maybe(found_inf));
+    } else {
+      at::_fused_sgd_(list(params, n), list(grads, n), list(momentum_buffers, n_buffers),
+                      weight_decay, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false,
+                      /*maximize=*/false, is_first_step, /*grad_scale=*/{}, maybe(found_inf));
+    }
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);
@@ -57,14 +65,22 @@ extern "C" int mmclip_fused_sgd(at::Tensor* const* params, at::Tensor* const* gr
 
 extern "C" int mmclip_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads,
                                   at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs,
-                                  at::Tensor* const* state_steps, int n, double lr, double beta1,
-                                  double beta2, double weight_decay, double eps,
-                                  at::Tensor* found_inf, char* err, size_t err_len) {
+                                  at::Tensor* const* state_steps, int n, double lr,
+                                  at::Tensor* lr_tensor, double beta1, double beta2,
+                                  double weight_decay, double eps, at::Tensor* found_inf, char* err,
+                                  size_t err_len) {
   try {
-    at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
-                      /*max_exp_avg_sqs=*/{}, list(state_steps, n), lr, beta1, beta2,
-                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false,
-                      /*grad_scale=*/{}, maybe(found_inf));
+    if (lr_tensor != nullptr) {
+      at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
+                        /*max_exp_avg_sqs=*/{}, list(state_steps, n), *lr_tensor, beta1, beta2,
+                        weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false,
+                        /*grad_scale=*/{}, maybe(found_inf));
+    } else {
+      at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
+                        /*max_exp_avg_sqs=*/{}, list(state_steps, n), lr, beta1, beta2,
+                        weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false,
+                        /*grad_scale=*/{}, maybe(found_inf));
+    }
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

@@ -34,6 +34,7 @@ unsafe extern "C" {
         weight_decay: f64,
         momentum: f64,
         lr: f64,
+        lr_tensor: Handle,
         is_first_step: bool,
         found_inf: Handle,
         err: *mut c_char,
@@ -47,6 +48,7 @@ unsafe extern "C" {
         state_steps: *const Handle,
         n: c_int,
         lr: f64,
+        lr_tensor: Handle,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
@@ -102,11 +104,32 @@ pub enum FusedError {
     },
 }
 
+/// A learning rate: a value the host passes with each call, or a float32
+/// scalar on the parameters' device that the kernel reads (so a captured
+/// CUDA graph, which replays the values it was captured with, follows a
+/// schedule written into the tensor before each replay).
+#[derive(Debug, Clone, Copy)]
+pub enum Lr<'a> {
+    /// Passed by value.
+    Value(f64),
+    /// Read on the device.
+    Device(&'a Tensor),
+}
+
+impl Lr<'_> {
+    fn parts(self) -> (f64, Handle) {
+        match self {
+            Lr::Value(v) => (v, std::ptr::null()),
+            Lr::Device(t) => (f64::NAN, t.as_ptr() as Handle),
+        }
+    }
+}
+
 /// SGD hyper-parameters of [`sgd_`].
 #[derive(Debug, Clone, Copy)]
-pub struct SgdSettings {
+pub struct SgdSettings<'a> {
     /// Learning rate.
-    pub lr: f64,
+    pub lr: Lr<'a>,
     /// Momentum (0: none).
     pub momentum: f64,
     /// L2 weight decay added to the gradient.
@@ -117,9 +140,9 @@ pub struct SgdSettings {
 
 /// AdamW hyper-parameters of [`adamw_`].
 #[derive(Debug, Clone, Copy)]
-pub struct AdamwSettings {
+pub struct AdamwSettings<'a> {
     /// Learning rate.
-    pub lr: f64,
+    pub lr: Lr<'a>,
     /// β1, β2.
     pub betas: (f64, f64),
     /// ε.
@@ -163,7 +186,7 @@ pub fn sgd_(
     params: &[Tensor],
     grads: &[Tensor],
     momentum_buffers: &[Tensor],
-    s: SgdSettings,
+    s: SgdSettings<'_>,
     skip: Option<&Tensor>,
 ) -> Result<(), FusedError> {
     // libtorch takes no buffers at all when there is no momentum.
@@ -178,6 +201,7 @@ pub fn sgd_(
         return Ok(());
     }
     let (p, g, m) = (handles(params), handles(grads), handles(momentum_buffers));
+    let (lr, lr_tensor) = s.lr.parts();
     call("sgd", |err, len| {
         // SAFETY: two arrays of `n` and one of `n_buffers` live tensor
         // handles, borrowed for the call (the lengths checked above); the
@@ -191,7 +215,8 @@ pub fn sgd_(
                 n_buffers,
                 s.weight_decay,
                 s.momentum,
-                s.lr,
+                lr,
+                lr_tensor,
                 s.first_step,
                 maybe(skip),
                 err,
@@ -212,7 +237,7 @@ pub fn adamw_(
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
     step: &Tensor,
-    s: AdamwSettings,
+    s: AdamwSettings<'_>,
     skip: Option<&Tensor>,
 ) -> Result<(), FusedError> {
     let n = check(
@@ -237,6 +262,7 @@ pub fn adamw_(
         handles(exp_avg_sqs),
         handles(&steps),
     );
+    let (lr, lr_tensor) = s.lr.parts();
     call("adamw", |err, len| {
         // SAFETY: five arrays of `n` live tensor handles, borrowed for the
         // call; the shim catches every C++ exception.
@@ -248,7 +274,8 @@ pub fn adamw_(
                 v.as_ptr(),
                 t.as_ptr(),
                 n,
-                s.lr,
+                lr,
+                lr_tensor,
                 s.betas.0,
                 s.betas.1,
                 s.weight_decay,
@@ -340,6 +367,13 @@ mod tests {
 
     const SHAPES: [&[i64]; 3] = [&[7, 5], &[5], &[3, 4, 2]];
 
+    fn value(lr: Lr) -> f64 {
+        match lr {
+            Lr::Value(v) => v,
+            Lr::Device(t) => t.double_value(&[]),
+        }
+    }
+
     /// `torch.optim.SGD`'s update written with tensor operators.
     fn plain_sgd(p: &[Tensor], g: &[Tensor], m: &mut [Tensor], s: SgdSettings) {
         for (i, (p, g)) in p.iter().zip(g).enumerate() {
@@ -350,7 +384,7 @@ mod tests {
                 &m[i] * s.momentum + &d
             };
             let mut p = p.shallow_clone();
-            let _ = p.g_add_(&(&buf * -s.lr));
+            let _ = p.g_add_(&(&buf * -value(s.lr)));
             m[i] = buf;
         }
     }
@@ -364,7 +398,7 @@ mod tests {
         for step in 0..4 {
             let g = tensors(10 + step, &SHAPES);
             let s = SgdSettings {
-                lr: 0.1,
+                lr: Lr::Value(0.1),
                 momentum: 0.9,
                 weight_decay: 0.01,
                 first_step: step == 0,
@@ -388,7 +422,7 @@ mod tests {
         let (m, v) = (zeros(), zeros());
         let (pm, pv) = (zeros(), zeros());
         let s = AdamwSettings {
-            lr: 1e-2,
+            lr: Lr::Value(1e-2),
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.05,
@@ -402,7 +436,7 @@ mod tests {
                     pm[i].shallow_clone(),
                     pv[i].shallow_clone(),
                 );
-                let _ = p.g_mul_scalar_(1.0 - s.lr * s.weight_decay);
+                let _ = p.g_mul_scalar_(1.0 - value(s.lr) * s.weight_decay);
                 let _ = m
                     .g_mul_scalar_(s.betas.0)
                     .g_add_(&(&g[i] * (1.0 - s.betas.0)));
@@ -412,7 +446,7 @@ mod tests {
                 let bc1 = 1.0 - s.betas.0.powi(step as i32);
                 let bc2 = 1.0 - s.betas.1.powi(step as i32);
                 let denom = (&v / bc2).sqrt() + s.eps;
-                let _ = p.g_add_(&(&m / denom * (-s.lr / bc1)));
+                let _ = p.g_add_(&(&m / denom * (-value(s.lr) / bc1)));
             }
         }
         let d = max_diff(&fused_p, &plain_p);
@@ -429,7 +463,7 @@ mod tests {
         let before: Vec<Tensor> = p.iter().map(Tensor::copy).collect();
         let g = tensors(5, &SHAPES);
         let s = SgdSettings {
-            lr: 0.5,
+            lr: Lr::Value(0.5),
             momentum: 0.0,
             weight_decay: 0.0,
             first_step: false,
@@ -442,10 +476,42 @@ mod tests {
     }
 
     #[test]
+    fn a_learning_rate_on_the_device_updates_as_the_same_value() {
+        let lr = Tensor::from(0.05f32);
+        for adam in [false, true] {
+            let (a, b) = (tensors(11, &SHAPES), tensors(11, &SHAPES));
+            let g = tensors(12, &SHAPES);
+            let zeros = || -> Vec<Tensor> { a.iter().map(Tensor::zeros_like).collect() };
+            let (ma, va, mb, vb) = (zeros(), zeros(), zeros(), zeros());
+            for (p, m, v, lr) in [(&a, &ma, &va, Lr::Value(0.05)), (&b, &mb, &vb, Lr::Device(&lr))] {
+                if adam {
+                    let s = AdamwSettings {
+                        lr,
+                        betas: (0.9, 0.999),
+                        eps: 1e-8,
+                        weight_decay: 0.1,
+                    };
+                    adamw_(p, &g, m, v, &Tensor::from(1.0f32), s, None).unwrap();
+                } else {
+                    let s = SgdSettings {
+                        lr,
+                        momentum: 0.9,
+                        weight_decay: 0.1,
+                        first_step: true,
+                    };
+                    sgd_(p, &g, m, s, None).unwrap();
+                }
+            }
+            assert!(max_diff(&a, &tensors(11, &SHAPES)) > 1e-3, "adam {adam}: no update");
+            assert!(max_diff(&a, &b) < 1e-7, "adam {adam}: {}", max_diff(&a, &b));
+        }
+    }
+
+    #[test]
     fn lists_of_other_lengths_and_mixed_types_are_errors_not_crashes() {
         let p = tensors(3, &SHAPES);
         let s = SgdSettings {
-            lr: 0.1,
+            lr: Lr::Value(0.1),
             momentum: 0.9,
             weight_decay: 0.0,
             first_step: true,
@@ -468,14 +534,14 @@ mod tests {
         let (p0, bufs0) = (copies(&p), copies(&bufs));
         let skip = Tensor::from(1.0f32);
         let adamw = AdamwSettings {
-            lr: 0.1,
+            lr: Lr::Value(0.1),
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.1,
         };
         adamw_(&p, &g, &m, &v, &Tensor::from(1.0f32), adamw, Some(&skip)).unwrap();
         let sgd = SgdSettings {
-            lr: 0.1,
+            lr: Lr::Value(0.1),
             momentum: 0.9,
             weight_decay: 0.1,
             first_step: false,

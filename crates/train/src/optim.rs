@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor, nn::VarStore};
+pub use model::fused::Lr;
 
 use crate::config::{OptimConfig, OptimKind, Schedule};
 
@@ -183,6 +184,13 @@ impl Optimizer {
     /// on the device that the kernels take. The plain update, the
     /// reference, reads the flag and the step count before it runs.
     pub fn update(&mut self, lr: f64, loss: Option<&Tensor>) -> Update {
+        self.update_with(Lr::Value(lr), loss)
+    }
+
+    /// [`Optimizer::update`] with the learning rate given as a value or as
+    /// a scalar on the device ([`Lr::Device`]: a captured CUDA graph reads
+    /// the schedule from it; the plain update reads it back).
+    pub fn update_with(&mut self, lr: Lr<'_>, loss: Option<&Tensor>) -> Update {
         let grads = self.grads();
         let grad_norm = self.norm_of(&grads);
         let mut finite = grad_norm.isfinite();
@@ -200,7 +208,10 @@ impl Optimizer {
         if self.cfg.fused {
             self.fused_step(lr, &skipped);
         } else if skipped.double_value(&[]) == 0.0 {
-            self.plain_step(lr);
+            self.plain_step(match lr {
+                Lr::Value(v) => v,
+                Lr::Device(t) => t.double_value(&[]),
+            });
         }
         Update { grad_norm, skipped }
     }
@@ -270,7 +281,7 @@ impl Optimizer {
     /// [`Optimizer::step`] through libtorch's fused kernels
     /// ([`model::fused`]): the same state under the same names, so a
     /// checkpoint resumes with either update.
-    fn fused_step(&mut self, lr: f64, skipped: &Tensor) {
+    fn fused_step(&mut self, lr: Lr<'_>, skipped: &Tensor) {
         let c = self.cfg.clone();
         let with_grad: Vec<(&String, &Tensor, Tensor)> = self
             .vars
