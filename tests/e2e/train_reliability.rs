@@ -226,6 +226,20 @@ fn non_finite_learning_rates_are_refused_naming_the_key() {
 }
 
 #[test]
+fn cuda_graph_on_the_cpu_is_refused_before_the_run_folder_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = train(&cfg, &dir.path().join("run"), &["--cuda-graph"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("--cuda-graph needs a CUDA device"),
+        "--cuda-graph on the CPU must be refused:\n{err}"
+    );
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
 fn a_run_whose_weights_become_non_finite_stops_before_saving_them() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("huge.toml");

@@ -483,7 +483,10 @@ mod tests {
             let g = tensors(12, &SHAPES);
             let zeros = || -> Vec<Tensor> { a.iter().map(Tensor::zeros_like).collect() };
             let (ma, va, mb, vb) = (zeros(), zeros(), zeros(), zeros());
-            for (p, m, v, lr) in [(&a, &ma, &va, Lr::Value(0.05)), (&b, &mb, &vb, Lr::Device(&lr))] {
+            for (p, m, v, lr) in [
+                (&a, &ma, &va, Lr::Value(0.05)),
+                (&b, &mb, &vb, Lr::Device(&lr)),
+            ] {
                 if adam {
                     let s = AdamwSettings {
                         lr,
@@ -502,7 +505,10 @@ mod tests {
                     sgd_(p, &g, m, s, None).unwrap();
                 }
             }
-            assert!(max_diff(&a, &tensors(11, &SHAPES)) > 1e-3, "adam {adam}: no update");
+            assert!(
+                max_diff(&a, &tensors(11, &SHAPES)) > 1e-3,
+                "adam {adam}: no update"
+            );
             assert!(max_diff(&a, &b) < 1e-7, "adam {adam}: {}", max_diff(&a, &b));
         }
     }

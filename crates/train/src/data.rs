@@ -160,6 +160,17 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     shards::read_manifest(dir).with_context(|| format!("{}: not a shard folder", dir.display()))
 }
 
+/// How wide the text of a staged batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextWidth {
+    /// Up to the longest report's end-of-text: the least work.
+    Longest,
+    /// The whole context: one shape for every batch (a captured CUDA
+    /// graph's), the same losses up to rounding (the text encoders are
+    /// causal, EntMLM's noise covers the context).
+    Context,
+}
+
 /// A loader batch and the tensors made from it. The tensors hold copies
 /// of the batch's buffers (one host copy of the images, a few MB, next to
 /// the decode that made them); the batch is kept for its row ids and
@@ -172,8 +183,14 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Wraps `batch` for the model on `device`.
+    /// Wraps `batch` for the model on `device`, the text cut after the
+    /// longest report.
     pub fn new(batch: Batch, device: Device) -> Staged {
+        Staged::with_text(batch, device, TextWidth::Longest)
+    }
+
+    /// [`Staged::new`] with the text as wide as `width` says.
+    pub fn with_text(batch: Batch, device: Device, width: TextWidth) -> Staged {
         let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
         // Uploaded without blocking: a blocking copy would make the host
         // wait for the step queued before.
@@ -183,14 +200,17 @@ impl Staged {
         // The text as wide as the longest report (with its end-of-text),
         // cut here where the lengths are known: the columns after it change
         // nothing in the causal text encoders.
-        let width = batch
-            .token_lengths
-            .iter()
-            .take(p)
-            .copied()
-            .max()
-            .unwrap_or(0)
-            .clamp(1, CONTEXT as i64);
+        let width = match width {
+            TextWidth::Longest => batch
+                .token_lengths
+                .iter()
+                .take(p)
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .clamp(1, CONTEXT as i64),
+            TextWidth::Context => CONTEXT as i64,
+        };
         let rows = |t: Tensor| {
             t.view([p as i64, CONTEXT as i64])
                 .narrow(1, 0, width)

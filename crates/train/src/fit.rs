@@ -37,9 +37,10 @@ use text::tokenize::ClipTokenizer;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
-use crate::data::{ShardRecord, ShardSet, Staged};
+use crate::data::{ShardRecord, ShardSet, Staged, TextWidth};
 use crate::dist::{Dist, Launch};
-use crate::optim::Optimizer;
+use crate::graph_step::GraphSteps;
+use crate::optim::{Optimizer, Update};
 use crate::session::{RUN_FILE, RunModel, Session, TOKENIZER_FILE};
 
 /// What `fit` needs besides the config.
@@ -62,6 +63,9 @@ pub struct FitOptions {
     pub verify_sha256: bool,
     /// Resume on shards other than those the checkpoint was trained on.
     pub allow_other_shards: bool,
+    /// Replay each step as a captured CUDA graph ([`crate::graph_step`]);
+    /// on the CPU the same fixed-shape steps run eagerly.
+    pub cuda_graph: bool,
 }
 
 /// The metrics file inside a run folder, one JSON line per logged step.
@@ -115,6 +119,8 @@ struct Run<'a> {
     session: Session,
     opt: Optimizer,
     state: TrainState,
+    /// The fixed-shape steps of `--cuda-graph`.
+    graphs: Option<GraphSteps>,
 }
 
 /// One optimiser step as queued on the device, read by [`Run::resolve`].
@@ -157,6 +163,23 @@ impl<'a> Run<'a> {
         };
         // Rank 0 writes the run folder; the others only read it.
         let writes = dist.as_ref().is_none_or(Dist::is_main);
+        if opts.cuda_graph {
+            let refused = [
+                (
+                    !cfg.optim.fused,
+                    "optim.fused = false (the plain update reads its skip flag on the host)",
+                ),
+                (cfg.optim.accumulate != 1, "optim.accumulate is not 1"),
+                (dist.is_some(), "the run has several processes"),
+            ];
+            if let Some((_, why)) = refused.iter().find(|(bad, _)| *bad) {
+                bail!(
+                    "--cuda-graph needs optim.fused = true, optim.accumulate = 1 and one process; \
+                     here {why}"
+                );
+            }
+        }
+
         // The shard folders and their manifests are read before the run folder
         // is touched.
         let shards = ShardSet::from_dirs(&opts.shards)?;
@@ -186,6 +209,13 @@ impl<'a> Run<'a> {
             crate::hf::load_weights(dir, &session.vs)?;
         }
         let opt = Optimizer::new(&session.vs, &cfg.optim);
+        let graphs = opts.cuda_graph.then(|| {
+            GraphSteps::new(
+                device,
+                cfg.train.autocast.reduced_on(device),
+                run_model.mmclip.clip.vision.image_size,
+            )
+        });
         let state = TrainState {
             step: 0,
             next_position: Position::default(),
@@ -210,6 +240,7 @@ impl<'a> Run<'a> {
             session,
             opt,
             state,
+            graphs,
         })
     }
 
@@ -321,25 +352,21 @@ impl<'a> Run<'a> {
         } else {
             Phase::Joint
         };
-        self.opt.zero_grad();
-        let (losses, images) = self.forward_backward(loader, phase)?;
-        if let Some(d) = &self.dist {
-            d.average_gradients()?;
-        }
         let lr = self.opt.lr_at(self.state.step, self.cfg.train.steps);
-        // Every rank holds the same mean losses and averaged gradients, so
-        // every rank decides the same.
-        let update = self.opt.update(lr, Some(&losses.sums.get(0)));
-        let weights_finite = self.opt.weights_finite();
-        let values = Tensor::cat(
-            &[
-                losses.sums,
-                update.grad_norm.reshape([1]),
-                update.skipped.to_kind(Kind::Double).reshape([1]),
-                weights_finite.to_kind(Kind::Double).reshape([1]),
-            ],
-            0,
-        );
+        let (values, images, has_align, has_mlm) = if self.graphs.is_some() {
+            self.graph_step(loader, phase, lr)?
+        } else {
+            self.opt.zero_grad();
+            let (losses, images) = self.forward_backward(loader, phase)?;
+            if let Some(d) = &self.dist {
+                d.average_gradients()?;
+            }
+            // Every rank holds the same mean losses and averaged gradients,
+            // so every rank decides the same.
+            let update = self.opt.update(lr, Some(&losses.sums.get(0)));
+            let values = step_record(&losses, &update, &self.opt.weights_finite());
+            (values, images, losses.has_align, losses.has_mlm)
+        };
         // Started now, waited for in `resolve` after the next step is
         // queued: the wait covers this step's work only.
         let values = model::transfer::Download::start(&values).map_err(anyhow::Error::msg)?;
@@ -352,10 +379,33 @@ impl<'a> Run<'a> {
             epoch: self.state.next_position.epoch,
             queued: Instant::now(),
             log: false,
-            has_align: losses.has_align,
-            has_mlm: losses.has_mlm,
+            has_align,
+            has_mlm,
             values: Some(values),
         })
+    }
+
+    /// [`Run::step`] through the fixed-shape steps of `--cuda-graph`: one
+    /// micro-batch, one process (checked in `prepare`).
+    fn graph_step(
+        &mut self,
+        loader: &mut Loader,
+        phase: Phase,
+        lr: f64,
+    ) -> Result<(Tensor, u64, bool, bool)> {
+        let batch = loader.next().context("the loader stopped")??;
+        self.state.next_position = batch.position.next(loader.steps_per_epoch());
+        let images = batch.size as u64;
+        let staged = Staged::with_text(batch, self.device, TextWidth::Context);
+        // The seed of the ordinary step's only micro-batch.
+        let seed = step_seed(self.state.seed, self.state.step);
+        let model = &self.session.model;
+        let noise = model.step_noise(&staged.step, seed, None, self.device);
+        let graphs = self.graphs.as_mut().context("no fixed-shape steps")?;
+        let queued = graphs
+            .step(model, &mut self.opt, phase, &staged.step, &noise, lr)
+            .with_context(|| format!("step {}", self.state.step))?;
+        Ok((queued.record, images, queued.has_align, queued.has_mlm))
     }
 
     /// The micro-batches of one step: each one's gradient, scaled by
@@ -604,14 +654,28 @@ pub fn fit_to(pixels: &Tensor, side: i64) -> Tensor {
 /// One step's losses on the device: float64 `[total, mim, align, mlm]`,
 /// 0 where a term is absent, summed over its micro-batches; which terms
 /// any micro-batch had.
-struct LossSlots {
-    sums: Tensor,
+pub(crate) struct LossSlots {
+    pub(crate) sums: Tensor,
     has_align: bool,
     has_mlm: bool,
 }
 
+/// A step's record as [`Outcome::read`] reads it: float64 `[total, mim,
+/// align, mlm, gradient norm, skipped, weights finite]` on the device.
+pub(crate) fn step_record(losses: &LossSlots, update: &Update, weights_finite: &Tensor) -> Tensor {
+    Tensor::cat(
+        &[
+            losses.sums.shallow_clone(),
+            update.grad_norm.reshape([1]),
+            update.skipped.to_kind(Kind::Double).reshape([1]),
+            weights_finite.to_kind(Kind::Double).reshape([1]),
+        ],
+        0,
+    )
+}
+
 impl LossSlots {
-    fn of(l: &model::Losses) -> LossSlots {
+    pub(crate) fn of(l: &model::Losses) -> LossSlots {
         let zero = || l.total.zeros_like();
         let parts: Vec<Tensor> = [
             l.total.shallow_clone(),

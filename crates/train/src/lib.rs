@@ -16,6 +16,7 @@ pub mod embed;
 pub mod encode;
 pub mod finetune;
 pub mod fit;
+pub mod graph_step;
 pub mod hf;
 pub mod label_sets;
 pub mod linear_probe;

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 use train::config::TrainConfig;
@@ -63,6 +63,10 @@ struct FitArgs {
     /// checkpoint was trained on.
     #[arg(long)]
     allow_other_shards: bool,
+    /// Capture each step in a CUDA graph and replay it (CUDA only; needs
+    /// `[optim] fused = true`, `accumulate = 1` and one process).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 #[derive(Subcommand)]
@@ -292,15 +296,20 @@ fn main() -> Result<()> {
                 Some(path) => TrainConfig::load(path)?,
                 None => TrainConfig::default(),
             };
+            let device = device(a.device.as_deref())?;
+            if a.cuda_graph && !device.is_cuda() {
+                bail!("--cuda-graph needs a CUDA device; this run is on {device:?}");
+            }
             let opts = FitOptions {
                 shards: a.shards,
                 out: a.out.expect("clap requires --out"),
                 tokenizer: a.tokenizer,
-                device: device(a.device.as_deref())?,
+                device,
                 stop_after: a.stop_after,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 verify_sha256: verify,
                 allow_other_shards: a.allow_other_shards,
+                cuda_graph: a.cuda_graph,
             };
             let summary = train::fit::fit(&cfg, &opts)?;
             eprintln!(

@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use tch::{Kind, Tensor, nn::VarStore};
 pub use model::fused::Lr;
+use tch::{Kind, Tensor, nn::VarStore};
 
 use crate::config::{OptimConfig, OptimKind, Schedule};
 
