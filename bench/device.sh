@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Every GPU check and measurement of the project in one call of the device
-# tool (one H200, no Rust toolchain, under 10 minutes): NCCL's collectives
-# and the gradient reducer on every GPU (crates/model/tests/dist.rs), the
-# bf16 parity of the training step and its benchmark, eager and as a CUDA
-# graph checked against eager (bench/train_step/run.sh), then fine-tuning on
-# CUDA against the CPU (bench/finetune/run.sh). Results go to $OUT (the
-# device tool's folder) or COPY_TO.
+# Every GPU check and measurement of the project, in parts that each fit
+# the device tool (one H200, no Rust toolchain, 10 minutes a command):
+#   nccl      NCCL's collectives and the gradient reducer on every GPU
+#             (crates/model/tests/dist.rs), seconds
+#   step      the bf16 parity of the training step, then its benchmark:
+#             ours eager, with fit.rs's host reads, fused, and as a CUDA
+#             graph checked against eager; PyTorch eager and torch.compile
+#             (bench/train_step/run.sh), a few minutes
+#   step256   the same at batch 256, without the parity check and the
+#             host-reads row (not in the default PARTS)
+#   train     `train` on synthetic shards, eager and --cuda-graph, against
+#             the step's figures (bench/train_step/train_run.sh)
+#   finetune  fine-tuning on CUDA against the CPU (bench/finetune/run.sh)
+# PARTS picks them (default all four, in that order); a part that fails or
+# times out is recorded and the next one runs. Results go to $OUT (the
+# device tool's folder) or COPY_TO. All four may not fit one 10-minute
+# call: run `PARTS="nccl step"` first, then `PARTS="train finetune"`,
+# then `PARTS=step256`.
 #
 # Prepare here, then carry `target/carry`:
 #   source scripts/env.sh
@@ -16,6 +27,7 @@
 #   strip -o target/carry/step_bench target/release/examples/step_bench
 #   strip -o target/carry/step_parity "$(ls -t target/release/deps/step_parity-* | grep -v '\.d$' | head -1)"
 #   strip -o target/carry/dist "$(ls -t target/release/deps/dist-* | grep -v '\.d$' | head -1)"
+#   cp .cache/clip/tokenizer.json target/carry/
 # On the device: bash bench/device.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,15 +35,38 @@ CARRY=${CARRY:-target/carry}
 COPY_TO=${COPY_TO:-${OUT:-bench/device-out}}
 mkdir -p "$COPY_TO"
 status=0
-echo "== NCCL collectives and the gradient reducer on every GPU (crates/model/tests/dist.rs)"
+PARTS=${PARTS:-"nccl step train finetune"}
 TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 120 \
-  "$CARRY/dist" --ignored --exact nccl_collectives_and_reducer_on_every_gpu --nocapture \
-  >"$COPY_TO/nccl.txt" 2>&1 || { status=1; echo "NCCL check failed (nccl.txt)"; }
-tail -3 "$COPY_TO/nccl.txt"
-echo "== training step: parity, then bf16 batch 64 (bench/train_step/run.sh)"
-COPY_TO=$COPY_TO PARITY_BIN=$CARRY/step_parity PRECISIONS=${PRECISIONS:-bf16} \
-  timeout 420 bash bench/train_step/run.sh "$CARRY/step_bench" || status=1
-echo "== fine-tuning, CUDA bf16 against CPU fp32 (bench/finetune/run.sh)"
-BIN=$CARRY COPY_TO=$COPY_TO timeout 240 bash bench/finetune/run.sh || status=1
+for part in $PARTS; do
+  case $part in
+    nccl)
+      echo "== NCCL collectives and the gradient reducer on every GPU (crates/model/tests/dist.rs)"
+      LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 120 \
+        "$CARRY/dist" --ignored --exact nccl_collectives_and_reducer_on_every_gpu --nocapture \
+        >"$COPY_TO/nccl.txt" 2>&1 || { status=1; echo "NCCL check failed (nccl.txt)"; }
+      tail -3 "$COPY_TO/nccl.txt"
+      ;;
+    step)
+      echo "== training step: parity, then bf16 batch 64 (bench/train_step/run.sh)"
+      COPY_TO=$COPY_TO PARITY_BIN=$CARRY/step_parity PRECISIONS=${PRECISIONS:-bf16} \
+        timeout 480 bash bench/train_step/run.sh "$CARRY/step_bench" || status=1
+      ;;
+    step256)
+      echo "== training step at batch 256, bf16, no parity check (bench/train_step/run.sh)"
+      mkdir -p "$COPY_TO/b256"
+      COPY_TO=$COPY_TO/b256 BATCH=256 PRECISIONS=bf16 FIT_EXTRAS= \
+        timeout 480 bash bench/train_step/run.sh "$CARRY/step_bench" || status=1
+      ;;
+    train)
+      echo "== train on synthetic shards, eager and --cuda-graph (bench/train_step/train_run.sh)"
+      BIN=$CARRY COPY_TO=$COPY_TO STEP_RUNS=$COPY_TO/train_step_runs.jsonl \
+        timeout 300 bash bench/train_step/train_run.sh || status=1
+      ;;
+    finetune)
+      echo "== fine-tuning, CUDA bf16 against CPU fp32 (bench/finetune/run.sh)"
+      BIN=$CARRY COPY_TO=$COPY_TO timeout 240 bash bench/finetune/run.sh || status=1
+      ;;
+    *) echo "PARTS: unknown part '$part' (nccl, step, step256, train, finetune)"; status=1 ;;
+  esac
+done
 exit $status

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# `train` itself on synthetic shards (the real loader, checkpoints,
+# metrics), eager and with --cuda-graph, against step_bench's step: the
+# target "`train` within 5% of `step_bench`". One call on the GPU machine
+# (no Rust toolchain there: carry the binaries and the tokenizer, see
+# bench/device.sh).
+#
+# Usage: BIN=DIR bash bench/train_step/train_run.sh
+#   BIN        folder with synth, ingest and train (target/carry)
+#   TOKENIZER  CLIP tokenizer.json ($BIN/tokenizer.json, else .cache/clip/tokenizer.json)
+#   DEVICE     cuda | cpu (cuda; --cuda-graph runs on cuda only)
+#   PRESET     vit-b16 | small | tiny (vit-b16)
+#   BATCH (64) PAIRED_FRACTION (0.75, step_bench's default) STEPS (40)
+#   STUDIES (600) PADCHEST (300) LOADER_THREADS (12)
+#   STEP_RUNS  step_bench's JSON lines (run.sh's train_step_runs.jsonl) to
+#              compare with; none: no comparison
+#   COPY_TO    also copy the summary there
+# CPU check: BIN=target/debug DEVICE=cpu PRESET=tiny BATCH=8 STEPS=6 STUDIES=40 PADCHEST=20 LOADER_THREADS=1 bash bench/train_step/train_run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-target/release}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-vit-b16}
+BATCH=${BATCH:-64}
+PAIRED_FRACTION=${PAIRED_FRACTION:-0.75}
+STEPS=${STEPS:-40}
+STUDIES=${STUDIES:-600}
+PADCHEST=${PADCHEST:-300}
+LOADER_THREADS=${LOADER_THREADS:-12}
+WORK=${WORK:-$(mktemp -d)}
+if [ -z "${TOKENIZER:-}" ]; then
+  if [ -f "$BIN/tokenizer.json" ]; then TOKENIZER=$BIN/tokenizer.json; else TOKENIZER=.cache/clip/tokenizer.json; fi
+fi
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+fail() { echo "bench/train_step/train_run.sh: FAILED: $*" >&2; exit 1; }
+for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; done
+[ -f "$TOKENIZER" ] || fail "no tokenizer at $TOKENIZER"
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+"$BIN/synth" --out "$WORK/world" --studies "$STUDIES" --padchest-images "$PADCHEST" --seed 0 >/dev/null
+"$BIN/ingest" mimic --root "$WORK/world/mimic-cxr" --tokenizer "$TOKENIZER" --out "$WORK/mimic" >/dev/null
+"$BIN/ingest" padchest --images-only --root "$WORK/world/padchest" --out "$WORK/padchest" >/dev/null
+cat >"$WORK/config.toml" <<TOML
+[model]
+preset = "$PRESET"
+[optim]
+fused = true
+[train]
+steps = $STEPS
+warmup_steps = 0
+batch_size = $BATCH
+paired_fraction = $PAIRED_FRACTION
+loader_threads = $LOADER_THREADS
+prefetch = 8
+log_every = 5
+checkpoint_every = 100000
+keep_last = 1
+TOML
+
+modes=(eager)
+[ "$DEVICE" = cuda ] && modes+=(graph)
+for mode in "${modes[@]}"; do
+  extra=()
+  [ "$mode" = graph ] && extra=(--cuda-graph)
+  echo "== train ($mode): $PRESET, batch $BATCH, $STEPS steps on $DEVICE" >&2
+  "$BIN/train" --shards "$WORK/mimic" --shards "$WORK/padchest" --config "$WORK/config.toml" \
+    --out "$WORK/run-$mode" --device "$DEVICE" "${extra[@]}" 2>"$WORK/log-$mode.txt" ||
+    { tail -5 "$WORK/log-$mode.txt" >&2; fail "train ($mode) failed"; }
+done
+
+"$PYTHON" - "$WORK" "${STEP_RUNS:-}" "$DEVICE" "$PRESET" "$BATCH" <<'PY' | tee "$WORK/summary.md"
+import json, os, sys
+work, step_runs, device, preset, batch = sys.argv[1:]
+print(f"# `train` on synthetic shards: {preset}, batch {batch}, {device}\n")
+print("Images/s per metrics window (5 steps each); the first window, which holds the "
+      "start-up, the first batches and the graph's capture, is left out of the mean.\n")
+print("| run | windows | images/s (mean of the later windows) | loader wait |")
+print("| --- | ---: | ---: | ---: |")
+ours = {}
+for mode in ("eager", "graph"):
+    path = f"{work}/run-{mode}/metrics.jsonl"
+    if not os.path.exists(path):
+        continue
+    lines = [json.loads(l) for l in open(path)][1:]
+    if not lines:
+        continue
+    ips = sum(l["images_per_s"] for l in lines) / len(lines)
+    wait = sum(l["loader_wait"] for l in lines) / len(lines)
+    ours[mode] = ips
+    print(f"| train{' --cuda-graph' if mode == 'graph' else ''} | {len(lines)} | {ips:.1f} | {100 * wait:.1f}% |")
+if step_runs and os.path.exists(step_runs):
+    rows = [json.loads(l) for l in open(step_runs)]
+    def bench(graph):
+        return next((r for r in rows if r.get("impl") == "rust-tch" and r.get("fused_optimizer")
+                     and bool(r.get("cuda_graph")) == graph and not r.get("fit_extras")), None)
+    print()
+    for mode, graph in (("eager", False), ("graph", True)):
+        r = bench(graph)
+        if r and mode in ours:
+            print(f"- train ({mode}) ÷ step_bench ({'CUDA graph' if graph else 'fused, eager'}, "
+                  f"batch {r['batch']}, {r['paired']} paired): **{ours[mode] / r['images_per_s']:.3f}** "
+                  f"({ours[mode]:.1f} against {r['images_per_s']:.1f} images/s)")
+    print("\nstep_bench's reports fill 20 to 77 tokens; the synthetic reports are shorter, which "
+          "eager `train` cuts and `--cuda-graph` pads to 77.")
+PY
+if [ -n "${COPY_TO:-}" ]; then
+  mkdir -p "$COPY_TO"
+  cp "$WORK/summary.md" "$COPY_TO/train-summary.md"
+fi
