@@ -11,6 +11,9 @@
 #             host-reads row (not in the default PARTS)
 #   train     `train` on synthetic shards, eager and --cuda-graph, against
 #             the step's figures (bench/train_step/train_run.sh)
+#   scale     `train` under torchrun on 1, 2, 4, 8 GPUs (as many as there
+#             are; bench/scale/run.sh), for a multi-GPU machine (not in
+#             the default PARTS)
 #   finetune  fine-tuning on CUDA against the CPU (bench/finetune/run.sh)
 # PARTS picks them (default all four, in that order); a part that fails or
 # times out is recorded and the next one runs. Results go to $OUT (the
@@ -62,11 +65,15 @@ for part in $PARTS; do
       BIN=$CARRY COPY_TO=$COPY_TO STEP_RUNS=$COPY_TO/train_step_runs.jsonl \
         timeout 300 bash bench/train_step/train_run.sh || status=1
       ;;
+    scale)
+      echo "== data-parallel scaling over the GPUs present (bench/scale/run.sh)"
+      BIN=$CARRY COPY_TO=$COPY_TO timeout 540 bash bench/scale/run.sh || status=1
+      ;;
     finetune)
       echo "== fine-tuning, CUDA bf16 against CPU fp32 (bench/finetune/run.sh)"
       BIN=$CARRY COPY_TO=$COPY_TO timeout 240 bash bench/finetune/run.sh || status=1
       ;;
-    *) echo "PARTS: unknown part '$part' (nccl, step, step256, train, finetune)"; status=1 ;;
+    *) echo "PARTS: unknown part '$part' (nccl, step, step256, train, scale, finetune)"; status=1 ;;
   esac
 done
 exit $status

@@ -40,25 +40,10 @@ for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; d
 TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-"$BIN/synth" --out "$WORK/world" --studies "$STUDIES" --padchest-images "$PADCHEST" --seed 0 >/dev/null
-"$BIN/ingest" mimic --root "$WORK/world/mimic-cxr" --tokenizer "$TOKENIZER" --out "$WORK/mimic" >/dev/null
-"$BIN/ingest" padchest --images-only --root "$WORK/world/padchest" --out "$WORK/padchest" >/dev/null
-cat >"$WORK/config.toml" <<TOML
-[model]
-preset = "$PRESET"
-[optim]
-fused = true
-[train]
-steps = $STEPS
-warmup_steps = 0
-batch_size = $BATCH
-paired_fraction = $PAIRED_FRACTION
-loader_threads = $LOADER_THREADS
-prefetch = 8
-log_every = 5
-checkpoint_every = 100000
-keep_last = 1
-TOML
+# shellcheck source=../lib/train_shards.sh
+source bench/lib/train_shards.sh
+synthetic_shards "$WORK" "$STUDIES" "$PADCHEST"
+throughput_config "$WORK/config.toml" "$PRESET" "$BATCH" "$PAIRED_FRACTION" "$STEPS" "$LOADER_THREADS"
 
 modes=(eager)
 [ "$DEVICE" = cuda ] && modes+=(graph)
@@ -71,6 +56,9 @@ for mode in "${modes[@]}"; do
     { tail -5 "$WORK/log-$mode.txt" >&2; fail "train ($mode) failed"; }
 done
 
+for mode in "${modes[@]}"; do
+  echo "$mode $(window_rate "$WORK/run-$mode/metrics.jsonl")" >>"$WORK/rates.txt"
+done
 "$PYTHON" - "$WORK" "${STEP_RUNS:-}" "$DEVICE" "$PRESET" "$BATCH" <<'PY' | tee "$WORK/summary.md"
 import json, os, sys
 work, step_runs, device, preset, batch = sys.argv[1:]
@@ -80,17 +68,14 @@ print("Images/s per metrics window (5 steps each); the first window, which holds
 print("| run | windows | images/s (mean of the later windows) | loader wait |")
 print("| --- | ---: | ---: | ---: |")
 ours = {}
-for mode in ("eager", "graph"):
-    path = f"{work}/run-{mode}/metrics.jsonl"
-    if not os.path.exists(path):
+for line in open(f"{work}/rates.txt"):
+    parts = line.split()
+    if len(parts) < 4:
+        print(f"| train ({parts[0]}) | 0 | too few steps for a second window | |")
         continue
-    lines = [json.loads(l) for l in open(path)][1:]
-    if not lines:
-        continue
-    ips = sum(l["images_per_s"] for l in lines) / len(lines)
-    wait = sum(l["loader_wait"] for l in lines) / len(lines)
+    mode, ips, wait, windows = parts[0], float(parts[1]), float(parts[2]), int(parts[3])
     ours[mode] = ips
-    print(f"| train{' --cuda-graph' if mode == 'graph' else ''} | {len(lines)} | {ips:.1f} | {100 * wait:.1f}% |")
+    print(f"| train{' --cuda-graph' if mode == 'graph' else ''} | {windows} | {ips:.1f} | {100 * wait:.1f}% |")
 if step_runs and os.path.exists(step_runs):
     rows = [json.loads(l) for l in open(step_runs)]
     def bench(graph):
