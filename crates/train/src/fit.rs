@@ -209,13 +209,9 @@ impl<'a> Run<'a> {
             crate::hf::load_weights(dir, &session.vs)?;
         }
         let opt = Optimizer::new(&session.vs, &cfg.optim);
-        let graphs = opts.cuda_graph.then(|| {
-            GraphSteps::new(
-                device,
-                cfg.train.autocast.reduced_on(device),
-                run_model.mmclip.clip.vision.image_size,
-            )
-        });
+        let graphs = opts
+            .cuda_graph
+            .then(|| GraphSteps::new(device, cfg.train.autocast.reduced_on(device)));
         let state = TrainState {
             step: 0,
             next_position: Position::default(),
@@ -397,13 +393,21 @@ impl<'a> Run<'a> {
         self.state.next_position = batch.position.next(loader.steps_per_epoch());
         let images = batch.size as u64;
         let staged = Staged::with_text(batch, self.device, TextWidth::Context);
+        let step_batch = model::StepBatch {
+            pixels: fit_to(
+                &staged.step.pixels,
+                self.session.run.mmclip.clip.vision.image_size,
+            ),
+            input_ids: staged.step.input_ids.shallow_clone(),
+            entity: staged.step.entity.shallow_clone(),
+        };
         // The seed of the ordinary step's only micro-batch.
         let seed = step_seed(self.state.seed, self.state.step);
         let model = &self.session.model;
-        let noise = model.step_noise(&staged.step, seed, None, self.device);
+        let noise = model.step_noise(&step_batch, seed, None, self.device);
         let graphs = self.graphs.as_mut().context("no fixed-shape steps")?;
         let queued = graphs
-            .step(model, &mut self.opt, phase, &staged.step, &noise, lr)
+            .step(model, &mut self.opt, phase, &step_batch, &noise, lr)
             .with_context(|| format!("step {}", self.state.step))?;
         Ok((queued.record, images, queued.has_align, queued.has_mlm))
     }

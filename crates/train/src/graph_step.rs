@@ -28,7 +28,7 @@ use model::mmclip::{Phase, StepNoise};
 use model::{Mmclip, StepBatch};
 use tch::{Device, Kind, Tensor};
 
-use crate::fit::{LossSlots, fit_to, step_record};
+use crate::fit::{LossSlots, step_record};
 use crate::optim::{Lr, Optimizer};
 
 /// Eager steps of a shape before it is captured.
@@ -75,20 +75,17 @@ pub struct Queued {
 pub struct GraphSteps {
     device: Device,
     reduced: Option<Reduced>,
-    image_size: i64,
     slots: HashMap<Shape, Slot>,
     /// Said once: a shape that found every graph taken.
     warned_full: bool,
 }
 
 impl GraphSteps {
-    /// Steps on `device` under autocast `reduced`, images resized to
-    /// `image_size` as [`fit_to`] does.
-    pub fn new(device: Device, reduced: Option<Reduced>, image_size: i64) -> GraphSteps {
+    /// Steps on `device` under autocast `reduced`.
+    pub fn new(device: Device, reduced: Option<Reduced>) -> GraphSteps {
         GraphSteps {
             device,
             reduced,
-            image_size,
             slots: HashMap::new(),
             warned_full: false,
         }
@@ -99,8 +96,8 @@ impl GraphSteps {
         self.slots.values().filter(|s| s.graph.is_some()).count()
     }
 
-    /// Queues one optimiser step of `batch` (text over the whole context)
-    /// in `phase` with the draws `noise` and learning rate `lr`: forward,
+    /// Queues one optimiser step of `batch` (images at the model's size,
+    /// text over the whole context) in `phase` with the draws `noise` and learning rate `lr`: forward,
     /// backward, and the update, skipped on the device when the loss or
     /// the gradient is not finite.
     pub fn step(
@@ -154,16 +151,15 @@ impl GraphSteps {
             );
         }
         let captured = self.captured();
-        let (device, reduced, image_size) = (self.device, self.reduced, self.image_size);
+        let (device, reduced) = (self.device, self.reduced);
         let slot = self.slots.get_mut(&shape).expect("inserted above");
         slot.batch.pixels.copy_(&batch.pixels);
         slot.batch.input_ids.copy_(&batch.input_ids);
         slot.batch.entity.copy_(&batch.entity);
         slot.noise.copy_from(noise);
         let _ = slot.lr.fill_(lr);
-        let run = |opt: &mut Optimizer, slot: &Slot| {
-            run_step(model, opt, phase, (device, reduced, image_size), slot)
-        };
+        let run =
+            |opt: &mut Optimizer, slot: &Slot| run_step(model, opt, phase, (device, reduced), slot);
 
         if let Some((graph, record)) = &slot.graph {
             graph.replay().map_err(anyhow::Error::msg)?;
@@ -209,16 +205,11 @@ fn run_step(
     model: &Mmclip,
     opt: &mut Optimizer,
     phase: Phase,
-    (device, reduced, image_size): (Device, Option<Reduced>, i64),
+    (device, reduced): (Device, Option<Reduced>),
     slot: &Slot,
 ) -> Result<Tensor> {
-    let batch = StepBatch {
-        pixels: fit_to(&slot.batch.pixels, image_size),
-        input_ids: slot.batch.input_ids.shallow_clone(),
-        entity: slot.batch.entity.shallow_clone(),
-    };
     let (losses, _) = model::autocast::autocast(device, reduced, || {
-        model.step_with_noise(&batch, phase, &slot.noise, None)
+        model.step_with_noise(&slot.batch, phase, &slot.noise, None)
     })?;
     let slots = LossSlots::of(&losses);
     losses.total.backward();
@@ -318,7 +309,7 @@ mod tests {
 
         let (vs_a, model_a, mut opt_a) = build(&cfg, kind);
         let (vs_b, model_b, mut opt_b) = build(&cfg, kind);
-        let mut graphs = GraphSteps::new(Device::Cpu, None, side);
+        let mut graphs = GraphSteps::new(Device::Cpu, None);
         let plan = [
             (Phase::WarmUp, 1e-3),
             (Phase::Joint, 5e-4),
