@@ -203,7 +203,10 @@ for prec in $PRECISIONS; do
     --flops-per-step "$FLOPS" "${count[@]}"
   if [[ " $COMPILE " == *" $prec "* ]]; then
     for mode in step encoders; do
-      measure "pytorch-${prec}_compile" "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" \
+      # A fresh inductor cache: a whole-step compile reloaded from the cache
+      # of an earlier run failed in AOTAutograd (bench/RESULTS.md).
+      measure "pytorch-${prec}_compile" env TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-$prec-$mode" \
+        "$PYTHON" bench/train_step/reference.py "${common[@]}" "${ref[@]}" \
         --attn "$ATTN" --flops-per-step "$FLOPS" --compile "$mode"
       [ -f "$WORK/pytorch-${prec}_compile.json" ] && break
     done
