@@ -298,7 +298,7 @@ sel = {s: r["mlm_selected"] for (s, _), r in runs.items()}
 plen = {s: r["prompt_len"] for (s, _), r in runs.items()}
 print(f"\nTrainable parameters: {params}; EntMLM-selected tokens per step: {sel}; prompt pass width: {plen}.")
 print("Last-step losses: " + "; ".join(
-    f"{names[s]} {p}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {fmt(r.get('loss_mim'), '.4f')}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
+    f"{'PyTorch torch.compile' if p.endswith('_compile') else names[s]} {p.split('_')[0]}{'' if '_' not in p or p.endswith('_compile') else ' ' + p.split('_', 1)[1]}: total {r['loss_total']:.4f} (align {fmt(r.get('loss_align'), '.4f')}, mim {fmt(r.get('loss_mim'), '.4f')}, mlm {fmt(r.get('loss_mlm'), '.4f')})"
     for (s, p), r in runs.items()) + ".")
 for prec in ("fp32", "fp16", "bf16"):
     best = max((runs[k] for k in runs if k[0] == "rust" and k[1].split("_")[0] == prec

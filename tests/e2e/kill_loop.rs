@@ -6,7 +6,8 @@
 //! The kill moments are seeded, and measured so they land at comparable
 //! moments (start-up, mid-shard, mid-step) on a fast or a slow, loaded
 //! machine: a kill in the start-up is a fraction of the uninterrupted
-//! reference run's start-up; a kill "in the work" waits for the restarted
+//! reference run's start-up (or the first progress, if that comes
+//! sooner); a kill "in the work" waits for the restarted
 //! run's first progress on disk (so a slow start-up cannot eat it) and
 //! then, for ingest, a fraction of the reference's work, for train, a
 //! fraction of its own last progress interval after one more change of its
@@ -61,7 +62,9 @@ impl Rng {
 /// When to kill one run.
 #[derive(Clone, Copy, Debug)]
 enum Kill {
-    /// This fraction of the reference's start-up after the start.
+    /// This fraction of the reference's start-up after the start, or the
+    /// run's first progress if that comes first: a reference timed on a
+    /// more loaded machine has a longer start-up than the killed run.
     InStartUp(f64),
     /// This fraction of the reference's work after the run's first progress.
     InWork(f64),
@@ -240,7 +243,7 @@ fn run_and_kill(t: &Target, r: Reference, kill: Kill, log: &Path) -> KillPoint {
             changed_at = (changed_at.1, now);
         }
         let due = match kill {
-            Kill::InStartUp(f) => now >= r.start_up.mul_f64(f),
+            Kill::InStartUp(f) => progress_at.is_some() || now >= r.start_up.mul_f64(f),
             Kill::InWork(f) => progress_at.is_some_and(|p| now >= p + r.work().mul_f64(f)),
             Kill::InSteps(n, f) => {
                 changes >= n && now >= changed_at.1 + (changed_at.1 - changed_at.0).mul_f64(f)

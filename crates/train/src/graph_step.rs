@@ -97,9 +97,10 @@ impl GraphSteps {
     }
 
     /// Queues one optimiser step of `batch` (images at the model's size,
-    /// text over the whole context) in `phase` with the draws `noise` and learning rate `lr`: forward,
-    /// backward, and the update, skipped on the device when the loss or
-    /// the gradient is not finite.
+    /// text over the whole context) in `phase` with the draws `noise` and
+    /// learning rate `lr`: forward, backward, and the update, skipped on
+    /// the device when the loss or the gradient is not finite. A failed
+    /// capture is an error: the run asked for graphs.
     pub fn step(
         &mut self,
         model: &Mmclip,
