@@ -39,14 +39,14 @@ COPY_TO=${COPY_TO:-${OUT:-bench/device-out}}
 mkdir -p "$COPY_TO"
 status=0
 PARTS=${PARTS:-"nccl step train finetune"}
-TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+# shellcheck source=lib/torch_env.sh
+source bench/lib/torch_env.sh
 for part in $PARTS; do
   case $part in
     nccl)
       echo "== NCCL collectives and the gradient reducer on every GPU (crates/model/tests/dist.rs)"
-      LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 120 \
-        "$CARRY/dist" --ignored --exact nccl_collectives_and_reducer_on_every_gpu --nocapture \
-        >"$COPY_TO/nccl.txt" 2>&1 || { status=1; echo "NCCL check failed (nccl.txt)"; }
+      (use_torch_libs && timeout 120 "$CARRY/dist" --ignored --exact nccl_collectives_and_reducer_on_every_gpu \
+        --nocapture) >"$COPY_TO/nccl.txt" 2>&1 || { status=1; echo "NCCL check failed (nccl.txt)"; }
       tail -3 "$COPY_TO/nccl.txt"
       ;;
     step)

@@ -29,13 +29,11 @@ EPOCHS=${EPOCHS:-2}
 BATCH=${BATCH:-32}
 TOL=${TOL:-0.05}
 WORK=${WORK:-$(mktemp -d)}
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+# shellcheck source=../lib/torch_env.sh
+source bench/lib/torch_env.sh
 fail() { echo "bench/finetune/run.sh: FAILED: $*" >&2; exit 1; }
 for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; done
-TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+use_torch_libs
 
 case "$PRESET" in
   vit-b16) SIZE=256 ;;

@@ -1,7 +1,20 @@
 # Shared by the benchmarks that run `train` itself (bench/train_step/
-# train_run.sh, bench/scale/run.sh): synthetic MIMIC- and PadChest-shaped
-# shards, and a training config for a throughput run. Source it; BIN,
-# TOKENIZER and the variables named below must be set.
+# train_run.sh, bench/scale/run.sh): their inputs, synthetic MIMIC- and
+# PadChest-shaped shards, and a training config for a throughput run.
+# Source it with BIN set and a `fail` function defined.
+
+# shellcheck source=torch_env.sh
+source bench/lib/torch_env.sh
+
+# The binaries in BIN and TOKENIZER (default: BIN's tokenizer.json, else
+# the one scripts/setup.sh builds).
+need_train_inputs() {
+  if [ -z "${TOKENIZER:-}" ]; then
+    if [ -f "$BIN/tokenizer.json" ]; then TOKENIZER=$BIN/tokenizer.json; else TOKENIZER=.cache/clip/tokenizer.json; fi
+  fi
+  for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; done
+  [ -f "$TOKENIZER" ] || fail "no tokenizer at $TOKENIZER"
+}
 
 # synthetic_shards WORK STUDIES PADCHEST: $WORK/mimic and $WORK/padchest.
 synthetic_shards() {

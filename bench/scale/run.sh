@@ -26,17 +26,11 @@ STEPS=${STEPS:-40}
 STUDIES=${STUDIES:-1200}
 PADCHEST=${PADCHEST:-600}
 WORK=${WORK:-$(mktemp -d)}
-if [ -z "${TOKENIZER:-}" ]; then
-  if [ -f "$BIN/tokenizer.json" ]; then TOKENIZER=$BIN/tokenizer.json; else TOKENIZER=.cache/clip/tokenizer.json; fi
-fi
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
 fail() { echo "bench/scale/run.sh: FAILED: $*" >&2; exit 1; }
-for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; done
-[ -f "$TOKENIZER" ] || fail "no tokenizer at $TOKENIZER"
-TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=../lib/train_shards.sh
+source bench/lib/train_shards.sh
+need_train_inputs
+use_torch_libs
 if [ "$DEVICE" = cuda ]; then
   GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
   [ "$GPUS" -ge 1 ] || fail "no CUDA device"
@@ -48,8 +42,6 @@ else
   PROCS=${PROCS:-"1 2"}
 fi
 
-# shellcheck source=../lib/train_shards.sh
-source bench/lib/train_shards.sh
 synthetic_shards "$WORK" "$STUDIES" "$PADCHEST"
 CORES=$(nproc)
 for n in $PROCS; do

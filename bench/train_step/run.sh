@@ -75,16 +75,14 @@ else
   COMPILE=${COMPILE:-}
 fi
 OUT_MD=bench/train_step/last-run.md
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+# shellcheck source=../lib/torch_env.sh
+source bench/lib/torch_env.sh
 
 fail() { echo "run.sh: FAILED: $*" >&2; exit 1; }
 
 "$PYTHON" -c 'import torch, transformers, safetensors, numpy' ||
   fail "$PYTHON lacks torch, transformers, safetensors or numpy (reference.py needs them)"
-TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+use_torch_libs
 
 if [ ! -x "$BIN" ]; then
   if [ "$BIN" = "$DEFAULT_BIN" ] && command -v cargo >/dev/null; then

@@ -28,20 +28,12 @@ STUDIES=${STUDIES:-600}
 PADCHEST=${PADCHEST:-300}
 LOADER_THREADS=${LOADER_THREADS:-12}
 WORK=${WORK:-$(mktemp -d)}
-if [ -z "${TOKENIZER:-}" ]; then
-  if [ -f "$BIN/tokenizer.json" ]; then TOKENIZER=$BIN/tokenizer.json; else TOKENIZER=.cache/clip/tokenizer.json; fi
-fi
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
 fail() { echo "bench/train_step/train_run.sh: FAILED: $*" >&2; exit 1; }
-for b in synth ingest train; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"; done
-[ -f "$TOKENIZER" ] || fail "no tokenizer at $TOKENIZER"
-TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-
 # shellcheck source=../lib/train_shards.sh
 source bench/lib/train_shards.sh
+need_train_inputs
+use_torch_libs
+
 synthetic_shards "$WORK" "$STUDIES" "$PADCHEST"
 throughput_config "$WORK/config.toml" "$PRESET" "$BATCH" "$PAIRED_FRACTION" "$STEPS" "$LOADER_THREADS"
 

@@ -19,16 +19,8 @@
 
 using mmclip::fail;
 
-namespace {
-
 #ifdef MMCLIP_CUDA
-// A pool stream made current on a device after it waits for the stream
-// that was current; leaving makes that stream wait for it in turn, so work
-// queued on either side stays ordered.
-struct SideStream {
-  c10::cuda::CUDAStream previous;
-  c10::cuda::CUDAStream side;
-};
+namespace {
 
 // Checked first: without a device libtorch's own error is about the
 // driver's version.
@@ -38,6 +30,14 @@ c10::DeviceIndex existing(int device) {
   }
   return static_cast<c10::DeviceIndex>(device);
 }
+
+// A pool stream made current on a device after it waits for the stream
+// that was current; leaving makes that stream wait for it in turn, so work
+// queued on either side stays ordered.
+struct SideStream {
+  c10::cuda::CUDAStream previous;
+  c10::cuda::CUDAStream side;
+};
 
 SideStream* enter(int device) {
   auto index = existing(device);
@@ -64,125 +64,78 @@ struct Graph {
   // Set while the capture runs: the stream it runs on.
   SideStream* capturing = nullptr;
 };
-#else
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "this build has no CUDA graphs: model's build.rs found no CUDA headers "
-      "(python/requirements.txt's nvidia-cuda-crt and nvidia-cuda-cccl, or CUDA_HOME)");
+
+// Runs `f`, turning an exception into the caller's error message.
+template <class F>
+int guarded(F f, char* err, size_t err_len) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
 }
-#endif
 
 }  // namespace
 
-extern "C" bool mmclip_graph_available() {
-#ifdef MMCLIP_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
+extern "C" bool mmclip_graph_available() { return true; }
 
 extern "C" int mmclip_side_stream_enter(int device, void** out, char* err, size_t err_len) {
-  try {
-#ifdef MMCLIP_CUDA
-    *out = enter(device);
-    return 0;
-#else
-    (void)device;
-    (void)out;
-    no_cuda();
-#endif
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
+  return guarded([&] { *out = enter(device); }, err, err_len);
 }
 
 extern "C" int mmclip_side_stream_leave(void* stream, char* err, size_t err_len) {
-  try {
-#ifdef MMCLIP_CUDA
-    leave(static_cast<SideStream*>(stream));
-    return 0;
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
+  return guarded([&] { leave(static_cast<SideStream*>(stream)); }, err, err_len);
 }
 
 // Starts capturing on a side stream of `device`. As torch.cuda.graph does,
 // the device is synchronised and the allocator's cached blocks released
 // first, so the graph's private pool starts from what is really free.
 extern "C" int mmclip_graph_capture_begin(int device, void** out, char* err, size_t err_len) {
-  try {
-#ifdef MMCLIP_CUDA
-    c10::cuda::set_device(existing(device));
-    c10::cuda::device_synchronize();
-    c10::cuda::CUDACachingAllocator::emptyCache();
-    auto graph = new Graph();
-    try {
-      graph->capturing = enter(device);
-      graph->graph.capture_begin();
-    } catch (...) {
-      if (graph->capturing != nullptr) leave(graph->capturing);
-      delete graph;
-      throw;
-    }
-    *out = graph;
-    return 0;
-#else
-    (void)device;
-    (void)out;
-    no_cuda();
-#endif
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
+  return guarded(
+      [&] {
+        c10::cuda::set_device(existing(device));
+        c10::cuda::device_synchronize();
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        auto graph = new Graph();
+        try {
+          graph->capturing = enter(device);
+          graph->graph.capture_begin();
+        } catch (...) {
+          if (graph->capturing != nullptr) leave(graph->capturing);
+          delete graph;
+          throw;
+        }
+        *out = graph;
+      },
+      err, err_len);
 }
 
 extern "C" int mmclip_graph_capture_end(void* graph, char* err, size_t err_len) {
-  try {
-#ifdef MMCLIP_CUDA
-    auto g = static_cast<Graph*>(graph);
-    SideStream* stream = g->capturing;
-    g->capturing = nullptr;
-    try {
-      g->graph.capture_end();
-    } catch (...) {
-      leave(stream);
-      throw;
-    }
-    leave(stream);
-    return 0;
-#else
-    (void)graph;
-    no_cuda();
-#endif
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
+  return guarded(
+      [&] {
+        auto g = static_cast<Graph*>(graph);
+        SideStream* stream = g->capturing;
+        g->capturing = nullptr;
+        try {
+          g->graph.capture_end();
+        } catch (...) {
+          leave(stream);
+          throw;
+        }
+        leave(stream);
+      },
+      err, err_len);
 }
 
 // Queues the captured work on the current stream.
 extern "C" int mmclip_graph_replay(void* graph, char* err, size_t err_len) {
-  try {
-#ifdef MMCLIP_CUDA
-    static_cast<Graph*>(graph)->graph.replay();
-    return 0;
-#else
-    (void)graph;
-    no_cuda();
-#endif
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
+  return guarded([&] { static_cast<Graph*>(graph)->graph.replay(); }, err, err_len);
 }
 
 // Frees a graph; one still capturing (its closure panicked) ends the
 // capture first, so the stream is not left in capture mode.
 extern "C" void mmclip_graph_free(void* graph) {
-#ifdef MMCLIP_CUDA
   auto g = static_cast<Graph*>(graph);
   if (g->capturing != nullptr) {
     try {
@@ -196,7 +149,35 @@ extern "C" void mmclip_graph_free(void* graph) {
     }
   }
   delete g;
-#else
-  (void)graph;
-#endif
 }
+
+#else  // no CUDA headers: every entry point refuses, naming why
+
+namespace {
+int no_cuda(char* err, size_t err_len) {
+  return mmclip::fail_with(
+      "this build has no CUDA graphs: model's build.rs found no CUDA headers "
+      "(python/requirements.txt's nvidia-cuda-crt and nvidia-cuda-cccl, or CUDA_HOME)",
+      err, err_len);
+}
+}  // namespace
+
+extern "C" bool mmclip_graph_available() { return false; }
+extern "C" int mmclip_side_stream_enter(int, void**, char* err, size_t err_len) {
+  return no_cuda(err, err_len);
+}
+extern "C" int mmclip_side_stream_leave(void*, char* err, size_t err_len) {
+  return no_cuda(err, err_len);
+}
+extern "C" int mmclip_graph_capture_begin(int, void**, char* err, size_t err_len) {
+  return no_cuda(err, err_len);
+}
+extern "C" int mmclip_graph_capture_end(void*, char* err, size_t err_len) {
+  return no_cuda(err, err_len);
+}
+extern "C" int mmclip_graph_replay(void*, char* err, size_t err_len) {
+  return no_cuda(err, err_len);
+}
+extern "C" void mmclip_graph_free(void*) {}
+
+#endif

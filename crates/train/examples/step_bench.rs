@@ -325,17 +325,46 @@ fn time_steps(
     if selected != expected {
         bail!("EntMLM selected {selected} tokens, the FLOP count assumed {expected}");
     }
-    let total_s: f64 = times.iter().sum();
-    let mean_s = total_s / times.len() as f64;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let achieved = flops / mean_s / 1e12;
     let value = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
     let opt_value = |t: &Option<Tensor>| t.as_ref().map(value);
     let loss_total = value(&losses.total);
-    let fields = json!({
+    let mut fields = timing_fields(args, args.warmup, &times, flops);
+    let more = json!({
+        "loss_total": loss_total,
+        "loss_mim": value(&losses.mim),
+        "loss_mlm": opt_value(&losses.mlm),
+        "loss_align": opt_value(&losses.align),
+        "losses_finite": loss_total.is_finite(),
+        "aten_ops_per_step": counted.as_ref().map(|c| &c.0),
+        "host_syncs_per_step": counted.as_ref().map(|c| &c.1),
+    });
+    fields.extend(object(more));
+    Ok(fields)
+}
+
+/// The JSON object of a `json!` object literal.
+fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(fields) = value else {
+        unreachable!("json! of an object literal is an object")
+    };
+    fields
+}
+
+/// The timing fields of the JSON line: `times` are the timed steps' seconds.
+fn timing_fields(
+    args: &Args,
+    warmup: u64,
+    times: &[f64],
+    flops: f64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let total_s: f64 = times.iter().sum();
+    let mean_s = total_s / times.len() as f64;
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let achieved = flops / mean_s / 1e12;
+    object(json!({
         "steps": args.steps,
-        "warmup": args.warmup,
+        "warmup": warmup,
         "ms_per_step_mean": 1e3 * mean_s,
         "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
         "ms_per_step_min": 1e3 * sorted[0],
@@ -345,18 +374,7 @@ fn time_steps(
         // tch exposes no CUDA allocator statistics; run.sh samples nvidia-smi.
         "peak_gpu_mib": null,
         "peak_rss_mib": peak_rss_mib(),
-        "loss_total": loss_total,
-        "loss_mim": value(&losses.mim),
-        "loss_mlm": opt_value(&losses.mlm),
-        "loss_align": opt_value(&losses.align),
-        "losses_finite": loss_total.is_finite(),
-        "aten_ops_per_step": counted.as_ref().map(|c| &c.0),
-        "host_syncs_per_step": counted.as_ref().map(|c| &c.1),
-    });
-    let serde_json::Value::Object(fields) = fields else {
-        unreachable!("json! of an object literal is an object")
-    };
-    Ok(fields)
+    }))
 }
 
 /// `--cuda-graph`: `model` (its weights as `build` makes them) runs the
@@ -477,23 +495,9 @@ fn time_graph_steps(
         .map(|(name, v)| (v - &reference_vars[name]).abs().max().double_value(&[]))
         .fold(0.0f64, f64::max);
 
-    let total_s: f64 = times.iter().sum();
-    let mean_s = total_s / times.len() as f64;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let achieved = flops / mean_s / 1e12;
     let last = have.last().expect("at least one replay");
-    let fields = json!({
-        "steps": args.steps,
-        "warmup": warmup,
-        "ms_per_step_mean": 1e3 * mean_s,
-        "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
-        "ms_per_step_min": 1e3 * sorted[0],
-        "images_per_s": args.batch as f64 * times.len() as f64 / total_s,
-        "tflops_achieved": achieved,
-        "mfu": args.peak_tflops.map(|peak| achieved / peak),
-        "peak_gpu_mib": null,
-        "peak_rss_mib": peak_rss_mib(),
+    let mut fields = timing_fields(args, warmup as u64, &times, flops);
+    let more = json!({
         "loss_total": last[0],
         "losses_finite": last[0].is_finite(),
         "graph_parity": {
@@ -503,9 +507,7 @@ fn time_graph_steps(
             "max_weight_abs_diff": weights_diff,
         },
     });
-    let serde_json::Value::Object(fields) = fields else {
-        unreachable!("json! of an object literal is an object")
-    };
+    fields.extend(object(more));
     Ok(fields)
 }
 
