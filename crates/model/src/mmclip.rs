@@ -315,6 +315,11 @@ pub struct Mmclip {
     mask_embedding: Tensor,
     text_decoder: TextDecoder,
     prompt_ids: Tensor,
+    /// Flat positions in `prompt_ids` of the prompts' real tokens (start
+    /// to end-of-text), found once: the prompts are fixed for the run, and
+    /// finding them in each step would make the host wait for the device
+    /// (`nonzero`), which a CUDA graph cannot capture.
+    prompt_tokens: Tensor,
     cfg: MmclipConfig,
 }
 
@@ -329,8 +334,14 @@ impl Mmclip {
     /// disease/device prompts of the prompt-driven map.
     pub fn new(p: nn::Path, cfg: &MmclipConfig, prompt_ids: Tensor) -> Self {
         let mlm = &p / "mlm";
+        let clip = Clip::new(&p / "clip", &cfg.clip);
+        let prompt_ids = trim_prompts(prompt_ids).to_device(p.device());
+        let prompt_tokens = real_tokens(&prompt_ids, &clip, true)
+            .reshape([-1])
+            .nonzero()
+            .squeeze_dim(1);
         Self {
-            clip: Clip::new(&p / "clip", &cfg.clip),
+            clip,
             mim_decoder: MimDecoder::new(
                 &p / "mim_decoder",
                 &cfg.mim_decoder,
@@ -342,7 +353,8 @@ impl Mmclip {
                 &cfg.text_decoder,
                 cfg.text_decoder_dims(),
             ),
-            prompt_ids: trim_prompts(prompt_ids).to_device(p.device()),
+            prompt_ids,
+            prompt_tokens,
             cfg: cfg.clone(),
         }
     }
@@ -365,11 +377,8 @@ impl Mmclip {
         match self.cfg.prompt_features {
             PromptFeatures::Pooled => e.pooled,
             PromptFeatures::Tokens => {
-                let valid = real_tokens(&self.prompt_ids, &self.clip, true); // [P, L]
                 let c = e.tokens.size()[2];
-                e.tokens
-                    .reshape([-1, c])
-                    .index_select(0, &valid.reshape([-1]).nonzero().squeeze_dim(1))
+                e.tokens.reshape([-1, c]).index_select(0, &self.prompt_tokens)
             }
         }
     }

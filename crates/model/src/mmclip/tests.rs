@@ -271,3 +271,35 @@ fn the_config_holds_only_what_can_be_set_and_reads_older_files() {
         (32, 24, 100)
     );
 }
+
+/// A CUDA graph captures the step only if the host never waits for the
+/// device inside it: no value read back, no data-dependent size, in any
+/// of the modes the configuration offers (the prompts' token positions
+/// are found once, when the model is built).
+#[test]
+fn a_step_from_its_draws_never_waits_for_the_device() {
+    for (mim_mode, prompt_features) in [
+        (MimMode::Input, PromptFeatures::Pooled),
+        (MimMode::Input, PromptFeatures::Tokens),
+        (MimMode::Feature, PromptFeatures::Tokens),
+    ] {
+        let cfg = MmclipConfig {
+            mim_mode,
+            prompt_features,
+            ..MmclipConfig::tiny()
+        };
+        let (_vs, model, batch) = setup(&cfg);
+        let noise = model.step_noise(&batch, 3, None, Device::Cpu);
+        for phase in [Phase::WarmUp, Phase::Joint] {
+            let (_, counts) = crate::op_count::count_syncs(|| {
+                let (losses, _) = model.step_with_noise(&batch, phase, &noise, None).unwrap();
+                losses.total.backward();
+            });
+            assert!(counts.ops > 100, "{counts:?}");
+            assert_eq!(
+                counts.syncs, 0,
+                "{mim_mode:?}, {prompt_features:?}, {phase:?}: {counts:?}"
+            );
+        }
+    }
+}
