@@ -22,6 +22,9 @@
 // value or size must reach the host: `item`, `nonzero`, `masked_select`,
 // …) are also counted apart, as host synchronisations. Copies to the host
 // are not among them: on the CPU they are not told apart from other copies.
+// Nor is what a list operator runs inside: the CPU's `_fused_adamw_` reads
+// a learning rate given as a tensor with `item`, where CUDA's kernel reads
+// it on the device.
 #include <ATen/record_function.h>
 
 #include <cstdint>
@@ -32,17 +35,21 @@
 namespace {
 thread_local uint64_t ops = 0;
 thread_local uint64_t syncs = 0;
+// The name of the last host-waiting operator this thread dispatched (one
+// of `waits_for_the_device`'s static names), for error messages.
+thread_local const char* last_sync = nullptr;
 // How many multi-tensor operators this thread is inside.
 thread_local int inside_multi = 0;
 std::mutex lock;
-bool waits_for_the_device(const char* name) {
+// The static name of a host-waiting operator, or null.
+const char* waits_for_the_device(const char* name) {
   static const char* const names[] = {
       "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
       "aten::unique_dim", "aten::unique_consecutive", "aten::is_nonzero", "aten::equal"};
   for (const char* n : names) {
-    if (std::strcmp(name, n) == 0) return true;
+    if (std::strcmp(name, n) == 0) return n;
   }
-  return false;
+  return nullptr;
 }
 // Returned by the start callback of the operator that opened a
 // multi-tensor region, so that its end callback closes it.
@@ -60,9 +67,12 @@ extern "C" void mmclip_op_count_start() {
   handle = at::addGlobalCallback(
       at::RecordFunctionCallback(
           [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-            const char* name = fn.name();
-            if (waits_for_the_device(name)) ++syncs;
             if (inside_multi > 0) return nullptr;
+            const char* name = fn.name();
+            if (const char* waits = waits_for_the_device(name)) {
+              ++syncs;
+              last_sync = waits;
+            }
             ++ops;
             if (std::strncmp(name, "aten::_foreach_", 15) == 0 ||
                 std::strncmp(name, "aten::_fused_", 13) == 0 ||
@@ -90,3 +100,6 @@ extern "C" void mmclip_op_count_stop() {
 extern "C" uint64_t mmclip_op_count_total() { return ops; }
 
 extern "C" uint64_t mmclip_op_count_syncs() { return syncs; }
+
+// Null before this thread's first host-waiting operator.
+extern "C" const char* mmclip_op_count_last_sync() { return last_sync; }

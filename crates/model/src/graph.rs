@@ -56,6 +56,25 @@ fn cuda_index(device: Device, what: &str) -> Result<c_int, String> {
     }
 }
 
+/// Runs `f`, an eager run of work to be captured, and fails when it made
+/// the host wait for the device (read a value or a data-dependent size
+/// back, [`crate::op_count`]): inside a capture CUDA refuses that with a
+/// bare "operation not permitted when stream is capturing". The error names
+/// the operator. Only this thread's operators are seen: on CUDA the
+/// backward pass runs on the autograd engine's threads.
+pub fn run_capturable<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let (out, counts) = crate::op_count::count_syncs(f);
+    if counts.syncs > 0 {
+        return Err(format!(
+            "this step cannot be captured in a CUDA graph: it makes the host wait for the \
+             device {} time(s) (last in {})",
+            counts.syncs,
+            counts.last_sync.unwrap_or("an unnamed operator")
+        ));
+    }
+    Ok(out)
+}
+
 /// A stream of the device's pool made current until dropped; it waits for
 /// the work queued before it, and the stream current before waits for it
 /// when it is dropped.
@@ -148,6 +167,10 @@ mod tests {
             .err()
             .expect("a CPU side stream");
         assert!(err.contains("need a CUDA device"), "{err}");
+        let x = tch::Tensor::from_slice(&[1.0f32, 0.0]);
+        assert_eq!(run_capturable(|| x.relu().sum(tch::Kind::Float).size()), Ok(vec![]));
+        let err = run_capturable(|| x.nonzero()).err().expect("a host wait");
+        assert!(err.contains("(last in aten::nonzero)"), "{err}");
         if !tch::Cuda::is_available() {
             let err = CudaGraph::capture(Device::Cuda(0), || ())
                 .err()

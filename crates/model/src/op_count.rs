@@ -20,6 +20,7 @@ unsafe extern "C" {
     fn mmclip_op_count_stop();
     fn mmclip_op_count_total() -> u64;
     fn mmclip_op_count_syncs() -> u64;
+    fn mmclip_op_count_last_sync() -> *const std::ffi::c_char;
 }
 
 /// Counts while alive: [`OpCounter::ops`] is the number of operators the
@@ -54,6 +55,19 @@ impl OpCounter {
         // SAFETY: reads a thread-local counter.
         (unsafe { mmclip_op_count_syncs() }) - self.start_syncs
     }
+
+    /// The name of the last of [`OpCounter::syncs`] (`aten::nonzero`, …),
+    /// `None` when there was none.
+    pub fn last_sync(&self) -> Option<&'static str> {
+        if self.syncs() == 0 {
+            return None;
+        }
+        // SAFETY: null or one of the shim's static NUL-terminated names.
+        let name = unsafe { mmclip_op_count_last_sync() };
+        (!name.is_null())
+            .then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_str().ok())
+            .flatten()
+    }
 }
 
 impl Default for OpCounter {
@@ -83,6 +97,8 @@ pub struct Counts {
     pub ops: u64,
     /// Those among them that make the host wait for a CUDA device.
     pub syncs: u64,
+    /// The last of those, by name.
+    pub last_sync: Option<&'static str>,
 }
 
 /// Runs `f` and returns its result with the operators it dispatched on
@@ -93,6 +109,7 @@ pub fn count_syncs<T>(f: impl FnOnce() -> T) -> (T, Counts) {
     let counts = Counts {
         ops: counter.ops(),
         syncs: counter.syncs(),
+        last_sync: counter.last_sync(),
     };
     (out, counts)
 }
@@ -152,6 +169,9 @@ mod tests {
             let _ = x.masked_select(&x.gt(0.5));
         });
         assert_eq!((item.syncs, nonzero.syncs), (1, 1), "{item:?} {nonzero:?}");
+        assert_eq!(c.last_sync, None);
+        assert_eq!(item.last_sync, Some("aten::_local_scalar_dense"));
+        assert_eq!(nonzero.last_sync, Some("aten::nonzero"));
         assert!(masked.syncs >= 1, "{masked:?}");
     }
 }

@@ -442,7 +442,9 @@ fn time_graph_steps(
         for i in 0..warmup {
             noise.copy_from(&draws(i));
             opt.zero_grad();
-            got.push(step(model, &mut opt, &noise).copy());
+            let record = model::graph::run_capturable(|| step(model, &mut opt, &noise))
+                .map_err(anyhow::Error::msg)?;
+            got.push(record.copy());
         }
     }
     // The backward pass of the capture makes the gradients in the graph's

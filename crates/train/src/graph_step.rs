@@ -195,8 +195,14 @@ impl GraphSteps {
             Device::Cuda(_) => Some(SideStream::enter(device).map_err(anyhow::Error::msg)?),
             _ => None,
         };
+        if slot.eager_runs >= EAGER_RUNS {
+            return Ok(queued(run(opt, slot)?));
+        }
+        // The runs before a capture check that it can be captured.
+        let record = model::graph::run_capturable(|| run(opt, slot))
+            .map_err(|e| anyhow::anyhow!("{e}; run without --cuda-graph"))??;
         slot.eager_runs += 1;
-        Ok(queued(run(opt, slot)?))
+        Ok(queued(record))
     }
 }
 
@@ -369,5 +375,52 @@ mod tests {
         );
         assert!(moved > 0.0);
         assert_eq!(graphs.captured(), 0, "nothing is captured on the CPU");
+    }
+
+    /// A step that reads a device value on the host is refused before any
+    /// capture, naming the operator: here the plain update, which reads its
+    /// skip flag and step count.
+    #[test]
+    fn a_step_that_waits_for_the_device_is_refused_before_the_capture() {
+        let section = ModelSection {
+            preset: Preset::Tiny,
+            ..Default::default()
+        };
+        let cfg = section.mmclip(section.preset_clip());
+        let side = cfg.clip.vision.image_size;
+        let context = cfg.clip.text.max_position_embeddings;
+        let (ids, entity) = text(&[7, 12], context);
+        let batch = StepBatch {
+            pixels: Tensor::zeros([3, 3, side, side], (Kind::Float, Device::Cpu)),
+            input_ids: ids,
+            entity,
+        };
+        let (vs, model, mut fused) = build(&cfg, OptimKind::Sgd);
+        let mut plain = Optimizer::new(
+            &vs,
+            &OptimConfig {
+                kind: OptimKind::Sgd,
+                fused: false,
+                ..OptimConfig::default()
+            },
+        );
+        let noise = model.step_noise(&batch, 1, None, Device::Cpu);
+        let mut graphs = GraphSteps::new(Device::Cpu, None);
+        let err = graphs
+            .step(&model, &mut plain, Phase::Joint, &batch, &noise, 1e-3)
+            .err()
+            .expect("the plain update waits for the device");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("cannot be captured in a CUDA graph")
+                && msg.contains("aten::_local_scalar_dense"),
+            "{msg}"
+        );
+        // The fused update passes the same check, step after step.
+        for _ in 0..=EAGER_RUNS {
+            graphs
+                .step(&model, &mut fused, Phase::Joint, &batch, &noise, 1e-3)
+                .unwrap();
+        }
     }
 }
