@@ -169,7 +169,7 @@ mod tests {
         assert!(err.contains("need a CUDA device"), "{err}");
         let x = tch::Tensor::from_slice(&[1.0f32, 0.0]);
         assert_eq!(run_capturable(|| x.relu().sum(tch::Kind::Float).size()), Ok(vec![]));
-        let err = run_capturable(|| x.nonzero()).err().expect("a host wait");
+        let err = run_capturable(|| x.nonzero()).expect_err("a host wait");
         assert!(err.contains("(last in aten::nonzero)"), "{err}");
         if !tch::Cuda::is_available() {
             let err = CudaGraph::capture(Device::Cuda(0), || ())
