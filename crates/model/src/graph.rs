@@ -168,7 +168,10 @@ mod tests {
             .expect("a CPU side stream");
         assert!(err.contains("need a CUDA device"), "{err}");
         let x = tch::Tensor::from_slice(&[1.0f32, 0.0]);
-        assert_eq!(run_capturable(|| x.relu().sum(tch::Kind::Float).size()), Ok(vec![]));
+        assert_eq!(
+            run_capturable(|| x.relu().sum(tch::Kind::Float).size()),
+            Ok(vec![])
+        );
         let err = run_capturable(|| x.nonzero()).expect_err("a host wait");
         assert!(err.contains("(last in aten::nonzero)"), "{err}");
         if !tch::Cuda::is_available() {

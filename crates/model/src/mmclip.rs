@@ -378,7 +378,9 @@ impl Mmclip {
             PromptFeatures::Pooled => e.pooled,
             PromptFeatures::Tokens => {
                 let c = e.tokens.size()[2];
-                e.tokens.reshape([-1, c]).index_select(0, &self.prompt_tokens)
+                e.tokens
+                    .reshape([-1, c])
+                    .index_select(0, &self.prompt_tokens)
             }
         }
     }

@@ -15,12 +15,16 @@
 //! # drop(y);
 //! ```
 
+use std::collections::BTreeMap;
+
 unsafe extern "C" {
     fn mmclip_op_count_start();
     fn mmclip_op_count_stop();
     fn mmclip_op_count_total() -> u64;
     fn mmclip_op_count_syncs() -> u64;
+    fn mmclip_op_count_kernels() -> u64;
     fn mmclip_op_count_last_sync() -> *const std::ffi::c_char;
+    fn mmclip_op_count_by_name(out: *mut u8, len: usize) -> usize;
 }
 
 /// Counts while alive: [`OpCounter::ops`] is the number of operators the
@@ -29,6 +33,7 @@ unsafe extern "C" {
 pub struct OpCounter {
     start: u64,
     start_syncs: u64,
+    start_kernels: u64,
 }
 
 impl OpCounter {
@@ -38,14 +43,32 @@ impl OpCounter {
         // registration with a lock; they only add or remove a callback.
         unsafe { mmclip_op_count_start() };
         // SAFETY: reads thread-local counters.
-        let (start, start_syncs) = unsafe { (mmclip_op_count_total(), mmclip_op_count_syncs()) };
-        OpCounter { start, start_syncs }
+        let (start, start_syncs, start_kernels) = unsafe {
+            (
+                mmclip_op_count_total(),
+                mmclip_op_count_syncs(),
+                mmclip_op_count_kernels(),
+            )
+        };
+        OpCounter {
+            start,
+            start_syncs,
+            start_kernels,
+        }
     }
 
     /// Operators this thread dispatched since the counter was made.
     pub fn ops(&self) -> u64 {
         // SAFETY: reads an atomic counter.
         (unsafe { mmclip_op_count_total() }) - self.start
+    }
+
+    /// Operators among them estimated to launch a kernel: the innermost
+    /// ones that are neither views nor allocations, and each list operator
+    /// once (see `csrc/op_count.cpp`).
+    pub fn kernels(&self) -> u64 {
+        // SAFETY: reads a thread-local counter.
+        (unsafe { mmclip_op_count_kernels() }) - self.start_kernels
     }
 
     /// Operators among them that wait for the device on CUDA (their value
@@ -95,6 +118,9 @@ pub fn count<T>(f: impl FnOnce() -> T) -> (T, u64) {
 pub struct Counts {
     /// Operators dispatched.
     pub ops: u64,
+    /// Those among them estimated to launch a kernel
+    /// ([`OpCounter::kernels`]).
+    pub kernels: u64,
     /// Those among them that make the host wait for a CUDA device.
     pub syncs: u64,
     /// The last of those, by name.
@@ -108,10 +134,48 @@ pub fn count_syncs<T>(f: impl FnOnce() -> T) -> (T, Counts) {
     let out = f();
     let counts = Counts {
         ops: counter.ops(),
+        kernels: counter.kernels(),
         syncs: counter.syncs(),
         last_sync: counter.last_sync(),
     };
     (out, counts)
+}
+
+/// This thread's running kernel counts by operator name.
+fn kernel_totals_by_name() -> BTreeMap<String, u64> {
+    let mut buf = vec![0u8; 1 << 14];
+    loop {
+        // SAFETY: writes at most `buf.len()` bytes into `buf`.
+        let len = unsafe { mmclip_op_count_by_name(buf.as_mut_ptr(), buf.len()) };
+        if len <= buf.len() {
+            buf.truncate(len);
+            break;
+        }
+        buf.resize(len, 0);
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .filter_map(|line| {
+            let (name, count) = line.rsplit_once('\t')?;
+            Some((name.to_string(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs `f` and returns its result with the kernels it launched on this
+/// thread ([`OpCounter::kernels`]) by operator name (a list operator
+/// counts once, under its own name).
+pub fn count_by_name<T>(f: impl FnOnce() -> T) -> (T, BTreeMap<String, u64>) {
+    let counter = OpCounter::new();
+    let before = kernel_totals_by_name();
+    let out = f();
+    let mut after = kernel_totals_by_name();
+    drop(counter);
+    after.retain(|name, n| {
+        *n -= before.get(name).copied().unwrap_or(0);
+        *n > 0
+    });
+    (out, after)
 }
 
 #[cfg(test)]
@@ -150,6 +214,52 @@ mod tests {
             long[0].relu()
         });
         assert!(after >= 2, "{after}");
+    }
+
+    #[test]
+    fn views_allocations_and_composites_are_no_kernels() {
+        let x = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+        let kernels = |f: &dyn Fn() -> Tensor| count_syncs(f).1.kernels;
+        assert_eq!(kernels(&|| x.relu()), 1);
+        let y = x.copy();
+        assert_eq!(
+            kernels(&|| y.shallow_clone().relu_()),
+            1,
+            "an in-place operator writes"
+        );
+        assert_eq!(kernels(&|| x.relu().exp().sum(Kind::Float)), 3);
+        assert_eq!(kernels(&|| x.view([4, 16])), 0);
+        assert_eq!(kernels(&|| x.tr().transpose(0, 1).detach()), 0);
+        assert_eq!(kernels(&|| x.reshape([64])), 0, "a reshape that is a view");
+        assert_eq!(kernels(&|| x.tr().contiguous()), 1, "one copy");
+        assert_eq!(
+            kernels(&|| Tensor::empty([8], (Kind::Float, Device::Cpu))),
+            0
+        );
+        assert_eq!(
+            kernels(&|| Tensor::zeros([8], (Kind::Float, Device::Cpu))),
+            1
+        );
+        let list = [x.shallow_clone(), x.shallow_clone()];
+        assert_eq!(kernels(&|| Tensor::stack(&list, 0)), 1);
+        let all = count_syncs(|| x.relu().view([64]).exp()).1;
+        assert!(all.ops >= 3 && all.kernels == 2, "{all:?}");
+    }
+
+    #[test]
+    fn counts_by_name_add_up_to_the_count() {
+        let x = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+        let work = || x.exp().sigmoid().exp().sum(Kind::Float);
+        let (_, by_name) = count_by_name(work);
+        assert_eq!(by_name.get("aten::exp"), Some(&2), "{by_name:?}");
+        assert_eq!(by_name.get("aten::sigmoid"), Some(&1), "{by_name:?}");
+        assert_eq!(by_name.get("aten::sum"), Some(&1), "{by_name:?}");
+        let (_, total) = count_syncs(work);
+        assert_eq!(by_name.values().sum::<u64>(), total.kernels, "{by_name:?}");
+        let (_, views) = count_by_name(|| x.view([64]).unsqueeze(0).tr());
+        assert!(views.is_empty(), "{views:?}");
+        let (_, none) = count_by_name(|| 1 + 1);
+        assert!(none.is_empty(), "{none:?}");
     }
 
     #[test]

@@ -22,9 +22,11 @@
 //!
 //! `--count-ops` runs one more step after the timed ones and counts the ATen
 //! operators it dispatches ([`model::op_count`]), split into forward,
-//! backward and update: the launch count a GPU step pays, measured on any
-//! device (on CUDA the backward's operators run on the autograd engine's
-//! threads and are not counted, so count on the CPU).
+//! backward and update, and those among them estimated to launch a kernel
+//! (`kernels_per_step`: no views, allocations or composites): the launch
+//! count a GPU step pays, measured on any device (on CUDA the backward's
+//! operators run on the autograd engine's threads and are not counted, so
+//! count on the CPU). `top_kernels_per_step` names the most frequent.
 //! `crates/train/tests/op_count.rs` holds the tiny preset's count to a
 //! ceiling. It also counts the operators among them that make the host
 //! wait for a CUDA device (`item`, `nonzero`, …: `host_syncs_per_step`);
@@ -58,6 +60,9 @@ const START: i64 = 49406;
 const EOT: i64 = 49407;
 /// AttMIM's 14 CheXpert prompts.
 const PROMPTS: i64 = 14;
+
+/// Operators listed by name in `--count-ops`' `top_kernels_per_step`.
+const TOP_OPS: usize = 25;
 
 #[derive(Parser)]
 #[command(about = "Times the full MMCLIP training step on a synthetic batch")]
@@ -299,25 +304,7 @@ fn time_steps(
         last = Some((losses, trace));
     }
     let counted = args.count_ops.then(|| {
-        let step = step_seed(args.seed, args.warmup + args.steps);
-        use model::op_count::count_syncs as count;
-        let ((), zero) = count(|| opt.zero_grad());
-        let (losses, forward) = count(|| {
-            model::autocast::autocast(device, autocast, || model.step(batch, Phase::Joint, step).0)
-        });
-        let ((), backward) = count(|| losses.total.backward());
-        // What fit.rs queues after the backward pass: the update with its
-        // decision, and the weights' check.
-        let (_, update) = count(|| (opt.update(lr, Some(&losses.total)), opt.weights_finite()));
-        let phases = |f: fn(&model::op_count::Counts) -> u64| {
-            json!({
-                "forward": f(&forward),
-                "backward": f(&backward),
-                "update": f(&zero) + f(&update),
-                "total": f(&zero) + f(&forward) + f(&backward) + f(&update),
-            })
-        };
-        (phases(|c| c.ops), phases(|c| c.syncs))
+        model::op_count::count_by_name(|| count_step_ops(args, (model, &mut opt), batch, autocast))
     });
     let (losses, trace) = last.expect("at least one step ran");
     let selected = trace.mlm_selected.sum(Kind::Int64).int64_value(&[]);
@@ -335,11 +322,56 @@ fn time_steps(
         "loss_mlm": opt_value(&losses.mlm),
         "loss_align": opt_value(&losses.align),
         "losses_finite": loss_total.is_finite(),
-        "aten_ops_per_step": counted.as_ref().map(|c| &c.0),
-        "host_syncs_per_step": counted.as_ref().map(|c| &c.1),
+        "aten_ops_per_step": counted.as_ref().map(|c| &c.0.0),
+        "kernels_per_step": counted.as_ref().map(|c| &c.0.1),
+        "host_syncs_per_step": counted.as_ref().map(|c| &c.0.2),
+        "top_kernels_per_step": counted.as_ref().map(|c| top_kernels(&c.1)),
     });
     fields.extend(object(more));
     Ok(fields)
+}
+
+/// `--count-ops`: the operators of one more joint step, by phase: all of
+/// them, those estimated to launch a kernel, and the host synchronisations.
+fn count_step_ops(
+    args: &Args,
+    (model, opt): (&Mmclip, &mut Optimizer),
+    batch: &StepBatch,
+    autocast: Option<Reduced>,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let device = batch.pixels.device();
+    let lr = OptimConfig::default().lr;
+    let step = step_seed(args.seed, args.warmup + args.steps);
+    use model::op_count::count_syncs as count;
+    let ((), zero) = count(|| opt.zero_grad());
+    let (losses, forward) = count(|| {
+        model::autocast::autocast(device, autocast, || model.step(batch, Phase::Joint, step).0)
+    });
+    let ((), backward) = count(|| losses.total.backward());
+    // What fit.rs queues after the backward pass: the update with its
+    // decision, and the weights' check.
+    let (_, update) = count(|| (opt.update(lr, Some(&losses.total)), opt.weights_finite()));
+    let phases = |f: fn(&model::op_count::Counts) -> u64| {
+        json!({
+            "forward": f(&forward),
+            "backward": f(&backward),
+            "update": f(&zero) + f(&update),
+            "total": f(&zero) + f(&forward) + f(&backward) + f(&update),
+        })
+    };
+    (
+        phases(|c| c.ops),
+        phases(|c| c.kernels),
+        phases(|c| c.syncs),
+    )
+}
+
+/// The operators that launched the most kernels, most first, as
+/// `[name, count]` pairs.
+fn top_kernels(by_name: &std::collections::BTreeMap<String, u64>) -> serde_json::Value {
+    let mut pairs: Vec<(&String, &u64)> = by_name.iter().collect();
+    pairs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    json!(pairs.iter().take(TOP_OPS).collect::<Vec<_>>())
 }
 
 /// The JSON object of a `json!` object literal.
