@@ -281,19 +281,6 @@ impl ClipTokenizer {
         Self::from_tokenizer(inner, context)
     }
 
-    /// Builds the tokenizer straight from the vocabulary (no file written).
-    pub fn from_vocab(vocab_gz: &Path) -> Result<Self, TokenizeError> {
-        let json = build_tokenizer_json(vocab_gz)?;
-        let context = vocab_gz.display().to_string();
-        let inner =
-            json.parse::<tokenizers::Tokenizer>()
-                .map_err(|e| TokenizeError::Tokenizers {
-                    context: context.clone(),
-                    message: e.to_string(),
-                })?;
-        Self::from_tokenizer(inner, context)
-    }
-
     fn from_tokenizer(
         mut inner: tokenizers::Tokenizer,
         context: String,
