@@ -217,6 +217,15 @@ extern "C" int mmclip_dist_barrier(void* group, char* err, size_t err_len) {
 // zeros), agrees with the other ranks on which gradients exist anywhere,
 // waits, and writes the means back: a gradient that exists on some rank
 // exists on all afterwards, one that exists on none stays undefined.
+//
+// Creation order is only a guess at the backward pass's order, and a
+// bucket that completes late holds back every bucket after it. So, as DDP
+// does after its first iteration, the buckets are rebuilt in the order
+// rank 0 saw the gradients become ready (broadcast, so that every rank
+// builds the same buckets), the parameters that had none last. This
+// happens after the first step and again whenever the set of parameters
+// with a gradient on some rank changes (the warm-up leaves Loss_align's
+// without one): that set is agreed by all ranks, so they rebuild together.
 namespace {
 
 struct Reducer;
@@ -231,6 +240,7 @@ struct Ready : torch::autograd::PostAccumulateGradHook {
 struct Reducer {
   Group* group;
   std::vector<at::Tensor> params;
+  int64_t bucket_bytes = 0;
   std::vector<std::vector<size_t>> buckets;
   std::vector<size_t> bucket_of;
   std::mutex lock;
@@ -239,16 +249,78 @@ struct Reducer {
   size_t next = 0;
   std::vector<at::Tensor> flat;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  // Buckets started by the backward pass itself, before `finish`.
-  size_t early = 0;
+  // This step's parameters in the order they became ready.
+  std::vector<size_t> ready_order;
+  // Per bucket, how many parameters were ready when the backward pass
+  // started its all-reduce (none: started by `finish`).
+  std::vector<size_t> started_at;
+  // Which parameters had a gradient on some rank when the buckets were
+  // last built (empty: built from the creation order).
+  std::vector<bool> built_for;
+
+  static constexpr size_t NOT_STARTED = static_cast<size_t>(-1);
 
   void reset() {
     armed = false;
     next = 0;
-    early = 0;
+    ready_order.clear();
     ready_in.assign(buckets.size(), 0);
+    started_at.assign(buckets.size(), NOT_STARTED);
     flat.assign(buckets.size(), at::Tensor());
     works.assign(buckets.size(), c10::intrusive_ptr<c10d::Work>());
+  }
+
+  // Cuts `order` (every parameter once) into buckets of one dtype and at
+  // most `bucket_bytes` (a larger parameter is a bucket of its own).
+  void plan(const std::vector<size_t>& order) {
+    buckets.clear();
+    bucket_of.assign(params.size(), 0);
+    int64_t bytes = 0;
+    for (size_t i : order) {
+      const auto& p = params[i];
+      bool fits = !buckets.empty() &&
+                  p.scalar_type() == params[buckets.back().front()].scalar_type() &&
+                  bytes + static_cast<int64_t>(p.nbytes()) <= bucket_bytes;
+      if (!fits) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(i);
+      bucket_of[i] = buckets.size() - 1;
+      bytes += static_cast<int64_t>(p.nbytes());
+    }
+  }
+
+  // Rebuilds the buckets in rank 0's ready order of this step, then the
+  // parameters it did not see ready in reverse creation order; every rank
+  // calls it at the same step.
+  void replan(const at::Device& device) {
+    auto n = static_cast<int64_t>(params.size());
+    auto order = at::empty({n}, at::kLong);
+    std::vector<bool> seen(params.size(), false);
+    int64_t k = 0;
+    for (size_t i : ready_order) {
+      if (!seen[i]) {
+        seen[i] = true;
+        order[k++] = static_cast<int64_t>(i);
+      }
+    }
+    for (int64_t i = n - 1; i >= 0; --i) {
+      if (!seen[i]) order[k++] = i;
+    }
+    std::vector<at::Tensor> one{order.to(device)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    opts.timeout = group->timeout;
+    finish(group->backend->broadcast(one, opts), *group);
+    auto agreed = one[0].to(at::kCPU);
+    auto a = agreed.accessor<int64_t, 1>();
+    std::vector<size_t> planned(params.size());
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(a[i] >= 0 && a[i] < n, "rank 0 sent a bucket order with parameter ", a[i]);
+      planned[i] = static_cast<size_t>(a[i]);
+    }
+    plan(planned);
   }
 
   // Starts bucket b's all-reduce; the caller holds the lock.
@@ -269,10 +341,11 @@ struct Reducer {
   void mark(size_t i) {
     std::lock_guard<std::mutex> guard(lock);
     if (!armed) return;
+    ready_order.push_back(i);
     ++ready_in[bucket_of[i]];
     while (next < buckets.size() && ready_in[next] == buckets[next].size()) {
+      started_at[next] = ready_order.size();
       launch(next++);
-      ++early;
     }
   }
 };
@@ -287,22 +360,14 @@ extern "C" int mmclip_reducer_new(void* group, at::Tensor* const* params, int n,
     auto r = std::make_unique<Reducer>();
     r->group = static_cast<Group*>(group);
     r->params = list(params, n);
-    r->bucket_of.assign(n, 0);
-    int64_t bytes = 0;
+    r->bucket_bytes = bucket_bytes;
+    std::vector<size_t> reversed;
     for (int i = n - 1; i >= 0; --i) {
-      const auto& p = r->params[i];
-      TORCH_CHECK(p.is_leaf() && p.requires_grad(), "parameter ", i, " is not a trainable leaf");
-      bool fits = !r->buckets.empty() &&
-                  p.scalar_type() == r->params[r->buckets.back().front()].scalar_type() &&
-                  bytes + static_cast<int64_t>(p.nbytes()) <= bucket_bytes;
-      if (!fits) {
-        r->buckets.emplace_back();
-        bytes = 0;
-      }
-      r->buckets.back().push_back(static_cast<size_t>(i));
-      r->bucket_of[i] = r->buckets.size() - 1;
-      bytes += static_cast<int64_t>(p.nbytes());
+      TORCH_CHECK(r->params[i].is_leaf() && r->params[i].requires_grad(), "parameter ", i,
+                  " is not a trainable leaf");
+      reversed.push_back(static_cast<size_t>(i));
     }
+    r->plan(reversed);
     r->reset();
     for (int i = 0; i < n; ++i) {
       TORCH_CHECK(!torch::autograd::impl::post_acc_grad_hooks(r->params[i]),
@@ -314,6 +379,21 @@ extern "C" int mmclip_reducer_new(void* group, at::Tensor* const* params, int n,
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);
+  }
+}
+
+// The buckets as they stand: `index[k]` is the k-th parameter in bucket
+// order and `bucket[k]` its bucket (both `n` long, the parameter count).
+extern "C" void mmclip_reducer_buckets(void* reducer, int64_t* index, int64_t* bucket) {
+  auto r = static_cast<Reducer*>(reducer);
+  std::lock_guard<std::mutex> guard(r->lock);
+  size_t k = 0;
+  for (size_t b = 0; b < r->buckets.size(); ++b) {
+    for (size_t i : r->buckets[b]) {
+      index[k] = static_cast<int64_t>(i);
+      bucket[k] = static_cast<int64_t>(b);
+      ++k;
+    }
   }
 }
 
@@ -331,18 +411,23 @@ extern "C" void mmclip_reducer_arm(void* reducer) {
   r->armed = true;
 }
 
-// `*early` receives how many buckets the backward pass had started, of
-// `*total`.
-extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, size_t* total, char* err,
-                                     size_t err_len) {
+// `*early` receives how many buckets the backward pass started before its
+// last gradient was ready (their all-reduce overlapped with its work), of
+// `*total`; `*rebuilt` whether the buckets were then rebuilt.
+extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, size_t* total, bool* rebuilt,
+                                     char* err, size_t err_len) {
   auto r = static_cast<Reducer*>(reducer);
   try {
     std::lock_guard<std::mutex> guard(r->lock);
     auto& g = *r->group;
     if (!r->armed) throw std::runtime_error("finish without arm");
     r->armed = false;
-    *early = r->early;
+    *early = 0;
+    for (size_t at : r->started_at) {
+      if (at < r->ready_order.size()) ++*early;
+    }
     *total = r->buckets.size();
+    *rebuilt = false;
     while (r->next < r->buckets.size()) r->launch(r->next++);
     // Which gradients exist on any rank.
     auto defined = at::empty({static_cast<int64_t>(r->params.size())}, at::kFloat);
@@ -371,6 +456,13 @@ extern "C" int mmclip_reducer_finish(void* reducer, size_t* early, size_t* total
           p.mutable_grad() = mean.clone();
         }
       }
+    }
+    std::vector<bool> with_gradient(r->params.size());
+    for (size_t i = 0; i < r->params.size(); ++i) with_gradient[i] = any[i] != 0;
+    if (with_gradient != r->built_for) {
+      r->replan(device);
+      r->built_for = with_gradient;
+      *rebuilt = true;
     }
     r->reset();
     return 0;

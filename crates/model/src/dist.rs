@@ -88,9 +88,25 @@ unsafe extern "C" {
         reducer: *mut c_void,
         early: *mut usize,
         total: *mut usize,
+        rebuilt: *mut bool,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn mmclip_reducer_buckets(reducer: *mut c_void, index: *mut i64, bucket: *mut i64);
+}
+
+/// What [`ProcessGroup::finish_gradients`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Averaged {
+    /// Buckets whose all-reduce the backward pass started before its last
+    /// gradient was ready: their communication overlapped with its work.
+    pub early: usize,
+    /// Buckets in all.
+    pub total: usize,
+    /// Whether the buckets were then rebuilt in the order the gradients
+    /// became ready (after the first step, and when the set of parameters
+    /// with a gradient changes).
+    pub rebuilt: bool,
 }
 
 /// Bucket size of [`ProcessGroup::all_reduce_mean`]: DDP's default
@@ -162,6 +178,8 @@ pub struct ProcessGroup {
     /// The gradient reducer of [`ProcessGroup::watch_gradients`], owned
     /// here so that it never outlives the group it reduces through.
     reducer: *mut c_void,
+    /// How many parameters the reducer watches.
+    watched: usize,
 }
 
 // SAFETY: c10d's backends may be called from any thread; this handle is
@@ -207,6 +225,7 @@ impl ProcessGroup {
             rank: opts.rank,
             world_size: opts.world_size,
             reducer: std::ptr::null_mut(),
+            watched: 0,
         };
         group.call("join", |err, len| {
             // SAFETY: `addr` outlives the call; `raw` receives an owned
@@ -366,8 +385,9 @@ impl ProcessGroup {
     /// `bucket_bytes` in reverse order, and during a backward pass armed by
     /// [`ProcessGroup::arm_gradients`] each bucket's all-reduce starts as
     /// soon as its last gradient is accumulated (`csrc/dist.cpp`).
-    /// [`ProcessGroup::finish_gradients`] completes the step. Replaces the
-    /// parameters watched before.
+    /// [`ProcessGroup::finish_gradients`] completes the step, and after the
+    /// first step rebuilds the buckets in the order rank 0 saw the
+    /// gradients become ready. Replaces the parameters watched before.
     pub fn watch_gradients(
         &mut self,
         params: &[Tensor],
@@ -392,6 +412,7 @@ impl ProcessGroup {
             }
         })?;
         self.reducer = reducer;
+        self.watched = params.len();
         Ok(())
     }
 
@@ -401,6 +422,7 @@ impl ProcessGroup {
             // its hooks from the parameters.
             unsafe { mmclip_reducer_free(self.reducer) };
             self.reducer = std::ptr::null_mut();
+            self.watched = 0;
         }
     }
 
@@ -419,21 +441,50 @@ impl ProcessGroup {
     /// waits for every bucket and replaces each gradient by its mean over
     /// the ranks. A gradient defined on any rank is defined on all
     /// afterwards; one defined on none stays undefined (as on one process).
-    /// Returns how many buckets the backward pass had already started
-    /// (they go in order, so a parameter without a gradient holds back the
-    /// buckets after its own), and how many there are.
-    pub fn finish_gradients(&self) -> Result<(usize, usize), DistError> {
+    /// Buckets start in order, so a parameter without a gradient, or one
+    /// ready late, holds back the buckets after its own; the buckets are
+    /// rebuilt in the order the gradients became ready on rank 0 (the
+    /// parameters without one last) after the first step and whenever the
+    /// set of parameters with a gradient on some rank changes.
+    pub fn finish_gradients(&self) -> Result<Averaged, DistError> {
         if self.reducer.is_null() {
             return Err(DistError::Options(
                 "finish_gradients without watch_gradients".into(),
             ));
         }
-        let (mut early, mut total) = (0usize, 0usize);
+        let (mut early, mut total, mut rebuilt) = (0usize, 0usize, false);
         self.call("averaging the gradients", |err, len| {
-            // SAFETY: a live reducer; `early` and `total` outlive the call.
-            unsafe { mmclip_reducer_finish(self.reducer, &mut early, &mut total, err, len) }
+            // SAFETY: a live reducer; the outputs outlive the call.
+            unsafe {
+                mmclip_reducer_finish(self.reducer, &mut early, &mut total, &mut rebuilt, err, len)
+            }
         })?;
-        Ok((early, total))
+        Ok(Averaged {
+            early,
+            total,
+            rebuilt,
+        })
+    }
+
+    /// The watched parameters' buckets, in launch order, as indices into
+    /// the slice given to [`ProcessGroup::watch_gradients`]; empty when
+    /// nothing is watched.
+    pub fn gradient_buckets(&self) -> Vec<Vec<usize>> {
+        if self.reducer.is_null() {
+            return Vec::new();
+        }
+        let n = self.watched;
+        let (mut index, mut bucket) = (vec![0i64; n], vec![0i64; n]);
+        // SAFETY: a live reducer over `n` parameters writes `n` entries each.
+        unsafe { mmclip_reducer_buckets(self.reducer, index.as_mut_ptr(), bucket.as_mut_ptr()) };
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        for (i, b) in index.into_iter().zip(bucket) {
+            if out.len() <= b as usize {
+                out.push(Vec::new());
+            }
+            out[b as usize].push(i as usize);
+        }
+        out
     }
 }
 

@@ -97,6 +97,16 @@ fn gradients_are_averaged_during_the_backward_pass_on_three_ranks() {
 }
 
 #[test]
+fn buckets_are_rebuilt_in_the_order_the_gradients_become_ready_on_two_ranks() {
+    all_succeed("rebuild", 2);
+}
+
+#[test]
+fn buckets_are_rebuilt_in_the_order_the_gradients_become_ready_on_three_ranks() {
+    all_succeed("rebuild", 3);
+}
+
+#[test]
 fn a_rank_that_exits_early_makes_the_others_fail_within_the_timeout() {
     let (results, elapsed) = launch("early_exit", 3);
     for (rank, (ok, text)) in results.iter().enumerate() {
@@ -221,11 +231,19 @@ fn rank_worker() {
                     }
                     loss.backward();
                 }
-                let buckets = group.finish_gradients().unwrap();
+                let done = group.finish_gradients().unwrap();
+                // The backward pass readies 4, 3, 2 (and 1 on rank 0): each
+                // starts its bucket at once, before the last gradient but
+                // on rank ≠ 0, where 2 is the last; [1, 0] waits for
+                // `finish`. Rank 0's order rebuilds the same buckets.
                 assert_eq!(
-                    buckets,
-                    (3, 4),
-                    "step {step}: buckets started during the backward pass, of all"
+                    (done.early, done.total, done.rebuilt),
+                    (if rank == 0 { 3 } else { 2 }, 4, step == 0),
+                    "step {step}: buckets started before the last gradient, of all; rebuilt"
+                );
+                assert_eq!(
+                    group.gradient_buckets(),
+                    vec![vec![4], vec![3], vec![2], vec![1, 0]]
                 );
                 // Two micro-batches: 2·(i + 1)·mean(r + 1) = (i + 1)(w + 1).
                 for (i, p) in params.iter().enumerate() {
@@ -265,6 +283,62 @@ fn rank_worker() {
             );
             group.barrier().unwrap();
         }
+        "rebuild" => {
+            // Eight parameters, one per 16-byte bucket, created in the
+            // order opposite to the backward pass's: y = x·p7·p6·…·p0, so
+            // p0's gradient is ready first and p7's last. The first step's
+            // buckets, in reverse creation order, wait for p7: none starts
+            // before the last gradient. Rebuilt in the order seen, the
+            // next step starts seven of eight early. From step 2 on p3 is
+            // left out, on every rank: the set of gradients changes, the
+            // buckets are rebuilt again with p3 last.
+            let r = rank as f64;
+            let opts = (Kind::Float, rank_device().0);
+            let params: Vec<Tensor> = (0..8)
+                .map(|_| Tensor::ones([4], opts).set_requires_grad(true))
+                .collect();
+            group.watch_gradients(&params, 16).unwrap();
+            let x = Tensor::ones([4], opts);
+            let expected = [(0, true), (7, false), (3, true), (6, false)];
+            for (step, &(early, rebuilt)) in expected.iter().enumerate() {
+                let skip = if step >= 2 { Some(3) } else { None };
+                let y = params
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .filter(|&(i, _)| Some(i) != skip)
+                    .fold(x.shallow_clone(), |y, (_, p)| y * p);
+                group.arm_gradients();
+                (y.sum(Kind::Float) * (r + 1.0)).backward();
+                let done = group.finish_gradients().unwrap();
+                assert_eq!(
+                    (done.early, done.total, done.rebuilt),
+                    (early, 8, rebuilt),
+                    "step {step}: buckets started before the last gradient, of all; rebuilt"
+                );
+                let mut order: Vec<Vec<usize>> = (0..8).map(|i| vec![i]).collect();
+                if step >= 2 {
+                    let three = order.remove(3);
+                    order.push(three);
+                }
+                assert_eq!(group.gradient_buckets(), order, "step {step}");
+                for (i, p) in params.iter().enumerate() {
+                    let g = p.grad();
+                    if Some(i) == skip {
+                        assert!(!g.defined(), "step {step}: no rank had a gradient for {i}");
+                        continue;
+                    }
+                    let got = values(&g);
+                    assert!(
+                        got.iter().all(|v| (v - (w + 1.0) / 2.0).abs() < 1e-6),
+                        "step {step}, parameter {i}: {got:?}"
+                    );
+                }
+                // As the trainer's `zero_grad`: the gradients are dropped.
+                model::fused::set_grads_to_none(&params).unwrap();
+            }
+            group.barrier().unwrap();
+        }
         "early_exit" => {
             if rank == world - 1 {
                 // Leaves without a word: no collective will ever come.
@@ -296,7 +370,7 @@ fn rank_worker() {
 fn nccl_collectives_and_reducer_on_every_gpu() {
     let gpus = tch::Cuda::device_count() as usize;
     assert!(gpus >= 1, "no CUDA device");
-    for scenario in ["collectives", "reducer"] {
+    for scenario in ["collectives", "reducer", "rebuild"] {
         all_succeed_on(scenario, gpus, "cuda");
     }
 }

@@ -252,11 +252,20 @@ impl Dist {
     /// lack one that another has (its slice of the batch had no report):
     /// it takes part with zeros, which is what its rows contribute.
     pub fn average_gradients(&self) -> Result<()> {
-        let (early, total) = self
+        let done = self
             .group
             .finish_gradients()
             .context("averaging the gradients")?;
-        tracing::debug!("{early} of {total} gradient buckets started during the backward pass");
+        tracing::debug!(
+            "{} of {} gradient buckets started before the backward pass ended{}",
+            done.early,
+            done.total,
+            if done.rebuilt {
+                "; the buckets are rebuilt in the order the gradients became ready"
+            } else {
+                ""
+            }
+        );
         Ok(())
     }
 
