@@ -369,14 +369,18 @@ def main():
         counted = counter.get_total_flops()
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    # Each step's time, and the time the host took to queue it (the same on
+    # the CPU; on CUDA the step runs on after that).
+    times, queued = [], []
     for i in range(args.warmup + args.steps):
         sync()
         t0 = time.perf_counter()
         total, losses, selected = step.train_step(batch, autocast)
+        host = time.perf_counter() - t0
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            queued.append(host)
 
     flops, source = (args.flops_per_step, "given") if args.flops_per_step else (counted, "counted")
     mean_s = sum(times) / len(times)
@@ -407,6 +411,7 @@ def main():
         "ms_per_step_mean": 1e3 * mean_s,
         "ms_per_step_median": 1e3 * statistics.median(times),
         "ms_per_step_min": 1e3 * min(times),
+        "host_ms_per_step_median": 1e3 * statistics.median(queued),
         "images_per_s": b * len(times) / sum(times),
         "flops_per_step": flops,
         "flops_source": source,

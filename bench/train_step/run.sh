@@ -249,8 +249,8 @@ if any_run is None:
 print(f"Preset {any_run['preset']}, batch {any_run['batch']} ({any_run['paired']} paired), "
       f"{any_run['steps']} timed steps after {any_run['warmup']} untimed; each step = zero_grad, forward "
       f"(joint phase), backward, SGD momentum 0.9; CUDA synchronised before each clock read.\n")
-print("| run | precision | images/s | ms/step mean / median / min | TFLOP/s | MFU | peak GPU MiB (nvidia-smi − idle) | torch max allocated MiB | ours ÷ PyTorch (images/s) |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| run | precision | images/s | ms/step mean / median / min | host ms to queue a step (median) | TFLOP/s | MFU | peak GPU MiB (nvidia-smi − idle) | torch max allocated MiB | ours ÷ PyTorch (images/s) |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
 for prec in ("fp32", "fp16", "bf16"):
     for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("rust", prec + "_graph"),
@@ -275,6 +275,7 @@ for prec in ("fp32", "fp16", "bf16"):
                 ratio = f"{ours['images_per_s'] / r['images_per_s']:.2f}×" + ("" if ("rust", prec) in runs else " (ours in float16)")
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else ""
         print(f"| {label} | {dtype} | {r['images_per_s']:.1f} | {r['ms_per_step_mean']:.1f} / {r['ms_per_step_median']:.1f} / {r['ms_per_step_min']:.1f} "
+              f"| {fmt(r.get('host_ms_per_step_median'), '.1f')} "
               f"| {fmt(r['tflops_achieved'], '.3g')} | {mfu} "
               f"| {fmt(smi_peak(side, key), 'd')} | {fmt(r.get('peak_gpu_mib'), '.0f')} | {ratio} |")
 

@@ -297,9 +297,10 @@ fn time_steps(
         } else {
             opt.step(lr);
         }
+        let queued = start.elapsed().as_secs_f64();
         sync(device);
         if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64());
+            times.push((start.elapsed().as_secs_f64(), queued));
         }
         last = Some((losses, trace));
     }
@@ -382,16 +383,25 @@ fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value
     fields
 }
 
-/// The timing fields of the JSON line: `times` are the timed steps' seconds.
+/// The timing fields of the JSON line: `times` are the timed steps'
+/// seconds, each with the seconds the host took to queue it (on CUDA the
+/// step runs on after that; a step whose host time is close to its whole
+/// time is launch-bound; on the CPU the two are the same).
 fn timing_fields(
     args: &Args,
     warmup: u64,
-    times: &[f64],
+    times: &[(f64, f64)],
     flops: f64,
 ) -> serde_json::Map<String, serde_json::Value> {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let host_median = median(times.iter().map(|t| t.1).collect());
+    let times: Vec<f64> = times.iter().map(|t| t.0).collect();
     let total_s: f64 = times.iter().sum();
     let mean_s = total_s / times.len() as f64;
-    let mut sorted = times.to_vec();
+    let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let achieved = flops / mean_s / 1e12;
     object(json!({
@@ -400,6 +410,7 @@ fn timing_fields(
         "ms_per_step_mean": 1e3 * mean_s,
         "ms_per_step_median": 1e3 * sorted[sorted.len() / 2],
         "ms_per_step_min": 1e3 * sorted[0],
+        "host_ms_per_step_median": 1e3 * host_median,
         "images_per_s": args.batch as f64 * times.len() as f64 / total_s,
         "tflops_achieved": achieved,
         "mfu": args.peak_tflops.map(|peak| achieved / peak),
@@ -491,9 +502,10 @@ fn time_graph_steps(
         noise.copy_from(&draws(i));
         graph.replay().map_err(anyhow::Error::msg)?;
         got.push(record.copy());
+        let queued = start.elapsed().as_secs_f64();
         sync(device);
         if i >= total as usize - args.steps as usize {
-            times.push(start.elapsed().as_secs_f64());
+            times.push((start.elapsed().as_secs_f64(), queued));
         }
     }
 
