@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check and measurement of the project, in parts that each fit
 # the device tool (one H200, no Rust toolchain, 10 minutes a command):
+#   cuda      the model crate's CUDA tests: a CUDA graph captured and
+#             replayed with a backward pass and an update, and the copies
+#             between host and device (pinned, on a copy stream), seconds
 #   nccl      NCCL's collectives and the gradient reducer on every GPU
 #             (crates/model/tests/dist.rs), seconds
 #   step      the bf16 parity of the training step, then its benchmark:
@@ -15,21 +18,22 @@
 #             are; bench/scale/run.sh), for a multi-GPU machine (not in
 #             the default PARTS)
 #   finetune  fine-tuning on CUDA against the CPU (bench/finetune/run.sh)
-# PARTS picks them (default all four, in that order); a part that fails or
-# times out is recorded and the next one runs. Results go to $OUT (the
-# device tool's folder) or COPY_TO. All four may not fit one 10-minute
-# call: run `PARTS="nccl step"` first, then `PARTS="train finetune"`,
-# then `PARTS=step256`.
+# PARTS picks them (default cuda, nccl, step, train, finetune, in that
+# order); a part that fails or times out is recorded and the next one runs.
+# Results go to $OUT (the device tool's folder) or COPY_TO. They may not
+# all fit one 10-minute call: run `PARTS="cuda nccl step"` first, then
+# `PARTS="train finetune"`, then `PARTS=step256`.
 #
 # Prepare here, then carry `target/carry`:
 #   source scripts/env.sh
 #   cargo build --release --bins && cargo build --release -p train --example step_bench
-#   cargo test --release -p model --test step_parity --test dist --no-run
+#   cargo test --release -p model --lib --test step_parity --test dist --no-run
 #   mkdir -p target/carry
 #   for b in synth ingest train; do strip -o target/carry/$b target/release/$b; done
 #   strip -o target/carry/step_bench target/release/examples/step_bench
 #   strip -o target/carry/step_parity "$(ls -t target/release/deps/step_parity-* | grep -v '\.d$' | head -1)"
 #   strip -o target/carry/dist "$(ls -t target/release/deps/dist-* | grep -v '\.d$' | head -1)"
+#   strip -o target/carry/model_lib "$(ls -t target/release/deps/model-* | grep -v '\.d$' | head -1)"
 #   cp .cache/clip/tokenizer.json target/carry/
 # (56 MB in all on 2026-12-01, within the device tool's 64 MiB carry.)
 # On the device: bash bench/device.sh
@@ -39,11 +43,19 @@ CARRY=${CARRY:-target/carry}
 COPY_TO=${COPY_TO:-${OUT:-bench/device-out}}
 mkdir -p "$COPY_TO"
 status=0
-PARTS=${PARTS:-"nccl step train finetune"}
+PARTS=${PARTS:-"cuda nccl step train finetune"}
 # shellcheck source=lib/torch_env.sh
 source bench/lib/torch_env.sh
 for part in $PARTS; do
   case $part in
+    cuda)
+      echo "== CUDA graph capture and replay, host-device copies (crates/model/src/{graph,transfer}.rs)"
+      (use_torch_libs && timeout 120 "$CARRY/model_lib" --ignored --exact \
+        graph::tests::a_captured_step_replays_on_new_inputs \
+        transfer::tests::cuda_copies_do_not_block_and_arrive_whole --nocapture) \
+        >"$COPY_TO/cuda.txt" 2>&1 || { status=1; echo "CUDA checks failed (cuda.txt)"; }
+      tail -3 "$COPY_TO/cuda.txt"
+      ;;
     nccl)
       echo "== NCCL collectives and the gradient reducer on every GPU (crates/model/tests/dist.rs)"
       (use_torch_libs && timeout 120 "$CARRY/dist" --ignored --exact nccl_collectives_and_reducer_on_every_gpu \
@@ -74,7 +86,7 @@ for part in $PARTS; do
       echo "== fine-tuning, CUDA bf16 against CPU fp32 (bench/finetune/run.sh)"
       BIN=$CARRY COPY_TO=$COPY_TO timeout 240 bash bench/finetune/run.sh || status=1
       ;;
-    *) echo "PARTS: unknown part '$part' (nccl, step, step256, train, scale, finetune)"; status=1 ;;
+    *) echo "PARTS: unknown part '$part' (cuda, nccl, step, step256, train, scale, finetune)"; status=1 ;;
   esac
 done
 exit $status

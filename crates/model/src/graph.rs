@@ -149,6 +149,51 @@ impl Drop for CudaGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Kind, Tensor};
+
+    /// On CUDA: work captured once is replayed on new inputs copied into
+    /// the captured input, including a backward pass into a gradient and
+    /// an in-place update of a weight, as a training step's graph does.
+    #[test]
+    #[ignore = "needs a CUDA device: `cargo test -p model graph -- --ignored` on one"]
+    fn a_captured_step_replays_on_new_inputs() {
+        let device = Device::Cuda(0);
+        let opts = (Kind::Float, device);
+        let w = Tensor::ones([4], opts).set_requires_grad(true);
+        let x = Tensor::zeros([4], opts);
+        let step = || {
+            let loss = (&w * &x).sum(Kind::Float);
+            loss.backward();
+            tch::no_grad(|| {
+                let mut w = w.shallow_clone();
+                let _ = w.f_sub_(&(w.grad() * 0.5)).unwrap();
+            });
+            loss.detach()
+        };
+        {
+            let _side = SideStream::enter(device).unwrap();
+            let _ = x.shallow_clone().fill_(1.0);
+            let _ = step();
+        }
+        crate::fused::set_grads_to_none(std::slice::from_ref(&w)).unwrap();
+        let (graph, loss) = CudaGraph::capture(device, step).unwrap();
+        // The weights after the eager step: 1 − 0.5 = 0.5. Each replay
+        // computes loss = Σ w·x, then w -= 0.5·x.
+        let mut want_w = 0.5f64;
+        for k in 1..4 {
+            let v = k as f64;
+            let _ = x.shallow_clone().fill_(v);
+            graph.replay().unwrap();
+            let got = loss.to_device(Device::Cpu).double_value(&[]);
+            assert!(
+                (got - 4.0 * want_w * v).abs() < 1e-4,
+                "replay {k}: loss {got}"
+            );
+            want_w -= 0.5 * v;
+            let w_now = w.to_device(Device::Cpu).double_value(&[0]);
+            assert!((w_now - want_w).abs() < 1e-4, "replay {k}: w {w_now}");
+        }
+    }
 
     #[test]
     fn graphs_are_built_and_refuse_the_cpu() {

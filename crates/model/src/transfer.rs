@@ -24,6 +24,19 @@ unsafe extern "C" {
     ) -> c_int;
     fn mmclip_event_synchronize(event: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
     fn mmclip_event_free(event: *mut c_void);
+    fn mmclip_copy_stream_enter(
+        index: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn mmclip_copy_stream_leave(
+        entered: *mut c_void,
+        used: *const *mut c_void,
+        n: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
@@ -40,6 +53,31 @@ pub fn upload(host: &Tensor, device: Device) -> Tensor {
             .to_device_(device, host.kind(), true, false),
         _ => host.to_device(device),
     }
+}
+
+/// `host` (a CPU tensor) on `device`, copied on a stream of its own: on
+/// CUDA the copy overlaps the work queued before it (an [`upload`] waits
+/// for that work on the device), and work queued afterwards on the current
+/// stream waits for the copy. For a batch copied while the previous step
+/// runs (`train --cuda-graph`). On the CPU a plain copy.
+pub fn upload_beside(host: &Tensor, device: Device) -> Result<Tensor, String> {
+    let Device::Cuda(index) = device else {
+        return Ok(host.to_device(device));
+    };
+    let pinned = host.pin_memory(device);
+    let mut entered = std::ptr::null_mut();
+    call("entering the copy stream", |err, len| {
+        // SAFETY: `entered` receives a new handle on success.
+        unsafe { mmclip_copy_stream_enter(index as c_int, &mut entered, err, len) }
+    })?;
+    // Allocated and copied on the copy stream.
+    let copied = pinned.f_to_device_(device, host.kind(), true, false);
+    let used: Vec<*mut c_void> = copied.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+    call("leaving the copy stream", |err, len| {
+        // SAFETY: `entered` is left once; `used` holds live tensor handles.
+        unsafe { mmclip_copy_stream_leave(entered, used.as_ptr(), used.len() as c_int, err, len) }
+    })?;
+    copied.map_err(|e| format!("copying a {:?} tensor to {device:?}: {e}", host.size()))
 }
 
 /// A CUDA event recorded on the current stream of a device.
@@ -116,6 +154,11 @@ mod tests {
         let t = Tensor::from_slice(&[1.5f64, -2.0, 3.25]);
         let up = upload(&t, Device::Cpu);
         assert_eq!(Vec::<f64>::try_from(&up).unwrap(), vec![1.5, -2.0, 3.25]);
+        let beside = upload_beside(&t, Device::Cpu).unwrap();
+        assert_eq!(
+            Vec::<f64>::try_from(&beside).unwrap(),
+            vec![1.5, -2.0, 3.25]
+        );
         let down = Download::start(&(&t * 2.0)).unwrap().finish().unwrap();
         assert_eq!(down.device(), Device::Cpu);
         assert_eq!(down.kind(), Kind::Double);
@@ -134,5 +177,31 @@ mod tests {
         let down = Download::start(&squared).unwrap().finish().unwrap();
         let want = host.to_kind(Kind::Double).square().sum(Kind::Double);
         assert_eq!(down.double_value(&[]), want.double_value(&[]));
+        // A copy on the copy stream, queued behind a long computation on the
+        // current stream: the work queued after it reads the copied values.
+        let busy = Tensor::randn([4096, 4096], (Kind::Float, device));
+        let mut slow = busy.shallow_clone();
+        for _ in 0..8 {
+            slow = slow.matmul(&busy).tanh();
+        }
+        let fills: Vec<Tensor> = (0..4)
+            .map(|k| Tensor::full([1 << 20], k as f64 + 0.5, (Kind::Float, Device::Cpu)))
+            .map(|t| upload_beside(&t, device).unwrap())
+            .collect();
+        let sums: Vec<f64> = fills
+            .iter()
+            .map(|t| {
+                Download::start(&t.sum(Kind::Double))
+                    .unwrap()
+                    .finish()
+                    .unwrap()
+            })
+            .map(|t| t.double_value(&[]))
+            .collect();
+        let want: Vec<f64> = (0..4)
+            .map(|k| (k as f64 + 0.5) * (1 << 20) as f64)
+            .collect();
+        assert_eq!(sums, want);
+        drop(slow);
     }
 }

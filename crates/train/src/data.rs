@@ -190,12 +190,27 @@ impl Staged {
     }
 
     /// [`Staged::new`] with the text as wide as `width` says.
-    pub fn with_text(batch: Batch, device: Device, width: TextWidth) -> Staged {
-        let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
+    fn with_text(batch: Batch, device: Device, width: TextWidth) -> Staged {
         // Uploaded without blocking: a blocking copy would make the host
         // wait for the step queued before.
+        let pixels = model::transfer::upload(&host_pixels(&batch), device);
+        Staged::around(batch, device, width, pixels)
+    }
+
+    /// For a captured step (`train --cuda-graph`): the text over the whole
+    /// context, and the images copied on a stream of their own, so that
+    /// on CUDA the copy overlaps the step queued before
+    /// ([`model::transfer::upload_beside`]) instead of waiting for it.
+    pub fn for_graph(batch: Batch, device: Device) -> Result<Staged> {
+        let pixels = model::transfer::upload_beside(&host_pixels(&batch), device)
+            .map_err(anyhow::Error::msg)
+            .context("uploading a batch's images")?;
+        Ok(Staged::around(batch, device, TextWidth::Context, pixels))
+    }
+
+    /// The batch's text uploaded next to its `pixels`.
+    fn around(batch: Batch, device: Device, width: TextWidth, pixels: Tensor) -> Staged {
         let upload = |t: Tensor| model::transfer::upload(&t, device);
-        let pixels = upload(Tensor::from_slice(&batch.images).view([b, c, h, w]));
         let p = batch.paired_rows;
         // The text as wide as the longest report (with its end-of-text),
         // cut here where the lengths are known: the columns after it change
@@ -228,6 +243,12 @@ impl Staged {
             batch,
         }
     }
+}
+
+/// The batch's images on the host, `[B, 3, H, W]`.
+fn host_pixels(batch: &Batch) -> Tensor {
+    let [b, c, h, w] = batch.images_shape().map(|d| d as i64);
+    Tensor::from_slice(&batch.images).view([b, c, h, w])
 }
 
 /// Where every kept row of `sources` is stored (paired, then image-only;
@@ -268,7 +289,19 @@ mod tests {
         batch.entity_mask = vec![0; 2 * CONTEXT];
         batch.entity_mask[1] = 1;
         batch.token_lengths = vec![3, 0];
+        // A captured step's staging: the same images, the whole context.
+        let fixed = Staged::for_graph(batch.clone(), Device::Cpu).unwrap();
         let staged = Staged::new(batch, Device::Cpu);
+        assert!(fixed.step.pixels.equal(&staged.step.pixels));
+        assert_eq!(fixed.step.input_ids.size(), vec![1, CONTEXT as i64]);
+        assert!(
+            fixed
+                .step
+                .input_ids
+                .narrow(1, 0, 3)
+                .equal(&staged.step.input_ids)
+        );
+        assert_eq!(fixed.step.entity.size(), vec![1, CONTEXT as i64]);
         assert_eq!(staged.step.pixels.size(), vec![2, 3, 224, 224]);
         assert_eq!(
             staged.step.pixels.double_value(&[1, 0, 0, 5]),

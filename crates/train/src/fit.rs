@@ -37,7 +37,7 @@ use text::tokenize::ClipTokenizer;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
-use crate::data::{ShardRecord, ShardSet, Staged, TextWidth};
+use crate::data::{ShardRecord, ShardSet, Staged};
 use crate::dist::{Dist, Launch};
 use crate::graph_step::GraphSteps;
 use crate::optim::{Optimizer, Update};
@@ -392,7 +392,7 @@ impl<'a> Run<'a> {
         let batch = loader.next().context("the loader stopped")??;
         self.state.next_position = batch.position.next(loader.steps_per_epoch());
         let images = batch.size as u64;
-        let staged = Staged::with_text(batch, self.device, TextWidth::Context);
+        let staged = Staged::for_graph(batch, self.device)?;
         let step_batch = model::StepBatch {
             pixels: fit_to(
                 &staged.step.pixels,
