@@ -16,7 +16,6 @@
 #include <exception>
 #include <map>
 #include <mutex>
-#include <optional>
 
 using mmclip::fail;
 

@@ -241,7 +241,10 @@ impl Report {
         }
         out += "\nMeans over the classes where each metric is defined, with 95% bootstrap \
                 intervals over the test images; F1 and ACC at thresholds chosen on the \
-                validation split.\n";
+                validation split. A mean without an interval: its classes were not scored on \
+                the same images, or fewer than half of the resamples had the metric defined \
+                for every class (too few test images with each class's positives and \
+                negatives).\n";
         out
     }
 }
