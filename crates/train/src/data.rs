@@ -186,15 +186,10 @@ impl Staged {
     /// Wraps `batch` for the model on `device`, the text cut after the
     /// longest report.
     pub fn new(batch: Batch, device: Device) -> Staged {
-        Staged::with_text(batch, device, TextWidth::Longest)
-    }
-
-    /// [`Staged::new`] with the text as wide as `width` says.
-    fn with_text(batch: Batch, device: Device, width: TextWidth) -> Staged {
         // Uploaded without blocking: a blocking copy would make the host
         // wait for the step queued before.
         let pixels = model::transfer::upload(&host_pixels(&batch), device);
-        Staged::around(batch, device, width, pixels)
+        Staged::around(batch, device, TextWidth::Longest, pixels)
     }
 
     /// For a captured step (`train --cuda-graph`): the text over the whole

@@ -257,6 +257,15 @@ mod tests {
         )
     }
 
+    /// The tiny preset's model configuration.
+    fn tiny() -> model::MmclipConfig {
+        let section = ModelSection {
+            preset: Preset::Tiny,
+            ..Default::default()
+        };
+        section.mmclip(section.preset_clip())
+    }
+
     fn build(cfg: &model::MmclipConfig, kind: OptimKind) -> (VarStore, Mmclip, Optimizer) {
         let vs = VarStore::new(Device::Cpu);
         let prompts = text(&[4, 6, 5], cfg.clip.text.max_position_embeddings).0;
@@ -289,11 +298,7 @@ mod tests {
     }
 
     fn fixed_shape_steps_equal_the_ordinary_steps_with(kind: OptimKind, weights_within: f64) {
-        let section = ModelSection {
-            preset: Preset::Tiny,
-            ..Default::default()
-        };
-        let cfg = section.mmclip(section.preset_clip());
+        let cfg = tiny();
         let context = cfg.clip.text.max_position_embeddings;
         let side = cfg.clip.vision.image_size;
         let lengths = [9, 20, 14];
@@ -382,11 +387,7 @@ mod tests {
     /// skip flag and step count.
     #[test]
     fn a_step_that_waits_for_the_device_is_refused_before_the_capture() {
-        let section = ModelSection {
-            preset: Preset::Tiny,
-            ..Default::default()
-        };
-        let cfg = section.mmclip(section.preset_clip());
+        let cfg = tiny();
         let side = cfg.clip.vision.image_size;
         let context = cfg.clip.text.max_position_embeddings;
         let (ids, entity) = text(&[7, 12], context);
