@@ -2,8 +2,9 @@
 # Every GPU check and measurement of the project, in parts that each fit
 # the device tool (one H200, no Rust toolchain, 10 minutes a command):
 #   cuda      the model crate's CUDA tests: a CUDA graph captured and
-#             replayed with a backward pass and an update, and the copies
-#             between host and device (pinned, on a copy stream), seconds
+#             replayed with a backward pass and an update, the copies
+#             between host and device (pinned, on a copy stream), and the
+#             weights cast in groups (model::cast), seconds
 #   nccl      NCCL's collectives and the gradient reducer on every GPU
 #             (crates/model/tests/dist.rs), seconds
 #   step      the bf16 parity of the training step, then its benchmark:
@@ -49,10 +50,11 @@ source bench/lib/torch_env.sh
 for part in $PARTS; do
   case $part in
     cuda)
-      echo "== CUDA graph capture and replay, host-device copies (crates/model/src/{graph,transfer}.rs)"
+      echo "== CUDA graph capture and replay, host-device copies, group casts (crates/model/src/{graph,transfer,cast}.rs)"
       (use_torch_libs && timeout 120 "$CARRY/model_lib" --ignored --exact \
         graph::tests::a_captured_step_replays_on_new_inputs \
-        transfer::tests::cuda_copies_do_not_block_and_arrive_whole --nocapture) \
+        transfer::tests::cuda_copies_do_not_block_and_arrive_whole \
+        cast::tests::cuda_group_casts_are_the_per_weight_casts --nocapture) \
         >"$COPY_TO/cuda.txt" 2>&1 || { status=1; echo "CUDA checks failed (cuda.txt)"; }
       tail -3 "$COPY_TO/cuda.txt"
       ;;

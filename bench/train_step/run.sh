@@ -25,6 +25,11 @@
 #                    (libtorch's fused SGD kernel: one operator per update
 #                    instead of several per parameter tensor).
 #                    Default "bf16" on cuda, none on cpu.
+#   PER_WEIGHT       precisions at which ours runs once more with --fused
+#                    --cast-per-weight (autocast casting each weight, and
+#                    each gradient back, with a kernel of its own, instead
+#                    of model::cast's groups): what the groups save.
+#                    Default "bf16" on cuda, none on cpu.
 #   GRAPH            precisions at which ours runs once more with --fused
 #                    --cuda-graph (the whole step captured in a CUDA graph
 #                    and replayed; it first checks the replays against eager
@@ -63,6 +68,7 @@ if [ "$DEVICE" = cuda ]; then
   PEAK_TFLOPS=${PEAK_TFLOPS:-989}
   FIT_EXTRAS=${FIT_EXTRAS-bf16}
   FUSED=${FUSED-bf16}
+  PER_WEIGHT=${PER_WEIGHT-bf16}
   GRAPH=${GRAPH-bf16}
   COMPILE=${COMPILE-bf16}
 else
@@ -71,6 +77,7 @@ else
   THREADS=${THREADS:-1}
   FIT_EXTRAS=${FIT_EXTRAS:-}
   FUSED=${FUSED:-}
+  PER_WEIGHT=${PER_WEIGHT:-}
   GRAPH=
   COMPILE=${COMPILE:-}
 fi
@@ -194,6 +201,9 @@ for prec in $PRECISIONS; do
   if [[ " $FUSED " == *" $prec "* ]]; then
     measure "rust-${prec}_fused" "$BIN" "${common[@]}" "${rust[@]}" --fused
   fi
+  if [[ " $PER_WEIGHT " == *" $prec "* && "$prec" != fp32 ]]; then
+    measure "rust-${prec}_perweight" "$BIN" "${common[@]}" "${rust[@]}" --fused --cast-per-weight
+  fi
   if [[ " $GRAPH " == *" $prec "* ]]; then
     measure "rust-${prec}_graph" "$BIN" "${common[@]}" "${rust[@]}" --fused --cuda-graph
   fi
@@ -253,7 +263,8 @@ print("| run | precision | images/s | ms/step mean / median / min | host ms to q
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"rust": "ours (tch)", "pytorch": "PyTorch eager"}
 for prec in ("fp32", "fp16", "bf16"):
-    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"), ("rust", prec + "_graph"),
+    for side, key in (("rust", prec), ("rust", prec + "_fit"), ("rust", prec + "_fused"),
+                      ("rust", prec + "_perweight"), ("rust", prec + "_graph"),
                       ("pytorch", prec), ("pytorch", prec + "_compile")):
         r = runs.get((side, key))
         if not r:
@@ -265,6 +276,8 @@ for prec in ("fp32", "fp16", "bf16"):
             label += ", plus fit.rs's host reads (losses, gradient norm)"
         if key.endswith("_fused"):
             label += ", fused SGD update (`[optim] fused`)"
+        if key.endswith("_perweight"):
+            label += ", fused SGD update, autocast's cast per weight (`--cast-per-weight`)"
         if key.endswith("_graph"):
             label += ", whole step in a CUDA graph (fused update)"
         dtype = r.get("autocast_dtype") or "float32"

@@ -15,7 +15,8 @@
 //! `src/autocast.rs`), and against libtorch's headers `csrc/op_count.cpp`
 //! (the operator counter of `src/op_count.rs`) and `csrc/fused_optim.cpp`
 //! (the fused optimiser updates of `src/fused.rs`), `csrc/transfer.cpp`
-//! (the CUDA events of `src/transfer.rs`), `csrc/dist.cpp` (the c10d
+//! (the CUDA events of `src/transfer.rs`), `csrc/cast.cpp` (the grouped
+//! weight casts of `src/cast.rs`), `csrc/dist.cpp` (the c10d
 //! process group of `src/dist.rs`) and `csrc/graph.cpp` (the CUDA graphs of
 //! `src/graph.rs`; see `compile_cuda_parts`). `train` runs this same
 //! script for the link arguments
@@ -151,6 +152,7 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/op_count.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_optim.cpp");
         println!("cargo:rerun-if-changed=csrc/transfer.cpp");
+        println!("cargo:rerun-if-changed=csrc/cast.cpp");
         println!("cargo:rerun-if-changed=csrc/shim.h");
         cc::Build::new()
             .cpp(true)
@@ -168,6 +170,7 @@ fn main() {
             .file("csrc/op_count.cpp")
             .file("csrc/fused_optim.cpp")
             .file("csrc/transfer.cpp")
+            .file("csrc/cast.cpp")
             .compile("mmclip_aten_shim");
         compile_cuda_parts(&include);
     }

@@ -7,6 +7,8 @@
 use tch::Tensor;
 use tch::nn::{self, Module};
 
+use crate::cast;
+
 /// CLIP's activation: `x · σ(1.702 x)`.
 pub fn quick_gelu(xs: &Tensor) -> Tensor {
     xs * (xs * 1.702).sigmoid()
@@ -123,8 +125,7 @@ impl Attention {
             return self.attend(xs, xs, causal);
         };
         let (b, t, d) = xs.size3().expect("attention queries must be [B, T, D]");
-        let qkv = qkv_proj
-            .forward(xs) // [B, T, 3D]
+        let qkv = cast::linear(qkv_proj, xs) // [B, T, 3D]
             .view([b, t, 3, self.num_heads, d / self.num_heads])
             .permute([2, 0, 3, 1, 4]); // [3, B, H, T, D/H]
         let qkv = qkv.unbind(0);
@@ -143,14 +144,19 @@ impl Attention {
                 q_proj,
                 k_proj,
                 v_proj,
-            } => (q_proj.forward(xs), k_proj.forward(ctx), v_proj.forward(ctx)),
+            } => (
+                cast::linear(q_proj, xs),
+                cast::linear(k_proj, ctx),
+                cast::linear(v_proj, ctx),
+            ),
             // A self-attention layer given another context: its q rows on
             // the tokens, its k and v rows on the context.
             Projections::Fused(qkv) => {
-                let bs = qkv.bs.as_ref().expect("qkv_proj has a bias");
-                let q = xs.linear(&qkv.ws.narrow(0, 0, d), Some(bs.narrow(0, 0, d)));
+                let ws = cast::weight(&qkv.ws);
+                let bs = cast::weight(qkv.bs.as_ref().expect("qkv_proj has a bias"));
+                let q = xs.linear(&ws.narrow(0, 0, d), Some(bs.narrow(0, 0, d)));
                 let kv = ctx
-                    .linear(&qkv.ws.narrow(0, d, 2 * d), Some(bs.narrow(0, d, 2 * d)))
+                    .linear(&ws.narrow(0, d, 2 * d), Some(bs.narrow(0, d, 2 * d)))
                     .chunk(2, -1);
                 (q, kv[0].shallow_clone(), kv[1].shallow_clone())
             }
@@ -171,8 +177,8 @@ impl Attention {
         // Default scale 1/√(D/H), as CLIP.
         let ys =
             Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, causal, None, false);
-        self.out_proj
-            .forward(&ys.transpose(1, 2).contiguous().view([b, t, d])) // [B, T, D]
+        let ys = ys.transpose(1, 2).contiguous().view([b, t, d]);
+        cast::linear(&self.out_proj, &ys) // [B, T, D]
     }
 }
 
@@ -205,7 +211,7 @@ impl Mlp {
 
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)))
+        cast::linear(&self.fc2, &self.act.apply(&cast::linear(&self.fc1, xs)))
     }
 }
 

@@ -40,7 +40,8 @@ pub enum Reduced {
 }
 
 impl Reduced {
-    fn code(self) -> i8 {
+    /// Its `c10::ScalarType` value.
+    pub(crate) fn code(self) -> i8 {
         match self {
             Reduced::BFloat16 => BFLOAT16,
             Reduced::Half => HALF,
@@ -114,6 +115,35 @@ pub fn is_enabled(device: Device) -> bool {
     unsafe { mmclip_autocast_is_enabled(device_code(device)) }
 }
 
+/// The reduced type autocast computes in on `device` in this thread, when
+/// it is on.
+pub fn reduced(device: Device) -> Option<Reduced> {
+    let device = device_code(device);
+    // SAFETY: getters of libtorch's thread-local autocast state.
+    let (enabled, dtype) = unsafe {
+        (
+            mmclip_autocast_is_enabled(device),
+            mmclip_autocast_dtype(device),
+        )
+    };
+    match dtype {
+        _ if !enabled => None,
+        BFLOAT16 => Some(Reduced::BFloat16),
+        HALF => Some(Reduced::Half),
+        _ => None,
+    }
+}
+
+/// Held by the tests that enter autocast. libtorch keeps autocast's cast
+/// cache for the whole process, and a thread leaving autocast empties it:
+/// a step on another thread then casts a weight it uses twice a second
+/// time, and its gradient is summed in float32 rather than bfloat16.
+#[cfg(test)]
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +151,7 @@ mod tests {
 
     #[test]
     fn matrix_products_run_in_the_reduced_type_inside_only() {
+        let _serial = serial();
         let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
         for reduced in [Reduced::BFloat16, Reduced::Half] {
@@ -139,6 +170,7 @@ mod tests {
 
     #[test]
     fn nested_autocast_restores_the_outer_type_and_a_panic_restores_the_state() {
+        let _serial = serial();
         let a = Tensor::randn([2, 2], (Kind::Float, Device::Cpu));
         let inner_then_outer = autocast(Device::Cpu, Some(Reduced::Half), || {
             let inner = autocast(Device::Cpu, Some(Reduced::BFloat16), || a.matmul(&a).kind());

@@ -5,8 +5,9 @@
 //! [`Clip::encode_text`].
 
 use tch::Tensor;
-use tch::nn::{self, Module};
+use tch::nn;
 
+use crate::cast;
 use crate::config::ClipConfig;
 use crate::text::TextTransformer;
 use crate::vision::VisionTransformer;
@@ -61,8 +62,8 @@ impl Clip {
     pub fn encode_image(&self, pixels: &Tensor) -> Encoded {
         let (pooled, tokens) = self.vision_model.forward(pixels);
         Encoded {
-            pooled: self.visual_projection.forward(&pooled),
-            tokens: self.visual_projection.forward(&tokens),
+            pooled: cast::linear(&self.visual_projection, &pooled),
+            tokens: cast::linear(&self.visual_projection, &tokens),
         }
     }
 
@@ -71,8 +72,8 @@ impl Clip {
     pub fn encode_image_visible(&self, pixels: &Tensor, ids_keep: &Tensor) -> Encoded {
         let (pooled, tokens) = self.vision_model.forward_visible(pixels, ids_keep);
         Encoded {
-            pooled: self.visual_projection.forward(&pooled),
-            tokens: self.visual_projection.forward(&tokens),
+            pooled: cast::linear(&self.visual_projection, &pooled),
+            tokens: cast::linear(&self.visual_projection, &tokens),
         }
     }
 
@@ -100,8 +101,8 @@ impl Clip {
     pub fn encode_text(&self, input_ids: &Tensor) -> Encoded {
         let (pooled, tokens) = self.text_model.forward(input_ids);
         Encoded {
-            pooled: self.text_projection.forward(&pooled),
-            tokens: self.text_projection.forward(&tokens),
+            pooled: cast::linear(&self.text_projection, &pooled),
+            tokens: cast::linear(&self.text_projection, &tokens),
         }
     }
 

@@ -12,6 +12,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::attention::{Activation, Attention, Mlp};
+use crate::cast;
 use crate::config::ClipConfig;
 
 /// Which report tokens are predicted (the paper's ablation, Table 4).
@@ -231,7 +232,7 @@ impl TextDecoder {
     /// `text: [B, L, D]` (text-encoder tokens of the masked report),
     /// `image: [B, N, C]` → logits `[B, L, V]`.
     pub fn forward(&self, text: &Tensor, image: &Tensor) -> Tensor {
-        self.lm_head.forward(&self.hidden(text, image))
+        cast::linear(&self.lm_head, &self.hidden(text, image))
     }
 
     /// Logits at the positions of `index: [B, K]` only ([`Slots`]) →
@@ -243,7 +244,7 @@ impl TextDecoder {
         let (b, k) = index.size2().expect("index must be [B, K]");
         let d = hidden.size()[2];
         let rows = hidden.gather(1, &index.unsqueeze(-1).expand([b, k, d], false), false);
-        self.lm_head.forward(&rows.reshape([-1, d]))
+        cast::linear(&self.lm_head, &rows.reshape([-1, d]))
     }
 
     /// The final-normed decoder states `[B, L, D]`.

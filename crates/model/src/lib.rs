@@ -32,6 +32,7 @@
 pub mod att_mim;
 pub mod attention;
 pub mod autocast;
+pub mod cast;
 pub mod clip;
 pub mod config;
 pub mod dist;

@@ -11,6 +11,7 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::attention::{Activation, EncoderLayer};
+use crate::cast;
 use crate::config::VisionConfig;
 
 /// Decoder settings a user chooses. `Default` is the paper's: 8 layers,
@@ -173,7 +174,7 @@ impl MimDecoder {
     /// patches in `ids_keep` order), `ids_restore: [B, N]` →
     /// predicted pixels `[B, N, p²·3]` in patch order.
     pub fn forward(&self, latent: &Tensor, ids_restore: &Tensor) -> Tensor {
-        let xs = self.decoder_embed.forward(latent); // [B, 1 + K, D]
+        let xs = cast::linear(&self.decoder_embed, latent); // [B, 1 + K, D]
         let (b, t, d) = xs.size3().expect("latent must be [B, 1 + K, D]");
         let n = ids_restore.size()[1];
         let masked = self
@@ -187,7 +188,7 @@ impl MimDecoder {
         for block in &self.decoder_blocks {
             xs = block.forward(&xs, false);
         }
-        let xs = self.decoder_pred.forward(&self.decoder_norm.forward(&xs));
+        let xs = cast::linear(&self.decoder_pred, &self.decoder_norm.forward(&xs));
         xs.narrow(1, 1, n) // [B, N, p²·3]
     }
 }

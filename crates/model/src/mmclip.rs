@@ -37,6 +37,7 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::att_mim::{self, AttMimConfig, MaskInputs, MaskSelection};
+use crate::cast::WeightCasts;
 use crate::clip::{Clip, Encoded};
 use crate::config::ClipConfig;
 use crate::dist::{DistError, ProcessGroup};
@@ -320,6 +321,9 @@ pub struct Mmclip {
     /// finding them in each step would make the host wait for the device
     /// (`nonzero`), which a CUDA graph cannot capture.
     prompt_tokens: Tensor,
+    /// The weights its steps cast to autocast's reduced type (see
+    /// [`crate::cast`]).
+    weight_casts: WeightCasts,
     cfg: MmclipConfig,
 }
 
@@ -355,8 +359,14 @@ impl Mmclip {
             ),
             prompt_ids,
             prompt_tokens,
+            weight_casts: WeightCasts::default(),
             cfg: cfg.clone(),
         }
+    }
+
+    /// How its steps cast weights under autocast (once per step by default).
+    pub fn weight_casts(&self) -> &WeightCasts {
+        &self.weight_casts
     }
 
     /// The configuration the model was built with.
@@ -515,6 +525,11 @@ impl Mmclip {
         noise: &StepNoise,
         shard: Option<&Shard>,
     ) -> Result<(Losses, StepTrace), DistError> {
+        // Under autocast, the weights are cast in groups while it lives.
+        let _casts = self
+            .weight_casts
+            .begin(batch.pixels.device())
+            .unwrap_or_else(|e| panic!("{e}"));
         let p = batch.paired_rows();
         let image = self.clip.encode_image(&batch.pixels);
         // Warm-up needs the report only for the masks: no graph.

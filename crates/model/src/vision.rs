@@ -9,6 +9,7 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::attention::Encoder;
+use crate::cast;
 use crate::config::VisionConfig;
 
 /// Patch, class-token and position embeddings (`embeddings.*`).
@@ -56,9 +57,12 @@ impl VisionEmbeddings {
 
     /// `pixels: [B, 3, H, W]` → `[B, 1 + N, D]`, class token first.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let patches = self
-            .patch_embedding
-            .forward(pixels)
+        // `patch_embedding`'s forward (stride = kernel = patch, no bias,
+        // no padding) with its weight cast once per step.
+        let ws = cast::weight(&self.patch_embedding.ws);
+        let patch = ws.size()[2];
+        let patches = pixels
+            .conv2d(&ws, None::<Tensor>, [patch, patch], 0, 1, 1)
             .flatten(2, -1)
             .transpose(1, 2); // [B, N, D]
         let (b, _, d) = patches.size3().expect("patch embeddings are [B, N, D]");

@@ -7,6 +7,7 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use model::autocast::Reduced;
 use model::dist::{Backend, JoinOptions, ProcessGroup};
 use tch::{Device, Kind, Tensor};
 
@@ -104,6 +105,11 @@ fn buckets_are_rebuilt_in_the_order_the_gradients_become_ready_on_two_ranks() {
 #[test]
 fn buckets_are_rebuilt_in_the_order_the_gradients_become_ready_on_three_ranks() {
     all_succeed("rebuild", 3);
+}
+
+#[test]
+fn gradients_of_weights_cast_in_groups_are_averaged_on_two_ranks() {
+    all_succeed("cast_groups", 2);
 }
 
 #[test]
@@ -339,6 +345,60 @@ fn rank_worker() {
             }
             group.barrier().unwrap();
         }
+        "cast_groups" => {
+            // Four parameters, one per 16-byte bucket, cast to bfloat16 in
+            // two groups ([0, 1], [2, 3]) as a step's weights are
+            // (`model::cast`): a group's gradients reach the reducer
+            // together, when its backward runs. Rank r's loss is
+            // (r + 1)·Σ(i + 1)·Σcast(p_i), without p1 on ranks ≠ 0 and
+            // without p3 anywhere: an output left unused gives its weight
+            // no gradient, and the reducer sees none. Small integers are
+            // exact in bfloat16.
+            let r = rank as f64;
+            let opts = (Kind::Float, rank_device().0);
+            let params: Vec<Tensor> = (0..4)
+                .map(|_| Tensor::ones([4], opts).set_requires_grad(true))
+                .collect();
+            group.watch_gradients(&params, 16).unwrap();
+            let (only_first, never) = (1, 3);
+            for step in 0..3 {
+                let cast: Vec<Tensor> = params
+                    .chunks(2)
+                    .flat_map(|g| model::cast::cast_group(g, Reduced::BFloat16).unwrap())
+                    .collect();
+                let mut loss = Tensor::zeros([], opts);
+                for (i, c) in cast.iter().enumerate() {
+                    if i == never || (i == only_first && rank != 0) {
+                        continue;
+                    }
+                    loss += c.sum(Kind::Float) * ((r + 1.0) * (i as f64 + 1.0));
+                }
+                group.arm_gradients();
+                loss.backward();
+                let done = group.finish_gradients().unwrap();
+                assert_eq!(done.total, 4, "step {step}: buckets");
+                for (i, p) in params.iter().enumerate() {
+                    let g = p.grad();
+                    if i == never {
+                        assert!(!g.defined(), "step {step}: no rank had a gradient for {i}");
+                        continue;
+                    }
+                    assert_eq!(g.kind(), Kind::Float);
+                    let want = if i == only_first {
+                        (i as f64 + 1.0) / w
+                    } else {
+                        (i as f64 + 1.0) * (w + 1.0) / 2.0
+                    };
+                    let got = values(&g);
+                    assert!(
+                        got.iter().all(|v| (v - want).abs() < 1e-6),
+                        "step {step}, parameter {i}: {got:?}, want {want}"
+                    );
+                }
+                model::fused::set_grads_to_none(&params).unwrap();
+            }
+            group.barrier().unwrap();
+        }
         "early_exit" => {
             if rank == world - 1 {
                 // Leaves without a word: no collective will ever come.
@@ -370,7 +430,7 @@ fn rank_worker() {
 fn nccl_collectives_and_reducer_on_every_gpu() {
     let gpus = tch::Cuda::device_count() as usize;
     assert!(gpus >= 1, "no CUDA device");
-    for scenario in ["collectives", "reducer", "rebuild"] {
+    for scenario in ["collectives", "reducer", "rebuild", "cast_groups"] {
         all_succeed_on(scenario, gpus, "cuda");
     }
 }

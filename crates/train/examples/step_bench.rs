@@ -117,6 +117,10 @@ struct Args {
     /// model with the same initial weights (needs `--device cuda --fused`).
     #[arg(long)]
     cuda_graph: bool,
+    /// Under autocast, cast each weight with a kernel of its own (autocast's
+    /// way) instead of a group at a time once per step (`model::cast`).
+    #[arg(long)]
+    cast_per_weight: bool,
 }
 
 fn main() -> Result<()> {
@@ -170,6 +174,7 @@ fn main() -> Result<()> {
         tch::manual_seed(args.seed as i64);
         let vs = nn::VarStore::new(device);
         let model = Mmclip::new(vs.root(), &cfg, token_rows(&prompt_lengths, l));
+        model.weight_casts().set_enabled(!args.cast_per_weight);
         (vs, model)
     };
     let (vs, model) = build();
@@ -217,6 +222,7 @@ fn main() -> Result<()> {
         "fit_extras": args.fit_extras,
         "fused_optimizer": args.fused,
         "cuda_graph": args.cuda_graph,
+        "weight_casts": autocast.map(|_| if args.cast_per_weight { "per-weight" } else { "grouped" }),
         "init_s": init_s,
         "flops_per_step": flops,
         "flops_source": "analytic",

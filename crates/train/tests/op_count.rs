@@ -36,6 +36,14 @@ const CEILING_FUSED: [(&str, u64); 3] = [("forward", 1875), ("backward", 2899), 
 const KERNELS: [(&str, u64); 3] = [("forward", 326), ("backward", 450), ("update", 462)];
 const KERNELS_FUSED: [(&str, u64); 3] = [("forward", 326), ("backward", 450), ("update", 29)];
 
+/// The fused step under bfloat16 autocast (`--autocast bf16`), with the
+/// weights cast to bfloat16 a group at a time once per step (`model::cast`):
+/// autocast's own cast of each weight, and of each gradient back, would
+/// cost 64 kernels more forward and 64 backward (194 and 258 operators).
+/// The rest of what autocast adds is its casts of activations.
+const CEILING_BF16: [(&str, u64); 3] = [("forward", 2347), ("backward", 3231), ("update", 63)];
+const KERNELS_BF16: [(&str, u64); 3] = [("forward", 381), ("backward", 508), ("update", 29)];
+
 /// Operators per step that make the host wait for a CUDA device (`item`,
 /// `nonzero`, …): none with the fused update, so the host can queue the
 /// next step while the device runs this one; the plain update, the
@@ -69,6 +77,15 @@ fn the_training_step_dispatches_no_more_operators_than_recorded() {
 #[test]
 fn the_fused_step_updates_in_a_few_dozen_operators_and_never_waits_for_the_device() {
     check(&["--fused"], [&CEILING_FUSED, &KERNELS_FUSED], SYNCS_FUSED);
+}
+
+#[test]
+fn the_bfloat16_step_casts_its_weights_a_group_at_a_time() {
+    check(
+        &["--fused", "--autocast", "bf16"],
+        [&CEILING_BF16, &KERNELS_BF16],
+        SYNCS_FUSED,
+    );
 }
 
 /// Runs `step_bench --count-ops` and holds its operator and kernel counts

@@ -303,3 +303,79 @@ fn a_step_from_its_draws_never_waits_for_the_device() {
         }
     }
 }
+
+/// Under bfloat16 autocast, the weights cast in groups once per step give
+/// the losses and gradients of autocast's cast per weight, bit for bit, in
+/// both phases (the warm-up leaves some weights without a gradient), with
+/// fewer kernels from the second step on.
+#[test]
+fn weights_cast_in_groups_give_autocasts_losses_and_gradients_exactly() {
+    use crate::autocast::{Reduced, autocast};
+    let _serial = crate::autocast::serial();
+    let cfg = MmclipConfig::tiny();
+    let (vs_plain, plain, batch) = setup(&cfg);
+    plain.weight_casts().set_enabled(false);
+    // The same weights and prompts (other tests draw from the global
+    // generator meanwhile).
+    let mut vs_grouped = nn::VarStore::new(Device::Cpu);
+    let grouped = Mmclip::new(vs_grouped.root(), &cfg, plain.prompt_ids().shallow_clone());
+    vs_grouped.copy(&vs_plain).unwrap();
+    let step = |model: &Mmclip, phase: Phase, seed: u64| {
+        crate::op_count::count_syncs(|| {
+            let losses = autocast(Device::Cpu, Some(Reduced::BFloat16), || {
+                model.step(&batch, phase, seed).0
+            });
+            losses.total.backward();
+            losses
+        })
+    };
+    let bits = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap();
+    let steps = [
+        (Phase::WarmUp, 1),
+        (Phase::WarmUp, 2),
+        (Phase::Joint, 3),
+        (Phase::Joint, 4),
+    ];
+    for (i, (phase, seed)) in steps.into_iter().enumerate() {
+        let (a, plain_counts) = step(&plain, phase, seed);
+        let (b, grouped_counts) = step(&grouped, phase, seed);
+        for (x, y) in [(&a.total, &b.total), (&a.mim, &b.mim)] {
+            assert_eq!(bits(x), bits(y), "step {i}: {x} against {y}");
+        }
+        if let (Some(x), Some(y)) = (&a.mlm, &b.mlm) {
+            assert_eq!(bits(x), bits(y), "step {i}");
+        }
+        assert_eq!(a.align.is_some(), b.align.is_some());
+        let grads = |vs: &nn::VarStore| -> Vec<(String, Option<Vec<f32>>)> {
+            let mut v: Vec<_> = vs
+                .variables()
+                .into_iter()
+                .map(|(name, var)| {
+                    let g = var.grad();
+                    (name, g.defined().then(|| bits(&g)))
+                })
+                .collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        for ((name, x), (_, y)) in grads(&vs_plain).into_iter().zip(grads(&vs_grouped)) {
+            assert_eq!(x.is_some(), y.is_some(), "step {i}: {name}'s gradient");
+            assert!(x == y, "step {i}: {name}'s gradients differ");
+        }
+        // The first step records the weights; the later ones cast them in
+        // groups, each with one list copy each way.
+        if i == 0 {
+            assert_eq!(plain_counts.kernels, grouped_counts.kernels);
+        } else {
+            let groups = grouped.weight_casts().groups();
+            let weights: usize = groups.iter().sum();
+            assert!(weights > 50, "{groups:?}");
+            assert!(
+                grouped_counts.kernels + weights as u64 <= plain_counts.kernels,
+                "step {i}: {grouped_counts:?} against {plain_counts:?} ({weights} weights)"
+            );
+        }
+        assert_eq!(grouped_counts.syncs, 0);
+    }
+    assert!(plain.weight_casts().groups().is_empty());
+}
