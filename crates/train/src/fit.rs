@@ -39,7 +39,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{ShardRecord, ShardSet, Staged};
 use crate::dist::{Dist, Launch};
-use crate::graph_step::GraphSteps;
+use crate::graph_step::{GraphSteps, Micro};
 use crate::optim::{Optimizer, Update};
 use crate::session::{RUN_FILE, RunModel, Session, TOKENIZER_FILE};
 
@@ -169,14 +169,10 @@ impl<'a> Run<'a> {
                     !cfg.optim.fused,
                     "optim.fused = false (the plain update reads its skip flag on the host)",
                 ),
-                (cfg.optim.accumulate != 1, "optim.accumulate is not 1"),
                 (dist.is_some(), "the run has several processes"),
             ];
             if let Some((_, why)) = refused.iter().find(|(bad, _)| *bad) {
-                bail!(
-                    "--cuda-graph needs optim.fused = true, optim.accumulate = 1 and one process; \
-                     here {why}"
-                );
+                bail!("--cuda-graph needs optim.fused = true and one process; here {why}");
             }
         }
 
@@ -381,33 +377,44 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// [`Run::step`] through the fixed-shape steps of `--cuda-graph`: one
-    /// micro-batch, one process (checked in `prepare`).
+    /// [`Run::step`] through the fixed-shape steps of `--cuda-graph`: its
+    /// `accumulate` micro-batches with the ordinary step's draws, one
+    /// process (checked in `prepare`).
     fn graph_step(
         &mut self,
         loader: &mut Loader,
         phase: Phase,
         lr: f64,
     ) -> Result<(Tensor, u64, bool, bool)> {
-        let batch = loader.next().context("the loader stopped")??;
-        self.state.next_position = batch.position.next(loader.steps_per_epoch());
-        let images = batch.size as u64;
-        let staged = Staged::for_graph(batch, self.device)?;
-        let step_batch = model::StepBatch {
-            pixels: fit_to(
-                &staged.step.pixels,
-                self.session.run.mmclip.clip.vision.image_size,
-            ),
-            input_ids: staged.step.input_ids.shallow_clone(),
-            entity: staged.step.entity.shallow_clone(),
-        };
-        // The seed of the ordinary step's only micro-batch.
-        let seed = step_seed(self.state.seed, self.state.step);
+        let accumulate = self.cfg.optim.accumulate;
+        let image_size = self.session.run.mmclip.clip.vision.image_size;
+        let mut micro = Vec::with_capacity(accumulate as usize);
+        let mut images = 0;
+        for m in 0..accumulate {
+            let batch = loader.next().context("the loader stopped")??;
+            self.state.next_position = batch.position.next(loader.steps_per_epoch());
+            images += batch.size as u64;
+            let staged = Staged::for_graph(batch, self.device)?;
+            let step_batch = model::StepBatch {
+                pixels: fit_to(&staged.step.pixels, image_size),
+                input_ids: staged.step.input_ids.shallow_clone(),
+                entity: staged.step.entity.shallow_clone(),
+            };
+            // The seed of the ordinary step's micro-batch.
+            let seed = step_seed(self.state.seed, self.state.step * accumulate + m);
+            let noise = self
+                .session
+                .model
+                .step_noise(&step_batch, seed, None, self.device);
+            micro.push(Micro {
+                batch: step_batch,
+                noise,
+            });
+        }
         let model = &self.session.model;
-        let noise = model.step_noise(&step_batch, seed, None, self.device);
         let graphs = self.graphs.as_mut().context("no fixed-shape steps")?;
         let queued = graphs
-            .step(model, &mut self.opt, phase, &step_batch, &noise, lr)
+            .step(model, &mut self.opt, phase, &micro, lr)
             .with_context(|| format!("step {}", self.state.step))?;
         Ok((queued.record, images, queued.has_align, queued.has_mlm))
     }
@@ -697,7 +704,7 @@ impl LossSlots {
         }
     }
 
-    fn add(self, other: &LossSlots) -> LossSlots {
+    pub(crate) fn add(self, other: &LossSlots) -> LossSlots {
         LossSlots {
             sums: self.sums + &other.sums,
             has_align: self.has_align || other.has_align,

@@ -3,11 +3,13 @@
 //! instead of thousands of kernels.
 //!
 //! A graph replays fixed shapes on fixed memory, so each batch is copied
-//! into the fixed buffers of its shape ([`Shape`]: phase, rows, paired rows,
-//! image size; the text always spans the whole context,
-//! [`TextWidth::Context`](crate::data::TextWidth)), with its mask draws
-//! ([`model::mmclip::StepNoise`]) and the learning rate (a device scalar the
-//! fused update reads, [`Lr::Device`]). A shape's first
+//! into the fixed buffers of its shape ([`Shape`]: phase, and per
+//! micro-batch rows, paired rows and image size; the text always spans the
+//! whole context, [`TextWidth::Context`](crate::data::TextWidth)), with its
+//! mask draws ([`model::mmclip::StepNoise`]) and the learning rate (a device
+//! scalar the fused update reads, [`Lr::Device`]). With gradient
+//! accumulation one graph holds all of a step's micro-batches, forward and
+//! backward one after the other, and the update. A shape's first
 //! [`EAGER_RUNS`] steps run eagerly on a side stream (PyTorch's recipe: the
 //! optimiser's buffers and the libraries' workspaces exist before the
 //! capture); the next is captured and replayed, and so is every later step
@@ -15,7 +17,7 @@
 //! the replays compute the same thing.
 //!
 //! What it needs: the fused update (the plain one reads its skip flag on
-//! the host), one micro-batch per step, one process. On the CPU nothing is
+//! the host), one process. On the CPU nothing is
 //! captured and every step runs eagerly from the fixed buffers: the tests
 //! check there that those steps equal the ordinary ones.
 
@@ -38,20 +40,25 @@ pub const EAGER_RUNS: u32 = 2;
 /// pool. A shape beyond them runs eagerly.
 pub const MAX_GRAPHS: usize = 4;
 
-/// What a captured step's shapes depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a captured step's shapes depend on: the phase, and each
+/// micro-batch's rows, paired rows and image size.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Shape {
     joint: bool,
-    rows: i64,
-    paired: i64,
-    height: i64,
-    width: i64,
+    micro: Vec<[i64; 4]>,
+}
+
+/// One micro-batch of a step, with its draws.
+pub struct Micro {
+    /// Images at the model's size, text over the whole context.
+    pub batch: StepBatch,
+    /// Its mask draws.
+    pub noise: StepNoise,
 }
 
 /// The fixed inputs of one shape's step, and its graph once captured.
 struct Slot {
-    batch: StepBatch,
-    noise: StepNoise,
+    micro: Vec<Micro>,
     lr: Tensor,
     eager_runs: u32,
     /// The graph and the record its replays write.
@@ -96,55 +103,66 @@ impl GraphSteps {
         self.slots.values().filter(|s| s.graph.is_some()).count()
     }
 
-    /// Queues one optimiser step of `batch` (images at the model's size,
-    /// text over the whole context) in `phase` with the draws `noise` and
-    /// learning rate `lr`: forward, backward, and the update, skipped on
-    /// the device when the loss or the gradient is not finite. A failed
-    /// capture is an error: the run asked for graphs.
+    /// Queues one optimiser step of the micro-batches `micro` in `phase`
+    /// with learning rate `lr`: each one's forward and backward pass (its
+    /// gradient scaled by 1/`micro.len()`), then the update, skipped on the
+    /// device when the loss or the gradient is not finite. The record holds
+    /// the micro-batches' summed losses, as `fit`'s. A failed capture is an
+    /// error: the run asked for graphs.
     pub fn step(
         &mut self,
         model: &Mmclip,
         opt: &mut Optimizer,
         phase: Phase,
-        batch: &StepBatch,
-        noise: &StepNoise,
+        micro: &[Micro],
         lr: f64,
     ) -> Result<Queued> {
-        let (rows, _, height, width) = batch
-            .pixels
-            .size4()
-            .context("pixels must be [B, 3, H, W]")?;
-        let paired = batch.paired_rows();
+        anyhow::ensure!(!micro.is_empty(), "a step needs a micro-batch");
         let joint = phase == Phase::Joint;
-        let shape = Shape {
+        let mut shape = Shape {
             joint,
-            rows,
-            paired,
-            height,
-            width,
+            micro: Vec::with_capacity(micro.len()),
         };
+        for m in micro {
+            let (rows, _, height, width) = m
+                .batch
+                .pixels
+                .size4()
+                .context("pixels must be [B, 3, H, W]")?;
+            shape
+                .micro
+                .push([rows, m.batch.paired_rows(), height, width]);
+        }
+        let paired = shape.micro.iter().any(|m| m[1] > 0);
+        let rows = shape.micro.iter().map(|m| m[0]).sum::<i64>();
         if joint {
             // The warm-up's graphs are done with.
             self.slots.retain(|s, _| s.joint);
         }
         let queued = |record| Queued {
             record,
-            has_align: joint && paired > 0,
-            has_mlm: paired > 0,
+            has_align: joint && paired,
+            has_mlm: paired,
         };
         if !self.slots.contains_key(&shape) {
-            self.slots.insert(
-                shape,
-                Slot {
+            let buffers = micro
+                .iter()
+                .map(|m| Micro {
                     batch: StepBatch {
-                        pixels: batch.pixels.zeros_like(),
-                        input_ids: batch.input_ids.zeros_like(),
-                        entity: batch.entity.zeros_like(),
+                        pixels: m.batch.pixels.zeros_like(),
+                        input_ids: m.batch.input_ids.zeros_like(),
+                        entity: m.batch.entity.zeros_like(),
                     },
                     noise: StepNoise {
-                        patches: noise.patches.zeros_like(),
-                        tokens: noise.tokens.zeros_like(),
+                        patches: m.noise.patches.zeros_like(),
+                        tokens: m.noise.tokens.zeros_like(),
                     },
+                })
+                .collect();
+            self.slots.insert(
+                shape.clone(),
+                Slot {
+                    micro: buffers,
                     lr: Tensor::zeros([], (Kind::Float, self.device)),
                     eager_runs: 0,
                     graph: None,
@@ -154,10 +172,12 @@ impl GraphSteps {
         let captured = self.captured();
         let (device, reduced) = (self.device, self.reduced);
         let slot = self.slots.get_mut(&shape).expect("inserted above");
-        slot.batch.pixels.copy_(&batch.pixels);
-        slot.batch.input_ids.copy_(&batch.input_ids);
-        slot.batch.entity.copy_(&batch.entity);
-        slot.noise.copy_from(noise);
+        for (to, from) in slot.micro.iter_mut().zip(micro) {
+            to.batch.pixels.copy_(&from.batch.pixels);
+            to.batch.input_ids.copy_(&from.batch.input_ids);
+            to.batch.entity.copy_(&from.batch.entity);
+            to.noise.copy_from(&from.noise);
+        }
         let _ = slot.lr.fill_(lr);
         let run =
             |opt: &mut Optimizer, slot: &Slot| run_step(model, opt, phase, (device, reduced), slot);
@@ -177,8 +197,9 @@ impl GraphSteps {
             // Capturing ran nothing: this step runs now.
             graph.replay().map_err(anyhow::Error::msg)?;
             tracing::info!(
-                "captured the {} step of {rows} rows ({paired} paired) in a CUDA graph",
+                "captured the {} step of {rows} rows in {} micro-batch(es) in a CUDA graph",
                 if joint { "joint" } else { "warm-up" },
+                micro.len(),
             );
             slot.graph = Some((graph, record.shallow_clone()));
             return Ok(queued(record));
@@ -186,8 +207,8 @@ impl GraphSteps {
         if device.is_cuda() && !room && !self.warned_full {
             self.warned_full = true;
             tracing::warn!(
-                "{MAX_GRAPHS} CUDA graphs are kept already: steps of {rows} rows ({paired} paired) \
-                 run eagerly"
+                "{MAX_GRAPHS} CUDA graphs are kept already: steps of other shapes ({rows} rows \
+                 here) run eagerly"
             );
         }
         opt.zero_grad();
@@ -206,8 +227,8 @@ impl GraphSteps {
     }
 }
 
-/// One step from a slot's buffers: what `fit` queues for a step with one
-/// micro-batch, with the learning rate read on the device.
+/// One step from a slot's buffers: what `fit` queues for a step of one
+/// process, with the learning rate read on the device.
 fn run_step(
     model: &Mmclip,
     opt: &mut Optimizer,
@@ -215,13 +236,27 @@ fn run_step(
     (device, reduced): (Device, Option<Reduced>),
     slot: &Slot,
 ) -> Result<Tensor> {
-    let (losses, _) = model::autocast::autocast(device, reduced, || {
-        model.step_with_noise(&slot.batch, phase, &slot.noise, None)
-    })?;
-    let slots = LossSlots::of(&losses);
-    losses.total.backward();
-    let update = opt.update_with(Lr::Device(&slot.lr), Some(&slots.sums.get(0)));
-    Ok(step_record(&slots, &update, &opt.weights_finite()))
+    let n = slot.micro.len();
+    let mut sums: Option<LossSlots> = None;
+    for m in &slot.micro {
+        let (losses, _) = model::autocast::autocast(device, reduced, || {
+            model.step_with_noise(&m.batch, phase, &m.noise, None)
+        })?;
+        let slots = LossSlots::of(&losses);
+        sums = Some(match sums {
+            None => slots,
+            Some(s) => s.add(&slots),
+        });
+        // Dividing by 1 changes nothing and would cost a kernel.
+        if n == 1 {
+            losses.total.backward();
+        } else {
+            (losses.total / n as f64).backward();
+        }
+    }
+    let sums = sums.context("a step needs a micro-batch")?;
+    let update = opt.update_with(Lr::Device(&slot.lr), Some(&sums.sums.get(0)));
+    Ok(step_record(&sums, &update, &opt.weights_finite()))
 }
 
 #[cfg(test)]
@@ -287,36 +322,48 @@ mod tests {
     /// learning rate from buffers) are the ordinary steps (text cut after
     /// the longest report, learning rate by value): same records and same
     /// weights up to rounding, over a warm-up and two joint steps with a
-    /// changing learning rate. With AdamW the weights are held to 2e-4:
-    /// the key part of a `qkv_proj` bias has no gradient in exact
-    /// arithmetic (softmax ignores it), and Adam scales the rounding noise
-    /// that the other text width leaves there to a step of up to lr.
+    /// changing learning rate, with one micro-batch per step and with two
+    /// (gradient accumulation, as `fit` runs it). With AdamW the weights
+    /// are held to 2e-4: the key part of a `qkv_proj` bias has no gradient
+    /// in exact arithmetic (softmax ignores it), and Adam scales the
+    /// rounding noise that the other text width leaves there to a step of
+    /// up to lr.
     #[test]
     fn fixed_shape_steps_equal_the_ordinary_steps() {
-        fixed_shape_steps_equal_the_ordinary_steps_with(OptimKind::Sgd, 1e-6);
-        fixed_shape_steps_equal_the_ordinary_steps_with(OptimKind::Adamw, 2e-4);
+        fixed_shape_steps_equal_the_ordinary_steps_with(OptimKind::Sgd, 1, 1e-6);
+        fixed_shape_steps_equal_the_ordinary_steps_with(OptimKind::Adamw, 1, 2e-4);
+        fixed_shape_steps_equal_the_ordinary_steps_with(OptimKind::Sgd, 2, 1e-6);
     }
 
-    fn fixed_shape_steps_equal_the_ordinary_steps_with(kind: OptimKind, weights_within: f64) {
+    fn fixed_shape_steps_equal_the_ordinary_steps_with(
+        kind: OptimKind,
+        accumulate: usize,
+        weights_within: f64,
+    ) {
         let cfg = tiny();
         let context = cfg.clip.text.max_position_embeddings;
         let side = cfg.clip.vision.image_size;
-        let lengths = [9, 20, 14];
+        // Each micro-batch's reports and images; the longest report is 20
+        // tokens in each, so the ordinary steps cut the text there.
+        let lengths = [[9, 20, 14], [20, 5, 11]];
         let longest = 20;
         tch::manual_seed(3);
-        let pixels = Tensor::randn([4, 3, side, side], (Kind::Float, Device::Cpu));
-        let (ids, entity) = text(&lengths, longest);
-        let trimmed = StepBatch {
-            pixels: pixels.shallow_clone(),
-            input_ids: ids,
-            entity,
-        };
-        let (ids, entity) = text(&lengths, context);
-        let padded = StepBatch {
-            pixels,
-            input_ids: ids,
-            entity,
-        };
+        let (mut trimmed, mut padded) = (Vec::new(), Vec::new());
+        for lengths in &lengths[..accumulate] {
+            let pixels = Tensor::randn([4, 3, side, side], (Kind::Float, Device::Cpu));
+            let (ids, entity) = text(lengths, longest);
+            trimmed.push(StepBatch {
+                pixels: pixels.shallow_clone(),
+                input_ids: ids,
+                entity,
+            });
+            let (ids, entity) = text(lengths, context);
+            padded.push(StepBatch {
+                pixels,
+                input_ids: ids,
+                entity,
+            });
+        }
 
         let (vs_a, model_a, mut opt_a) = build(&cfg, kind);
         let (mut vs_b, model_b, mut opt_b) = build(&cfg, kind);
@@ -330,20 +377,39 @@ mod tests {
             (Phase::Joint, 2e-4),
         ];
         for (k, &(phase, lr)) in plan.iter().enumerate() {
-            let seed = step_seed(11, k as u64);
+            let seed = |m: usize| step_seed(11, (k * accumulate + m) as u64);
+            // `fit`'s step: each micro-batch's gradient scaled by
+            // 1/accumulate, the losses summed.
             opt_a.zero_grad();
-            let noise = model_a.step_noise(&trimmed, seed, None, Device::Cpu);
-            let (losses, _) = model_a
-                .step_with_noise(&trimmed, phase, &noise, None)
-                .unwrap();
-            let slots = LossSlots::of(&losses);
-            losses.total.backward();
+            let mut sums: Option<LossSlots> = None;
+            for (m, batch) in trimmed.iter().enumerate() {
+                let noise = model_a.step_noise(batch, seed(m), None, Device::Cpu);
+                let (losses, _) = model_a.step_with_noise(batch, phase, &noise, None).unwrap();
+                let slots = LossSlots::of(&losses);
+                sums = Some(match sums {
+                    None => slots,
+                    Some(s) => s.add(&slots),
+                });
+                (losses.total / accumulate as f64).backward();
+            }
+            let slots = sums.unwrap();
             let update = opt_a.update(lr, Some(&slots.sums.get(0)));
             let want = step_record(&slots, &update, &opt_a.weights_finite());
 
-            let noise = model_b.step_noise(&padded, seed, None, Device::Cpu);
+            let micro: Vec<Micro> = padded
+                .iter()
+                .enumerate()
+                .map(|(m, batch)| Micro {
+                    batch: StepBatch {
+                        pixels: batch.pixels.shallow_clone(),
+                        input_ids: batch.input_ids.shallow_clone(),
+                        entity: batch.entity.shallow_clone(),
+                    },
+                    noise: model_b.step_noise(batch, seed(m), None, Device::Cpu),
+                })
+                .collect();
             let got = graphs
-                .step(&model_b, &mut opt_b, phase, &padded, &noise, lr)
+                .step(&model_b, &mut opt_b, phase, &micro, lr)
                 .unwrap();
             assert_eq!(
                 (got.has_align, got.has_mlm),
@@ -358,7 +424,8 @@ mod tests {
             for (i, (w, g)) in want.iter().zip(&got).enumerate() {
                 assert!(
                     (w - g).abs() <= 1e-5 * w.abs().max(1.0),
-                    "{kind:?}, step {k}, record field {i}: {g} against {w}\n{got:?}\n{want:?}"
+                    "{kind:?}, {accumulate} micro-batches, step {k}, record field {i}: \
+                     {g} against {w}\n{got:?}\n{want:?}"
                 );
             }
             assert_eq!(want[5], 0.0, "step {k} was skipped");
@@ -374,7 +441,7 @@ mod tests {
         }
         assert!(
             diff.0 < weights_within,
-            "{kind:?}: weights differ by {} in {}",
+            "{kind:?}, {accumulate} micro-batches: weights differ by {} in {}",
             diff.0,
             diff.1
         );
@@ -406,9 +473,10 @@ mod tests {
             },
         );
         let noise = model.step_noise(&batch, 1, None, Device::Cpu);
+        let micro = [Micro { batch, noise }];
         let mut graphs = GraphSteps::new(Device::Cpu, None);
         let err = graphs
-            .step(&model, &mut plain, Phase::Joint, &batch, &noise, 1e-3)
+            .step(&model, &mut plain, Phase::Joint, &micro, 1e-3)
             .err()
             .expect("the plain update waits for the device");
         let msg = format!("{err:#}");
@@ -420,7 +488,7 @@ mod tests {
         // The fused update passes the same check, step after step.
         for _ in 0..=EAGER_RUNS {
             graphs
-                .step(&model, &mut fused, Phase::Joint, &batch, &noise, 1e-3)
+                .step(&model, &mut fused, Phase::Joint, &micro, 1e-3)
                 .unwrap();
         }
     }

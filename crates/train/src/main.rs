@@ -64,7 +64,7 @@ struct FitArgs {
     #[arg(long)]
     allow_other_shards: bool,
     /// Capture each step in a CUDA graph and replay it (CUDA only; needs
-    /// `[optim] fused = true`, `accumulate = 1` and one process).
+    /// `[optim] fused = true` and one process).
     #[arg(long)]
     cuda_graph: bool,
 }
