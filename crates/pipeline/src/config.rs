@@ -84,7 +84,9 @@ impl Default for LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Evaluation preset: no shuffle, no augmentation, one epoch. Set
+    /// Evaluation preset: no shuffle, no augmentation, one epoch, and a
+    /// row that does not decode fails the batch (a replacement row would
+    /// count twice in the metrics and the bad one not at all). Set
     /// `paired_fraction` to 0 or 1 and `keep_last_partial` to see every row.
     pub fn eval() -> Self {
         LoaderConfig {
@@ -92,6 +94,7 @@ impl LoaderConfig {
             mode: Mode::Eval,
             augment: AugmentConfig::none(),
             epochs: Some(1),
+            bad_rows: BadRowPolicy::Fail,
             ..Default::default()
         }
     }

@@ -510,6 +510,18 @@ fn an_undecodable_row_is_skipped_replaced_and_reported() {
         matches!(e, PipelineError::BadRow(_)) && e.to_string().contains("mimic-3"),
         "{e}"
     );
+    // Evaluation sees every row once: the preset fails rather than replace.
+    let eval = LoaderConfig {
+        batch_size: 4,
+        paired_fraction: 1.0,
+        ..LoaderConfig::eval()
+    };
+    let e = Loader::new(open(), &eval, Position::default())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, PipelineError::BadRow(_)), "{e}");
 }
 
 #[test]

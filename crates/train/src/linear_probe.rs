@@ -75,17 +75,22 @@ pub fn run(opts: &ProbeOptions) -> Result<Vec<(f64, Summary)>> {
                     if !(y.contains(&0) && y.contains(&1)) {
                         return None;
                     }
-                    let probe = fit_logistic(&x, dim, &y, &ProbeConfig::default()).ok()?;
-                    Some(ClassInput {
-                        name: name.to_string(),
-                        val_scores: probe.predict(&val_x),
-                        val_labels: val.labels.iter().map(|l| l[c]).collect(),
-                        test_scores: probe.predict(&test_x),
-                        test_labels: test.labels.iter().map(|l| l[c]).collect(),
-                    })
+                    // With both values present a failed fit is a fault, not
+                    // a class to leave out of the table.
+                    Some(
+                        fit_logistic(&x, dim, &y, &ProbeConfig::default())
+                            .with_context(|| format!("fitting the {name} probe"))
+                            .map(|probe| ClassInput {
+                                name: name.to_string(),
+                                val_scores: probe.predict(&val_x),
+                                val_labels: val.labels.iter().map(|l| l[c]).collect(),
+                                test_scores: probe.predict(&test_x),
+                                test_labels: test.labels.iter().map(|l| l[c]).collect(),
+                            }),
+                    )
                 })
-                .collect()
-        });
+                .collect::<Result<_>>()
+        })?;
         out.push((fraction, evaluate(&inputs, opts.resamples, opts.seed)));
     }
     Ok(out)
