@@ -650,7 +650,7 @@ mod learning {
                 // deviation 0.02); constants (norms, scales) stay.
                 if v.numel() > 1 && v.std(false).double_value(&[]) > 0.0 {
                     let u = uniform(&v.size(), 100 + i as u64);
-                    let _ = v.copy_(&((u - 0.5) * (0.02 * 12f64.sqrt())));
+                    v.copy_(&((u - 0.5) * (0.02 * 12f64.sqrt())));
                 }
             }
         });
