@@ -138,6 +138,9 @@ impl Default for WeightCasts {
 #[must_use = "the casts serve only while the scope is alive"]
 pub struct Scope<'a> {
     owner: Option<&'a WeightCasts>,
+    /// The casts are this thread's: dropped on another, the scope would
+    /// leave them in place here.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl WeightCasts {
@@ -151,7 +154,10 @@ impl WeightCasts {
     /// thread, casts the recorded weights in groups. Inert without autocast,
     /// when disabled, and inside another scope (whose casts serve).
     pub fn begin(&self, device: Device) -> Result<Scope<'_>, String> {
-        let inert = Scope { owner: None };
+        let inert = Scope {
+            owner: None,
+            _thread: std::marker::PhantomData,
+        };
         let Some(reduced) = autocast::reduced(device) else {
             return Ok(inert);
         };
@@ -173,7 +179,10 @@ impl WeightCasts {
                 kind: reduced.kind(),
             })
         });
-        Ok(Scope { owner: Some(self) })
+        Ok(Scope {
+            owner: Some(self),
+            _thread: std::marker::PhantomData,
+        })
     }
 
     /// The recorded weights' groups, as the next step casts them.
