@@ -48,7 +48,9 @@
 #                    from 0.08 to 4 s per tiny step)
 #   PYTHON           python with torch + transformers (.venv/bin/python if
 #                    present, else python3)
-#   COPY_TO          also copy last-run.md and the JSON lines there
+#   COPY_TO          also copy last-run.md and the JSON lines there (the
+#                    lines and logs as each run ends: a time limit that
+#                    stops the script keeps what ran)
 #                    (e.g. the device tool's $OUT)
 #   PARITY_BIN       the step_parity test binary (none: no parity check)
 # CPU check: DEVICE=cpu PRESET=tiny BATCH=8 STEPS=2 bash bench/train_step/run.sh
@@ -106,6 +108,11 @@ $missing"
 fi
 
 WORK=$(mktemp -d)
+if [ -n "${COPY_TO:-}" ]; then
+  # Filled as the runs end (see `measure`).
+  : >"$COPY_TO/train_step_runs.jsonl"
+  : >"$COPY_TO/train_step_logs.txt"
+fi
 SAMPLER=
 stop_sampler() {
   if [ -n "$SAMPLER" ]; then
@@ -150,6 +157,7 @@ if [ -n "${PARITY_BIN:-}" ]; then
   MMCLIP_WORKSPACE=$PWD MMCLIP_PYTHON=$PYTHON \
     "$PARITY_BIN" --include-ignored --exact "$parity_test" --nocapture >"$WORK/parity.txt" 2>&1 || status=$?
   cat "$WORK/parity.txt" >&2
+  [ -n "${COPY_TO:-}" ] && { echo "== parity"; cat "$WORK/parity.txt"; } >>"$COPY_TO/train_step_logs.txt"
   if [ "$status" != 0 ]; then
     echo "parity on $DEVICE ($parity_test): exit status $status" >>"$WORK/failures.txt"
   fi
@@ -184,6 +192,12 @@ measure() {
   if [ "$status" != 0 ]; then
     rm -f "$WORK/$name.json"
     echo "$name: exit status $status: $(grep -v '^ *$' "$WORK/log-$name.txt" | tail -1)" >>"$WORK/failures.txt"
+  fi
+  if [ -n "${COPY_TO:-}" ]; then
+    # Kept as each run ends: when a time limit stops the script, what ran
+    # is not lost with $WORK.
+    [ -f "$WORK/$name.json" ] && cat "$WORK/$name.json" >>"$COPY_TO/train_step_runs.jsonl"
+    { echo "== $WORK/log-$name.txt"; cat "$WORK/log-$name.txt"; } >>"$COPY_TO/train_step_logs.txt"
   fi
 }
 
@@ -351,7 +365,7 @@ if [ -n "${COPY_TO:-}" ]; then
   # Three files (the device tool brings back at most eight).
   cp "$OUT_MD" "$COPY_TO"/
   cat "$WORK"/*-*.json >"$COPY_TO/train_step_runs.jsonl" 2>/dev/null || true
-  for f in "$WORK"/log-*.txt; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done >"$COPY_TO/train_step_logs.txt"
+  for f in "$WORK"/parity.txt "$WORK"/log-*.txt; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done >"$COPY_TO/train_step_logs.txt"
 fi
 
 # Both sides must have built the same model and finished with finite losses.
