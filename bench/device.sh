@@ -23,7 +23,10 @@
 # order); a part that fails or times out is recorded and the next one runs.
 # Results go to $OUT (the device tool's folder) or COPY_TO. They may not
 # all fit one 10-minute call: run `PARTS="cuda nccl step"` first, then
-# `PARTS="train finetune"`, then `PARTS=step256`.
+# `PARTS="train finetune"`, then `PARTS=step256`. The train part compares
+# with the step part's train_step_runs.jsonl in COPY_TO; in a later call,
+# copy that file from the first call's output into the tree and point
+# STEP_RUNS at it.
 #
 # Prepare here, then carry `target/carry`:
 #   source scripts/env.sh
@@ -77,7 +80,7 @@ for part in $PARTS; do
       ;;
     train)
       echo "== train on synthetic shards, eager and --cuda-graph (bench/train_step/train_run.sh)"
-      BIN=$CARRY COPY_TO=$COPY_TO STEP_RUNS=$COPY_TO/train_step_runs.jsonl \
+      BIN=$CARRY COPY_TO=$COPY_TO STEP_RUNS=${STEP_RUNS:-$COPY_TO/train_step_runs.jsonl} \
         timeout 300 bash bench/train_step/train_run.sh || status=1
       ;;
     scale)

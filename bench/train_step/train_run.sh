@@ -72,7 +72,8 @@ if step_runs and os.path.exists(step_runs):
     rows = [json.loads(l) for l in open(step_runs)]
     def bench(graph):
         return next((r for r in rows if r.get("impl") == "rust-tch" and r.get("fused_optimizer")
-                     and bool(r.get("cuda_graph")) == graph and not r.get("fit_extras")), None)
+                     and bool(r.get("cuda_graph")) == graph and not r.get("fit_extras")
+                     and r.get("weight_casts") != "per-weight"), None)
     print()
     for mode, graph in (("eager", False), ("graph", True)):
         r = bench(graph)
