@@ -244,6 +244,11 @@ fn main() -> Result<()> {
             time_steps(&args, &model, &batch, &vs, autocast, device, flops)?
         };
         line.as_object_mut().expect("a JSON object").extend(fields);
+        // What the steps cast a group at a time (none without autocast or
+        // with --cast-per-weight).
+        let groups = model.weight_casts().groups();
+        line["weight_cast_groups"] = json!(groups.len());
+        line["weights_cast_in_groups"] = json!(groups.iter().sum::<usize>());
     }
     println!("{line}");
     if let Some(path) = &args.json {
