@@ -14,10 +14,15 @@
 //!
 //! Which weights are cast is learnt, not listed: [`weight`] records the
 //! weights a step asks for and does not find, in the order first asked, and
-//! the next step casts them. Consecutive weights share a group, so a
-//! group's gradients are ready when the backward pass has left the layers
-//! that use them, in time for the all-reduce of their bucket. Outside a
-//! scope, or without autocast, [`weight`] returns the weight itself.
+//! the next steps cast them. Consecutive weights share a group, and a group
+//! is cast when the step first asks for one of its weights, where autocast
+//! would have cast that weight. That place matters: the backward pass runs
+//! the operations made later first, so the group's cast back runs as soon
+//! as the backward pass has left the layers that use it, and its gradients
+//! are ready in time for the all-reduce of their bucket (cast before the
+//! forward pass, every group would wait for the end of the backward pass).
+//! Outside a scope, or without autocast, [`weight`] returns the weight
+//! itself.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -25,7 +30,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 use crate::autocast::{self, Reduced};
 use crate::shim::call;
@@ -78,13 +83,16 @@ pub fn cast_group(weights: &[Tensor], reduced: Reduced) -> Result<Vec<Tensor>, S
         .collect())
 }
 
-/// The weights of the step in progress on this thread: cast copies, and
-/// those asked for and not yet cast.
+/// The weights of the step in progress on this thread: the recorded
+/// groups (each taken when it is cast), the cast copies, and the weights
+/// asked for and not recorded.
 struct Active {
+    groups: Vec<Vec<Tensor>>,
+    group_of: HashMap<usize, usize>,
     casts: HashMap<usize, Tensor>,
     first_used: Vec<Tensor>,
     seen: HashSet<usize>,
-    kind: Kind,
+    reduced: Reduced,
 }
 
 thread_local! {
@@ -92,8 +100,11 @@ thread_local! {
 }
 
 /// The weight a matrix product or convolution should use: inside a
-/// [`WeightCasts`] scope its cast copy (recorded for the next step when
-/// there is none yet), else `w` itself, which autocast casts as usual.
+/// [`WeightCasts`] scope its cast copy (its group is cast at the first
+/// such request; a weight not yet recorded is recorded for the next
+/// step), else `w` itself, which autocast casts as usual.
+///
+/// Panics when libtorch fails to cast a group, as a tensor operation does.
 pub fn weight(w: &Tensor) -> Tensor {
     ACTIVE.with(|active| {
         let mut active = active.borrow_mut();
@@ -104,7 +115,15 @@ pub fn weight(w: &Tensor) -> Tensor {
         if let Some(cast) = active.casts.get(&k) {
             return cast.shallow_clone();
         }
-        if w.is_floating_point() && w.kind() != active.kind && active.seen.insert(k) {
+        if let Some(&g) = active.group_of.get(&k) {
+            let group = std::mem::take(&mut active.groups[g]);
+            let cast = cast_group(&group, active.reduced).unwrap_or_else(|e| panic!("{e}"));
+            for (w, c) in group.iter().zip(cast) {
+                active.casts.insert(key(w), c);
+            }
+            return active.casts[&k].shallow_clone();
+        }
+        if w.is_floating_point() && w.kind() != active.reduced.kind() && active.seen.insert(k) {
             active.first_used.push(w.shallow_clone());
         }
         w.shallow_clone()
@@ -121,15 +140,13 @@ pub fn linear(layer: &nn::Linear, xs: &Tensor) -> Tensor {
 #[derive(Debug)]
 pub struct WeightCasts {
     weights: Mutex<Vec<Tensor>>,
+    group_elements: i64,
     enabled: AtomicBool,
 }
 
 impl Default for WeightCasts {
     fn default() -> Self {
-        WeightCasts {
-            weights: Mutex::new(Vec::new()),
-            enabled: AtomicBool::new(true),
-        }
+        WeightCasts::with_group_elements(GROUP_ELEMENTS)
     }
 }
 
@@ -144,6 +161,15 @@ pub struct Scope<'a> {
 }
 
 impl WeightCasts {
+    /// Groups of at least `n` scalars each ([`GROUP_ELEMENTS`] by default).
+    pub fn with_group_elements(n: i64) -> WeightCasts {
+        WeightCasts {
+            weights: Mutex::new(Vec::new()),
+            group_elements: n.max(1),
+            enabled: AtomicBool::new(true),
+        }
+    }
+
     /// Casting per step (the default) or, off, autocast's cast per weight
     /// (to measure the difference).
     pub fn set_enabled(&self, on: bool) {
@@ -151,44 +177,52 @@ impl WeightCasts {
     }
 
     /// Starts a step's casts: when autocast reduces on `device` in this
-    /// thread, casts the recorded weights in groups. Inert without autocast,
-    /// when disabled, and inside another scope (whose casts serve).
-    pub fn begin(&self, device: Device) -> Result<Scope<'_>, String> {
+    /// thread, the recorded weights are cast in groups as [`weight`] asks
+    /// for them. Inert without autocast, when disabled, and inside another
+    /// scope (whose casts serve).
+    pub fn begin(&self, device: Device) -> Scope<'_> {
         let inert = Scope {
             owner: None,
             _thread: std::marker::PhantomData,
         };
         let Some(reduced) = autocast::reduced(device) else {
-            return Ok(inert);
+            return inert;
         };
         if !self.enabled.load(Ordering::Relaxed) || ACTIVE.with(|a| a.borrow().is_some()) {
-            return Ok(inert);
+            return inert;
         }
         let weights = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        let mut casts = HashMap::with_capacity(weights.len());
-        for group in groups(&weights) {
-            for (w, cast) in group.iter().zip(cast_group(group, reduced)?) {
-                casts.insert(key(w), cast);
-            }
-        }
+        let groups: Vec<Vec<Tensor>> = groups(&weights, self.group_elements)
+            .map(|g| g.iter().map(Tensor::shallow_clone).collect())
+            .collect();
+        let group_of = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, ws)| ws.iter().map(move |w| (key(w), g)))
+            .collect();
         ACTIVE.with(|a| {
             *a.borrow_mut() = Some(Active {
-                casts,
+                groups,
+                group_of,
+                casts: HashMap::with_capacity(weights.len()),
                 first_used: Vec::new(),
                 seen: HashSet::new(),
-                kind: reduced.kind(),
+                reduced,
             })
         });
-        Ok(Scope {
+        Scope {
             owner: Some(self),
             _thread: std::marker::PhantomData,
-        })
+        }
     }
 
-    /// The recorded weights' groups, as the next step casts them.
+    /// The sizes of the recorded weights' groups, as the next step casts
+    /// them.
     pub fn groups(&self) -> Vec<usize> {
         let weights = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        groups(&weights).map(|g| g.len()).collect()
+        groups(&weights, self.group_elements)
+            .map(|g| g.len())
+            .collect()
     }
 }
 
@@ -203,9 +237,9 @@ impl Drop for Scope<'_> {
     }
 }
 
-/// Consecutive runs of `weights` of at least [`GROUP_ELEMENTS`] scalars
-/// (the last may be smaller).
-fn groups(weights: &[Tensor]) -> impl Iterator<Item = &[Tensor]> {
+/// Consecutive runs of `weights` of at least `elements` scalars (the last
+/// may be smaller).
+fn groups(weights: &[Tensor], elements: i64) -> impl Iterator<Item = &[Tensor]> {
     let mut rest = weights;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -213,7 +247,7 @@ fn groups(weights: &[Tensor]) -> impl Iterator<Item = &[Tensor]> {
         }
         let mut size = 0;
         let mut end = 0;
-        while end < rest.len() && size < GROUP_ELEMENTS {
+        while end < rest.len() && size < elements {
             size += rest[end].numel() as i64;
             end += 1;
         }
@@ -226,6 +260,7 @@ fn groups(weights: &[Tensor]) -> impl Iterator<Item = &[Tensor]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn leaf(shape: &[i64]) -> Tensor {
         leaf_on(shape, Device::Cpu)
@@ -291,27 +326,27 @@ mod tests {
         };
         assert_eq!(ask(), vec![Kind::Float; 3]);
         {
-            let _scope = casts.begin(Device::Cpu).unwrap();
+            let _scope = casts.begin(Device::Cpu);
             assert_eq!(ask(), vec![Kind::Float; 3], "no autocast, no casts");
         }
         assert!(casts.groups().is_empty());
         let reduced = Some(Reduced::BFloat16);
         autocast::autocast(Device::Cpu, reduced, || {
             {
-                let _scope = casts.begin(Device::Cpu).unwrap();
+                let _scope = casts.begin(Device::Cpu);
                 assert_eq!(ask(), vec![Kind::Float; 3], "first asked: recorded");
             }
             assert_eq!(casts.groups(), vec![1, 2]);
-            let _scope = casts.begin(Device::Cpu).unwrap();
+            let _scope = casts.begin(Device::Cpu);
             assert_eq!(ask(), vec![Kind::BFloat16; 3]);
             // A nested scope leaves the outer one's casts in place.
-            drop(casts.begin(Device::Cpu).unwrap());
+            drop(casts.begin(Device::Cpu));
             assert_eq!(ask(), vec![Kind::BFloat16; 3]);
         });
         assert_eq!(ask(), vec![Kind::Float; 3]);
         casts.set_enabled(false);
         autocast::autocast(Device::Cpu, reduced, || {
-            let _scope = casts.begin(Device::Cpu).unwrap();
+            let _scope = casts.begin(Device::Cpu);
             assert_eq!(ask(), vec![Kind::Float; 3], "disabled");
         });
     }

@@ -526,10 +526,7 @@ impl Mmclip {
         shard: Option<&Shard>,
     ) -> Result<(Losses, StepTrace), DistError> {
         // Under autocast, the weights are cast in groups while it lives.
-        let _casts = self
-            .weight_casts
-            .begin(batch.pixels.device())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let _casts = self.weight_casts.begin(batch.pixels.device());
         let p = batch.paired_rows();
         let image = self.clip.encode_image(&batch.pixels);
         // Warm-up needs the report only for the masks: no graph.

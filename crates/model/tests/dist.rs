@@ -7,7 +7,8 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use model::autocast::Reduced;
+use model::autocast::{Reduced, autocast};
+use model::cast::WeightCasts;
 use model::dist::{Backend, JoinOptions, ProcessGroup};
 use tch::{Device, Kind, Tensor};
 
@@ -110,6 +111,11 @@ fn buckets_are_rebuilt_in_the_order_the_gradients_become_ready_on_three_ranks() 
 #[test]
 fn gradients_of_weights_cast_in_groups_are_averaged_on_two_ranks() {
     all_succeed("cast_groups", 2);
+}
+
+#[test]
+fn weights_cast_in_groups_are_ready_where_their_layers_end_on_two_ranks() {
+    all_succeed("cast_order", 2);
 }
 
 #[test]
@@ -399,6 +405,57 @@ fn rank_worker() {
             }
             group.barrier().unwrap();
         }
+        "cast_order" => {
+            // y = x·p0·g1·g2·g3·g4 under bfloat16 autocast, g1…g4 asked for
+            // through `model::cast::weight`, each its own group, p0 not:
+            // the backward pass readies g4, g3, g2, g1, then p0, one bucket
+            // each. The first step records g1…g4; from the second on they
+            // are cast in groups, each where it is first used, so each
+            // group's cast back runs as the backward pass leaves its
+            // product and four buckets still start before p0's gradient.
+            // (Cast before the forward pass, the groups would run after
+            // every product: p0 ready first, and only three early.)
+            let r = rank as f64;
+            let opts = (Kind::Float, rank_device().0);
+            let params: Vec<Tensor> = (0..5)
+                .map(|_| Tensor::ones([4], opts).set_requires_grad(true))
+                .collect();
+            group.watch_gradients(&params, 16).unwrap();
+            let casts = WeightCasts::with_group_elements(4);
+            let x = Tensor::ones([4], opts);
+            for step in 0..3 {
+                let loss = autocast(rank_device().0, Some(Reduced::BFloat16), || {
+                    let _scope = casts.begin(rank_device().0);
+                    let y = params[1..]
+                        .iter()
+                        .fold(&x * &params[0], |y, g| y * model::cast::weight(g));
+                    y.sum(Kind::Float) * (r + 1.0)
+                });
+                group.arm_gradients();
+                loss.backward();
+                let done = group.finish_gradients().unwrap();
+                assert_eq!(
+                    (done.early, done.total),
+                    (4, 5),
+                    "step {step}: buckets started before the last gradient, of all"
+                );
+                assert_eq!(
+                    group.gradient_buckets(),
+                    vec![vec![4], vec![3], vec![2], vec![1], vec![0]],
+                    "step {step}"
+                );
+                assert_eq!(casts.groups(), vec![1; 4], "step {step}");
+                for (i, p) in params.iter().enumerate() {
+                    let got = values(&p.grad());
+                    assert!(
+                        got.iter().all(|v| (v - (w + 1.0) / 2.0).abs() < 1e-6),
+                        "step {step}, parameter {i}: {got:?}"
+                    );
+                }
+                model::fused::set_grads_to_none(&params).unwrap();
+            }
+            group.barrier().unwrap();
+        }
         "early_exit" => {
             if rank == world - 1 {
                 // Leaves without a word: no collective will ever come.
@@ -430,7 +487,7 @@ fn rank_worker() {
 fn nccl_collectives_and_reducer_on_every_gpu() {
     let gpus = tch::Cuda::device_count() as usize;
     assert!(gpus >= 1, "no CUDA device");
-    for scenario in ["collectives", "reducer", "rebuild", "cast_groups"] {
+    for scenario in ["collectives", "reducer", "rebuild", "cast_groups", "cast_order"] {
         all_succeed_on(scenario, gpus, "cuda");
     }
 }

@@ -296,9 +296,7 @@ pub fn run(opts: &FinetuneOptions, out: &Path) -> Result<FinetuneResult> {
     let weight_casts = model::cast::WeightCasts::default();
     let forward = |pixels: &Tensor| -> Tensor {
         model::autocast::autocast(opts.device, opts.autocast, || {
-            let _casts = weight_casts
-                .begin(opts.device)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let _casts = weight_casts.begin(opts.device);
             let features = if opts.freeze {
                 tch::no_grad(|| clip.encode_image(pixels).pooled)
             } else {
