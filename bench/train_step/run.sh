@@ -362,10 +362,9 @@ print("```")
 PY
 cat "$OUT_MD"
 if [ -n "${COPY_TO:-}" ]; then
-  # Three files (the device tool brings back at most eight).
+  # The third of three files (the device tool brings back at most eight);
+  # the runs' lines and logs are there already (see `measure`).
   cp "$OUT_MD" "$COPY_TO"/
-  cat "$WORK"/*-*.json >"$COPY_TO/train_step_runs.jsonl" 2>/dev/null || true
-  for f in "$WORK"/parity.txt "$WORK"/log-*.txt; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done >"$COPY_TO/train_step_logs.txt"
 fi
 
 # Both sides must have built the same model and finished with finite losses.

@@ -487,7 +487,13 @@ fn rank_worker() {
 fn nccl_collectives_and_reducer_on_every_gpu() {
     let gpus = tch::Cuda::device_count() as usize;
     assert!(gpus >= 1, "no CUDA device");
-    for scenario in ["collectives", "reducer", "rebuild", "cast_groups", "cast_order"] {
+    for scenario in [
+        "collectives",
+        "reducer",
+        "rebuild",
+        "cast_groups",
+        "cast_order",
+    ] {
         all_succeed_on(scenario, gpus, "cuda");
     }
 }

@@ -387,21 +387,11 @@ impl<'a> Run<'a> {
         lr: f64,
     ) -> Result<(Tensor, u64, bool, bool)> {
         let accumulate = self.cfg.optim.accumulate;
-        let image_size = self.session.run.mmclip.clip.vision.image_size;
         let mut micro = Vec::with_capacity(accumulate as usize);
         let mut images = 0;
         for m in 0..accumulate {
-            let batch = loader.next().context("the loader stopped")??;
-            self.state.next_position = batch.position.next(loader.steps_per_epoch());
-            images += batch.size as u64;
-            let staged = Staged::for_graph(batch, self.device)?;
-            let step_batch = model::StepBatch {
-                pixels: fit_to(&staged.step.pixels, image_size),
-                input_ids: staged.step.input_ids.shallow_clone(),
-                entity: staged.step.entity.shallow_clone(),
-            };
-            // The seed of the ordinary step's micro-batch.
-            let seed = step_seed(self.state.seed, self.state.step * accumulate + m);
+            let (staged, step_batch, seed) = self.next_micro(loader, m, true)?;
+            images += staged.batch.size as u64;
             let noise = self
                 .session
                 .model
@@ -419,6 +409,37 @@ impl<'a> Run<'a> {
         Ok((queued.record, images, queued.has_align, queued.has_mlm))
     }
 
+    /// Micro-batch `m` of the step: drawn from the loader (its position
+    /// recorded), on the device at the model's image size (with the text
+    /// over the whole context for `graph`), and its seed.
+    fn next_micro(
+        &mut self,
+        loader: &mut Loader,
+        m: u64,
+        graph: bool,
+    ) -> Result<(Staged, model::StepBatch, u64)> {
+        let batch = loader.next().context("the loader stopped")??;
+        self.state.next_position = batch.position.next(loader.steps_per_epoch());
+        let staged = if graph {
+            Staged::for_graph(batch, self.device)?
+        } else {
+            Staged::new(batch, self.device)
+        };
+        let step_batch = model::StepBatch {
+            pixels: fit_to(
+                &staged.step.pixels,
+                self.session.run.mmclip.clip.vision.image_size,
+            ),
+            input_ids: staged.step.input_ids.shallow_clone(),
+            entity: staged.step.entity.shallow_clone(),
+        };
+        let seed = step_seed(
+            self.state.seed,
+            self.state.step * self.cfg.optim.accumulate + m,
+        );
+        Ok((staged, step_batch, seed))
+    }
+
     /// The micro-batches of one step: each one's gradient, scaled by
     /// 1/`accumulate`, and its losses, added up on the device (their mean
     /// over the ranks); with the images the step trained on.
@@ -428,21 +449,12 @@ impl<'a> Run<'a> {
             .dist
             .as_ref()
             .map_or(1, |d| d.launch().world_size as u64);
-        let image_size = self.session.run.mmclip.clip.vision.image_size;
         let reduced = self.cfg.train.autocast.reduced_on(self.device);
         let mut sums: Option<LossSlots> = None;
         let mut images = 0;
         for micro in 0..accumulate {
-            let batch = loader.next().context("the loader stopped")??;
-            self.state.next_position = batch.position.next(loader.steps_per_epoch());
-            images += batch.size as u64 * ranks;
-            let staged = Staged::new(batch, self.device);
-            let step_batch = model::StepBatch {
-                pixels: fit_to(&staged.step.pixels, image_size),
-                input_ids: staged.step.input_ids.shallow_clone(),
-                entity: staged.step.entity.shallow_clone(),
-            };
-            let seed = step_seed(self.state.seed, self.state.step * accumulate + micro);
+            let (staged, step_batch, seed) = self.next_micro(loader, micro, false)?;
+            images += staged.batch.size as u64 * ranks;
             let paired = step_batch.paired_rows();
             let total_rows = step_batch.pixels.size()[0];
             let shard = self
